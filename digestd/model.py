@@ -1,0 +1,162 @@
+"""Plain, frozen values that flow through the pipeline: papers, rules, subscribers, matches, messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Literal
+
+__all__ = [
+    "FIELDS",
+    "Digest",
+    "Field",
+    "Match",
+    "Outcome",
+    "OutcomeStatus",
+    "Paper",
+    "ParseProblem",
+    "ParseResult",
+    "Reason",
+    "Rendered",
+    "Rule",
+    "Subscriber",
+    "SubscriberSet",
+    "Term",
+]
+
+Field = Literal["title", "abstract"]
+FIELDS: tuple[Field, ...] = ("title", "abstract")
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """One paper, normalised once at the edge: arXiv id without version, whitespace collapsed."""
+
+    id: str
+    title: str
+    abstract: str
+    authors: tuple[str, ...] = ()
+    upvotes: int = 0
+    comments: int = 0
+    published_at: datetime | None = None
+    listed_on: date | None = None  # the Daily Papers day (paper.submittedOnDailyAt)
+    organization: str | None = None
+    ai_summary: str | None = None
+    github_repo: str | None = None  # only http(s) URLs survive parsing
+    project_page: str | None = None
+    first_seen_at: datetime | None = None  # set by the store, not by sources
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/papers/{self.id}"
+
+    @property
+    def pdf_url(self) -> str:
+        return f"https://arxiv.org/pdf/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParseProblem:
+    """An item of a source reply that could not be used; the rest of the batch goes on."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParseResult:
+    papers: tuple[Paper, ...]
+    problems: tuple[ParseProblem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """A rule term, pre-folded: consecutive words, the last one a prefix when the term ended in '*'."""
+
+    text: str
+    words: tuple[str, ...]
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One subscriber rule; it holds when every key that is set holds."""
+
+    any: tuple[Term, ...] = ()
+    all: tuple[Term, ...] = ()
+    none: tuple[Term, ...] = ()
+    authors: tuple[str, ...] = ()  # folded full names
+    min_upvotes: int | None = None
+    fields: tuple[Field, ...] = FIELDS
+    alert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    email: str
+    name: str | None = None
+    timezone: str = "UTC"
+    schedule: str = "0 7 * * mon-fri"
+    max_papers: int = 20
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def has_alerts(self) -> bool:
+        return any(rule.alert for rule in self.rules)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberSet:
+    subscribers: tuple[Subscriber, ...]
+    file: str = "<subscribers>"
+
+    def by_email(self, email: str) -> Subscriber | None:
+        folded = email.casefold()
+        return next((s for s in self.subscribers if s.email.casefold() == folded), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a paper matched: which rule, and which term hit which field (term/field None for author/upvote-only rules)."""
+
+    rule: int
+    term: str | None = None
+    field: Field | Literal["authors"] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    paper: Paper
+    reasons: tuple[Reason, ...] = ()
+    alert: bool = False
+    # Character spans (start, end) in the paper's original text to highlight, per field.
+    highlights: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """What one subscriber gets in one message: the papers shown, and how many more matched."""
+
+    subscriber: Subscriber
+    kind: Literal["digest", "alert"]
+    matches: tuple[Match, ...]
+    more: int = 0  # matched but over max_papers
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+OutcomeStatus = Literal["sent", "transient", "permanent", "in_doubt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a transport made of one message; transports return it instead of raising for SMTP replies."""
+
+    status: OutcomeStatus
+    code: int | None = None
+    reply: str = ""
