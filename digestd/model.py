@@ -117,7 +117,7 @@ class SubscriberSet:
 
 @dataclass(frozen=True, slots=True)
 class Reason:
-    """Why a paper matched: which rule, and which term hit which field (term/field None for author/upvote-only rules)."""
+    """Why a paper matched: which rule, and which term hit which field (None for upvote-only rules)."""
 
     rule: int
     term: str | None = None

@@ -60,7 +60,9 @@ def make_term(text: str) -> Term:
     return Term(text=raw, words=words, prefix=prefix and bool(words))
 
 
-def find_term(term: Term, words: list[tuple[str, int, int]] | tuple[str, ...]) -> list[tuple[int, int]]:
+def find_term(
+    term: Term, words: list[tuple[str, int, int]] | tuple[str, ...]
+) -> list[tuple[int, int]]:
     """Every place `term` occurs in `words` as (first, last) word indices; empty when it does not."""
     n = len(term.words)
     if n == 0:

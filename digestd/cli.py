@@ -1,0 +1,181 @@
+"""The command line: run, run --once, check, preview, status. Thin: it parses, wires, prints, exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from digestd import __version__, app, pipeline
+from digestd.daemon import run_daemon, utcnow
+from digestd.errors import ConfigError, DigestdError
+from digestd.logs import setup_logging
+from digestd.render import check_templates, make_environments
+from digestd.rules import summarize
+from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
+from digestd.store import Store
+
+__all__ = ["main"]
+
+log = logging.getLogger("digestd")
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digestd", description="Mail every subscriber their own digest of new research papers."
+    )
+    parser.add_argument("--version", action="version", version=f"digestd {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"settings file (default: $DIGESTD_CONFIG, else {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon in the foreground (or once, with --once)")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="poll once, send alerts and every pending digest now (schedules ignored), then exit",
+    )
+    sub.add_parser(
+        "check", help="validate the settings, subscribers and templates; exit 2 on errors"
+    )
+    preview = sub.add_parser("preview", help="render what EMAIL would get now; sends nothing")
+    preview.add_argument("email")
+    preview.add_argument("--out", type=Path, help="write the HTML there (default: text to stdout)")
+    sub.add_parser("status", help="last poll, papers stored, messages by state, recent failures")
+    return parser
+
+
+def config_path(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    env = os.environ.get("DIGESTD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, fmt=args.log_format)
+    try:
+        settings = load_settings(config_path(args.config))
+        return COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"digestd: {len(exc.problems)} error(s); {exc.hint}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DigestdError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"digestd: {exc}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    deps = app.open_deps(settings, now=utcnow())
+    if args.once:
+        return asyncio.run(_run_once(deps, settings))
+    return run_daemon(deps, poll_every=settings.source.poll_every, closer=app.close)
+
+
+async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
+    try:
+        now = utcnow()
+        deps.store.recover(now=now)
+        ingest = await pipeline.ingest(deps, now=now)
+        composed = pipeline.compose(deps, now=now, once=True)
+        sent = await pipeline.deliver_due(deps, now=utcnow(), clock=utcnow)
+    finally:
+        await app.close(deps)
+    print(
+        f"polled {ingest.n_items} papers ({ingest.n_new} new); "
+        f"queued {ingest.n_alerts} alert(s) and {composed.n_queued} digest(s); "
+        f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}"
+    )
+    if settings.delivery.kind == "maildir" and sent.sent:
+        print(
+            f"mail delivered to the Maildir {settings.delivery.path} (new/ holds one file a message)"
+        )
+    if not ingest.ok:
+        print(f"digestd: the poll failed: {ingest.error}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    subs = app.load_subscriber_file(settings.subscribers)
+    check_templates(make_environments(settings.templates))
+    summary = summarize(subs)
+    print(f"settings:    {config_path(args.config)}")
+    for section, values in settings.redacted().items():
+        print(f"  {section}: {values}")
+    print(f"subscribers: {settings.subscribers}")
+    for key, value in summary.items():
+        print(f"  {key}: {value}")
+    print("ok")
+    return 0
+
+
+def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
+    subs = app.load_subscriber_file(settings.subscribers)
+    deps = app.open_deps(settings, now=utcnow(), subscribers=subs, register=False)
+    try:
+        result = pipeline.preview(deps, args.email, now=utcnow())
+    finally:
+        asyncio.run(app.close(deps))
+    if result is None:
+        print(f"digestd: {args.email} is not in {settings.subscribers}", file=sys.stderr)
+        return EXIT_RUNTIME
+    digest, rendered = result
+    if args.out:
+        args.out.write_text(rendered.html, encoding="utf-8")
+        print(f"{len(digest.matches)} paper(s), {digest.more} more; HTML written to {args.out}")
+    else:
+        print(f"Subject: {rendered.subject}\n\n{rendered.text}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    with Store(settings.state) as store:
+        status = store.status()
+    print(f"state:       {settings.state}")
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: object) -> str:
+    lines = []
+    for name, value in vars_of(status).items():
+        if isinstance(value, list):
+            lines.append(f"{name}:")
+            lines.extend(f"  {vars_of(item)}" for item in value)
+        else:
+            lines.append(f"{name}: {value}")
+    return "\n".join(lines)
+
+
+def vars_of(obj: object) -> dict[str, object]:
+    fields = getattr(obj, "__dataclass_fields__", None)
+    if fields is None:
+        return {"value": obj}
+    return {name: getattr(obj, name) for name in fields}
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "preview": cmd_preview, "status": cmd_status}

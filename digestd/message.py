@@ -1,0 +1,213 @@
+"""`Rendered` + addresses + Message-ID → RFC 5322 bytes, assembled here byte by byte.
+
+The stdlib generator is not used for assembly: on Python 3.11.7 `BytesGenerator` turns the encoded
+word `=?UTF-8?Q?=0A?=` in a Subject into a real line break (CVE-2024-6923, delivery.md §1.6), and a
+paper title reaches the Subject. Every header value here is cleaned of controls, then written either
+as plain folded ASCII or as `=?utf-8?b?…?=` words, so no input can start a header line of its own.
+The output is deterministic (same inputs, same bytes), so a retry re-sends what was queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from email.utils import format_datetime
+
+from digestd.model import Rendered
+from digestd.text import clean_header
+
+__all__ = [
+    "build_message",
+    "check_address",
+    "encode_words",
+    "fold_header",
+    "format_address",
+    "parse_mailbox",
+]
+
+CRLF = "\r\n"
+MAX_LINE = 76  # RFC 2047 §2 encoded-word lines; RFC 5322 recommends 78, requires ≤ 998
+HARD_LIMIT = 998
+
+# Plain ASCII addresses only: dot-atom local part and a host; no quotes, brackets, commas, spaces.
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+(?:\.[A-Za-z0-9-]+)*")
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")  # printable ASCII without < > and spaces
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+# A display name that can go out as a quoted-string as is: printable ASCII, no `=?`.
+_PLAIN_NAME = re.compile(r"[ !#-\[\]-~]*")
+_OWN_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "MIME-Version",
+        "Content-Type", "Content-Transfer-Encoding", "Sender", "Reply-To",
+    )
+)  # fmt: skip
+_SAFE_HEADER = re.compile(r"[ -~]*")
+
+
+def build_message(
+    rendered: Rendered,
+    *,
+    sender: str,
+    to: str,
+    to_name: str | None,
+    message_id: str,
+    date: datetime,
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """The whole message: headers, then multipart/alternative with text/plain first, HTML last.
+
+    `sender` is "addr" or "Name <addr>". Extra `headers` (List-Id, List-Unsubscribe…) follow the
+    standard ones; they may not replace them.
+
+    :raises ValueError: an address or the Message-ID is malformed, a header name is invalid or
+        reserved, or `date` is naive.
+    """
+    sender_name, sender_addr = parse_mailbox(sender)
+    msgid = _check_message_id(message_id)
+    if date.tzinfo is None:
+        raise ValueError("date must be timezone-aware")
+    boundary = "=_digestd_" + hashlib.sha256(msgid.encode("ascii")).hexdigest()[:32]
+    lines = [
+        fold_header("From", format_address(sender_name, sender_addr)),
+        fold_header("To", format_address(to_name, check_address(to))),
+        fold_header("Subject", _value(rendered.subject, limit=250)),
+        f"Date: {format_datetime(date)}",
+        f"Message-ID: {msgid}",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative;{CRLF} boundary="{boundary}"',
+    ]
+    lines += [_extra_header(name, value) for name, value in (headers or {}).items()]
+    head = CRLF.join(lines) + CRLF + CRLF
+    body = (
+        _part(boundary, "text/plain", rendered.text)
+        + _part(boundary, "text/html", rendered.html)
+        + f"--{boundary}--{CRLF}".encode("ascii")
+    )
+    return head.encode("ascii") + body
+
+
+def parse_mailbox(mailbox: str) -> tuple[str | None, str]:
+    """'Name <addr>' → (name, addr); 'addr' → (None, addr). The address is checked.
+
+    :raises ValueError: when the address is not a plain ASCII addr-spec.
+    """
+    raw = mailbox.strip()
+    if raw.endswith(">") and "<" in raw:
+        name, _, rest = raw[:-1].rpartition("<")
+        name = name.strip()
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = re.sub(r"\\(.)", r"\1", name[1:-1])
+        return (name or None), check_address(rest)
+    return None, check_address(raw)
+
+
+def format_address(name: str | None, address: str) -> str:
+    """'"Name" <addr>', the name as encoded words when it is not plain printable ASCII."""
+    clean = clean_header(name or "", limit=100)
+    if not clean:
+        return address
+    if _PLAIN_NAME.fullmatch(clean) and "=?" not in clean:
+        return f'"{clean}" <{address}>'
+    return f"{encode_words(clean)} <{address}>"
+
+
+def encode_words(text: str) -> str:
+    """RFC 2047 `=?utf-8?b?…?=` words of at most 75 characters, whole characters each, space-joined.
+
+    `fold_header` breaks the line between words; whitespace between encoded words is dropped when
+    they are decoded, so the text comes back exactly.
+    """
+    words: list[str] = []
+    chunk = b""
+    for char in text:
+        encoded = char.encode("utf-8", "replace")
+        # 39 bytes → 52 base64 characters → a 64-character word: "Subject: " + word fits in 76.
+        if len(chunk) + len(encoded) > 39:
+            words.append(_b_word(chunk))
+            chunk = b""
+        chunk += encoded
+    if chunk or not words:
+        words.append(_b_word(chunk))
+    return " ".join(words)
+
+
+def _b_word(data: bytes) -> str:
+    return "=?utf-8?b?" + base64.b64encode(data).decode("ascii") + "?="
+
+
+def fold_header(name: str, value: str) -> str:
+    """`Name: value`, folded at spaces (CRLF + space) to keep lines within 76 characters.
+
+    :raises ValueError: when one unbreakable piece would make a line longer than 998 characters.
+    """
+    words = value.split(" ")
+    lines: list[str] = []
+    line = f"{name}:"
+    for word in words:
+        if len(line) + 1 + len(word) > MAX_LINE and line.strip() and not line.endswith(":"):
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    if any(len(x) > HARD_LIMIT for x in lines):
+        raise ValueError(f"header {name} has a piece longer than {HARD_LIMIT} characters")
+    return CRLF.join(lines)
+
+
+def _value(text: str, *, limit: int) -> str:
+    """Controls and line breaks gone; encoded words unless the text is plain ASCII without `=?`."""
+    clean = clean_header(text, limit=limit)
+    if _SAFE_HEADER.fullmatch(clean) and "=?" not in clean:
+        return clean
+    return encode_words(clean)
+
+
+def _extra_header(name: str, value: str) -> str:
+    if not _HEADER_NAME.fullmatch(name) or name.lower() in _OWN_HEADERS:
+        raise ValueError(f"header name {name!r} is invalid or reserved")
+    return fold_header(name, _value(value, limit=900))
+
+
+def check_address(address: str) -> str:
+    """`address` stripped, if it is a plain ASCII addr-spec: no quotes, brackets, spaces, controls.
+
+    :raises ValueError: otherwise.
+    """
+    addr = address.strip()
+    if not _ADDRESS.fullmatch(addr) or len(addr) > 254:
+        raise ValueError(f"not a plain ASCII e-mail address: {address!r}")
+    return addr
+
+
+def _check_message_id(message_id: str) -> str:
+    msgid = message_id.strip()
+    if not msgid.startswith("<"):
+        msgid = f"<{msgid}>"
+    if not _MESSAGE_ID.fullmatch(msgid) or len(msgid) > 250:
+        raise ValueError(f"not a valid Message-ID: {message_id!r}")
+    return msgid
+
+
+def _part(boundary: str, content_type: str, content: str) -> bytes:
+    head = (
+        f"--{boundary}{CRLF}"
+        f"Content-Type: {content_type}; charset=utf-8{CRLF}"
+        f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
+    )
+    return head.encode("ascii") + _quoted_printable(content) + CRLF.encode("ascii")
+
+
+def _quoted_printable(content: str) -> bytes:
+    """UTF-8 quoted-printable with CRLF line ends; lines ≤ 76 (soft breaks), `=` always encoded.
+
+    The boundary starts with `=_`, which quoted-printable can never produce, so it cannot collide.
+    """
+    text = content.replace("\r\n", "\n").replace("\r", "\n")
+    data = text.encode("utf-8", "replace")  # "replace": lone surrogates from bad JSON become "?"
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return encoded.replace(b"\n", b"\r\n")

@@ -1,0 +1,300 @@
+"""Jinja environments and `Digest → Rendered(subject, text, html)`, CSS inlined.
+
+Paper text is untrusted (titles, abstracts, links come from submitters). Everything that reaches the
+HTML template is either escaped by autoescape or is `Markup` this module built from escaped pieces;
+only http(s) links survive. The text part is a reading version of its own, not stripped HTML.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import css_inline
+import jinja2
+from markupsafe import Markup, escape
+
+import digestd
+from digestd.errors import ConfigError, ConfigProblem
+from digestd.model import Digest, Match, Reason, Rendered
+from digestd.text import clean_header, collapse
+
+__all__ = [
+    "TEMPLATES",
+    "Environments",
+    "RenderContext",
+    "check_templates",
+    "make_environments",
+    "render_digest",
+    "templates_dir",
+]
+
+HTML_TEMPLATE = "digest.html.j2"
+TEXT_TEMPLATE = "digest.txt.j2"
+TEMPLATES = (HTML_TEMPLATE, TEXT_TEMPLATE)
+
+MAX_AUTHORS = 8
+TEXT_ABSTRACT_CHARS = 600
+# Gmail clips a message at ~102 KB of HTML (delivery.md §1.5); long abstracts are cut in HTML too.
+HTML_ABSTRACT_CHARS = 1500
+TITLE_CHARS = 300
+SUBJECT_TITLE_CHARS = 120
+TEXT_WIDTH = 72
+
+# Length-preserving: every control or line break becomes one space, so highlight spans stay valid.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# keep_at_rules keeps only the @media blocks (dark mode, narrow screens) in a <style>; the rest is
+# inlined because several clients drop <style> entirely.
+_INLINER = css_inline.CSSInliner(
+    load_remote_stylesheets=False, keep_style_tags=False, keep_at_rules=True
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Environments:
+    html: jinja2.Environment
+    text: jinja2.Environment
+
+
+@dataclass(frozen=True, slots=True)
+class RenderContext:
+    """What a message says besides the papers; the caller computes it (render reads no clock)."""
+
+    site_name: str
+    date_label: str
+    unsubscribe_url: str | None = None
+    manage_note: str = ""
+    web_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    label: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaperView:
+    """One paper as the templates see it: plain strings for text, `Markup` built here for HTML."""
+
+    number: int
+    title: str
+    title_html: Markup
+    authors: str
+    url: str
+    pdf_url: str
+    links: tuple[Link, ...]
+    upvotes: int
+    comments: int
+    organization: str | None
+    tldr: str | None
+    abstract_html: Markup
+    abstract_text: str
+    why: str
+
+
+def templates_dir() -> Path:
+    """The bundled templates: inside the package in a wheel, at the repo root in a checkout."""
+    packaged = Path(digestd.__file__).parent / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(digestd.__file__).parent.parent / "templates"
+
+
+def make_environments(extra_dir: Path | None = None) -> Environments:
+    """Both environments, looking in `extra_dir` first so an admin can override any template."""
+    dirs = [extra_dir] if extra_dir is not None else []
+    loader = jinja2.ChoiceLoader(
+        [jinja2.FileSystemLoader(str(d)) for d in [*dirs, templates_dir()]]
+    )
+    # autoescape=True, not select_autoescape: the latter looks at the last suffix, `.j2`.
+    return Environments(html=_environment(loader, True), text=_environment(loader, False))
+
+
+def _environment(loader: jinja2.BaseLoader, autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=loader,
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["indent_wrap"] = wrap  # for the text part: `{{ line | indent_wrap }}`
+    return env
+
+
+def check_templates(envs: Environments) -> None:
+    """Compile the templates now so a broken override fails `digestd check`, not the first send.
+
+    :raises ConfigError: with the file and line of the first syntax error in each template.
+    """
+    problems = []
+    for env, name in ((envs.html, HTML_TEMPLATE), (envs.text, TEXT_TEMPLATE)):
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            where = exc.filename or name
+            problems.append(ConfigProblem(where, exc.lineno or 1, 1, "template", exc.message or ""))
+        except jinja2.TemplateNotFound as exc:
+            problems.append(ConfigProblem(name, 1, 1, "template", f"not found: {exc.name}"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def render_digest(digest: Digest, envs: Environments, ctx: RenderContext) -> Rendered:
+    papers = [paper_view(i, m) for i, m in enumerate(digest.matches, start=1)]
+    total = len(digest.matches) + digest.more
+    values = {
+        "kind": digest.kind,
+        "ctx": ctx,
+        "papers": papers,
+        "more": digest.more,
+        "total": total,
+        "subscriber_name": clean_header(digest.subscriber.name or "", limit=100),
+        "preheader": papers[0].title if papers else f"No new papers from {ctx.site_name}",
+        "unsubscribe_url": safe_url(ctx.unsubscribe_url),
+        "web_url": safe_url(ctx.web_url),
+    }
+    html = envs.html.get_template(HTML_TEMPLATE).render(values)
+    text = envs.text.get_template(TEXT_TEMPLATE).render(values)
+    return Rendered(subject=subject(digest), text=text, html=_INLINER.inline(html))
+
+
+def subject(digest: Digest) -> str:
+    """A one-line, bounded subject; untrusted titles pass `clean_header` first."""
+    total = len(digest.matches) + digest.more
+    top = clean_header(digest.matches[0].paper.title, limit=SUBJECT_TITLE_CHARS) if total else ""
+    if digest.kind == "alert":
+        extra = f" (+{total - 1} more)" if total > 1 else ""
+        line = f"Alert: {top}{extra}" if top else "Alert: no papers"
+    elif not top:
+        line = "Paper digest: no new papers"
+    else:
+        noun = "paper" if total == 1 else "papers"
+        line = f"Paper digest: {total} new {noun} — {top}"
+    return clean_header(line, limit=200)
+
+
+def paper_view(number: int, m: Match) -> PaperView:
+    p = m.paper
+    title = clean_header(p.title, limit=TITLE_CHARS)
+    abstract_html = highlight(p.abstract, m.highlights.get("abstract", ()), HTML_ABSTRACT_CHARS)
+    return PaperView(
+        number=number,
+        title=title,
+        title_html=highlight(p.title, m.highlights.get("title", ()), TITLE_CHARS),
+        authors=authors_line(p.authors),
+        url=p.url,
+        pdf_url=p.pdf_url,
+        links=links(p.github_repo, p.project_page),
+        upvotes=p.upvotes,
+        comments=p.comments,
+        organization=clean_header(p.organization, limit=100) if p.organization else None,
+        tldr=clean_header(p.ai_summary, limit=500) if p.ai_summary else None,
+        abstract_html=abstract_html,
+        abstract_text=wrap(shorten(collapse(_CONTROL.sub(" ", p.abstract)), TEXT_ABSTRACT_CHARS)),
+        why=why(m.reasons),
+    )
+
+
+def highlight(text: str, spans: Iterable[tuple[int, int]], limit: int) -> Markup:
+    """`text` escaped piece by piece, each span wrapped in <mark>; cut at a word before `limit`."""
+    clean = _CONTROL.sub(" ", text)
+    cut = _cut_point(clean, limit)
+    out: list[str] = []
+    pos = 0
+    for start, end in _merge(spans, cut):
+        out += [escape(clean[pos:start]), Markup("<mark>"), escape(clean[start:end])]
+        out.append(Markup("</mark>"))
+        pos = end
+    out.append(escape(clean[pos:cut]))
+    if cut < len(clean):
+        out.append(Markup("…"))
+    return Markup("").join(out)
+
+
+def _cut_point(text: str, limit: int) -> int:
+    if len(text) <= limit:
+        return len(text)
+    space = text.rfind(" ", 0, limit)
+    return space if space > limit // 2 else limit
+
+
+def _merge(spans: Iterable[tuple[int, int]], cut: int) -> list[tuple[int, int]]:
+    """Spans sorted, clipped to [0, cut) and merged where they overlap or touch."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted((max(0, s), min(e, cut)) for s, e in spans):
+        if start >= end:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def authors_line(authors: Sequence[str]) -> str:
+    names = [clean_header(a, limit=100) for a in authors]
+    if len(names) > MAX_AUTHORS:
+        return ", ".join(names[:MAX_AUTHORS]) + " et al."
+    return ", ".join(names)
+
+
+def safe_url(url: str | None) -> str | None:
+    """`url` when it is an absolute http(s) URL without spaces or controls; None otherwise."""
+    if not url or _CONTROL.search(url) or " " in url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def links(github: str | None, project: str | None) -> tuple[Link, ...]:
+    found = [Link("Code", u) for u in [safe_url(github)] if u]
+    found += [Link("Project page", u) for u in [safe_url(project)] if u]
+    return tuple(found)
+
+
+def why(reasons: Sequence[Reason]) -> str:
+    """'“kv cache” in title; author “Jane Doe”; rule 2', each reason once, in order."""
+    parts: list[str] = []
+    for r in reasons:
+        part = _reason(r)
+        if part not in parts:
+            parts.append(part)
+    return "; ".join(parts)
+
+
+def _reason(r: Reason) -> str:
+    term = clean_header(r.term, limit=80) if r.term else None
+    if r.field == "authors":
+        return f"author “{term}”" if term else "author"
+    if term and r.field:
+        return f"“{term}” in {r.field}"
+    if term:
+        return f"“{term}”"
+    return f"rule {r.rule + 1}"
+
+
+def shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: _cut_point(text, limit)].rstrip(" ,;:") + "…"
+
+
+def wrap(text: str, indent: str = "   ") -> str:
+    return textwrap.fill(
+        text,
+        width=TEXT_WIDTH,
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+    )

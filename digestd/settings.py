@@ -1,0 +1,208 @@
+"""The settings file: YAML read with positions, validated by pydantic-settings, `DIGESTD_*` env on top."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from digestd.errors import ConfigError, ConfigProblem
+from digestd.yamlpos import load_yaml, problems_from_validation
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DeliverySettings",
+    "Settings",
+    "SourceSettings",
+    "load_settings",
+    "parse_duration",
+]
+
+DEFAULT_CONFIG = Path("/etc/digestd/digestd.yaml")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> timedelta:
+    """'30m', '1h30m', '7d', '90s' or a number of seconds → timedelta.
+
+    :raises ValueError: for anything else, naming the accepted forms.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    text = str(value).strip().replace(" ", "")
+    parts = _DURATION.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{value!r} is not a duration; use forms like 90s, 30m, 1h30m, 7d")
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SourceSettings(_Section):
+    kind: Literal["huggingface", "file"] = "huggingface"
+    url: str = "https://huggingface.co/api/daily_papers"
+    poll_every: Duration = timedelta(minutes=30)
+    days: int = Field(
+        2, ge=1, le=14, description="listing days fetched per poll (today, yesterday…)"
+    )
+    timeout: Duration = timedelta(seconds=30)
+    token: SecretStr | None = (
+        None  # Hugging Face token: raises the rate limit; DIGESTD_SOURCE__TOKEN
+    )
+
+
+class DeliverySettings(_Section):
+    kind: Literal["smtp", "maildir"] = "smtp"
+    host: str = "localhost"
+    port: int = Field(25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    sender: str = Field("Paper Digest <digest@localhost>", alias="from")
+    username: str | None = None
+    password: SecretStr | None = None  # prefer DIGESTD_DELIVERY__PASSWORD or password_file
+    password_file: Path | None = None
+    validate_certs: bool = True
+    timeout: Duration = timedelta(seconds=30)
+    data_timeout: Duration = timedelta(minutes=10)  # RFC 5321 §4.5.3.2: end of DATA may take long
+    max_per_connection: int = Field(100, ge=1)
+    max_attempts: int = Field(8, ge=1, description="tries before a message is failed")
+    path: Path = Path("var/mail")
+
+    @model_validator(mode="after")
+    def _check(self) -> DeliverySettings:
+        _, addr = parseaddr(self.sender)
+        if "@" not in addr:
+            raise ValueError(f"delivery.from {self.sender!r} has no valid address")
+        if self.kind == "smtp" and self.username and self.security == "none":
+            raise ValueError(
+                "delivery.security must be starttls or tls when credentials are set "
+                "(a password is never sent over plaintext)"
+            )
+        return self
+
+    @property
+    def envelope_from(self) -> str:
+        return parseaddr(self.sender)[1]
+
+
+class Settings(BaseSettings):
+    """Everything an admin sets; built once by the shell and passed down as values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIGESTD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    state: Path = Path("var/digestd.sqlite3")
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    subscribers: Path = Path("subscribers.yaml")
+    lookback: Duration = Field(timedelta(days=7), description="how far back a digest looks")
+    site_name: str = "Paper Digest"
+    max_late: Duration | None = None  # a missed digest older than this is skipped, not sent late
+    templates: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return env_settings, init_settings
+
+    def smtp_password(self) -> str | None:
+        """The SMTP password from the environment, `password_file`, or systemd's credential."""
+        d = self.delivery
+        if d.password is not None:
+            return d.password.get_secret_value()
+        path = d.password_file or _credential("smtp_password")
+        return path.read_text(encoding="utf-8").strip() if path else None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings for display, secrets shown as <redacted>."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for section, key in (("delivery", "password"), ("source", "token")):
+            if data[section].get(key) is not None:
+                data[section][key] = "<redacted>"
+        return data
+
+
+def _credential(name: str) -> Path | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(directory, name) if directory else None
+    return path if path and path.is_file() else None
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate the settings file; relative paths in it are made relative to its folder.
+
+    :raises ConfigError: with every problem as FILE:LINE:COLUMN: field: message.
+    """
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(file, 1, 1, "", f"cannot read: {exc.strerror}")]) from exc
+    data, marks = load_yaml(text, file=file)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(file, 1, 1, "", "the settings file must be a mapping")])
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation(exc, marks, file=file)) from None
+    return _resolve_paths(settings, path.parent)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def rel(p: Path) -> Path:
+        return p if p.is_absolute() else Path(os.path.normpath(base / p))
+
+    delivery = settings.delivery.model_copy(
+        update={
+            "path": rel(settings.delivery.path),
+            "password_file": rel(settings.delivery.password_file)
+            if settings.delivery.password_file
+            else None,
+        }
+    )
+    source = settings.source
+    if source.kind == "file" and "://" not in source.url:
+        source = source.model_copy(update={"url": str(rel(Path(source.url)))})
+    return settings.model_copy(
+        update={
+            "state": rel(settings.state),
+            "subscribers": rel(settings.subscribers),
+            "templates": rel(settings.templates) if settings.templates else None,
+            "delivery": delivery,
+            "source": source,
+        }
+    )

@@ -1,0 +1,236 @@
+"""`HuggingFaceSource`: polls `/api/daily_papers` day by day, page by page, all or nothing.
+
+Owns the HTTP side: headers, paging (`p` while a page is full), retries (429 per `RateLimit` or
+`Retry-After`; 5xx, timeouts and connection errors with exponential backoff and jitter) and the
+rule that a poll returns every page of every day or raises `SourceError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import NoReturn
+
+import httpx
+
+from digestd import __version__
+from digestd.errors import SourceError
+from digestd.model import ParseProblem, ParseResult
+from digestd.sources.hf_json import merge_results, parse_page
+
+__all__ = ["USER_AGENT", "HuggingFaceSource", "make_client"]
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"digestd/{__version__} (+https://github.com/digestd/digestd)"
+# A reply larger than this is not a Daily Papers page (100 items are about 1 MB).
+MAX_BODY = 32 * 1024 * 1024
+_RATELIMIT_T = re.compile(r"(?:^|;)\s*t\s*=\s*(\d+)")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def make_client(timeout: float = 30.0) -> httpx.AsyncClient:
+    """The HTTP client: TLS verified, redirects followed (httpx drops auth across origins)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        verify=True,
+        follow_redirects=True,
+        max_redirects=5,
+    )
+
+
+class _Retry(Exception):
+    """A failed attempt worth retrying: why, the HTTP status, and the server's wait if any."""
+
+    def __init__(self, message: str, *, status: int | None = None, wait: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.wait = wait
+
+
+class HuggingFaceSource:
+    """Daily Papers for the last `days` UTC listing days of `now`, newest first."""
+
+    def __init__(
+        self,
+        url: str,
+        client: httpx.AsyncClient,
+        *,
+        name: str = "huggingface",
+        days: int = 2,
+        limit: int = 100,
+        max_pages: int = 20,
+        retries: int = 3,
+        backoff: float = 1.0,
+        max_wait: float = 60.0,
+        token: str | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if not 1 <= limit <= 100:
+            raise ValueError("limit must be between 1 and 100 (the API rejects more)")
+        if days < 1 or max_pages < 1 or retries < 0:
+            raise ValueError("days and max_pages must be >= 1, retries >= 0")
+        self.url = url
+        self.name = name
+        self.days = days
+        self.limit = limit
+        self.max_pages = max_pages
+        self.retries = retries
+        self.backoff = backoff
+        self.max_wait = max_wait
+        self._client = client
+        self._token = token or None
+        self._sleep = sleep
+        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if self._token:
+            self._headers["Authorization"] = f"Bearer {self._token}"
+
+    def __repr__(self) -> str:
+        # Never the token: this may end up in a log line.
+        return f"HuggingFaceSource({self.url!r}, name={self.name!r}, days={self.days})"
+
+    async def fetch(self, *, now: datetime) -> ParseResult:
+        """Every page of every day, merged; any request that finally fails fails the whole poll."""
+        now = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+        results: list[ParseResult] = []
+        for back in range(self.days):
+            results.extend(await self._fetch_day(now.date() - timedelta(days=back), now))
+        return merge_results(results)
+
+    async def _fetch_day(self, day: date, now: datetime) -> list[ParseResult]:
+        results: list[ParseResult] = []
+        for page in range(self.max_pages):
+            params = {"date": day.isoformat(), "limit": str(self.limit), "p": str(page)}
+            raw = await self._get(params, now)
+            try:
+                result, count = parse_page(raw)
+            except SourceError as exc:
+                raise self._error(f"{self._where(params)}: {exc}", transient=False) from None
+            results.append(_locate(result, day, page))
+            if count < self.limit:
+                return results
+        log.warning("paging stopped source=%s date=%s max_pages=%d", self.name, day, self.max_pages)
+        return results
+
+    async def _get(self, params: dict[str, str], now: datetime) -> bytes:
+        """One page's body, retried; raises `SourceError` once retries are exhausted or on a 4xx."""
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(params, now)
+            except _Retry as failure:
+                if attempt >= self.retries:
+                    raise self._error(
+                        f"{self._where(params)}: {failure} (gave up after {attempt + 1} attempts)",
+                        transient=True,
+                        status=failure.status,
+                    ) from None
+                delay = self._delay(attempt, failure.wait)
+                log.info(
+                    "retrying source=%s %s error=%s in=%.1fs",
+                    self.name,
+                    self._where(params),
+                    self._scrub(str(failure)),
+                    delay,
+                )
+                attempt += 1
+                await self._sleep(delay)
+
+    async def _attempt(self, params: dict[str, str], now: datetime) -> bytes:
+        try:
+            async with self._client.stream(
+                "GET", self.url, params=params, headers=self._headers
+            ) as response:
+                if response.status_code == 200:
+                    return await _read_capped(response)
+                excerpt = (await _read_capped(response, limit=4096))[:200]
+        except httpx.TimeoutException as exc:
+            raise _Retry(f"timed out ({type(exc).__name__})") from None
+        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+            raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
+        except httpx.HTTPError as exc:
+            # A bad URL, an unsupported scheme, a redirect loop: retrying will not help.
+            message = f"{self._where(params)}: {type(exc).__name__}: {exc}"
+            raise self._error(message, transient=False) from None
+        self._refuse(response, excerpt, params, now)
+
+    def _refuse(
+        self, response: httpx.Response, excerpt: bytes, params: dict[str, str], now: datetime
+    ) -> NoReturn:
+        status = response.status_code
+        if status == 429:
+            raise _Retry("HTTP 429 rate limited", status=429, wait=_server_wait(response, now))
+        if status >= 500:
+            raise _Retry(f"HTTP {status}", status=status)
+        body = excerpt.decode("utf-8", "replace")
+        raise self._error(
+            f"{self._where(params)}: HTTP {status} {response.reason_phrase}: {body!r}",
+            transient=False,
+            status=status,
+        )
+
+    def _delay(self, attempt: int, server_wait: float | None) -> float:
+        if server_wait is not None:
+            return min(server_wait, self.max_wait)
+        # Jitter keeps several daemons behind one NAT from retrying in lockstep.
+        base = self.backoff * 2.0**attempt
+        return min(base * random.uniform(1.0, 1.5), self.max_wait)
+
+    def _where(self, params: dict[str, str]) -> str:
+        return f"GET {self.url} date={params['date']} p={params['p']}"
+
+    def _error(self, message: str, *, transient: bool, status: int | None = None) -> SourceError:
+        return SourceError(self._scrub(message), transient=transient, status=status)
+
+    def _scrub(self, message: str) -> str:
+        # A hostile or echoing server could quote our Authorization header back at us.
+        return message.replace(self._token, "***") if self._token else message
+
+
+async def _read_capped(response: httpx.Response, *, limit: int = MAX_BODY) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            if limit == MAX_BODY:
+                raise SourceError(f"reply larger than {MAX_BODY} bytes", transient=False)
+            break
+    return b"".join(chunks)
+
+
+def _server_wait(response: httpx.Response, now: datetime) -> float | None:
+    """Seconds the server asks us to wait: `RateLimit: "api";r=0;t=16`, else `Retry-After`."""
+    match = _RATELIMIT_T.search(response.headers.get("RateLimit", ""))
+    if match:
+        return float(match.group(1))
+    retry_after = response.headers.get("Retry-After", "").strip()
+    if retry_after.isdigit():
+        return float(retry_after)
+    if retry_after:
+        try:
+            when = parsedate_to_datetime(retry_after)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(float((when - now).total_seconds()), 0.0)
+    return None
+
+
+def _locate(result: ParseResult, day: date, page: int) -> ParseResult:
+    """Prefix each problem with the page it came from: indexes restart on every page."""
+    if not result.problems:
+        return result
+    problems = tuple(
+        ParseProblem(index=p.index, reason=f"date={day} p={page}: {p.reason}")
+        for p in result.problems
+    )
+    return ParseResult(papers=result.papers, problems=problems)

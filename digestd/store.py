@@ -1,0 +1,785 @@
+"""The SQLite store: papers seen, polls, subscribers, the delivery ledger and the outbox.
+
+Every public method is one short transaction. Times are always passed in (time-machine does not
+mock SQLite's clock), stored as fixed-width ISO-8601 UTC text so that text order is time order, and
+returned as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar, cast
+
+from digestd.errors import DigestdError
+from digestd.model import Paper
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATES",
+    "OutboxKind",
+    "OutboxProblem",
+    "OutboxRow",
+    "OutboxState",
+    "PollInfo",
+    "SchemaError",
+    "Store",
+    "StoreStatus",
+]
+
+OutboxKind = Literal["digest", "alert"]
+OutboxState = Literal[
+    "queued", "sending", "sent", "deferred", "failed", "in_doubt", "expired", "empty"
+]
+STATES: tuple[OutboxState, ...] = (
+    "queued",
+    "sending",
+    "sent",
+    "deferred",
+    "failed",
+    "in_doubt",
+    "expired",
+    "empty",
+)
+_CLAIMABLE = ("queued", "deferred", "in_doubt")
+_PENDING = ("queued", "sending", "deferred", "in_doubt")
+_PROBLEMS = ("failed", "deferred", "in_doubt")
+# Rows a sender may still expire: anything not final (a claimed row may turn out to be too old).
+_EXPIRABLE = _PENDING
+# Well under SQLite's default limit of host parameters per statement (32766 since 3.32, 999 before).
+_CHUNK = 500
+# Enough to spot a pattern in `digestd status` without flooding the screen.
+_STATUS_PROBLEMS = 20
+# How long (ms) to wait for another connection's write lock before "database is locked".
+_BUSY_TIMEOUT_MS = 5000
+
+_T = TypeVar("_T")
+
+
+class SchemaError(DigestdError):
+    """The database was written by a newer digestd than this one."""
+
+    hint = "upgrade digestd, or point it at another database file"
+
+
+@dataclass(frozen=True, slots=True)
+class PollInfo:
+    """One recorded poll of a source."""
+
+    at: datetime
+    ok: bool
+    n_items: int
+    n_new: int
+    error: str | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A claimed outbox row; `state` is the state before claiming (`in_doubt` = may be a resend)."""
+
+    id: int
+    subscriber: str
+    kind: OutboxKind
+    period: str
+    message_id: str
+    sender: str
+    data: bytes
+    attempts: int
+    state: OutboxState
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxProblem:
+    """A failed, deferred or in-doubt outbox row, as `digestd status` shows it."""
+
+    subscriber: str
+    kind: OutboxKind
+    period: str
+    state: OutboxState
+    attempts: int
+    last_code: int | None
+    last_reply: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    papers: int
+    last_poll: PollInfo | None
+    last_success_at: datetime | None
+    outbox: dict[str, int]  # every state, zero included
+    subscribers: int
+    problems: list[OutboxProblem]  # most recent first, at most 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Value conversions
+
+
+def _ts(value: datetime) -> str:
+    """Aware datetime → fixed-width UTC text (always with microseconds: text order = time order)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime given to the store: {value!r}")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _opt_ts(value: datetime | None) -> str | None:
+    return None if value is None else _ts(value)
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _opt_dt(text: str | None) -> datetime | None:
+    return None if text is None else _dt(text)
+
+
+def _email_key(email: str) -> str:
+    return email.strip().lower()
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema: migration N brings the database from version N-1 to N. Append, never edit.
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_1:
+        db.execute(statement)
+
+
+_SCHEMA_1 = (
+    """CREATE TABLE papers (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        abstract TEXT NOT NULL,
+        authors TEXT NOT NULL,
+        upvotes INTEGER NOT NULL,
+        comments INTEGER NOT NULL,
+        organization TEXT,
+        published_at TEXT,
+        listed_on TEXT,
+        ai_summary TEXT,
+        github_repo TEXT,
+        project_page TEXT,
+        first_seen_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX papers_first_seen ON papers(first_seen_at)",
+    """CREATE TABLE polls (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        at TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        n_items INTEGER NOT NULL,
+        n_new INTEGER NOT NULL,
+        error TEXT
+    )""",
+    "CREATE INDEX polls_source_at ON polls(source, at)",
+    "CREATE INDEX polls_at ON polls(at)",
+    """CREATE TABLE subscribers (
+        email TEXT PRIMARY KEY,
+        registered_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        subscriber TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('digest', 'alert')),
+        period TEXT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        sender TEXT NOT NULL,
+        data BLOB,
+        n_papers INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('queued', 'sending', 'sent', 'deferred', 'failed', 'in_doubt', 'expired', 'empty')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        last_code INTEGER,
+        last_reply TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        sent_at TEXT,
+        expires_at TEXT,
+        UNIQUE (subscriber, kind, period)
+    )""",
+    "CREATE INDEX outbox_due ON outbox(state, next_attempt_at)",
+    """CREATE TABLE deliveries (
+        subscriber TEXT NOT NULL,
+        paper_id TEXT NOT NULL,
+        outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+        PRIMARY KEY (subscriber, paper_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX deliveries_outbox ON deliveries(outbox_id)",
+)
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_PAPER_COLUMNS = (
+    "id, title, abstract, authors, upvotes, comments, organization, published_at, listed_on,"
+    " ai_summary, github_repo, project_page, first_seen_at"
+)
+
+# Known papers keep first_seen_at. Optional fields keep their old value when a later reply lacks
+# them: HF fills ai_summary/githubRepo in after listing, and a sparse reply must not erase them.
+_UPSERT_PAPER = """
+INSERT INTO papers (id, title, abstract, authors, upvotes, comments, organization, published_at,
+                    listed_on, ai_summary, github_repo, project_page, first_seen_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    title = excluded.title,
+    abstract = excluded.abstract,
+    authors = excluded.authors,
+    upvotes = excluded.upvotes,
+    comments = excluded.comments,
+    organization = COALESCE(excluded.organization, organization),
+    published_at = COALESCE(excluded.published_at, published_at),
+    listed_on = COALESCE(excluded.listed_on, listed_on),
+    ai_summary = COALESCE(excluded.ai_summary, ai_summary),
+    github_repo = COALESCE(excluded.github_repo, github_repo),
+    project_page = COALESCE(excluded.project_page, project_page),
+    updated_at = excluded.updated_at
+"""
+
+
+def _paper_params(paper: Paper, seen: str) -> tuple[Any, ...]:
+    return (
+        paper.id,
+        paper.title,
+        paper.abstract,
+        json.dumps(list(paper.authors), ensure_ascii=False),
+        paper.upvotes,
+        paper.comments,
+        paper.organization,
+        _opt_ts(paper.published_at),
+        None if paper.listed_on is None else paper.listed_on.isoformat(),
+        paper.ai_summary,
+        paper.github_repo,
+        paper.project_page,
+        seen,
+        seen,
+    )
+
+
+def _paper_from_row(row: sqlite3.Row) -> Paper:
+    return Paper(
+        id=row["id"],
+        title=row["title"],
+        abstract=row["abstract"],
+        authors=tuple(json.loads(row["authors"])),
+        upvotes=row["upvotes"],
+        comments=row["comments"],
+        organization=row["organization"],
+        published_at=_opt_dt(row["published_at"]),
+        listed_on=None if row["listed_on"] is None else date.fromisoformat(row["listed_on"]),
+        ai_summary=row["ai_summary"],
+        github_repo=row["github_repo"],
+        project_page=row["project_page"],
+        first_seen_at=_dt(row["first_seen_at"]),
+    )
+
+
+def _poll_from_row(row: sqlite3.Row) -> PollInfo:
+    return PollInfo(
+        at=_dt(row["at"]),
+        ok=bool(row["ok"]),
+        n_items=row["n_items"],
+        n_new=row["n_new"],
+        error=row["error"],
+        source=row["source"],
+    )
+
+
+def _outbox_from_row(row: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(
+        id=row["id"],
+        subscriber=row["subscriber"],
+        kind=row["kind"],
+        period=row["period"],
+        message_id=row["message_id"],
+        sender=row["sender"],
+        data=bytes(row["data"]),
+        attempts=row["attempts"],
+        state=row["state"],
+    )
+
+
+def _problem_from_row(row: sqlite3.Row) -> OutboxProblem:
+    return OutboxProblem(
+        subscriber=row["subscriber"],
+        kind=row["kind"],
+        period=row["period"],
+        state=row["state"],
+        attempts=row["attempts"],
+        last_code=row["last_code"],
+        last_reply=row["last_reply"],
+        updated_at=_dt(row["updated_at"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Store:
+    """One connection to the digestd database; not thread-safe, meant for the event loop thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: the sqlite3 module must not open transactions behind our back;
+        # `_write` issues BEGIN IMMEDIATE so the write lock is taken up front (no upgrade deadlock).
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._configure()
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _configure(self) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL (got {mode!r})")
+        # FULL: under WAL, NORMAL may lose the last commits on power loss; "sent" must stay sent.
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} has schema version {version};"
+                f" this digestd knows up to {SCHEMA_VERSION}"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            with self._write() as db:
+                _MIGRATIONS[number - 1](db)
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(number),),
+                )
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        """A cheap query, for the systemd watchdog: raises if the database is unusable."""
+        self._db.execute("SELECT 1").fetchone()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A deferred transaction: several SELECTs see one snapshot."""
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            self._db.execute("COMMIT")
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self._db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    # -- meta ------------------------------------------------------------------------------
+
+    def secret(self) -> bytes:
+        """The server secret (32 random bytes), created on first use and kept forever."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)",
+                (secrets.token_bytes(32).hex(),),
+            )
+            row = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
+        return bytes.fromhex(row[0])
+
+    # -- papers ----------------------------------------------------------------------------
+
+    def record_papers(self, papers: Sequence[Paper], *, seen_at: datetime) -> list[Paper]:
+        """Insert unknown papers, refresh known ones; return the inserted ones with first_seen_at.
+
+        A paper listed twice in `papers` counts once, with its last values.
+        """
+        seen = _ts(seen_at)
+        latest = {paper.id: paper for paper in papers}
+        with self._write() as db:
+            known = self._known_ids(db, list(latest))
+            db.executemany(_UPSERT_PAPER, (_paper_params(p, seen) for p in latest.values()))
+        first_seen = _dt(seen)
+        return [
+            replace(paper, first_seen_at=first_seen)
+            for paper in latest.values()
+            if paper.id not in known
+        ]
+
+    @staticmethod
+    def _known_ids(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        known: set[str] = set()
+        for chunk in _chunks(ids):
+            rows = db.execute(f"SELECT id FROM papers WHERE id IN ({_marks(len(chunk))})", chunk)
+            known.update(row[0] for row in rows)
+        return known
+
+    def paper_count(self) -> int:
+        return cast(int, self._scalar("SELECT COUNT(*) FROM papers"))
+
+    def get_papers(self, ids: Iterable[str]) -> list[Paper]:
+        """The stored papers with these ids, in the order asked; unknown ids are left out."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, Paper] = {}
+        with self._read() as db:
+            for chunk in _chunks(wanted):
+                sql = f"SELECT {_PAPER_COLUMNS} FROM papers WHERE id IN ({_marks(len(chunk))})"
+                found.update((row["id"], _paper_from_row(row)) for row in db.execute(sql, chunk))
+        return [found[i] for i in wanted if i in found]
+
+    def candidates(self, subscriber: str, *, since: datetime) -> list[Paper]:
+        """Papers first seen at or after `since` not yet reserved for `subscriber` in the ledger."""
+        rows = self._db.execute(
+            f"""SELECT {_PAPER_COLUMNS} FROM papers p
+                WHERE p.first_seen_at >= ?
+                  AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                  WHERE d.subscriber = ? AND d.paper_id = p.id)
+                ORDER BY p.upvotes DESC, p.id""",
+            (_ts(since), _email_key(subscriber)),
+        )
+        return [_paper_from_row(row) for row in rows]
+
+    # -- polls -----------------------------------------------------------------------------
+
+    def record_poll(
+        self,
+        source: str,
+        *,
+        at: datetime,
+        ok: bool,
+        n_items: int = 0,
+        n_new: int = 0,
+        error: str | None = None,
+    ) -> int:
+        """Record one poll of `source`; returns its id."""
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO polls (source, at, ok, n_items, n_new, error)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (source, _ts(at), int(ok), n_items, n_new, error),
+            )
+        return cast(int, cursor.lastrowid)
+
+    def last_poll(self, source: str | None = None) -> PollInfo | None:
+        """The latest poll of `source` (of any source when None)."""
+        where, params = self._poll_filter(source)
+        row = self._db.execute(
+            f"SELECT * FROM polls {where} ORDER BY at DESC, id DESC LIMIT 1", params
+        ).fetchone()
+        return None if row is None else _poll_from_row(row)
+
+    def last_success_at(self, source: str | None = None) -> datetime | None:
+        """When `source` (any source when None) was last polled successfully."""
+        where, params = self._poll_filter(source, ok_only=True)
+        return _opt_dt(self._scalar(f"SELECT MAX(at) FROM polls {where}", params))
+
+    @staticmethod
+    def _poll_filter(source: str | None, *, ok_only: bool = False) -> tuple[str, list[Any]]:
+        clauses = ["ok = 1"] if ok_only else []
+        params: list[Any] = []
+        if source is not None:
+            clauses.append("source = ?")
+            params.append(source)
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    # -- subscribers -----------------------------------------------------------------------
+
+    def register_subscribers(self, emails: Iterable[str], *, at: datetime) -> dict[str, datetime]:
+        """Register unknown addresses at `at`; map each address, as given, to its registration time.
+
+        Addresses are compared case-insensitively (stored lowercased).
+        """
+        given = list(dict.fromkeys(emails))
+        keys = list(dict.fromkeys(_email_key(e) for e in given))
+        stamp = _ts(at)
+        registered: dict[str, datetime] = {}
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO subscribers (email, registered_at) VALUES (?, ?)",
+                ((key, stamp) for key in keys),
+            )
+            for chunk in _chunks(keys):
+                sql = (
+                    "SELECT email, registered_at FROM subscribers"
+                    f" WHERE email IN ({_marks(len(chunk))})"
+                )
+                registered.update((row[0], _dt(row[1])) for row in db.execute(sql, chunk))
+        return {email: registered[_email_key(email)] for email in given}
+
+    def subscriber_count(self) -> int:
+        return cast(int, self._scalar("SELECT COUNT(*) FROM subscribers"))
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        subscriber: str,
+        kind: OutboxKind,
+        period: str,
+        message_id: str,
+        sender: str,
+        data: bytes | None,
+        paper_ids: Sequence[str],
+        at: datetime,
+        expires_at: datetime | None = None,
+    ) -> int | None:
+        """Queue one message and reserve its papers for `subscriber`, atomically.
+
+        `data=None` records an empty period (state 'empty') so it is not composed again.
+        Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
+        Papers already reserved for the subscriber keep their old reservation.
+
+        :raises ValueError: `data` is None but `paper_ids` is not empty.
+        """
+        ids = list(dict.fromkeys(paper_ids))
+        if data is None and ids:
+            raise ValueError("an empty outbox row (data=None) cannot carry papers")
+        key, stamp = _email_key(subscriber), _ts(at)
+        with self._write() as db:
+            outbox_id = db.execute(
+                """INSERT INTO outbox (subscriber, kind, period, message_id, sender, data, n_papers,
+                                       state, attempts, next_attempt_at, created_at, updated_at,
+                                       expires_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)
+                   ON CONFLICT (subscriber, kind, period) DO NOTHING
+                   RETURNING id""",
+                (key, kind, period, message_id, sender, data, len(ids),
+                 "empty" if data is None else "queued", stamp, stamp, stamp, _opt_ts(expires_at)),
+            ).fetchone()  # fmt: skip
+            if outbox_id is None:
+                return None
+            db.executemany(
+                "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, outbox_id)"
+                " VALUES (?, ?, ?)",
+                ((key, paper_id, outbox_id[0]) for paper_id in ids),
+            )
+        return cast(int, outbox_id[0])
+
+    def has_period(self, subscriber: str, kind: OutboxKind, period: str) -> bool:
+        """Whether a message (or an empty marker) exists for this key, whatever its state."""
+        row = self._db.execute(
+            "SELECT 1 FROM outbox WHERE subscriber = ? AND kind = ? AND period = ?",
+            (_email_key(subscriber), kind, period),
+        ).fetchone()
+        return row is not None
+
+    def claim_due(self, *, now: datetime, limit: int = 100) -> list[OutboxRow]:
+        """Move due rows to 'sending' (attempts + 1) and return them, oldest first, committed."""
+        stamp = _ts(now)
+        with self._write() as db:
+            rows = db.execute(
+                f"""SELECT * FROM outbox
+                    WHERE state IN ({_marks(len(_CLAIMABLE))}) AND next_attempt_at <= ?
+                    ORDER BY created_at, id LIMIT ?""",
+                (*_CLAIMABLE, stamp, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ?",
+                ((stamp, row["id"]) for row in rows),
+            )
+        return [replace(_outbox_from_row(row), attempts=row["attempts"] + 1) for row in rows]
+
+    def mark_sent(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None:
+        """The relay accepted the message (250 after DATA).
+
+        :raises ValueError: the row is not in 'sending'.
+        """
+        stamp = _ts(at)
+        with self._write() as db:
+            self._transition(
+                db, outbox_id, ("sending",),
+                "state = 'sent', sent_at = ?, last_code = ?, last_reply = ?, updated_at = ?",
+                (stamp, code, reply, stamp),
+            )  # fmt: skip
+
+    def mark_deferred(
+        self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
+    ) -> None:
+        """A transient failure: try again at `retry_at`.
+
+        :raises ValueError: the row is not in 'sending'.
+        """
+        with self._write() as db:
+            self._transition(
+                db, outbox_id, ("sending",),
+                "state = 'deferred', next_attempt_at = ?, last_code = ?, last_reply = ?,"
+                " updated_at = ?",
+                (_ts(retry_at), code, reply, _ts(at)),
+            )  # fmt: skip
+
+    def mark_failed(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None:
+        """A permanent failure; the papers are released for the subscriber's next message.
+
+        :raises ValueError: the row is not in 'sending'.
+        """
+        with self._write() as db:
+            self._transition(
+                db, outbox_id, ("sending",),
+                "state = 'failed', last_code = ?, last_reply = ?, updated_at = ?",
+                (code, reply, _ts(at)),
+            )  # fmt: skip
+            db.execute("DELETE FROM deliveries WHERE outbox_id = ?", (outbox_id,))
+
+    def mark_expired(self, outbox_id: int, *, at: datetime, reason: str) -> None:
+        """Give up on a row not yet final; the papers are released.
+
+        :raises ValueError: the row is already final (sent, failed, expired, empty) or unknown.
+        """
+        with self._write() as db:
+            self._transition(
+                db, outbox_id, _EXPIRABLE,
+                "state = 'expired', last_reply = ?, updated_at = ?",
+                (reason, _ts(at)),
+            )  # fmt: skip
+            db.execute("DELETE FROM deliveries WHERE outbox_id = ?", (outbox_id,))
+
+    @staticmethod
+    def _transition(
+        db: sqlite3.Connection,
+        outbox_id: int,
+        from_states: Sequence[str],
+        assignments: str,
+        params: Sequence[Any],
+    ) -> None:
+        cursor = db.execute(
+            f"UPDATE outbox SET {assignments}"
+            f" WHERE id = ? AND state IN ({_marks(len(from_states))})",
+            (*params, outbox_id, *from_states),
+        )
+        if cursor.rowcount != 1:
+            row = db.execute("SELECT state FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
+            found = "no such row" if row is None else f"state {row[0]!r}"
+            raise ValueError(f"outbox row {outbox_id}: expected {'/'.join(from_states)}, {found}")
+
+    def release_stale(self, *, now: datetime) -> int:
+        """Expire queued/deferred rows past their expires_at, releasing their papers; returns count.
+
+        In-doubt rows are left alone: they may already have been delivered.
+        """
+        stamp = _ts(now)
+        with self._write() as db:
+            ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM outbox WHERE state IN ('queued', 'deferred')"
+                    " AND expires_at IS NOT NULL AND expires_at <= ?",
+                    (stamp,),
+                )
+            ]
+            db.executemany(
+                "UPDATE outbox SET state = 'expired', last_reply = 'expired before delivery',"
+                " updated_at = ? WHERE id = ?",
+                ((stamp, i) for i in ids),
+            )
+            db.executemany("DELETE FROM deliveries WHERE outbox_id = ?", ((i,) for i in ids))
+        return len(ids)
+
+    def recover(self, *, now: datetime) -> int:
+        """At start-up: rows left in 'sending' were interrupted mid-send and become 'in_doubt'.
+
+        They are due at once and will be re-sent with the same Message-ID and bytes.
+        """
+        stamp = _ts(now)
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET state = 'in_doubt', next_attempt_at = ?, updated_at = ?"
+                " WHERE state = 'sending'",
+                (stamp, stamp),
+            )
+        return cursor.rowcount
+
+    def pending_count(self) -> int:
+        """Rows not final yet: queued, sending, deferred, in_doubt."""
+        return cast(
+            int,
+            self._scalar(
+                f"SELECT COUNT(*) FROM outbox WHERE state IN ({_marks(len(_PENDING))})", _PENDING
+            ),
+        )
+
+    def prune(self, *, before: datetime) -> int:
+        """Drop the bytes of messages sent before `before`; rows stay for the ledger and status."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET data = NULL"
+                " WHERE state = 'sent' AND sent_at < ? AND data IS NOT NULL",
+                (_ts(before),),
+            )
+        return cursor.rowcount
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> StoreStatus:
+        """A snapshot for `digestd status`."""
+        with self._read():
+            counts = dict.fromkeys(STATES, 0)
+            for state, n in self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+                counts[state] = n
+            problems = self._db.execute(
+                f"""SELECT * FROM outbox WHERE state IN ({_marks(len(_PROBLEMS))})
+                    ORDER BY updated_at DESC, id DESC LIMIT ?""",
+                (*_PROBLEMS, _STATUS_PROBLEMS),
+            )
+            return StoreStatus(
+                papers=self.paper_count(),
+                last_poll=self.last_poll(),
+                last_success_at=self.last_success_at(),
+                outbox=cast(dict[str, int], counts),
+                subscribers=self.subscriber_count(),
+                problems=[_problem_from_row(row) for row in problems],
+            )

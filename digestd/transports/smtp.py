@@ -1,0 +1,236 @@
+"""SMTP delivery with aiosmtplib: one reused connection, explicit TLS, and honest outcomes.
+
+The DATA phase is driven by hand (the `DATA` command, then the body with its final "." on the
+protocol) so the end of DATA gets its own long timeout (RFC 5321 §4.5.3.2: 10 minutes) and so a
+failure is known to have happened before or after the final "." was written: after it, the relay
+may have queued the message, and the outcome is "in_doubt" rather than "transient".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+from typing import Literal
+
+import aiosmtplib
+from aiosmtplib import SMTPException, SMTPResponseException, SMTPServerDisconnected
+from aiosmtplib.protocol import SMTPProtocol
+
+from digestd.message import check_address
+from digestd.model import Outcome
+from digestd.transports.base import Phase, classify_reply
+
+__all__ = ["Security", "SmtpMailer"]
+
+Security = Literal["none", "starttls", "tls"]
+
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_NETWORK_ERRORS = (SMTPException, OSError, TimeoutError, ValueError)
+
+
+class _Stale(Exception):
+    """The reused connection turned out dead before anything was sent on it."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.reply)
+        self.outcome = outcome
+
+
+class SmtpMailer:
+    """A `Mailer` over one SMTP connection, reconnecting when dropped or after N messages.
+
+    Credentials are refused without TLS; the password is kept out of reprs and replies.
+    Sends are serialized: SMTP is sequential, so a second connection is a second instance.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        security: Security,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        data_timeout: float = 600.0,
+        validate_certs: bool = True,
+        tls_context: ssl.SSLContext | None = None,
+        max_per_connection: int = 100,
+        local_hostname: str | None = None,
+    ) -> None:
+        if security not in ("none", "starttls", "tls"):
+            raise ValueError(f"security must be none, starttls or tls, not {security!r}")
+        if (username or password) and security == "none":
+            raise ValueError("refusing to send SMTP credentials without TLS (security: none)")
+        if (username is None) != (password is None):
+            raise ValueError("SMTP username and password go together")
+        if max_per_connection < 1:
+            raise ValueError("max_per_connection must be at least 1")
+        self.host = host
+        self.port = port
+        self.security = security
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self.data_timeout = data_timeout
+        self._validate_certs = validate_certs
+        self._tls_context = tls_context
+        self.max_per_connection = max_per_connection
+        self._local_hostname = local_hostname
+        self._lock = asyncio.Lock()
+        self._client: aiosmtplib.SMTP | None = None
+        self._count = 0  # messages attempted on the current connection
+        self.connections = 0  # connections opened, for logs and tests
+
+    def __repr__(self) -> str:
+        return (
+            f"SmtpMailer(host={self.host!r}, port={self.port}, security={self.security!r}, "
+            f"username={self.username!r})"
+        )
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+        try:
+            check_address(sender)
+            check_address(recipient)
+        except ValueError as exc:
+            # aiosmtplib would parse such a string into *some* address; never send elsewhere.
+            return Outcome("permanent", None, f"envelope: {exc}")
+        async with self._lock:
+            reused = self._usable()
+            try:
+                return await self._attempt(sender, recipient, data)
+            except _Stale as stale:
+                if not reused:
+                    return stale.outcome
+            # Relays drop idle or busy connections without a word (Yahoo does): try a fresh one.
+            try:
+                return await self._attempt(sender, recipient, data)
+            except _Stale as stale:
+                return stale.outcome
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            await self._quit()
+
+    def _usable(self) -> bool:
+        client = self._client
+        return client is not None and client.is_connected and self._count < self.max_per_connection
+
+    async def _attempt(self, sender: str, recipient: str, data: bytes) -> Outcome:
+        try:
+            client = await self._connection()
+        except SMTPResponseException as exc:
+            return Outcome(classify_reply(exc.code, "connect"), exc.code, _reply(exc.message))
+        except _NETWORK_ERRORS as exc:
+            return Outcome("transient", None, _describe("connect", exc))
+        self._count += 1
+        try:
+            return await self._transaction(client, sender, recipient, data)
+        except asyncio.CancelledError:
+            client.close()  # mid-transaction: the connection's state is unknown
+            raise
+
+    async def _connection(self) -> aiosmtplib.SMTP:
+        if not self._usable():
+            await self._quit()
+        if self._client is not None:
+            return self._client
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self._password,
+            local_hostname=self._local_hostname,
+            timeout=self.timeout,
+            use_tls=self.security == "tls",
+            # Never None: aiosmtplib's default STARTTLS is opportunistic (delivery.md §0.2).
+            start_tls=self.security == "starttls",
+            validate_certs=self._validate_certs,
+            tls_context=self._tls_context,
+        )
+        await client.connect()
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()
+        self._client, self._count = client, 0
+        self.connections += 1
+        return client
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
+    ) -> Outcome:
+        phase: Phase = "mail"
+        try:
+            await client.mail(sender, timeout=self.timeout)
+            phase = "rcpt"
+            await client.rcpt(recipient, timeout=self.timeout)
+            phase = "data"
+            start = await client.execute_command(b"DATA", timeout=self.timeout)
+            if start.code != 354:
+                return await self._refused(client, start.code, start.message, phase)
+            phase = await self._write_content(client, data)
+            reply = await _protocol(client).read_response(timeout=self.data_timeout)
+        except SMTPResponseException as exc:
+            return await self._refused(client, exc.code, exc.message, phase)
+        except _NETWORK_ERRORS as exc:
+            client.close()
+            if phase == "mail" and not isinstance(exc, ValueError):
+                raise _Stale(Outcome("transient", None, _describe(phase, exc))) from exc
+            return Outcome(_network_status(phase, exc), None, _describe(phase, exc))
+        if reply.code != 250:
+            return await self._refused(client, reply.code, reply.message, phase)
+        return Outcome("sent", reply.code, _reply(reply.message))
+
+    async def _write_content(self, client: aiosmtplib.SMTP, data: bytes) -> Phase:
+        """Dot-stuffed body and the final "."; after this, a failure leaves the message in doubt."""
+        body = _LINE_ENDS.sub(b"\r\n", data)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        _protocol(client).write(_LEADING_DOT.sub(b"..", body) + b".\r\n")
+        return "end_of_data"
+
+    async def _refused(
+        self, client: aiosmtplib.SMTP, code: int, message: str, phase: Phase
+    ) -> Outcome:
+        """A 4xx/5xx reply: reset the transaction so the connection serves the next message."""
+        if code == 421:  # the server is closing the channel (RFC 5321 §3.8)
+            client.close()
+        else:
+            try:
+                await client.rset(timeout=self.timeout)
+            except _NETWORK_ERRORS:
+                client.close()
+        return Outcome(classify_reply(code, phase), code, _reply(message))
+
+    async def _quit(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if client.is_connected:
+            # The server may already be gone; close() below is all that matters.
+            with contextlib.suppress(*_NETWORK_ERRORS):
+                await client.quit(timeout=self.timeout)
+        client.close()
+
+
+def _protocol(client: aiosmtplib.SMTP) -> SMTPProtocol:
+    if client.protocol is None:
+        raise SMTPServerDisconnected("Connection lost")
+    return client.protocol
+
+
+def _network_status(phase: Phase, exc: Exception) -> Literal["transient", "permanent", "in_doubt"]:
+    if phase == "end_of_data":
+        return "in_doubt"
+    # aiosmtplib refuses control characters in MAIL/RCPT arguments: that address will never work.
+    return "permanent" if isinstance(exc, ValueError) else "transient"
+
+
+def _describe(phase: Phase, exc: BaseException) -> str:
+    return f"{phase}: {type(exc).__name__}: {exc}"[:500]
+
+
+def _reply(message: str) -> str:
+    return " ".join(message.split())[:500]

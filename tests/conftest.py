@@ -1,0 +1,29 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from httpserver import LocalHTTPServer
+from smtpserver import SMTPTestServer
+
+
+@pytest.fixture
+def http_server() -> Iterator[LocalHTTPServer]:
+    """A real HTTP server on 127.0.0.1:<free port>, scripted per test (see tests/httpserver.py)."""
+    server = LocalHTTPServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPTestServer]:
+    """A real aiosmtpd server on 127.0.0.1:<free port>; faults scripted per test (smtpserver.py)."""
+    server = SMTPTestServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,117 @@
+"""A real SMTP server for tests: aiosmtpd on 127.0.0.1, a free port, recording and scripted faults.
+
+    server = SMTPTestServer(); server.start()
+    server.handler.rcpt_replies["bad@x.test"] = "550 5.1.1 no such user"
+    ... send to ("127.0.0.1", server.port) ...
+    server.received[0].message["Subject"]; server.stop()
+
+Faults: per-recipient RCPT replies, a DATA reply override, dropping the connection after the
+message was received (the client never sees a reply), and stalling before the DATA reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import itertools
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, cast
+
+from aiosmtpd.controller import Controller
+
+__all__ = ["Received", "RecordingHandler", "SMTPTestServer"]
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    message: EmailMessage
+
+
+@dataclass
+class RecordingHandler:
+    """aiosmtpd handler: records what it accepts; the public attributes script its faults."""
+
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    data_reply: str | None = None  # e.g. "421 4.3.0 closing" or "554 5.7.1 rejected"
+    drop_after_data: bool = False  # record the message, then close without replying
+    stall_data: float = 0.0  # seconds to wait before replying to the end of DATA
+    received: list[Received] = field(default_factory=list)
+    sessions: list[object] = field(default_factory=list)  # one per connection that said EHLO
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def connections(self) -> int:
+        return len(self.sessions)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if not any(s is session for s in self.sessions):
+            self.sessions.append(session)
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        reply = self.rcpt_replies.get(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply is not None and not self.data_reply.startswith("2"):
+            return self.data_reply
+        self._record(envelope)
+        if self.drop_after_data:
+            server.transport.close()  # the message is queued, the reply is lost
+            return "250 2.0.0 never seen"
+        if self.stall_data:
+            await asyncio.sleep(self.stall_data)
+        return self.data_reply or f"250 2.0.0 Ok: queued as Q{next(self._ids)}"
+
+    def _record(self, envelope: Any) -> None:
+        content = cast(bytes, envelope.original_content or envelope.content)
+        message = email.message_from_bytes(content, policy=email.policy.default)
+        self.received.append(
+            Received(envelope.mail_from, list(envelope.rcpt_tos), content, message)
+        )
+
+
+class _FreePortController(Controller):
+    """Binds port 0 and learns the real port before aiosmtpd's start-up probe connects to it."""
+
+    def _trigger_server(self) -> None:
+        server = cast(asyncio.Server, self.server)
+        self.port = server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
+
+
+class SMTPTestServer:
+    def __init__(self, **smtp_kwargs: Any) -> None:
+        self.handler = RecordingHandler()
+        self.host = "127.0.0.1"
+        self._controller = _FreePortController(
+            self.handler, hostname=self.host, port=0, **smtp_kwargs
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._controller.port)
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def start(self) -> SMTPTestServer:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()

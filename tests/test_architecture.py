@@ -1,0 +1,79 @@
+"""The pure core stays pure: no I/O imports, no clock reads. Checked on the source, not by convention."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import digestd
+
+PACKAGE = Path(digestd.__file__).parent
+PURE = [
+    "model.py",
+    "errors.py",
+    "text.py",
+    "yamlpos.py",
+    "rules.py",
+    "match.py",
+    "periods.py",
+    "render.py",
+    "message.py",
+    "sources/hf_json.py",
+]
+BANNED_IMPORTS = {
+    "asyncio",
+    "sqlite3",
+    "socket",
+    "smtplib",
+    "mailbox",
+    "httpx",
+    "aiosmtplib",
+    "apscheduler",
+    "pydantic_settings",
+    "subprocess",
+    "urllib.request",
+}
+BANNED_CALLS = {("datetime", "now"), ("datetime", "utcnow"), ("time", "time"), ("date", "today")}
+
+
+def imports(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def clock_calls(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+            if (name, node.func.attr) in BANNED_CALLS:
+                found.append(f"{name}.{node.func.attr}() at line {node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_has_no_io_and_no_clock(module: str) -> None:
+    path = PACKAGE / module
+    if not path.exists():
+        pytest.skip(f"{module} not present")
+    tree = ast.parse(path.read_text(), filename=str(path))
+    bad = {
+        name
+        for name in imports(tree)
+        if name.split(".")[0] in BANNED_IMPORTS or name in BANNED_IMPORTS
+    }
+    assert not bad, f"{module} imports {sorted(bad)}"
+    assert not clock_calls(tree), f"{module} reads the clock: {clock_calls(tree)}"
+
+
+def test_only_the_shells_read_the_clock() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in {"daemon.py", "cli.py"}:
+            continue
+        assert not clock_calls(ast.parse(path.read_text())), path

@@ -1,0 +1,117 @@
+"""The settings file: defaults, env overrides, positioned errors, secrets kept out of output."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from digestd.errors import ConfigError
+from digestd.settings import load_settings, parse_duration
+
+GOOD = """\
+source:
+  kind: huggingface
+  url: https://huggingface.co/api/daily_papers
+  poll_every: 30m
+state: var/digestd.sqlite3
+delivery:
+  kind: smtp
+  host: localhost
+  port: 25
+  security: starttls
+  from: "Paper Digest <digest@example.org>"
+  path: var/mail
+subscribers: subscribers.yaml
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "digestd.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_issue_example_loads_and_resolves_paths(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, GOOD))
+    assert s.source.poll_every == timedelta(minutes=30)
+    assert s.state == tmp_path / "var/digestd.sqlite3"
+    assert s.subscribers == tmp_path / "subscribers.yaml"
+    assert s.delivery.envelope_from == "digest@example.org"
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGESTD_DELIVERY__HOST", "relay.example.org")
+    monkeypatch.setenv("DIGESTD_DELIVERY__PORT", "587")
+    s = load_settings(write(tmp_path, GOOD))
+    assert (s.delivery.host, s.delivery.port) == ("relay.example.org", 587)
+
+
+def test_password_from_env_is_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIGESTD_DELIVERY__PASSWORD", "hunter2-secret")
+    s = load_settings(write(tmp_path, GOOD + ""))
+    assert s.smtp_password() == "hunter2-secret"
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(s.redacted())
+
+
+def test_password_file_and_systemd_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pw").write_text("from-file\n")
+    text = GOOD.replace("  path: var/mail", "  path: var/mail\n  username: u\n  password_file: pw")
+    assert load_settings(write(tmp_path, text)).smtp_password() == "from-file"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "smtp_password").write_text("from-credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_settings(write(tmp_path, GOOD)).smtp_password() == "from-credential"
+
+
+def test_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    bad = GOOD.replace("security: starttls", "security: starttlz").replace(
+        "poll_every: 30m", "poll_every: soon"
+    )
+    path = write(tmp_path, bad)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    text = str(info.value)
+    assert f"{path}:4:" in text and "source.poll_every" in text
+    assert f"{path}:10:13: delivery.security" in text and "not one of none, starttls, tls" in text
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="stat"):
+        load_settings(write(tmp_path, GOOD + "stat: typo\n"))
+
+
+def test_credentials_need_tls(tmp_path: Path) -> None:
+    text = GOOD.replace("security: starttls", "security: none").replace(
+        "  path: var/mail", "  path: var/mail\n  username: u"
+    )
+    with pytest.raises(ConfigError, match="starttls or tls"):
+        load_settings(write(tmp_path, text))
+
+
+def test_yaml_syntax_error_is_positioned(tmp_path: Path) -> None:
+    path = write(tmp_path, "source:\n  kind: [huggingface\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value).startswith(f"{path}:")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30m", 1800), ("1h30m", 5400), ("7d", 604800), ("90s", 90), (45, 45)]
+)
+def test_durations(text: object, seconds: int) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "30x", "m30"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)

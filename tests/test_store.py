@@ -1,0 +1,453 @@
+"""The SQLite store against a real database file in tmp_path."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from digestd.model import Paper
+from digestd.store import SCHEMA_VERSION, SchemaError, Store
+
+T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
+ALICE = "alice@example.org"
+BOB = "bob@example.org"
+
+
+def paper(pid: str, *, upvotes: int = 0, title: str | None = None, **kw: object) -> Paper:
+    return Paper(
+        id=pid,
+        title=title or f"Title {pid}",
+        abstract=f"Abstract of {pid}.",
+        authors=("Ada Lovelace", "Émile Borel"),
+        upvotes=upvotes,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "nested" / "digestd.sqlite3"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    with Store(db_path) as s:
+        yield s
+
+
+def enqueue(
+    store: Store,
+    subscriber: str = ALICE,
+    *,
+    period: str = "2025-03-10",
+    kind: str = "digest",
+    ids: tuple[str, ...] = ("2503.00001",),
+    data: bytes | None = b"message bytes",
+    at: datetime = T0,
+    expires_at: datetime | None = None,
+) -> int | None:
+    return store.enqueue(
+        subscriber=subscriber,
+        kind=kind,  # type: ignore[arg-type]
+        period=period,
+        message_id=f"<{subscriber}.{kind}.{period}@digestd.test>",
+        sender="digestd@example.org",
+        data=data,
+        paper_ids=ids,
+        at=at,
+        expires_at=expires_at,
+    )
+
+
+# -- opening, schema, pragmas --------------------------------------------------------------------
+
+
+def test_open_creates_parents_and_sets_pragmas(db_path: Path, store: Store) -> None:
+    assert db_path.exists()
+    assert store.schema_version() == SCHEMA_VERSION
+    db = store._db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+
+
+def test_reopen_keeps_data_schema_version_and_secret(db_path: Path) -> None:
+    with Store(db_path) as s:
+        s.record_papers([paper("2503.00001")], seen_at=T0)
+        s.register_subscribers([ALICE], at=T0)
+        s.record_poll("hf", at=T0, ok=True, n_items=1, n_new=1)
+        enqueue(s)
+        secret = s.secret()
+    with Store(db_path) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.paper_count() == 1
+        assert s.has_period(ALICE, "digest", "2025-03-10")
+        assert s.pending_count() == 1
+        assert s.secret() == secret
+        assert len(secret) == 32
+        assert s.last_success_at() == T0
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    Store(db_path).close()
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    raw.close()
+    with pytest.raises(SchemaError, match="999"):
+        Store(db_path)
+
+
+def test_naive_datetime_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="naive"):
+        store.record_poll("hf", at=datetime(2025, 1, 1), ok=True)
+
+
+# -- papers --------------------------------------------------------------------------------------
+
+
+def test_record_papers_returns_only_new_and_updates_known(store: Store) -> None:
+    new = store.record_papers([paper("a", upvotes=1), paper("b", upvotes=2)], seen_at=T0)
+    assert [p.id for p in new] == ["a", "b"]
+    assert all(p.first_seen_at == T0 for p in new)
+
+    later = T0 + timedelta(hours=1)
+    updated_a = paper("a", upvotes=40, title="Better title", ai_summary="short")
+    new = store.record_papers([updated_a, paper("c")], seen_at=later)
+    assert [(p.id, p.first_seen_at) for p in new] == [("c", later)]
+
+    a, b, c = store.get_papers(["a", "b", "c"])
+    assert (a.upvotes, a.title, a.ai_summary, a.first_seen_at) == (40, "Better title", "short", T0)
+    assert b.upvotes == 2
+    assert store.paper_count() == 3
+
+
+def test_record_papers_duplicate_in_batch_counts_once(store: Store) -> None:
+    new = store.record_papers([paper("a", upvotes=1), paper("a", upvotes=5)], seen_at=T0)
+    assert [(p.id, p.upvotes) for p in new] == [("a", 5)]
+    assert store.paper_count() == 1
+
+
+def test_sparse_update_keeps_optional_fields(store: Store) -> None:
+    store.record_papers([paper("a", github_repo="https://github.com/x/y")], seen_at=T0)
+    store.record_papers([paper("a", upvotes=3)], seen_at=T0 + timedelta(hours=1))
+    (a,) = store.get_papers(["a"])
+    assert a.github_repo == "https://github.com/x/y"
+    assert a.upvotes == 3
+
+
+def test_paper_round_trip_all_fields(store: Store) -> None:
+    original = Paper(
+        id="2503.01234",
+        title="Ünïcode title",
+        abstract="Abstract.",
+        authors=("A. One", "B. Two"),
+        upvotes=7,
+        comments=2,
+        published_at=datetime(2025, 3, 9, 18, 30, tzinfo=timezone(timedelta(hours=-5))),
+        listed_on=date(2025, 3, 10),
+        organization="Org",
+        ai_summary="Summary",
+        github_repo="https://github.com/o/r",
+        project_page="https://example.org/p",
+    )
+    (new,) = store.record_papers([original], seen_at=T0)
+    (stored,) = store.get_papers([original.id])
+    assert stored == new
+    assert stored.published_at == datetime(2025, 3, 9, 23, 30, tzinfo=UTC)
+    assert stored.published_at is not None and stored.published_at.tzinfo is UTC
+
+
+def test_get_papers_keeps_order_and_skips_unknown(store: Store) -> None:
+    store.record_papers([paper("a"), paper("b")], seen_at=T0)
+    assert [p.id for p in store.get_papers(["b", "zzz", "a", "b"])] == ["b", "a"]
+    assert store.get_papers([]) == []
+
+
+def test_record_many_papers(store: Store) -> None:
+    batch = [paper(f"2503.{i:05d}") for i in range(1200)]  # more than one IN chunk
+    assert len(store.record_papers(batch, seen_at=T0)) == 1200
+    assert store.record_papers(batch, seen_at=T0 + timedelta(hours=1)) == []
+
+
+# -- times ---------------------------------------------------------------------------------------
+
+
+def test_times_round_trip_as_aware_utc(store: Store) -> None:
+    paris = timezone(timedelta(hours=1))
+    at = datetime(2025, 3, 10, 8, 0, 0, 123456, tzinfo=paris)
+    store.record_poll("hf", at=at, ok=True)
+    poll = store.last_poll("hf")
+    assert poll is not None
+    assert poll.at == at
+    assert poll.at.tzinfo is UTC
+    assert poll.at.hour == 7
+    (stored,) = store.record_papers([paper("a")], seen_at=at)
+    assert stored.first_seen_at is not None and stored.first_seen_at.tzinfo is UTC
+    raw = store._db.execute("SELECT first_seen_at FROM papers").fetchone()[0]
+    assert raw == "2025-03-10T07:00:00.123456+00:00"
+
+
+def test_whole_second_and_fraction_compare_in_time_order(store: Store) -> None:
+    # Text comparison in SQL must agree with time order even when microseconds are zero.
+    store.record_papers([paper("early")], seen_at=T0)
+    store.record_papers([paper("late")], seen_at=T0 + timedelta(microseconds=500))
+    since = T0 + timedelta(microseconds=1)
+    assert [p.id for p in store.candidates(ALICE, since=since)] == ["late"]
+
+
+# -- polls ---------------------------------------------------------------------------------------
+
+
+def test_polls(store: Store) -> None:
+    assert store.last_poll() is None
+    assert store.last_success_at() is None
+    first = store.record_poll("hf", at=T0, ok=True, n_items=50, n_new=3)
+    second = store.record_poll("hf", at=T0 + timedelta(hours=1), ok=False, error="HTTP 503")
+    store.record_poll("file", at=T0 + timedelta(minutes=30), ok=True)
+    assert second > first
+    last = store.last_poll()
+    assert last is not None
+    assert (last.ok, last.error, last.source, last.n_items) == (False, "HTTP 503", "hf", 0)
+    assert store.last_success_at("hf") == T0
+    assert store.last_success_at() == T0 + timedelta(minutes=30)
+    file_poll = store.last_poll("file")
+    assert file_poll is not None and file_poll.ok
+
+
+# -- subscribers ---------------------------------------------------------------------------------
+
+
+def test_register_subscribers_idempotent_and_case_insensitive(store: Store) -> None:
+    first = store.register_subscribers(["Alice@Example.org", BOB], at=T0)
+    assert first == {"Alice@Example.org": T0, BOB: T0}
+    later = T0 + timedelta(days=1)
+    again = store.register_subscribers(["ALICE@EXAMPLE.ORG", "carol@example.org"], at=later)
+    assert again == {"ALICE@EXAMPLE.ORG": T0, "carol@example.org": later}
+    assert store.subscriber_count() == 3
+    emails = [r[0] for r in store._db.execute("SELECT email FROM subscribers ORDER BY email")]
+    assert emails == ["alice@example.org", BOB, "carol@example.org"]
+
+
+def test_register_100k_subscribers(store: Store) -> None:
+    emails = [f"user{i}@example.org" for i in range(100_000)]
+    result = store.register_subscribers(emails, at=T0)
+    assert len(result) == 100_000
+    assert store.register_subscribers(emails[:10], at=T0 + timedelta(days=1))[emails[0]] == T0
+    assert store.subscriber_count() == 100_000
+
+
+# -- candidates and the ledger -------------------------------------------------------------------
+
+
+def test_candidates_since_window_and_order(store: Store) -> None:
+    store.record_papers([paper("old", upvotes=99)], seen_at=T0 - timedelta(days=2))
+    store.record_papers(
+        [paper("b", upvotes=5), paper("a", upvotes=5), paper("c", upvotes=9)], seen_at=T0
+    )
+    ids = [p.id for p in store.candidates(ALICE, since=T0)]
+    assert ids == ["c", "a", "b"]
+    window = [p.id for p in store.candidates(ALICE, since=T0 - timedelta(days=3))]
+    assert window == ["old", "c", "a", "b"]
+
+
+def test_ledger_reservation_excludes_candidates_per_subscriber(store: Store) -> None:
+    store.record_papers([paper("a"), paper("b")], seen_at=T0)
+    assert enqueue(store, ALICE, ids=("a",)) is not None
+    assert [p.id for p in store.candidates("ALICE@example.org", since=T0)] == ["b"]
+    assert [p.id for p in store.candidates(BOB, since=T0)] == ["a", "b"]
+
+
+def test_enqueue_unique_per_subscriber_kind_period(store: Store) -> None:
+    store.record_papers([paper("a"), paper("b")], seen_at=T0)
+    first = enqueue(store, ids=("a",))
+    assert first is not None
+    # Same key: refused, nothing changes (b stays a candidate).
+    assert enqueue(store, ids=("b",), data=b"other") is None
+    assert [p.id for p in store.candidates(ALICE, since=T0)] == ["b"]
+    assert store.pending_count() == 1
+    # Another kind, period or subscriber is a new row.
+    assert enqueue(store, kind="alert", period="poll-1", ids=()) is not None
+    assert enqueue(store, period="2025-03-11", ids=()) is not None
+    assert enqueue(store, BOB, ids=("a",)) is not None
+    assert store.has_period(ALICE, "digest", "2025-03-10")
+    assert store.has_period("Alice@Example.ORG", "alert", "poll-1")
+    assert not store.has_period(ALICE, "alert", "2025-03-10")
+
+
+def test_enqueue_skips_papers_already_reserved(store: Store) -> None:
+    store.record_papers([paper("a"), paper("b")], seen_at=T0)
+    first = enqueue(store, ids=("a",))
+    second = enqueue(store, period="2025-03-11", ids=("a", "b"))
+    owners = dict(store._db.execute("SELECT paper_id, outbox_id FROM deliveries").fetchall())
+    assert owners == {"a": first, "b": second}
+
+
+def test_enqueue_empty_period(store: Store) -> None:
+    outbox_id = enqueue(store, data=None, ids=())
+    assert outbox_id is not None
+    assert store.status().outbox["empty"] == 1
+    assert store.pending_count() == 0
+    assert store.claim_due(now=T0 + timedelta(days=1)) == []
+    assert enqueue(store, data=None, ids=()) is None
+    with pytest.raises(ValueError, match="empty"):
+        enqueue(store, period="other", data=None, ids=("a",))
+
+
+# -- delivery state machine ----------------------------------------------------------------------
+
+
+def test_claim_then_sent(store: Store) -> None:
+    outbox_id = enqueue(store)
+    assert store.claim_due(now=T0 - timedelta(seconds=1)) == []
+    (row,) = store.claim_due(now=T0)
+    assert (row.id, row.state, row.attempts, row.data) == (outbox_id, "queued", 1, b"message bytes")
+    assert row.message_id == f"<{ALICE}.digest.2025-03-10@digestd.test>"
+    assert store.claim_due(now=T0 + timedelta(hours=1)) == []  # already sending
+    store.mark_sent(row.id, at=T0, code=250, reply="2.0.0 Ok: queued as X")
+    assert store.pending_count() == 0
+    assert store.status().outbox["sent"] == 1
+    with pytest.raises(ValueError, match="sent"):
+        store.mark_sent(row.id, at=T0, code=250, reply="again")
+
+
+def test_claim_order_and_limit(store: Store) -> None:
+    ids = [enqueue(store, period=f"p{i}", at=T0 + timedelta(minutes=i)) for i in range(3)]
+    claimed = store.claim_due(now=T0 + timedelta(hours=1), limit=2)
+    assert [r.id for r in claimed] == ids[:2]
+
+
+def test_deferred_then_retry(store: Store) -> None:
+    enqueue(store)
+    (row,) = store.claim_due(now=T0)
+    retry = T0 + timedelta(minutes=10)
+    store.mark_deferred(row.id, at=T0, retry_at=retry, code=451, reply="4.3.0 try later")
+    assert store.claim_due(now=retry - timedelta(seconds=1)) == []
+    status = store.status()
+    assert status.outbox["deferred"] == 1
+    assert status.problems[0].last_code == 451
+    (again,) = store.claim_due(now=retry)
+    assert (again.state, again.attempts) == ("deferred", 2)
+    assert store.pending_count() == 1
+
+
+def test_failed_releases_papers(store: Store) -> None:
+    store.record_papers([paper("a")], seen_at=T0)
+    enqueue(store, ids=("a",))
+    assert store.candidates(ALICE, since=T0) == []
+    (row,) = store.claim_due(now=T0)
+    store.mark_failed(row.id, at=T0, code=550, reply="5.1.1 no such user")
+    assert [p.id for p in store.candidates(ALICE, since=T0)] == ["a"]
+    assert store.has_period(ALICE, "digest", "2025-03-10")  # not recomposed
+    assert store.claim_due(now=T0 + timedelta(days=1)) == []
+
+
+def test_expired_releases_papers(store: Store) -> None:
+    store.record_papers([paper("a")], seen_at=T0)
+    outbox_id = enqueue(store, ids=("a",))
+    assert outbox_id is not None
+    store.mark_expired(outbox_id, at=T0, reason="too old")
+    assert [p.id for p in store.candidates(ALICE, since=T0)] == ["a"]
+    assert store.status().outbox["expired"] == 1
+    with pytest.raises(ValueError, match="expired"):
+        store.mark_expired(outbox_id, at=T0, reason="twice")
+    with pytest.raises(ValueError, match="no such row"):
+        store.mark_expired(9999, at=T0, reason="unknown")
+
+
+def test_release_stale(store: Store) -> None:
+    store.record_papers([paper("a"), paper("b"), paper("c")], seen_at=T0)
+    deadline = T0 + timedelta(hours=12)
+    stale = enqueue(store, period="p1", ids=("a",), expires_at=deadline)
+    enqueue(store, period="p2", ids=("b",), expires_at=deadline + timedelta(days=1))
+    enqueue(store, period="p3", ids=("c",))
+    assert store.release_stale(now=deadline - timedelta(seconds=1)) == 0
+    assert store.release_stale(now=deadline) == 1
+    assert [p.id for p in store.candidates(ALICE, since=T0)] == ["a"]
+    assert {r.period for r in store.claim_due(now=deadline)} == {"p2", "p3"}
+    assert stale is not None
+    with pytest.raises(ValueError, match="expired"):
+        store.mark_sent(stale, at=deadline, code=250, reply="ok")
+    assert store.pending_count() == 2
+
+
+def test_recover_after_crash(db_path: Path) -> None:
+    with Store(db_path) as s:
+        s.record_papers([paper("a")], seen_at=T0)
+        outbox_id = enqueue(s, ids=("a",))
+        (row,) = s.claim_due(now=T0)
+        # The process dies here, between claiming and the relay's reply.
+    restart = T0 + timedelta(minutes=5)
+    with Store(db_path) as s:
+        assert s.status().outbox["sending"] == 1
+        assert s.recover(now=restart) == 1
+        assert s.recover(now=restart) == 0
+        assert s.status().problems[0].state == "in_doubt"
+        (again,) = s.claim_due(now=restart)
+        assert (again.id, again.state, again.attempts) == (outbox_id, "in_doubt", 2)
+        assert (again.message_id, again.data) == (row.message_id, row.data)
+        assert s.candidates(ALICE, since=T0) == []  # still reserved while in doubt
+        s.mark_sent(again.id, at=restart, code=250, reply="ok")
+        assert s.pending_count() == 0
+
+
+# -- status and prune ----------------------------------------------------------------------------
+
+
+def test_status(store: Store) -> None:
+    empty = store.status()
+    assert (empty.papers, empty.last_poll, empty.last_success_at, empty.subscribers) == (
+        0,
+        None,
+        None,
+        0,
+    )
+    assert set(empty.outbox.values()) == {0}
+    assert empty.problems == []
+
+    store.record_papers([paper("a"), paper("b")], seen_at=T0)
+    store.register_subscribers([ALICE, BOB], at=T0)
+    store.record_poll("hf", at=T0, ok=True, n_items=2, n_new=2)
+    store.record_poll("hf", at=T0 + timedelta(hours=1), ok=False, error="timeout")
+    for i in range(25):
+        enqueue(store, period=f"p{i:02d}", ids=())
+    for n, row in enumerate(store.claim_due(now=T0, limit=22)):
+        store.mark_failed(row.id, at=T0 + timedelta(minutes=n), code=550, reply=f"no {n}")
+    enqueue(store, BOB)
+
+    status = store.status()
+    assert status.papers == 2
+    assert status.subscribers == 2
+    assert status.last_poll is not None
+    assert (status.last_poll.ok, status.last_poll.error) == (False, "timeout")
+    assert status.last_success_at == T0
+    assert status.outbox["failed"] == 22
+    assert status.outbox["queued"] == 4
+    assert len(status.problems) == 20
+    newest = status.problems[0]
+    assert (newest.state, newest.last_reply, newest.attempts) == ("failed", "no 21", 1)
+    assert newest.updated_at == T0 + timedelta(minutes=21)
+    assert newest.subscriber == ALICE and newest.kind == "digest"
+
+
+def test_prune_drops_old_sent_bytes_only(store: Store) -> None:
+    store.record_papers([paper("a")], seen_at=T0)
+    enqueue(store, period="old", ids=("a",))
+    enqueue(store, period="new", ids=())
+    enqueue(store, period="queued", ids=())
+    old, new, _ = store.claim_due(now=T0)
+    store.mark_sent(old.id, at=T0, code=250, reply="ok")
+    store.mark_sent(new.id, at=T0 + timedelta(days=10), code=250, reply="ok")
+    store._db.execute("UPDATE outbox SET state = 'queued' WHERE period = 'queued'")
+
+    assert store.prune(before=T0 + timedelta(days=5)) == 1
+    assert store.prune(before=T0 + timedelta(days=5)) == 0
+    data = dict(store._db.execute("SELECT period, data FROM outbox").fetchall())
+    assert data == {"old": None, "new": b"message bytes", "queued": b"message bytes"}
+    # The ledger survives pruning: the paper is still not a candidate.
+    assert store.candidates(ALICE, since=T0) == []
+    assert store.status().outbox["sent"] == 2
