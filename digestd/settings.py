@@ -26,6 +26,7 @@ from digestd.yamlpos import load_yaml, problems_from_validation
 __all__ = [
     "DEFAULT_CONFIG",
     "DeliverySettings",
+    "HttpSettings",
     "Settings",
     "SourceSettings",
     "load_settings",
@@ -106,6 +107,11 @@ class DeliverySettings(_Section):
         return parseaddr(self.sender)[1]
 
 
+class HttpSettings(_Section):
+    listen: str | None = None  # e.g. 127.0.0.1:8025; unset: no HTTP listener
+    public_url: str | None = None  # e.g. https://digest.example.org: base of links in the mail
+
+
 class Settings(BaseSettings):
     """Everything an admin sets; built once by the shell and passed down as values."""
 
@@ -119,6 +125,7 @@ class Settings(BaseSettings):
     source: SourceSettings = Field(default_factory=SourceSettings)
     state: Path = Path("var/digestd.sqlite3")
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     subscribers: Path = Path("subscribers.yaml")
     lookback: Duration = Field(timedelta(days=7), description="how far back a digest looks")
     site_name: str = "Paper Digest"
