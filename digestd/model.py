@@ -45,6 +45,8 @@ class Paper:
     github_repo: str | None = None  # only http(s) URLs survive parsing
     project_page: str | None = None
     first_seen_at: datetime | None = None  # set by the store, not by sources
+    categories: tuple[str, ...] = ()  # arXiv categories, primary first, when a source knows them
+    sources: tuple[str, ...] = ()  # names of the configured sources that listed this paper
 
     @property
     def url(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -25,7 +26,7 @@ from pydantic import (
 from digestd.errors import ConfigError, ConfigProblem
 from digestd.model import FIELDS, Rule, Subscriber, SubscriberSet
 from digestd.text import fold_words, make_term
-from digestd.yamlpos import Marks, dotted, load_yaml, problems_from_validation
+from digestd.yamlpos import Marks, dotted, gc_paused, load_yaml, problems_from_validation
 
 __all__ = ["load_subscribers", "summarize", "validate_email"]
 
@@ -33,7 +34,7 @@ _DEFAULTS = Subscriber(email="")
 # A fixed start: validating a cron expression must not read the clock.
 _CRON_START = datetime(2000, 1, 1)
 _LOCAL = re.compile(r"[^\s@,<>()\[\];:\\\"]+")
-_LABEL = re.compile(r"[^\W_](?:[\w-]*[^\W_])?")
+_LABEL = re.compile(r"[^\W_](?:(?:[^\W_]|-)*[^\W_])?")
 _TLD = re.compile(r"[^\W\d_]{2,}|xn--[a-z0-9-]+", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -83,14 +84,23 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+# Subscribers share terms and authors; a Term is frozen, so one instance can serve them all.
+_term = lru_cache(maxsize=1 << 16)(make_term)
+
+
+@lru_cache(maxsize=1 << 16)
+def _author(value: str) -> str:
+    return " ".join(fold_words(value))
+
+
 def _check_term(value: str) -> str:
-    if not make_term(value).words:
+    if not _term(value).words:
         raise ValueError(f"the term '{value}' has no letters or digits")
     return value
 
 
 def _check_author(value: str) -> str:
-    if not fold_words(value):
+    if not _author(value):
         raise ValueError(f"the author '{value}' has no letters or digits")
     return value
 
@@ -161,6 +171,11 @@ def load_subscribers(text: str, *, file: str) -> SubscriberSet:
     :raises ConfigError: with every problem as FILE:LINE:COLUMN: field: message.
     """
     data, marks = load_yaml(text, file=file)
+    with gc_paused():
+        return _validate(data, marks, file)
+
+
+def _validate(data: object, marks: Marks, file: str) -> SubscriberSet:
     if data is None:
         return SubscriberSet(subscribers=(), file=file)
     if not isinstance(data, dict):
@@ -211,10 +226,10 @@ def _subscriber(raw: _Subscriber, defaults: _Defaults) -> Subscriber:
 
 def _rule(raw: _Rule) -> Rule:
     return Rule(
-        any=tuple(make_term(t) for t in raw.any or ()),
-        all=tuple(make_term(t) for t in raw.all or ()),
-        none=tuple(make_term(t) for t in raw.none or ()),
-        authors=tuple(" ".join(fold_words(a)) for a in raw.authors or ()),
+        any=tuple(map(_term, raw.any or ())),
+        all=tuple(map(_term, raw.all or ())),
+        none=tuple(map(_term, raw.none or ())),
+        authors=tuple(map(_author, raw.authors or ())),
         min_upvotes=raw.min_upvotes,
         fields=tuple(dict.fromkeys(raw.in_)) if raw.in_ else FIELDS,
         alert=raw.alert,

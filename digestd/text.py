@@ -18,8 +18,11 @@ __all__ = [
     "tokens",
 ]
 
-# Letters and digits only: `\w` minus the underscore.
-_WORD = re.compile(r"[^\W_]+")
+# Letters and digits (`\w` minus the underscore), plus combining marks so that a decomposed "e\u0301"
+# stays inside its word; folding strips the marks afterwards.
+_WORD = re.compile(
+    r"(?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f])+"
+)
 _SPACE = re.compile(r"\s+")
 # C0/C1 controls, DEL, and the Unicode line/paragraph separators that some clients render as breaks.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -91,4 +94,5 @@ def collapse(text: str) -> str:
 def clean_header(text: str, *, limit: int = 200) -> str:
     """Make untrusted text safe for a header value: no control characters or line breaks, bounded length."""
     cleaned = collapse(_CONTROL.sub(" ", text))
+    limit = max(limit, 1)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1].rstrip() + "…"
