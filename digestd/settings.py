@@ -185,7 +185,9 @@ def load_settings(path: Path) -> Settings:
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(problems_from_validation(exc, marks, file=file)) from None
+        raise ConfigError(
+            problems_from_validation(exc, marks, file=file, schema=Settings)
+        ) from None
     return _resolve_paths(settings, path.parent)
 
 
