@@ -44,6 +44,7 @@ HTML_BUDGET = 90_000
 # Abstract lengths tried, longest first, before papers are listed by title only.
 ABSTRACT_STEPS = (600, 250, 0)
 LISTED_TITLE_CHARS = 160
+KEEP_WHOLE = 10  # papers kept whole when even the titles of all the others do not fit
 MAX_AUTHORS = 8
 TEXT_ABSTRACT_CHARS = 600
 # Gmail clips a message at ~102 KB of HTML (delivery.md §1.5); long abstracts are cut in HTML too.
@@ -195,8 +196,11 @@ def fit(digest: Digest, envs: Environments, ctx: RenderContext, budget: int) -> 
     full = _largest(lambda k: size(Layout(abstract_chars=0, full=k)) <= budget, n)
     if full is not None:
         return Layout(abstract_chars=0, full=full)
-    listed = _largest(lambda k: size(Layout(abstract_chars=0, full=0, listed=k)) <= budget, n)
-    return Layout(abstract_chars=0, full=0, listed=listed or 0)
+    # Not even every title fits: the top papers stay whole, then as many titles as fit.
+    whole = min(n, KEEP_WHOLE)
+    top = _largest(lambda k: size(Layout(abstract_chars=0, full=k, listed=0)) <= budget, whole) or 0
+    listed = _largest(lambda k: size(Layout(abstract_chars=0, full=top, listed=k)) <= budget, n)
+    return Layout(abstract_chars=0, full=top, listed=listed or 0)
 
 
 def _largest(fits: Callable[[int], bool], n: int) -> int | None:

@@ -58,7 +58,10 @@ def parse_unsubscribe(token: str) -> UnsubscribeToken | None:
     if len(token) != _UNSUB_LEN or not _TOKEN.fullmatch(token):
         return None
     raw = base64.urlsafe_b64decode(token)
-    return UnsubscribeToken(int.from_bytes(raw[:_ID_BYTES], "big"), raw[_ID_BYTES:])
+    subscriber_id = int.from_bytes(raw[:_ID_BYTES], "big")
+    if subscriber_id >= 2**63:  # SQLite integers are signed 64-bit; ours are small anyway
+        return None
+    return UnsubscribeToken(subscriber_id, raw[_ID_BYTES:])
 
 
 def view_token(key: bytes, message_id: str) -> str:
