@@ -175,19 +175,34 @@ def render_digest(
     Over budget, abstracts are shortened first, then the last papers are listed by title only,
     then the last titles are left out; the mail says what it left out, in both parts.
     """
-    layout = fit(digest, envs, ctx, budget) if budget is not None else Layout()
-    values = _values(digest, ctx, layout)
-    html = _INLINER.inline(envs.html.get_template(HTML_TEMPLATE).render(values))
+    trials: dict[Layout, tuple[dict[str, object], str]] = {}  # the chosen one is not redone
+    layout = fit(digest, envs, ctx, budget, trials) if budget is not None else Layout()
+    values, html = trials.get(layout) or _trial(digest, envs, ctx, layout)
     text = envs.text.get_template(TEXT_TEMPLATE).render(values)
     return Rendered(subject=subject(digest), text=text, html=html)
 
 
-def fit(digest: Digest, envs: Environments, ctx: RenderContext, budget: int) -> Layout:
-    """The richest layout whose HTML fits in `budget` bytes."""
+def _trial(
+    digest: Digest, envs: Environments, ctx: RenderContext, layout: Layout
+) -> tuple[dict[str, object], str]:
+    values = _values(digest, ctx, layout)
+    return values, str(_INLINER.inline(envs.html.get_template(HTML_TEMPLATE).render(values)))
+
+
+def fit(
+    digest: Digest,
+    envs: Environments,
+    ctx: RenderContext,
+    budget: int,
+    trials: dict[Layout, tuple[dict[str, object], str]] | None = None,
+) -> Layout:
+    """The richest layout whose HTML fits in `budget` bytes; trial renders go to `trials`."""
+    cache = trials if trials is not None else {}
 
     def size(layout: Layout) -> int:
-        html = envs.html.get_template(HTML_TEMPLATE).render(_values(digest, ctx, layout))
-        return len(_INLINER.inline(html).encode("utf-8"))
+        if layout not in cache:
+            cache[layout] = _trial(digest, envs, ctx, layout)
+        return len(cache[layout][1].encode("utf-8"))
 
     for layout in (Layout(), *(Layout(abstract_chars=n) for n in ABSTRACT_STEPS)):
         if size(layout) <= budget:

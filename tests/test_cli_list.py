@@ -3,10 +3,17 @@ and preview --open, each through the real `python -m digestd` process."""
 
 from __future__ import annotations
 
+import re
+import signal
+import socket
 import sys
 from pathlib import Path
 
-from test_e2e import digestd, write_config
+import httpx
+import pytest
+from httpserver import LocalHTTPServer
+from smtpserver import SMTPTestServer
+from test_e2e import digestd, seed_items, serve_listing, start_daemon, wait_for, write_config
 
 
 def config(tmp_path: Path, extra: str = "") -> Path:
@@ -88,3 +95,38 @@ def test_preview_open_uses_the_local_browser_or_prints_the_path(tmp_path: Path) 
     assert none.returncode == 0, none.stderr
     assert (tmp_path / "p.html").exists()
     assert "no local browser found; open" in none.stdout
+
+
+@pytest.mark.timeout(60)
+def test_daemon_serves_one_click_unsubscribe_on_its_listener(
+    tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SMTPTestServer
+) -> None:
+    serve_listing(http_server, seed_items())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    extra = f"http:\n  listen: 127.0.0.1:{port}\n  public_url: https://digest.example.org\n"
+    config = write_config(
+        tmp_path, source_url=http_server.url, smtp_port=smtp_server.port, extra=extra
+    )
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(config, log)
+    try:
+        wait_for(lambda: len(smtp_server.received) >= 1 and "http listening" in log.read_text())
+        message = smtp_server.received[0].message
+        url = re.search(
+            r"<https://digest\.example\.org(/unsubscribe/[^>]+)>", message["List-Unsubscribe"]
+        )
+        assert url is not None and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + url.group(1)).status_code == 200
+        reply = httpx.post(base + url.group(1), data={"List-Unsubscribe": "One-Click"})
+        assert reply.status_code == 200, reply.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status = digestd(config, "status")
+    assert f"{smtp_server.received[0].rcpt_tos[0]} since" in status.stdout
+    assert "via one-click" in status.stdout
