@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from starlette.routing import BaseRoute
+
+from digestd import unsubscribe
+from digestd.deliverability import load_signer
 from digestd.errors import ConfigError, ConfigProblem
+from digestd.listmail import normalise_list_id
 from digestd.model import SubscriberSet
 from digestd.pipeline import Deps, Options
 from digestd.pipeline import register as register_subscribers
@@ -18,7 +24,15 @@ from digestd.transports.base import Mailer
 from digestd.transports.maildir import MaildirMailer
 from digestd.transports.smtp import SmtpMailer
 
-__all__ = ["close", "load_subscriber_file", "make_mailer", "make_source", "open_deps", "options"]
+__all__ = [
+    "close",
+    "load_subscriber_file",
+    "make_mailer",
+    "make_source",
+    "open_deps",
+    "options",
+    "web_routes",
+]
 
 
 def load_subscriber_file(path: Path) -> SubscriberSet:
@@ -64,6 +78,11 @@ def options(settings: Settings) -> Options:
         lookback=settings.lookback,
         max_late=settings.max_late,
         max_attempts=settings.delivery.max_attempts,
+        public_url=settings.http.public_url,
+        list_id=normalise_list_id(settings.delivery.list_id) if settings.delivery.list_id else None,
+        unsubscribe_mailto=settings.delivery.unsubscribe_mailto,
+        view_days=settings.http.view_days,
+        secret=settings.http_secret(),
     )
 
 
@@ -77,6 +96,8 @@ def open_deps(
     """Validate the subscribers and templates first, then open the store: bad config touches no state."""
     subs = subscribers if subscribers is not None else load_subscriber_file(settings.subscribers)
     envs = make_environments(settings.templates)
+    opts = options(settings)
+    sign = load_signer(settings.delivery.dkim) if settings.delivery.dkim else None
     store = Store(settings.state)
     deps = Deps(
         store=store,
@@ -84,11 +105,23 @@ def open_deps(
         mailer=make_mailer(settings),
         subscribers=subs,
         envs=envs,
-        options=options(settings),
+        options=opts,
+        sign=sign,
     )
     if register:
         register_subscribers(deps, now=now)
     return deps
+
+
+def web_routes(deps: Deps, *, clock: Callable[[], datetime]) -> list[BaseRoute]:
+    """The unsubscribe and web-copy pages, for the daemon's HTTP listener."""
+    return unsubscribe.routes(
+        deps.store,
+        secret=deps.options.secret or deps.store.secret(),
+        site_name=deps.options.site_name,
+        contact=deps.options.envelope_from,
+        clock=clock,
+    )
 
 
 async def close(deps: Deps) -> None:

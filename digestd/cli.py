@@ -7,18 +7,22 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 import traceback
+import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 
 from digestd import __version__, app, pipeline
 from digestd.daemon import run_daemon, utcnow
+from digestd.deliverability import check_notes
 from digestd.errors import ConfigError, DigestdError
 from digestd.logs import setup_logging
 from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
 from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
 from digestd.store import Store
+from digestd.web import WebServer
 
 __all__ = ["main"]
 
@@ -57,7 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     preview = sub.add_parser("preview", help="render what EMAIL would get now; sends nothing")
     preview.add_argument("email")
     preview.add_argument("--out", type=Path, help="write the HTML there (default: text to stdout)")
-    sub.add_parser("status", help="last poll, papers stored, messages by state, recent failures")
+    preview.add_argument(
+        "--open", action="store_true", help="write the HTML and open it in the local browser"
+    )
+    sub.add_parser(
+        "status", help="last poll, papers stored, messages by state, failures, unsubscribed"
+    )
+    unsub = sub.add_parser(
+        "unsubscribe", help="send EMAIL nothing more (e.g. after a mailto request)"
+    )
+    unsub.add_argument("email")
+    resub = sub.add_parser("resubscribe", help="lift EMAIL's unsubscribe")
+    resub.add_argument("email")
     return parser
 
 
@@ -92,7 +107,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     deps = app.open_deps(settings, now=utcnow())
     if args.once:
         return asyncio.run(_run_once(deps, settings))
-    return run_daemon(deps, poll_every=settings.source.poll_every, closer=app.close)
+    listen = settings.http.listen
+    web = (lambda: WebServer(listen, app.web_routes(deps, clock=utcnow))) if listen else None
+    return run_daemon(deps, poll_every=settings.source.poll_every, closer=app.close, web=web)
 
 
 async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
@@ -122,6 +139,7 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     subs = app.load_subscriber_file(settings.subscribers)
     check_templates(make_environments(settings.templates))
+    notes = check_notes(settings)
     summary = summarize(subs)
     print(f"settings:    {config_path(args.config)}")
     for section, values in settings.redacted().items():
@@ -129,6 +147,9 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"subscribers: {settings.subscribers}")
     for key, value in summary.items():
         print(f"  {key}: {value}")
+    print("deliverability:")
+    for note in notes:
+        print(f"  {note}")
     print("ok")
     return 0
 
@@ -144,19 +165,56 @@ def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
         print(f"digestd: {args.email} is not in {settings.subscribers}", file=sys.stderr)
         return EXIT_RUNTIME
     digest, rendered = result
-    if args.out:
-        args.out.write_text(rendered.html, encoding="utf-8")
-        print(f"{len(digest.matches)} paper(s), {digest.more} more; HTML written to {args.out}")
+    out = args.out or (_preview_file() if args.open else None)
+    if out:
+        out.write_text(rendered.html, encoding="utf-8")
+        print(f"{len(digest.matches)} paper(s), {digest.more} more; HTML written to {out}")
+        if args.open and not _open_in_browser(out):
+            print(f"no local browser found; open {out} yourself")
     else:
         print(f"Subject: {rendered.subject}\n\n{rendered.text}")
     return 0
 
 
+def _preview_file() -> Path:
+    handle, name = tempfile.mkstemp(prefix="digestd-preview-", suffix=".html")
+    os.close(handle)
+    return Path(name)
+
+
+def _open_in_browser(path: Path) -> bool:
+    try:
+        return webbrowser.open(path.resolve().as_uri())
+    except webbrowser.Error:
+        return False
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
         status = store.status()
+        suppressed = store.suppressions()
     print(f"state:       {settings.state}")
     print(format_status(status))
+    print(f"unsubscribed: {len(suppressed)}")
+    for s in suppressed:
+        print(f"  {s.email} since {s.at.isoformat(timespec='seconds')} via {s.via}")
+    return 0
+
+
+def cmd_unsubscribe(settings: Settings, args: argparse.Namespace) -> int:
+    with Store(settings.state) as store:
+        new = store.suppress(args.email, at=utcnow(), via="admin")
+    print(f"{args.email} " + ("will receive nothing more" if new else "was already unsubscribed"))
+    return 0
+
+
+def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
+    with Store(settings.state) as store:
+        lifted = store.unsuppress(args.email)
+    if not lifted:
+        print(f"digestd: {args.email} is not unsubscribed", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"{args.email} receives mail again from the next digest on")
     return 0
 
 
@@ -178,4 +236,11 @@ def vars_of(obj: object) -> dict[str, object]:
     return {name: getattr(obj, name) for name in fields}
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "preview": cmd_preview, "status": cmd_status}
+COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "preview": cmd_preview,
+    "status": cmd_status,
+    "unsubscribe": cmd_unsubscribe,
+    "resubscribe": cmd_resubscribe,
+}

@@ -14,7 +14,9 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from digestd import periods, pipeline
+from digestd.errors import DigestdError
 from digestd.pipeline import Deps
+from digestd.web import WebServer
 
 __all__ = ["CronSimTrigger", "Daemon", "utcnow"]
 
@@ -52,8 +54,9 @@ class CronSimTrigger(BaseTrigger):  # type: ignore[misc]
 class Daemon:
     """Runs until SIGTERM/SIGINT; every job body takes the work lock, so a stop waits for it."""
 
-    def __init__(self, deps: Deps, *, poll_every: timedelta) -> None:
+    def __init__(self, deps: Deps, *, poll_every: timedelta, web: WebServer | None = None) -> None:
         self.deps = deps
+        self.web = web
         self.poll_every = poll_every
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -69,6 +72,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         self._start_up()
+        if self.web is not None:
+            try:
+                await self.web.start()
+            except OSError as exc:
+                raise DigestdError(f"cannot start the HTTP listener: {exc}") from None
         self._schedule()
         self.scheduler.start()
         await self._guarded(self._digests)  # a digest missed while down goes out once, now
@@ -148,15 +156,22 @@ class Daemon:
         # AsyncIOExecutor cancels running coroutines on shutdown, so none may be running by then.
         async with self._lock:
             self.scheduler.shutdown(wait=False)
+        if self.web is not None:
+            await self.web.stop()
         log.info("stopped")
 
 
 def run_daemon(
-    deps: Deps, *, poll_every: timedelta, closer: Callable[[Deps], Awaitable[Any]]
+    deps: Deps,
+    *,
+    poll_every: timedelta,
+    closer: Callable[[Deps], Awaitable[Any]],
+    web: Callable[[], WebServer] | None = None,
 ) -> int:
     async def main() -> int:
         try:
-            return await Daemon(deps, poll_every=poll_every).run()
+            server = web() if web is not None else None
+            return await Daemon(deps, poll_every=poll_every, web=server).run()
         finally:
             await closer(deps)
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import hmac
 import logging
 import random
+import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Literal
 
-from digestd import periods
+from digestd import periods, tokens
 from digestd.errors import SourceError
+from digestd.listmail import MailLinks, default_list_id, list_headers, mail_links
 from digestd.match import match
 from digestd.message import build_message
 from digestd.model import Digest, Match, Outcome, Paper, Rendered, Subscriber, SubscriberSet
@@ -50,6 +52,11 @@ class Options:
     retry_base: timedelta = timedelta(minutes=1)
     retry_cap: timedelta = timedelta(hours=1)
     alert_ttl: timedelta = timedelta(days=1)
+    public_url: str | None = None  # base of the unsubscribe and web-copy links
+    list_id: str | None = None  # None: derived from site_name and the sender's domain
+    unsubscribe_mailto: str | None = None
+    view_days: int = 30
+    secret: bytes | None = field(default=None, repr=False)  # None: the store's own secret
 
     @property
     def envelope_from(self) -> str:
@@ -72,6 +79,7 @@ class Deps:
     options: Options
     registered: dict[str, datetime] = field(default_factory=dict)
     stopping: Callable[[], bool] = lambda: False
+    sign: Callable[[bytes], bytes] | None = None  # DKIM, applied before the bytes are queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,7 @@ class DeliverReport:
     sent: int = 0
     deferred: int = 0
     failed: int = 0
+    suppressed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -165,6 +174,7 @@ def compose(
     With `once`, the schedule is ignored: everyone gets what matched and was not sent yet.
     """
     wanted = {e.casefold() for e in only} if only is not None else None
+    deps.store.prune_web_copies(now=now)
     due = n_queued = n_empty = 0
     for sub, period, expires in _due(deps, now=now, once=once):
         if wanted is not None and sub.email.casefold() not in wanted:
@@ -219,9 +229,15 @@ def _enqueue(
     now: datetime,
     expires: datetime | None,
 ) -> bool:
-    """Render and queue one message; every matched paper is reserved, shown or over the cap."""
+    """Render and queue one message; every matched paper is reserved, shown or over the cap.
+
+    Nothing is queued for a suppressed address, whatever the subscribers file says.
+    """
+    if deps.store.is_suppressed(key(sub)):
+        return False
     message_id = make_message_id(deps, key(sub), kind, period)
-    data = _render(deps, sub, kind, found, message_id=message_id, now=now) if found else None
+    links = _links(deps, sub, message_id)
+    data = _render(deps, sub, kind, found, links=links, message_id=message_id, now=now)
     row = deps.store.enqueue(
         subscriber=key(sub),
         kind=kind,
@@ -233,6 +249,8 @@ def _enqueue(
         at=now,
         expires_at=expires,
     )
+    if row is not None and found and links.view_url:
+        _save_web_copy(deps, sub, kind, found, links=links, message_id=message_id, now=now)
     return row is not None
 
 
@@ -247,30 +265,90 @@ def _render(
     kind: Kind,
     found: Sequence[Match],
     *,
+    links: MailLinks,
     message_id: str,
     now: datetime,
-) -> bytes:
-    rendered = render_digest(digest_for(sub, kind, found), deps.envs, render_context(deps, now=now))
-    return build_message(
+) -> bytes | None:
+    """The queued bytes (DKIM-signed when configured, so every retry sends the same signature)."""
+    if not found:
+        return None
+    digest = digest_for(sub, kind, found)
+    rendered = render_digest(digest, deps.envs, render_context(deps, now=now, links=links, sub=sub))
+    options = deps.options
+    list_id = options.list_id or default_list_id(options.site_name, options.domain)
+    data = build_message(
         rendered,
-        sender=deps.options.sender,
+        sender=options.sender,
         to=sub.email,
         to_name=sub.name,
         message_id=message_id,
         date=now,
+        headers=list_headers(links, list_id),
+    )
+    return deps.sign(data) if deps.sign is not None else data
+
+
+def _save_web_copy(
+    deps: Deps,
+    sub: Subscriber,
+    kind: Kind,
+    found: Sequence[Match],
+    *,
+    links: MailLinks,
+    message_id: str,
+    now: datetime,
+) -> None:
+    """The page behind "view in browser": every paper of the digest, whole, no size budget."""
+    assert links.view_url is not None
+    ctx = render_context(deps, now=now, links=links, sub=sub, web_copy=True)
+    html = render_digest(digest_for(sub, kind, found), deps.envs, ctx, budget=None).html
+    deps.store.save_web_copy(
+        links.view_url.rsplit("/", 1)[1],
+        subscriber=key(sub),
+        html=zlib.compress(html.encode("utf-8"), 6),
+        at=now,
+        expires_at=now + timedelta(days=deps.options.view_days),
     )
 
 
-def render_context(deps: Deps, *, now: datetime) -> RenderContext:
+def _links(deps: Deps, sub: Subscriber, message_id: str) -> MailLinks:
+    """The unsubscribe and web-copy links of one message; a mailto when there is no listener."""
+    options = deps.options
+    secret = options.secret or deps.store.secret()
+    unsub = view = None
+    if options.public_url:
+        sub_id = deps.store.subscriber_id(key(sub))
+        unsub = tokens.unsubscribe_token(tokens.derive_key(secret, "unsubscribe"), sub_id, key(sub))
+        if options.view_days > 0:
+            view = tokens.view_token(tokens.derive_key(secret, "view"), message_id)
+    mailto = options.unsubscribe_mailto
+    if mailto is None and not options.public_url:
+        mailto = options.envelope_from
+    return mail_links(
+        public_url=options.public_url, unsubscribe_token=unsub, view_token=view, mailto=mailto
+    )
+
+
+def render_context(
+    deps: Deps,
+    *,
+    now: datetime,
+    links: MailLinks | None = None,
+    sub: Subscriber | None = None,
+    web_copy: bool = False,
+) -> RenderContext:
+    links = links or MailLinks()
     return RenderContext(
         site_name=deps.options.site_name,
         date_label=now.strftime("%A %d %B %Y"),
-        unsubscribe_url=None,
+        unsubscribe_url=links.visible_unsubscribe,
         manage_note=(
             f"You receive this because an administrator of {deps.options.site_name} subscribed "
-            f"you. Reply to {deps.options.envelope_from} to change your rules or unsubscribe."
+            f"you. Reply to {deps.options.envelope_from} to change your rules."
         ),
-        web_url=None,
+        web_url=links.view_url,
+        web_copy=web_copy,
+        max_papers=sub.max_papers if sub is not None else None,
     )
 
 
@@ -294,6 +372,12 @@ async def deliver_due(deps: Deps, *, now: datetime, clock: Callable[[], datetime
         if not rows:
             break
         row = rows[0]
+        if deps.store.is_suppressed(row.subscriber):
+            # Queued before the address left; RFC 8058 readers expect nothing more after a POST.
+            deps.store.mark_expired(row.id, at=clock(), reason="unsubscribed")
+            report.suppressed += 1
+            log.info("skipped kind=%s period=%s reason=unsubscribed", row.kind, row.period)
+            continue
         outcome = await deps.mailer.send(row.sender, row.subscriber, row.data)
         _record(deps, row, outcome, at=clock(), report=report)
     return report
@@ -342,7 +426,9 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
         return None
     found = match(deps.store.candidates(key(sub), since=now - deps.options.lookback), sub)
     digest = digest_for(sub, "digest", found)
-    return digest, render_digest(digest, deps.envs, render_context(deps, now=now))
+    links = replace(_links(deps, sub, "<preview@localhost>"), view_url=None)  # no copy is stored
+    ctx = render_context(deps, now=now, links=links, sub=sub)
+    return digest, render_digest(digest, deps.envs, ctx)
 
 
 def key(sub: Subscriber) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,8 +24,10 @@ from digestd.model import Digest, Match, Reason, Rendered
 from digestd.text import clean_header, collapse
 
 __all__ = [
+    "HTML_BUDGET",
     "TEMPLATES",
     "Environments",
+    "Layout",
     "RenderContext",
     "check_templates",
     "make_environments",
@@ -37,6 +39,12 @@ HTML_TEMPLATE = "digest.html.j2"
 TEXT_TEMPLATE = "digest.txt.j2"
 TEMPLATES = (HTML_TEMPLATE, TEXT_TEMPLATE)
 
+# Gmail clips at ~102 KB of HTML and the clipped tail holds the unsubscribe link (delivery.md §1.5).
+HTML_BUDGET = 90_000
+# Abstract lengths tried, longest first, before papers are listed by title only.
+ABSTRACT_STEPS = (600, 250, 0)
+LISTED_TITLE_CHARS = 160
+KEEP_WHOLE = 10  # papers kept whole when even the titles of all the others do not fit
 MAX_AUTHORS = 8
 TEXT_ABSTRACT_CHARS = 600
 # Gmail clips a message at ~102 KB of HTML (delivery.md §1.5); long abstracts are cut in HTML too.
@@ -70,6 +78,18 @@ class RenderContext:
     unsubscribe_url: str | None = None
     manage_note: str = ""
     web_url: str | None = None
+    web_copy: bool = False  # rendering the page the web_url serves, not the mail
+    max_papers: int | None = None  # the subscriber's cap, to explain `more`
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How much of each paper fits: the first `full` papers with abstracts cut at `abstract_chars`,
+    the next `listed` by title only, the rest left out (the mail says so). None: all of them."""
+
+    abstract_chars: int = HTML_ABSTRACT_CHARS
+    full: int | None = None
+    listed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,23 +167,99 @@ def check_templates(envs: Environments) -> None:
         raise ConfigError(problems)
 
 
-def render_digest(digest: Digest, envs: Environments, ctx: RenderContext) -> Rendered:
-    papers = [paper_view(i, m) for i, m in enumerate(digest.matches, start=1)]
-    total = len(digest.matches) + digest.more
-    values = {
+def render_digest(
+    digest: Digest, envs: Environments, ctx: RenderContext, *, budget: int | None = HTML_BUDGET
+) -> Rendered:
+    """Both parts; the HTML kept under `budget` bytes (None: no limit, e.g. for the web copy).
+
+    Over budget, abstracts are shortened first, then the last papers are listed by title only,
+    then the last titles are left out; the mail says what it left out, in both parts.
+    """
+    trials: dict[Layout, tuple[dict[str, object], str]] = {}  # the chosen one is not redone
+    layout = fit(digest, envs, ctx, budget, trials) if budget is not None else Layout()
+    values, html = trials.get(layout) or _trial(digest, envs, ctx, layout)
+    text = envs.text.get_template(TEXT_TEMPLATE).render(values)
+    return Rendered(subject=subject(digest), text=text, html=html)
+
+
+def _trial(
+    digest: Digest, envs: Environments, ctx: RenderContext, layout: Layout
+) -> tuple[dict[str, object], str]:
+    values = _values(digest, ctx, layout)
+    return values, str(_INLINER.inline(envs.html.get_template(HTML_TEMPLATE).render(values)))
+
+
+def fit(
+    digest: Digest,
+    envs: Environments,
+    ctx: RenderContext,
+    budget: int,
+    trials: dict[Layout, tuple[dict[str, object], str]] | None = None,
+) -> Layout:
+    """The richest layout whose HTML fits in `budget` bytes; trial renders go to `trials`."""
+    cache = trials if trials is not None else {}
+
+    def size(layout: Layout) -> int:
+        if layout not in cache:
+            cache[layout] = _trial(digest, envs, ctx, layout)
+        return len(cache[layout][1].encode("utf-8"))
+
+    for layout in (Layout(), *(Layout(abstract_chars=n) for n in ABSTRACT_STEPS)):
+        if size(layout) <= budget:
+            return layout
+    n = len(digest.matches)
+    full = _largest(lambda k: size(Layout(abstract_chars=0, full=k)) <= budget, n)
+    if full is not None:
+        return Layout(abstract_chars=0, full=full)
+    # Not even every title fits: the top papers stay whole, then as many titles as fit.
+    whole = min(n, KEEP_WHOLE)
+    top = _largest(lambda k: size(Layout(abstract_chars=0, full=k, listed=0)) <= budget, whole) or 0
+    listed = _largest(lambda k: size(Layout(abstract_chars=0, full=top, listed=k)) <= budget, n)
+    return Layout(abstract_chars=0, full=top, listed=listed or 0)
+
+
+def _largest(fits: Callable[[int], bool], n: int) -> int | None:
+    """The largest k in [0, n] with fits(k), assuming fits is monotone; None when not even 0."""
+    if not fits(0):
+        return None
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, object]:
+    matches = digest.matches
+    n_full = len(matches) if layout.full is None else min(layout.full, len(matches))
+    rest = matches[n_full:]
+    n_listed = len(rest) if layout.listed is None else min(layout.listed, len(rest))
+    papers = [
+        paper_view(i, m, abstract_chars=layout.abstract_chars)
+        for i, m in enumerate(matches[:n_full], start=1)
+    ]
+    listed = [listed_view(i, m) for i, m in enumerate(rest[:n_listed], start=n_full + 1)]
+    top = papers[0].title if papers else (listed[0].title if listed else "")
+    return {
         "kind": digest.kind,
         "ctx": ctx,
         "papers": papers,
+        "listed": listed,
+        "left_out": len(rest) - n_listed,
+        "shortened": layout.abstract_chars < HTML_ABSTRACT_CHARS
+        and any(len(m.paper.abstract) > layout.abstract_chars for m in matches[:n_full]),
         "more": digest.more,
-        "total": total,
+        "total": len(matches) + digest.more,
+        "max_papers": ctx.max_papers,
         "subscriber_name": clean_header(digest.subscriber.name or "", limit=100),
-        "preheader": papers[0].title if papers else f"No new papers from {ctx.site_name}",
-        "unsubscribe_url": safe_url(ctx.unsubscribe_url),
+        "preheader": top or f"No new papers from {ctx.site_name}",
+        "unsubscribe_url": safe_link(ctx.unsubscribe_url),
         "web_url": safe_url(ctx.web_url),
+        "web_copy": ctx.web_copy,
     }
-    html = envs.html.get_template(HTML_TEMPLATE).render(values)
-    text = envs.text.get_template(TEXT_TEMPLATE).render(values)
-    return Rendered(subject=subject(digest), text=text, html=_INLINER.inline(html))
 
 
 def subject(digest: Digest) -> str:
@@ -181,10 +277,16 @@ def subject(digest: Digest) -> str:
     return clean_header(line, limit=200)
 
 
-def paper_view(number: int, m: Match) -> PaperView:
+def paper_view(number: int, m: Match, *, abstract_chars: int = HTML_ABSTRACT_CHARS) -> PaperView:
     p = m.paper
     title = clean_header(p.title, limit=TITLE_CHARS)
-    abstract_html = highlight(p.abstract, m.highlights.get("abstract", ()), HTML_ABSTRACT_CHARS)
+    abstract_html = (
+        highlight(p.abstract, m.highlights.get("abstract", ()), abstract_chars)
+        if abstract_chars
+        else Markup("")
+    )
+    text_chars = min(TEXT_ABSTRACT_CHARS, abstract_chars)
+    abstract_text = wrap(shorten(collapse(_CONTROL.sub(" ", p.abstract)), text_chars))
     return PaperView(
         number=number,
         title=title,
@@ -198,9 +300,24 @@ def paper_view(number: int, m: Match) -> PaperView:
         organization=clean_header(p.organization, limit=100) if p.organization else None,
         tldr=clean_header(p.ai_summary, limit=500) if p.ai_summary else None,
         abstract_html=abstract_html,
-        abstract_text=wrap(shorten(collapse(_CONTROL.sub(" ", p.abstract)), TEXT_ABSTRACT_CHARS)),
+        abstract_text=abstract_text if text_chars else "",
         why=why(m.reasons),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ListedView:
+    """A paper that only fits as a title with its link."""
+
+    number: int
+    title: str
+    url: str
+    upvotes: int
+
+
+def listed_view(number: int, m: Match) -> ListedView:
+    p = m.paper
+    return ListedView(number, clean_header(p.title, limit=LISTED_TITLE_CHARS), p.url, p.upvotes)
 
 
 def highlight(text: str, spans: Iterable[tuple[int, int]], limit: int) -> Markup:
@@ -255,6 +372,13 @@ def safe_url(url: str | None) -> str | None:
     except ValueError:
         return None
     return url if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def safe_link(url: str | None) -> str | None:
+    """`safe_url`, or a plain `mailto:` link (the unsubscribe fallback without a web listener)."""
+    if url and url.startswith("mailto:") and not _CONTROL.search(url) and " " not in url:
+        return url if re.fullmatch(r"mailto:[^\s<>\"']+", url) else None
+    return safe_url(url)
 
 
 def links(github: str | None, project: str | None) -> tuple[Link, ...]:

@@ -26,6 +26,7 @@ from digestd.yamlpos import load_yaml, problems_from_validation
 __all__ = [
     "DEFAULT_CONFIG",
     "DeliverySettings",
+    "DkimSettings",
     "HttpSettings",
     "Settings",
     "SourceSettings",
@@ -74,6 +75,14 @@ class SourceSettings(_Section):
     )
 
 
+class DkimSettings(_Section):
+    """DKIM signing at enqueue time: publish the key at `{selector}._domainkey.{domain}`."""
+
+    selector: str = Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+    domain: str = Field(pattern=r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$")
+    key_file: Path  # PEM RSA private key (PKCS#1 or PKCS#8), 1024 bits at least, 2048 advised
+
+
 class DeliverySettings(_Section):
     kind: Literal["smtp", "maildir"] = "smtp"
     host: str = "localhost"
@@ -89,6 +98,12 @@ class DeliverySettings(_Section):
     max_per_connection: int = Field(100, ge=1)
     max_attempts: int = Field(8, ge=1, description="tries before a message is failed")
     path: Path = Path("var/mail")
+    # RFC 2919, e.g. "Paper Digest <paper-digest.example.org>"; default: site_name <digestd.DOMAIN>
+    list_id: str | None = Field(None, pattern=r"^[^<>]*<[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+>$")
+    # A mailto List-Unsubscribe next to the HTTPS one; without http.public_url it is the only one
+    # (and defaults to the From address).
+    unsubscribe_mailto: str | None = Field(None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    dkim: DkimSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DeliverySettings:
@@ -110,6 +125,18 @@ class DeliverySettings(_Section):
 class HttpSettings(_Section):
     listen: str | None = None  # e.g. 127.0.0.1:8025; unset: no HTTP listener
     public_url: str | None = None  # e.g. https://digest.example.org: base of links in the mail
+    secret: SecretStr | None = None  # signs unsubscribe links; DIGESTD_HTTP__SECRET
+    secret_file: Path | None = None  # or a file (systemd: LoadCredential=http_secret)
+    view_days: int = Field(30, ge=0, description="days a web copy stays online; 0: none")
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpSettings:
+        url = self.public_url
+        if url is not None:
+            if not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s?#]*)?", url):
+                raise ValueError(f"http.public_url {url!r} must be an http(s) URL without ?query")
+            self.public_url = url.rstrip("/")
+        return self
 
 
 class Settings(BaseSettings):
@@ -152,10 +179,32 @@ class Settings(BaseSettings):
         path = d.password_file or _credential("smtp_password")
         return path.read_text(encoding="utf-8").strip() if path else None
 
+    def http_secret(self) -> bytes | None:
+        """The link-signing secret from the environment, `secret_file` or systemd's credential.
+
+        :raises ConfigError: when it is shorter than 16 bytes (forgeable) or unreadable.
+        """
+        h = self.http
+        if h.secret is not None:
+            value = h.secret.get_secret_value().encode()
+        else:
+            path = h.secret_file or _credential("http_secret")
+            if path is None:
+                return None
+            try:
+                value = path.read_bytes().strip()
+            except OSError as exc:
+                problem = ConfigProblem(str(path), 1, 1, "http.secret_file", str(exc.strerror))
+                raise ConfigError([problem]) from None
+        if len(value) < 16:
+            problem = ConfigProblem("<settings>", 1, 1, "http.secret", "use 16 bytes or more")
+            raise ConfigError([problem])
+        return value
+
     def redacted(self) -> dict[str, Any]:
         """The effective settings for display, secrets shown as <redacted>."""
         data = self.model_dump(mode="json", by_alias=True)
-        for section, key in (("delivery", "password"), ("source", "token")):
+        for section, key in (("delivery", "password"), ("source", "token"), ("http", "secret")):
             if data[section].get(key) is not None:
                 data[section][key] = "<redacted>"
         return data
@@ -203,6 +252,13 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             else None,
         }
     )
+    if settings.delivery.dkim is not None:
+        dkim = settings.delivery.dkim
+        dkim = dkim.model_copy(update={"key_file": rel(dkim.key_file)})
+        delivery = delivery.model_copy(update={"dkim": dkim})
+    http = settings.http
+    if http.secret_file is not None:
+        http = http.model_copy(update={"secret_file": rel(http.secret_file)})
     source = settings.source
     if source.kind == "file" and "://" not in source.url:
         source = source.model_copy(update={"url": str(rel(Path(source.url)))})
@@ -213,5 +269,6 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             "templates": rel(settings.templates) if settings.templates else None,
             "delivery": delivery,
             "source": source,
+            "http": http,
         }
     )

@@ -32,6 +32,7 @@ __all__ = [
     "SchemaError",
     "Store",
     "StoreStatus",
+    "Suppression",
 ]
 
 OutboxKind = Literal["digest", "alert"]
@@ -118,6 +119,15 @@ class StoreStatus:
     outbox: dict[str, int]  # every state, zero included
     subscribers: int
     problems: list[OutboxProblem]  # most recent first, at most 20
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address that asked to receive nothing more (`via`: one-click, admin…)."""
+
+    email: str
+    at: datetime
+    via: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +239,35 @@ _SCHEMA_1 = (
     "CREATE INDEX deliveries_outbox ON deliveries(outbox_id)",
 )
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+
+def _migration_2(db: sqlite3.Connection) -> None:
+    """Unsubscribe and web copies: stable subscriber ids for tokens, suppressions, stored HTML."""
+    for statement in _SCHEMA_2:
+        db.execute(statement)
+
+
+_SCHEMA_2 = (
+    # AUTOINCREMENT: an id is never reused, so an old unsubscribe link can never name someone else.
+    """CREATE TABLE subscriber_ids (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        email TEXT NOT NULL UNIQUE
+    )""",
+    """CREATE TABLE suppressions (
+        email TEXT PRIMARY KEY,
+        at TEXT NOT NULL,
+        via TEXT NOT NULL
+    )""",
+    """CREATE TABLE web_copies (
+        token TEXT PRIMARY KEY,
+        subscriber TEXT NOT NULL,
+        html BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX web_copies_expires ON web_copies(expires_at)",
+)
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _PAPER_COLUMNS = (
@@ -783,3 +821,68 @@ class Store:
                 subscribers=self.subscriber_count(),
                 problems=[_problem_from_row(row) for row in problems],
             )
+
+    # -- unsubscribe and web copies --------------------------------------------------------
+
+    def subscriber_id(self, email: str) -> int:
+        """The address's stable id for unsubscribe tokens, created on first use."""
+        key = _email_key(email)
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO subscriber_ids (email) VALUES (?)", (key,))
+            row = db.execute("SELECT id FROM subscriber_ids WHERE email = ?", (key,)).fetchone()
+        return cast(int, row[0])
+
+    def subscriber_email(self, subscriber_id: int) -> str | None:
+        return cast(
+            "str | None",
+            self._scalar("SELECT email FROM subscriber_ids WHERE id = ?", (subscriber_id,)),
+        )
+
+    def suppress(self, email: str, *, at: datetime, via: str) -> bool:
+        """Record that `email` gets nothing more; committed before returning. False if it was already."""
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO suppressions (email, at, via) VALUES (?, ?, ?)",
+                (_email_key(email), _ts(at), via),
+            )
+        return cursor.rowcount == 1
+
+    def unsuppress(self, email: str) -> bool:
+        """Lift a suppression; False when there was none."""
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM suppressions WHERE email = ?", (_email_key(email),))
+        return cursor.rowcount == 1
+
+    def is_suppressed(self, email: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM suppressions WHERE email = ?", (_email_key(email),)
+        ).fetchone()
+        return row is not None
+
+    def suppressions(self) -> list[Suppression]:
+        """Every suppressed address, most recent first."""
+        rows = self._db.execute("SELECT email, at, via FROM suppressions ORDER BY at DESC, email")
+        return [Suppression(row[0], _dt(row[1]), row[2]) for row in rows]
+
+    def save_web_copy(
+        self, token: str, *, subscriber: str, html: bytes, at: datetime, expires_at: datetime
+    ) -> None:
+        """Keep a message's HTML (compressed by the caller) until `expires_at`; first write wins."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO web_copies (token, subscriber, html, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (token, _email_key(subscriber), html, _ts(at), _ts(expires_at)),
+            )
+
+    def web_copy(self, token: str, *, now: datetime) -> bytes | None:
+        """The stored HTML for `token`, or None when unknown or expired."""
+        row = self._db.execute(
+            "SELECT html FROM web_copies WHERE token = ? AND expires_at > ?", (token, _ts(now))
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def prune_web_copies(self, *, now: datetime) -> int:
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM web_copies WHERE expires_at <= ?", (_ts(now),))
+        return cursor.rowcount

@@ -19,6 +19,8 @@ PURE = [
     "render.py",
     "message.py",
     "sources/hf_json.py",
+    "tokens.py",
+    "listmail.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",
