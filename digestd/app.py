@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+
+from starlette.routing import BaseRoute
 
 from digestd.errors import ConfigError, ConfigProblem
 from digestd.model import SubscriberSet
@@ -18,7 +21,15 @@ from digestd.transports.base import Mailer
 from digestd.transports.maildir import MaildirMailer
 from digestd.transports.smtp import SmtpMailer
 
-__all__ = ["close", "load_subscriber_file", "make_mailer", "make_source", "open_deps", "options"]
+__all__ = [
+    "close",
+    "load_subscriber_file",
+    "make_mailer",
+    "make_source",
+    "open_deps",
+    "options",
+    "web_routes",
+]
 
 
 def load_subscriber_file(path: Path) -> SubscriberSet:
@@ -37,7 +48,7 @@ def make_source(settings: Settings) -> Source:
         return FileSource(Path(src.url))
     token = src.token.get_secret_value() if src.token else None
     client = make_client(timeout=src.timeout.total_seconds())
-    return HuggingFaceSource(src.url, client, days=src.days, token=token)
+    return HuggingFaceSource(src.url, client, days=src.days, token=token, retries=src.retries)
 
 
 def make_mailer(settings: Settings) -> Mailer:
@@ -97,3 +108,10 @@ async def close(deps: Deps) -> None:
     if aclose is not None:
         await aclose()
     deps.store.close()
+
+
+def web_routes(
+    deps: Deps, settings: Settings, *, health: Sequence[BaseRoute] = ()
+) -> list[BaseRoute]:
+    """Every route of the daemon's HTTP listener (`http.listen`); each feature adds its own here."""
+    return [*health]

@@ -19,6 +19,7 @@ PURE = [
     "render.py",
     "message.py",
     "sources/hf_json.py",
+    "observe.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",
