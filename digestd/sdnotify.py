@@ -46,9 +46,8 @@ class Notifier:
         payload = "\n".join(" ".join(f.splitlines()) for f in fields).encode("utf-8", "replace")
         try:
             if self._sock is None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                sock.connect(self.address)
-                self._sock = sock
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.connect(self.address)
             self._sock.sendall(payload)
         except OSError as exc:
             log.warning("sd_notify failed error=%s", exc)
