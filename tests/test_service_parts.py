@@ -4,7 +4,10 @@ health and status text, progress output, reload diffs and the settings they vali
 from __future__ import annotations
 
 import io
+import json
 import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -239,3 +242,15 @@ def test_load_config_refuses_a_broken_subscribers_file(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").unlink()
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "d.yaml")
+
+
+def test_idle_memory_bench_prints_one_json_line() -> None:
+    bench = Path(__file__).resolve().parent.parent / "bench" / "idle_memory.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--subscribers", "20", "--runs", "1", "--settle", "0.1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    figures = json.loads(line)
+    assert figures["daemon_rss_mib"] > figures["baseline_rss_mib"] > 0
