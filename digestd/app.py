@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -51,7 +51,7 @@ def make_source(settings: Settings) -> Source:
         return FileSource(Path(src.url))
     token = src.token.get_secret_value() if src.token else None
     client = make_client(timeout=src.timeout.total_seconds())
-    return HuggingFaceSource(src.url, client, days=src.days, token=token)
+    return HuggingFaceSource(src.url, client, days=src.days, token=token, retries=src.retries)
 
 
 def make_mailer(settings: Settings) -> Mailer:
@@ -113,20 +113,26 @@ def open_deps(
     return deps
 
 
-def web_routes(deps: Deps, *, clock: Callable[[], datetime]) -> list[BaseRoute]:
-    """The unsubscribe and web-copy pages, for the daemon's HTTP listener."""
-    return unsubscribe.routes(
-        deps.store,
-        secret=deps.options.secret or deps.store.secret(),
-        site_name=deps.options.site_name,
-        contact=deps.options.envelope_from,
-        clock=clock,
-    )
-
-
 async def close(deps: Deps) -> None:
     await deps.mailer.aclose()
     aclose = getattr(deps.source, "aclose", None)
     if aclose is not None:
         await aclose()
     deps.store.close()
+
+
+def web_routes(
+    deps: Deps,
+    *,
+    clock: Callable[[], datetime],
+    health: Sequence[BaseRoute] = (),
+) -> list[BaseRoute]:
+    """Every route of the daemon's HTTP listener (`http.listen`); each feature adds its own here."""
+    pages = unsubscribe.routes(
+        deps.store,
+        secret=deps.options.secret or deps.store.secret(),
+        site_name=deps.options.site_name,
+        contact=deps.options.envelope_from,
+        clock=clock,
+    )
+    return [*health, *pages]

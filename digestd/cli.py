@@ -13,16 +13,16 @@ import webbrowser
 from collections.abc import Sequence
 from pathlib import Path
 
-from digestd import __version__, app, pipeline
+from digestd import __version__, app, pipeline, reload
 from digestd.daemon import run_daemon, utcnow
 from digestd.deliverability import check_notes
 from digestd.errors import ConfigError, DigestdError
 from digestd.logs import setup_logging
+from digestd.progress import make_progress
 from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
 from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
 from digestd.store import Store
-from digestd.web import WebServer
 
 __all__ = ["main"]
 
@@ -107,12 +107,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     deps = app.open_deps(settings, now=utcnow())
     if args.once:
         return asyncio.run(_run_once(deps, settings))
-    listen = settings.http.listen
-    web = (lambda: WebServer(listen, app.web_routes(deps, clock=utcnow))) if listen else None
-    return run_daemon(deps, poll_every=settings.source.poll_every, closer=app.close, web=web)
+    config = reload.Config(config_path(args.config), settings, deps.subscribers, deps.envs)
+    return run_daemon(deps, poll_every=settings.source.poll_every, closer=app.close, config=config)
 
 
 async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
+    progress = deps.observer = make_progress(sys.stdout)
     try:
         now = utcnow()
         deps.store.recover(now=now)
@@ -120,6 +120,7 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
         composed = pipeline.compose(deps, now=now, once=True)
         sent = await pipeline.deliver_due(deps, now=utcnow(), clock=utcnow)
     finally:
+        progress.close()
         await app.close(deps)
     print(
         f"polled {ingest.n_items} papers ({ingest.n_new} new); "

@@ -18,6 +18,7 @@ from digestd.listmail import MailLinks, default_list_id, list_headers, mail_link
 from digestd.match import match
 from digestd.message import build_message
 from digestd.model import Digest, Match, Outcome, Paper, Rendered, Subscriber, SubscriberSet
+from digestd.observe import NULL, Observer
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
 from digestd.store import OutboxRow, Store
@@ -29,9 +30,11 @@ __all__ = [
     "Deps",
     "IngestReport",
     "Options",
+    "Overdue",
     "compose",
     "deliver_due",
     "ingest",
+    "overdue",
     "preview",
 ]
 
@@ -80,6 +83,7 @@ class Deps:
     registered: dict[str, datetime] = field(default_factory=dict)
     stopping: Callable[[], bool] = lambda: False
     sign: Callable[[bytes], bytes] | None = None  # DKIM, applied before the bytes are queued
+    observer: Observer = NULL  # progress bars and metrics; the pipeline only reports to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +124,13 @@ async def ingest(deps: Deps, *, now: datetime) -> IngestReport:
     A failed poll stores nothing and marks nothing; the error is recorded as data and logged once.
     """
     name = deps.source.name
+    deps.observer.begin("poll")
     try:
         result = await deps.source.fetch(now=now)
     except SourceError as exc:
         deps.store.record_poll(name, at=now, ok=False, error=str(exc))
         log.warning("poll failed source=%s transient=%s error=%s", name, exc.transient, exc)
+        deps.observer.end("poll", f"failed: {exc}")
         return IngestReport(ok=False, error=str(exc))
     for problem in result.problems:
         log.warning(
@@ -142,6 +148,7 @@ async def ingest(deps: Deps, *, now: datetime) -> IngestReport:
         len(new),
         n_alerts,
     )
+    deps.observer.end("poll", f"{len(result.papers)} papers, {len(new)} new")
     return IngestReport(ok=True, n_items=len(result.papers), n_new=len(new), n_alerts=n_alerts)
 
 
@@ -153,6 +160,8 @@ def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: dateti
         if not sub.has_alerts:
             continue
         found = match(new, sub, alerts_only=True)
+        if found:
+            deps.observer.matched("alert", len(found))
         if found and _enqueue(
             deps,
             sub,
@@ -176,6 +185,7 @@ def compose(
     wanted = {e.casefold() for e in only} if only is not None else None
     deps.store.prune_web_copies(now=now)
     due = n_queued = n_empty = 0
+    deps.observer.begin("match", len(deps.subscribers.subscribers))
     for sub, period, expires in _due(deps, now=now, once=once):
         if wanted is not None and sub.email.casefold() not in wanted:
             continue
@@ -184,6 +194,9 @@ def compose(
         if _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
             n_queued += bool(found)
             n_empty += not found
+            deps.observer.matched("digest", len(found))
+        deps.observer.advance("match")
+    deps.observer.end("match", f"{due} due, {n_queued} digest(s) queued, {n_empty} empty")
     if due:
         log.info("composed n_due=%d n_queued=%d n_empty=%d", due, n_queued, n_empty)
     return ComposeReport(n_due=due, n_queued=n_queued, n_empty=n_empty)
@@ -367,6 +380,7 @@ async def deliver_due(deps: Deps, *, now: datetime, clock: Callable[[], datetime
     """
     report = DeliverReport()
     deps.store.release_stale(now=now)
+    deps.observer.begin("send", deps.store.due_count(now=now))
     while not deps.stopping():
         rows = deps.store.claim_due(now=now, limit=1)
         if not rows:
@@ -380,6 +394,10 @@ async def deliver_due(deps: Deps, *, now: datetime, clock: Callable[[], datetime
             continue
         outcome = await deps.mailer.send(row.sender, row.subscriber, row.data)
         _record(deps, row, outcome, at=clock(), report=report)
+        deps.observer.advance("send")
+    deps.observer.end(
+        "send", f"sent {report.sent}, deferred {report.deferred}, failed {report.failed}"
+    )
     return report
 
 
@@ -434,3 +452,41 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
 def key(sub: Subscriber) -> str:
     """The store's key for a subscriber: addresses compare case-insensitively."""
     return sub.email.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Overdue:
+    """Digests of one (schedule, zone) group whose slot passed while nothing composed them."""
+
+    schedule: str
+    timezone: str
+    slot: datetime
+    late_by: timedelta
+    n_subscribers: int
+    skipped: bool  # older than max_late: these are not sent at all
+
+
+def overdue(deps: Deps, *, now: datetime) -> list[Overdue]:
+    """What a compose now would send late (or skip for `max_late`), per group: for the start-up log.
+
+    Same rules as `compose`: a newcomer's slot from before they joined is not owed to them.
+    """
+    groups: dict[tuple[str, str], list[Subscriber]] = {}
+    for sub in deps.subscribers.subscribers:
+        groups.setdefault((sub.schedule, sub.timezone), []).append(sub)
+    found: list[Overdue] = []
+    max_late = deps.options.max_late
+    for (schedule, zone), subs in sorted(groups.items()):
+        slot = periods.latest_slot(schedule, zone, now)
+        period = periods.period_key(slot)
+        owed = [
+            s
+            for s in subs
+            if not (deps.registered.get(key(s), slot) > slot)
+            and not deps.store.has_period(key(s), "digest", period)
+        ]
+        if owed:
+            late = now - slot
+            skipped = max_late is not None and late > max_late
+            found.append(Overdue(schedule, zone, slot, late, len(owed), skipped))
+    return found

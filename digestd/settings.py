@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,10 +22,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digestd.errors import ConfigError, ConfigProblem
+from digestd.rules import validate_email
 from digestd.yamlpos import load_yaml, problems_from_validation
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "AlertSettings",
     "DeliverySettings",
     "DkimSettings",
     "HttpSettings",
@@ -73,6 +76,7 @@ class SourceSettings(_Section):
     token: SecretStr | None = (
         None  # Hugging Face token: raises the rate limit; DIGESTD_SOURCE__TOKEN
     )
+    retries: int = Field(3, ge=0, le=10, description="retries of a failed request within a poll")
 
 
 class DkimSettings(_Section):
@@ -139,6 +143,13 @@ class HttpSettings(_Section):
         return self
 
 
+class AlertSettings(_Section):
+    """When the admins get mail: one when a problem starts, one when it is over."""
+
+    source_down_after: Duration = timedelta(hours=2)  # polls failing for this long
+    delivery_failures: int = Field(5, ge=1)  # this many sends in a row not accepted
+
+
 class Settings(BaseSettings):
     """Everything an admin sets; built once by the shell and passed down as values."""
 
@@ -158,6 +169,12 @@ class Settings(BaseSettings):
     site_name: str = "Paper Digest"
     max_late: Duration | None = None  # a missed digest older than this is skipped, not sent late
     templates: Path | None = None
+    # Addresses that get one mail when the source or delivery breaks down, and one when it recovers.
+    admins: list[Annotated[str, AfterValidator(validate_email)]] = Field(default_factory=list)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    # How often the daemon looks at both files' mtimes to reload by itself; 0 turns it off (SIGHUP
+    # still reloads).
+    config_check_every: Duration = timedelta(seconds=5)
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,7 @@ __all__ = [
     "OutboxProblem",
     "OutboxRow",
     "OutboxState",
+    "AlertState",
     "PollInfo",
     "SchemaError",
     "Store",
@@ -80,6 +81,18 @@ class PollInfo:
     n_new: int
     error: str | None
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """One admin alert's row (see `_migration_2`); a missing row reads as all zero."""
+
+    name: str
+    firing: bool = False
+    notified: bool = False
+    streak: int = 0
+    since: datetime | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +280,28 @@ _SCHEMA_2 = (
     "CREATE INDEX web_copies_expires ON web_copies(expires_at)",
 )
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
+
+def _migration_3(db: sqlite3.Connection) -> None:
+    # Admin alerts: `firing` is the condition as last evaluated, `notified` what the admins were
+    # last told; a mail goes out only when the two differ, so one per transition, retried if lost.
+    db.execute(
+        """CREATE TABLE admin_alerts (
+            name TEXT PRIMARY KEY,
+            firing INTEGER NOT NULL DEFAULT 0,
+            notified INTEGER NOT NULL DEFAULT 0,
+            streak INTEGER NOT NULL DEFAULT 0,
+            since TEXT,
+            detail TEXT,
+            updated_at TEXT NOT NULL
+        )"""
+    )
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _PAPER_COLUMNS = (
@@ -780,6 +814,86 @@ class Store:
                 (stamp, stamp),
             )
         return cursor.rowcount
+
+    def due_count(self, *, now: datetime) -> int:
+        """Rows `claim_due` would hand out now (for a progress bar's total)."""
+        return cast(
+            int,
+            self._scalar(
+                f"SELECT COUNT(*) FROM outbox WHERE state IN ({_marks(len(_CLAIMABLE))})"
+                " AND next_attempt_at <= ?",
+                (*_CLAIMABLE, _ts(now)),
+            ),
+        )
+
+    def expire_except(self, keep: Iterable[str], *, at: datetime, reason: str) -> int:
+        """Expire unsent rows of subscribers not in `keep` (removed from the file); returns count.
+
+        In-doubt rows go too: a removed subscriber must get nothing more, not even a re-send.
+        """
+        kept = {_email_key(e) for e in keep}
+        stamp = _ts(at)
+        with self._write() as db:
+            ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id, subscriber FROM outbox"
+                    " WHERE state IN ('queued', 'deferred', 'in_doubt')"
+                )
+                if row[1] not in kept
+            ]
+            db.executemany(
+                "UPDATE outbox SET state = 'expired', last_reply = ?, updated_at = ? WHERE id = ?",
+                ((reason, stamp, i) for i in ids),
+            )
+            db.executemany("DELETE FROM deliveries WHERE outbox_id = ?", ((i,) for i in ids))
+        return len(ids)
+
+    def last_sent_at(self) -> datetime | None:
+        """When the relay last accepted a message."""
+        return _opt_dt(self._scalar("SELECT MAX(sent_at) FROM outbox WHERE state = 'sent'"))
+
+    def source_down_since(self, source: str | None = None) -> datetime | None:
+        """The first failed poll after the last good one, if the latest poll failed; else None."""
+        where, params = self._poll_filter(source, ok_only=True)
+        last_ok = self._scalar(f"SELECT MAX(at) FROM polls {where}", params)
+        fail_where, fail_params = self._poll_filter(source)
+        fail_where += (" AND " if fail_where else "WHERE ") + "ok = 0 AND at > ?"
+        return _opt_dt(
+            self._scalar(f"SELECT MIN(at) FROM polls {fail_where}", (*fail_params, last_ok or ""))
+        )
+
+    def poll_counts(self) -> dict[bool, int]:
+        """Polls recorded, by success."""
+        rows = self._db.execute("SELECT ok, COUNT(*) FROM polls GROUP BY ok")
+        return {bool(ok): n for ok, n in rows}
+
+    def alert_state(self, name: str) -> AlertState:
+        row = self._db.execute("SELECT * FROM admin_alerts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return AlertState(name)
+        return AlertState(
+            name=name,
+            firing=bool(row["firing"]),
+            notified=bool(row["notified"]),
+            streak=row["streak"],
+            since=_opt_dt(row["since"]),
+            detail=row["detail"],
+        )
+
+    def save_alert_state(self, state: AlertState, *, at: datetime) -> None:
+        with self._write() as db:
+            db.execute(
+                """INSERT INTO admin_alerts (name, firing, notified, streak, since, detail,
+                                             updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET firing = excluded.firing,
+                       notified = excluded.notified, streak = excluded.streak,
+                       since = excluded.since, detail = excluded.detail,
+                       updated_at = excluded.updated_at""",
+                (state.name, int(state.firing), int(state.notified), state.streak,
+                 _opt_ts(state.since), state.detail, _ts(at)),
+            )  # fmt: skip
 
     def pending_count(self) -> int:
         """Rows not final yet: queued, sending, deferred, in_doubt."""

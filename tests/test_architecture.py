@@ -21,6 +21,7 @@ PURE = [
     "sources/hf_json.py",
     "tokens.py",
     "listmail.py",
+    "observe.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonproc import NotifyListener
 from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
 
@@ -120,6 +121,12 @@ def test_demo_from_the_readme_runs_twice_and_sends_once(tmp_path: Path) -> None:
     first = digestd(demo / "digestd.yaml", "run", "--once", env=env)
     assert first.returncode == 0, first.stderr
     assert "sent 4," in first.stdout and "Maildir" in first.stdout
+    # Not a terminal: plain progress lines, one when each phase starts and one when it ends.
+    lines = first.stdout.splitlines()
+    assert lines[:2] == ["polling…", "poll: 54 papers, 54 new"], lines
+    assert "matching (3)…" in lines and "sending (4)…" in lines
+    assert "send: sent 4, deferred 0, failed 0" in lines
+    assert "\x1b[" not in first.stdout  # no terminal control codes
     assert len(list((tmp_path / "mail" / "new").iterdir())) == 4
     second = digestd(demo / "digestd.yaml", "run", "--once", env=env)
     assert second.returncode == 0, second.stderr
@@ -232,12 +239,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_daemon(
+    config: Path, log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as stderr:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "digestd", "--config", str(config), "run"],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            env={**os.environ, **(env or {})},
         )
 
 
@@ -249,18 +259,25 @@ def test_daemon_finishes_the_send_in_flight_on_sigterm(
     smtp_server.handler.stall_data = 1.5  # the end of DATA takes a while
     config = write_config(tmp_path, source_url=http_server.url, smtp_port=smtp_server.port)
     log = tmp_path / "daemon.log"
-    proc = start_daemon(config, log)
+    notify = NotifyListener()
+    proc = start_daemon(config, log, env={"NOTIFY_SOCKET": notify.name})
     try:
         wait_for(
             lambda: len(smtp_server.received) >= 1
         )  # the alert's DATA is in the server's hands
         proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: notify.having("STOPPING"))  # said at once, before the send finishes
+        assert proc.poll() is None
         assert proc.wait(timeout=20) == 0, log.read_text()
     finally:
+        notify.close()
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
     assert "stopping signal=SIGTERM" in text and "level=info logger=digestd.daemon stopped" in text
+    assert "store closed" in text
+    # The last connection closed cleanly: SQLite checkpointed and removed the write-ahead log.
+    assert not (tmp_path / "var" / "digestd.sqlite3-wal").exists()
     assert outbox_states(tmp_path) == {"sent": 1}
 
 

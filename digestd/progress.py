@@ -1,0 +1,95 @@
+"""Progress of `digestd run --once`: rich bars on a terminal, plain lines anywhere else.
+
+Both are `Observer`s handed to the pipeline, which never imports rich.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+)
+
+from digestd.observe import Observer, Phase
+
+__all__ = ["PlainProgress", "RichProgress", "make_progress"]
+
+_LABELS: dict[Phase, str] = {"poll": "polling", "match": "matching", "send": "sending"}
+
+
+class PlainProgress:
+    """One line when a phase starts and one when it ends: fit for logs, pipes and cron mail."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.matched_papers = 0
+
+    def begin(self, phase: Phase, total: int | None = None) -> None:
+        count = f" ({total})" if total is not None else ""
+        print(f"{_LABELS[phase]}{count}…", file=self.out, flush=True)
+
+    def advance(self, phase: Phase, n: int = 1) -> None:
+        pass
+
+    def matched(self, kind: Literal["digest", "alert"], n_papers: int) -> None:
+        self.matched_papers += n_papers
+
+    def end(self, phase: Phase, summary: str) -> None:
+        print(f"{phase}: {summary}", file=self.out, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class RichProgress:
+    """A bar per phase with counts (a spinner while the poll's size is unknown)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[summary]}"),
+            console=Console(file=out),
+            transient=False,
+        )
+        self.progress.start()
+        self._tasks: dict[Phase, TaskID] = {}
+
+    def begin(self, phase: Phase, total: int | None = None) -> None:
+        self._tasks[phase] = self.progress.add_task(_LABELS[phase], total=total, summary="")
+
+    def advance(self, phase: Phase, n: int = 1) -> None:
+        if phase in self._tasks:
+            self.progress.advance(self._tasks[phase], n)
+
+    def matched(self, kind: Literal["digest", "alert"], n_papers: int) -> None:
+        pass
+
+    def end(self, phase: Phase, summary: str) -> None:
+        task = self._tasks.get(phase)
+        if task is None:
+            return
+        if self.progress.tasks[task].total is None:  # the poll: one step, size unknown up front
+            self.progress.update(task, total=1, completed=1)
+        self.progress.update(task, summary=summary)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_progress(out: IO[str]) -> PlainProgress | RichProgress:
+    """Bars when `out` is a terminal, plain lines otherwise."""
+    return RichProgress(out) if out.isatty() else PlainProgress(out)
+
+
+def _check(p: PlainProgress | RichProgress) -> Observer:
+    return p  # mypy checks both against the protocol
