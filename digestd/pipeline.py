@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import hmac
 import logging
-import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Literal
 
-from digestd import periods
+from digestd import delivery, periods
+from digestd.delivery import DeliverReport
 from digestd.errors import SourceError
 from digestd.match import match
 from digestd.message import build_message
-from digestd.model import Digest, Match, Outcome, Paper, Rendered, Subscriber, SubscriberSet
+from digestd.model import Digest, Match, Paper, Rendered, Subscriber, SubscriberSet
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
-from digestd.store import OutboxRow, Store
+from digestd.store import Store
 from digestd.transports.base import Mailer
 
 __all__ = [
@@ -50,6 +50,8 @@ class Options:
     retry_base: timedelta = timedelta(minutes=1)
     retry_cap: timedelta = timedelta(hours=1)
     alert_ttl: timedelta = timedelta(days=1)
+    connections: int = 1  # parallel senders; the mailer must be a pool at least that large
+    suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
 
     @property
     def envelope_from(self) -> str:
@@ -88,14 +90,6 @@ class ComposeReport:
     n_due: int = 0
     n_queued: int = 0
     n_empty: int = 0
-
-
-@dataclass(slots=True)
-class DeliverReport:
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 def register(deps: Deps, *, now: datetime) -> None:
@@ -140,8 +134,9 @@ def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: dateti
     if not new:
         return 0
     queued = 0
+    suspended = deps.store.suspended()
     for sub in deps.subscribers.subscribers:
-        if not sub.has_alerts:
+        if not sub.has_alerts or key(sub) in suspended:
             continue
         found = match(new, sub, alerts_only=True)
         if found and _enqueue(
@@ -166,8 +161,11 @@ def compose(
     """
     wanted = {e.casefold() for e in only} if only is not None else None
     due = n_queued = n_empty = 0
+    suspended = deps.store.suspended()  # they get nothing until `digestd unsuspend`
     for sub, period, expires in _due(deps, now=now, once=once):
         if wanted is not None and sub.email.casefold() not in wanted:
+            continue
+        if key(sub) in suspended:
             continue
         due += 1
         found = match(deps.store.candidates(key(sub), since=now - deps.options.lookback), sub)
@@ -285,54 +283,15 @@ async def deliver_due(deps: Deps, *, now: datetime, clock: Callable[[], datetime
     """Send every queued message whose time has come, committing each outcome before the next send.
 
     `clock` is read after each send so the stored times are true ones; `stopping` is checked between
-    messages so a shutdown finishes the message in flight and leaves the rest queued.
+    messages so a shutdown finishes the messages in flight and leaves the rest queued. Up to
+    `options.connections` messages are in flight at once (see `delivery`).
     """
-    report = DeliverReport()
-    deps.store.release_stale(now=now)
-    while not deps.stopping():
-        rows = deps.store.claim_due(now=now, limit=1)
-        if not rows:
-            break
-        row = rows[0]
-        outcome = await deps.mailer.send(row.sender, row.subscriber, row.data)
-        _record(deps, row, outcome, at=clock(), report=report)
-    return report
-
-
-def _record(
-    deps: Deps, row: OutboxRow, outcome: Outcome, *, at: datetime, report: DeliverReport
-) -> None:
-    store = deps.store
-    status = outcome.status
-    if status == "sent":
-        store.mark_sent(row.id, at=at, code=outcome.code, reply=outcome.reply)
-        report.sent += 1
-    elif status == "permanent" or row.attempts >= deps.options.max_attempts:
-        store.mark_failed(row.id, at=at, code=outcome.code, reply=outcome.reply)
-        report.failed += 1
-    else:
-        retry_at = at + backoff(row.attempts, deps.options)
-        store.mark_deferred(
-            row.id, at=at, retry_at=retry_at, code=outcome.code, reply=outcome.reply
-        )
-        report.deferred += 1
-    log.info(
-        "send kind=%s period=%s attempt=%d outcome=%s smtp_code=%s reply=%s",
-        row.kind,
-        row.period,
-        row.attempts,
-        status,
-        outcome.code,
-        outcome.reply[:200],
-    )
+    return await delivery.drain(deps, now=now, clock=clock, workers=deps.options.connections)
 
 
 def backoff(attempt: int, options: Options) -> timedelta:
-    """Exponential backoff with full jitter in its upper half, so retries of many rows spread out."""
-    doublings = min(max(attempt - 1, 0), 30)  # 2**30 minutes is past any sane cap already
-    ceiling = min(options.retry_cap, options.retry_base * (2**doublings))
-    jitter = 0.5 + random.random() / 2  # jitter, not security
-    return timedelta(seconds=ceiling.total_seconds() * jitter)
+    """Exponential backoff with jitter, from `options.retry_base` up to `options.retry_cap`."""
+    return delivery.backoff(attempt, options.retry_base, options.retry_cap)
 
 
 def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered] | None:

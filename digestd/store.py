@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +32,7 @@ __all__ = [
     "SchemaError",
     "Store",
     "StoreStatus",
+    "Suspension",
 ]
 
 OutboxKind = Literal["digest", "alert"]
@@ -50,7 +51,7 @@ STATES: tuple[OutboxState, ...] = (
 )
 _CLAIMABLE = ("queued", "deferred", "in_doubt")
 _PENDING = ("queued", "sending", "deferred", "in_doubt")
-_PROBLEMS = ("failed", "deferred", "in_doubt")
+_PROBLEMS = ("failed", "deferred", "in_doubt", "expired")
 # Rows a sender may still expire: anything not final (a claimed row may turn out to be too old).
 _EXPIRABLE = _PENDING
 # Well under SQLite's default limit of host parameters per statement (32766 since 3.32, 999 before).
@@ -111,6 +112,18 @@ class OutboxProblem:
 
 
 @dataclass(frozen=True, slots=True)
+class Suspension:
+    """An address with consecutive hard failures; suspended once `failures` reached the limit."""
+
+    email: str
+    failures: int
+    last_code: int | None
+    last_reply: str | None
+    updated_at: datetime
+    suspended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStatus:
     papers: int
     last_poll: PollInfo | None
@@ -118,6 +131,7 @@ class StoreStatus:
     outbox: dict[str, int]  # every state, zero included
     subscribers: int
     problems: list[OutboxProblem]  # most recent first, at most 20
+    suspended: list[Suspension] = field(default_factory=list)  # most recent first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +243,25 @@ _SCHEMA_1 = (
     "CREATE INDEX deliveries_outbox ON deliveries(outbox_id)",
 )
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1,)
+
+def _migration_2(db: sqlite3.Connection) -> None:
+    """Delivery hardening: the ledger records when a paper really went out; hard-failure strikes."""
+    # Set in the transaction that marks the message sent; NULL = reserved, message not yet sent.
+    db.execute("ALTER TABLE deliveries ADD COLUMN sent_at TEXT")
+    # One row per address with consecutive hard failures; suspended_at set = gets nothing more.
+    db.execute(
+        """CREATE TABLE suspensions (
+            email TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            last_code INTEGER,
+            last_reply TEXT,
+            updated_at TEXT NOT NULL,
+            suspended_at TEXT
+        )"""
+    )
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _PAPER_COLUMNS = (
@@ -318,6 +350,17 @@ def _outbox_from_row(row: sqlite3.Row) -> OutboxRow:
         data=bytes(row["data"]),
         attempts=row["attempts"],
         state=row["state"],
+    )
+
+
+def _suspension_from_row(row: sqlite3.Row) -> Suspension:
+    return Suspension(
+        email=row["email"],
+        failures=row["failures"],
+        last_code=row["last_code"],
+        last_reply=row["last_reply"],
+        updated_at=_dt(row["updated_at"]),
+        suspended_at=_opt_dt(row["suspended_at"]),
     )
 
 
@@ -618,21 +661,60 @@ class Store:
         return row is not None
 
     def claim_due(self, *, now: datetime, limit: int = 100) -> list[OutboxRow]:
-        """Move due rows to 'sending' (attempts + 1) and return them, oldest first, committed."""
+        """Move due rows to 'sending' (attempts + 1) and return them, oldest due first, committed.
+
+        Each row is claimed once: the selection and the update are one write transaction.
+        """
         stamp = _ts(now)
         with self._write() as db:
-            rows = db.execute(
-                f"""SELECT * FROM outbox
-                    WHERE state IN ({_marks(len(_CLAIMABLE))}) AND next_attempt_at <= ?
-                    ORDER BY created_at, id LIMIT ?""",
-                (*_CLAIMABLE, stamp, limit),
-            ).fetchall()
+            ids = self._due_ids(db, stamp, limit)
+            rows = self._rows_by_id(db, ids)
             db.executemany(
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ?",
                 ((stamp, row["id"]) for row in rows),
             )
         return [replace(_outbox_from_row(row), attempts=row["attempts"] + 1) for row in rows]
+
+    @staticmethod
+    def _due_ids(db: sqlite3.Connection, stamp: str, limit: int) -> list[int]:
+        """Due ids from the (state, next_attempt_at) index alone, one ordered range per state.
+
+        A single `state IN (...) ORDER BY` query sorts every due row and reads past each row's
+        message bytes to do so; three index ranges merged here cost O(limit).
+        """
+        due: list[tuple[str, int]] = []
+        for state in _CLAIMABLE:
+            due += (
+                (row[0], row[1])
+                for row in db.execute(
+                    "SELECT next_attempt_at, id FROM outbox INDEXED BY outbox_due"
+                    " WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id"
+                    " LIMIT ?",
+                    (state, stamp, limit),
+                )
+            )
+        return [row_id for _, row_id in sorted(due)[:limit]]
+
+    @staticmethod
+    def _rows_by_id(db: sqlite3.Connection, ids: Sequence[int]) -> list[sqlite3.Row]:
+        if not ids:
+            return []
+        found = {
+            row["id"]: row
+            for row in db.execute(f"SELECT * FROM outbox WHERE id IN ({_marks(len(ids))})", ids)
+        }
+        return [found[i] for i in ids]
+
+    def unclaim(self, rows: Iterable[OutboxRow]) -> int:
+        """Give claimed rows that were never handed to a mailer back their state and attempt."""
+        with self._write() as db:
+            cursor = db.executemany(
+                "UPDATE outbox SET state = ?, attempts = attempts - 1"
+                " WHERE id = ? AND state = 'sending'",
+                ((row.state, row.id) for row in rows),
+            )
+        return cursor.rowcount
 
     def mark_sent(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None:
         """The relay accepted the message (250 after DATA).
@@ -646,6 +728,13 @@ class Store:
                 "state = 'sent', sent_at = ?, last_code = ?, last_reply = ?, updated_at = ?",
                 (stamp, code, reply, stamp),
             )  # fmt: skip
+            # The ledger says "sent" in the very transaction that says the message was sent.
+            db.execute("UPDATE deliveries SET sent_at = ? WHERE outbox_id = ?", (stamp, outbox_id))
+            db.execute(
+                "DELETE FROM suspensions WHERE suspended_at IS NULL AND email ="
+                " (SELECT subscriber FROM outbox WHERE id = ?)",
+                (outbox_id,),
+            )
 
     def mark_deferred(
         self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
@@ -662,18 +751,102 @@ class Store:
                 (_ts(retry_at), code, reply, _ts(at)),
             )  # fmt: skip
 
-    def mark_failed(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None:
-        """A permanent failure; the papers are released for the subscriber's next message.
+    def mark_failed(
+        self,
+        outbox_id: int,
+        *,
+        at: datetime,
+        code: int | None,
+        reply: str,
+        suspend_after: int | None = None,
+    ) -> bool:
+        """A final failure; the papers are released for the subscriber's next message.
+
+        With `suspend_after` the failure was the address's fault (a 5xx): it counts as a strike,
+        and the address is suspended at `suspend_after` consecutive strikes (a sent message resets
+        the count); its other pending messages then expire. Returns whether it is now suspended.
 
         :raises ValueError: the row is not in 'sending'.
         """
+        stamp = _ts(at)
         with self._write() as db:
             self._transition(
                 db, outbox_id, ("sending",),
                 "state = 'failed', last_code = ?, last_reply = ?, updated_at = ?",
-                (code, reply, _ts(at)),
+                (code, reply, stamp),
             )  # fmt: skip
             db.execute("DELETE FROM deliveries WHERE outbox_id = ?", (outbox_id,))
+            if suspend_after is None:
+                return False
+            email = db.execute("SELECT subscriber FROM outbox WHERE id = ?", (outbox_id,))
+            return self._strike(db, email.fetchone()[0], stamp, code, reply, suspend_after)
+
+    @staticmethod
+    def _strike(
+        db: sqlite3.Connection,
+        email: str,
+        stamp: str,
+        code: int | None,
+        reply: str,
+        suspend_after: int,
+    ) -> bool:
+        row = db.execute(
+            """INSERT INTO suspensions (email, failures, last_code, last_reply, updated_at)
+               VALUES (?, 1, ?, ?, ?)
+               ON CONFLICT (email) DO UPDATE SET failures = failures + 1,
+                   last_code = excluded.last_code, last_reply = excluded.last_reply,
+                   updated_at = excluded.updated_at
+               RETURNING failures, suspended_at""",
+            (email, code, reply, stamp),
+        ).fetchone()
+        if row[1] is not None:
+            return True
+        if row[0] < suspend_after:
+            return False
+        db.execute("UPDATE suspensions SET suspended_at = ? WHERE email = ?", (stamp, email))
+        Store._expire_pending_of(
+            db, email, stamp, f"address suspended after {row[0]} hard failures"
+        )
+        return True
+
+    @staticmethod
+    def _expire_pending_of(db: sqlite3.Connection, email: str, stamp: str, reason: str) -> int:
+        ids = [
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM outbox WHERE subscriber = ? AND state IN ('queued', 'deferred',"
+                " 'in_doubt')",
+                (email,),
+            )
+        ]
+        db.executemany(
+            "UPDATE outbox SET state = 'expired', last_reply = ?, updated_at = ? WHERE id = ?",
+            ((reason, stamp, i) for i in ids),
+        )
+        db.executemany("DELETE FROM deliveries WHERE outbox_id = ?", ((i,) for i in ids))
+        return len(ids)
+
+    # -- suspensions -----------------------------------------------------------------------
+
+    def suspended(self) -> set[str]:
+        """The suspended addresses (lowercased): composing skips them."""
+        rows = self._db.execute("SELECT email FROM suspensions WHERE suspended_at IS NOT NULL")
+        return {row[0] for row in rows}
+
+    def suspensions(self) -> list[Suspension]:
+        """Every address with strikes, suspended ones first, most recent first."""
+        rows = self._db.execute(
+            "SELECT * FROM suspensions ORDER BY suspended_at IS NULL, updated_at DESC, email"
+        )
+        return [_suspension_from_row(row) for row in rows]
+
+    def unsuspend(self, email: str) -> Suspension | None:
+        """Lift a suspension (and forget the strikes); returns what was lifted, None if nothing."""
+        with self._write() as db:
+            row = db.execute(
+                "DELETE FROM suspensions WHERE email = ? RETURNING *", (_email_key(email),)
+            ).fetchone()
+        return None if row is None else _suspension_from_row(row)
 
     def mark_expired(self, outbox_id: int, *, at: datetime, reason: str) -> None:
         """Give up on a row not yet final; the papers are released.
@@ -721,9 +894,12 @@ class Store:
                     (stamp,),
                 )
             ]
+            # The last error is kept in the reason: "why was it never sent" has one answer.
             db.executemany(
-                "UPDATE outbox SET state = 'expired', last_reply = 'expired before delivery',"
-                " updated_at = ? WHERE id = ?",
+                "UPDATE outbox SET state = 'expired', updated_at = ?, last_reply ="
+                " 'expired: its next period began before it could be delivered; papers go into"
+                " the next digest' || COALESCE('; last error: ' || COALESCE(last_code || ' ', '')"
+                " || last_reply, '') WHERE id = ?",
                 ((stamp, i) for i in ids),
             )
             db.executemany("DELETE FROM deliveries WHERE outbox_id = ?", ((i,) for i in ids))
@@ -782,4 +958,5 @@ class Store:
                 outbox=cast(dict[str, int], counts),
                 subscribers=self.subscriber_count(),
                 problems=[_problem_from_row(row) for row in problems],
+                suspended=[s for s in self.suspensions() if s.suspended_at is not None],
             )
