@@ -9,6 +9,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from digestd import __version__, app, pipeline
@@ -57,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     preview = sub.add_parser("preview", help="render what EMAIL would get now; sends nothing")
     preview.add_argument("email")
     preview.add_argument("--out", type=Path, help="write the HTML there (default: text to stdout)")
-    sub.add_parser("status", help="last poll, papers stored, messages by state, recent failures")
+    sub.add_parser(
+        "status", help="last poll, papers stored, messages by state, problems, suspended addresses"
+    )
+    unsuspend = sub.add_parser(
+        "unsuspend", help="lift the suspension of EMAIL after repeated hard failures"
+    )
+    unsuspend.add_argument("email")
     return parser
 
 
@@ -160,15 +167,37 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unsuspend(settings: Settings, args: argparse.Namespace) -> int:
+    with Store(settings.state) as store:
+        lifted = store.unsuspend(args.email)
+    if lifted is None or lifted.suspended_at is None:
+        print(f"digestd: {args.email} is not suspended", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(
+        f"{lifted.email}: suspension lifted (was suspended after {lifted.failures} hard failures;"
+        f" last reply: {lifted.last_code or ''} {lifted.last_reply or ''})".replace("  ", " ")
+    )
+    return 0
+
+
 def format_status(status: object) -> str:
     lines = []
     for name, value in vars_of(status).items():
         if isinstance(value, list):
             lines.append(f"{name}:")
-            lines.extend(f"  {vars_of(item)}" for item in value)
+            lines.extend("  " + _entry(item) for item in value)
         else:
             lines.append(f"{name}: {value}")
     return "\n".join(lines)
+
+
+def _entry(item: object) -> str:
+    """One problem or suspension on one line, `key=value` pairs, times in ISO 8601."""
+    return " ".join(
+        f"{key}={value.isoformat(timespec='seconds') if isinstance(value, datetime) else value}"
+        for key, value in vars_of(item).items()
+        if value is not None
+    )
 
 
 def vars_of(obj: object) -> dict[str, object]:
@@ -178,4 +207,10 @@ def vars_of(obj: object) -> dict[str, object]:
     return {name: getattr(obj, name) for name in fields}
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "preview": cmd_preview, "status": cmd_status}
+COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "preview": cmd_preview,
+    "status": cmd_status,
+    "unsuspend": cmd_unsuspend,
+}

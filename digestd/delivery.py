@@ -116,9 +116,8 @@ def record(
         report.failed += 1
     else:
         retry_at = at + backoff(row.attempts, options.retry_base, options.retry_cap)
-        store.mark_deferred(
-            row.id, at=at, retry_at=retry_at, code=outcome.code, reply=outcome.reply
-        )
+        mark = store.mark_in_doubt if status == "in_doubt" else store.mark_deferred
+        mark(row.id, at=at, retry_at=retry_at, code=outcome.code, reply=outcome.reply)
         report.deferred += 1
     log.info(
         "send kind=%s period=%s attempt=%d outcome=%s smtp_code=%s reply=%s",

@@ -160,6 +160,9 @@ def compose(
     With `once`, the schedule is ignored: everyone gets what matched and was not sent yet.
     """
     wanted = {e.casefold() for e in only} if only is not None else None
+    # A digest the relay kept deferring expires when its next period begins; releasing it first
+    # puts its papers into the digest composed now, not the one after.
+    deps.store.release_stale(now=now)
     due = n_queued = n_empty = 0
     suspended = deps.store.suspended()  # they get nothing until `digestd unsuspend`
     for sub, period, expires in _due(deps, now=now, once=once):

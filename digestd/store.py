@@ -751,6 +751,23 @@ class Store:
                 (_ts(retry_at), code, reply, _ts(at)),
             )  # fmt: skip
 
+    def mark_in_doubt(
+        self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
+    ) -> None:
+        """The connection died after the final "." went out: the relay may have the message.
+
+        It is retried at `retry_at` with the same bytes and Message-ID, and never expires.
+
+        :raises ValueError: the row is not in 'sending'.
+        """
+        with self._write() as db:
+            self._transition(
+                db, outbox_id, ("sending",),
+                "state = 'in_doubt', next_attempt_at = ?, last_code = ?, last_reply = ?,"
+                " updated_at = ?",
+                (_ts(retry_at), code, reply, _ts(at)),
+            )  # fmt: skip
+
     def mark_failed(
         self,
         outbox_id: int,
