@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["digest", "alert"]
 
+# Digests queued per transaction while composing; bounded so the write lock is not held for long.
+_COMPOSE_BATCH = 200
+
 
 @dataclass(frozen=True, slots=True)
 class Options:
@@ -165,16 +168,21 @@ def compose(
     deps.store.release_stale(now=now)
     due = n_queued = n_empty = 0
     suspended = deps.store.suspended()  # they get nothing until `digestd unsuspend`
-    for sub, period, expires in _due(deps, now=now, once=once):
-        if wanted is not None and sub.email.casefold() not in wanted:
-            continue
-        if key(sub) in suspended:
-            continue
-        due += 1
-        found = match(deps.store.candidates(key(sub), since=now - deps.options.lookback), sub)
-        if _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
-            n_queued += bool(found)
-            n_empty += not found
+    todo = [
+        (sub, period, expires)
+        for sub, period, expires in _due(deps, now=now, once=once)
+        if (wanted is None or sub.email.casefold() in wanted) and key(sub) not in suspended
+    ]
+    for start in range(0, len(todo), _COMPOSE_BATCH):
+        with deps.store.batch():  # composing is redone if lost: one commit per batch
+            for sub, period, expires in todo[start : start + _COMPOSE_BATCH]:
+                due += 1
+                found = match(
+                    deps.store.candidates(key(sub), since=now - deps.options.lookback), sub
+                )
+                if _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
+                    n_queued += bool(found)
+                    n_empty += not found
     if due:
         log.info("composed n_due=%d n_queued=%d n_empty=%d", due, n_queued, n_empty)
     return ComposeReport(n_due=due, n_queued=n_queued, n_empty=n_empty)

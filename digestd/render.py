@@ -7,6 +7,7 @@ only http(s) links survive. The text part is a reading version of its own, not s
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ from markupsafe import Markup, escape
 
 import digestd
 from digestd.errors import ConfigError, ConfigProblem
-from digestd.model import Digest, Match, Reason, Rendered
+from digestd.model import Digest, Match, Paper, Reason, Rendered
 from digestd.text import clean_header, collapse
 
 __all__ = [
@@ -148,7 +149,7 @@ def check_templates(envs: Environments) -> None:
 
 
 def render_digest(digest: Digest, envs: Environments, ctx: RenderContext) -> Rendered:
-    papers = [paper_view(i, m) for i, m in enumerate(digest.matches, start=1)]
+    papers = [_cached_view(i, m) for i, m in enumerate(digest.matches, start=1)]
     total = len(digest.matches) + digest.more
     values = {
         "kind": digest.kind,
@@ -163,7 +164,30 @@ def render_digest(digest: Digest, envs: Environments, ctx: RenderContext) -> Ren
     }
     html = envs.html.get_template(HTML_TEMPLATE).render(values)
     text = envs.text.get_template(TEXT_TEMPLATE).render(values)
-    return Rendered(subject=subject(digest), text=text, html=_INLINER.inline(html))
+    return Rendered(subject=subject(digest), text=text, html=_inline(html))
+
+
+# Thousands of subscribers get the same papers in one run: a paper's view (escaping, highlighting,
+# wrapping) and a whole identical HTML body are computed once. Bounded, so memory does not grow
+# with the number of subscribers.
+@functools.lru_cache(maxsize=64)
+def _inline(html: str) -> str:
+    return str(_INLINER.inline(html))
+
+
+def _cached_view(number: int, m: Match) -> PaperView:
+    highlights = tuple(sorted(m.highlights.items()))
+    return _view(number, m.paper, highlights, m.reasons)
+
+
+@functools.lru_cache(maxsize=4096)
+def _view(
+    number: int,
+    paper: Paper,
+    highlights: tuple[tuple[str, tuple[tuple[int, int], ...]], ...],
+    reasons: tuple[Reason, ...],
+) -> PaperView:
+    return paper_view(number, Match(paper=paper, reasons=reasons, highlights=dict(highlights)))
 
 
 def subject(digest: Digest) -> str:
@@ -290,6 +314,7 @@ def shorten(text: str, limit: int) -> str:
     return text[: _cut_point(text, limit)].rstrip(" ,;:") + "…"
 
 
+@functools.lru_cache(maxsize=4096)  # the same paper's lines are wrapped for every subscriber
 def wrap(text: str, indent: str = "   ") -> str:
     return textwrap.fill(
         text,

@@ -390,6 +390,8 @@ class Store:
         # `_write` issues BEGIN IMMEDIATE so the write lock is taken up front (no upgrade deadlock).
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        self._secret: bytes | None = None
+        self._batching = False
         try:
             self._configure()
             self._migrate()
@@ -449,7 +451,24 @@ class Store:
         self._db.execute("SELECT 1").fetchone()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for several writes (each `_write` inside joins it): one commit, not N.
+
+        Only for work that is redone when lost, like composing: nothing in it is final until the
+        batch commits, so a crash inside the batch leaves none of it.
+        """
+        with self._write():
+            self._batching = True
+            try:
+                yield
+            finally:
+                self._batching = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._batching:
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -475,13 +494,16 @@ class Store:
 
     def secret(self) -> bytes:
         """The server secret (32 random bytes), created on first use and kept forever."""
+        if self._secret is not None:  # read once: every Message-ID needs it
+            return self._secret
         with self._write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)",
                 (secrets.token_bytes(32).hex(),),
             )
             row = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
-        return bytes.fromhex(row[0])
+        self._secret = bytes.fromhex(row[0])
+        return self._secret
 
     # -- papers ----------------------------------------------------------------------------
 
