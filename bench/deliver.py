@@ -113,7 +113,8 @@ def run_digestd(config: Path, profile: str | None) -> tuple[float, int, str]:
 def message_stats(state: Path) -> tuple[int, int]:
     with sqlite3.connect(state) as db:
         sent, size = db.execute(
-            "SELECT count(*), avg(length(data)) FROM outbox WHERE state = 'sent'"
+            "SELECT count(*), avg(length(b.data)) FROM outbox o"
+            " JOIN outbox_bodies b ON b.outbox_id = o.id WHERE o.state = 'sent'"
         ).fetchone()
     return int(sent), int(size or 0)
 
