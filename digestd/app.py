@@ -22,6 +22,7 @@ from digestd.sources import FileSource, HuggingFaceSource, Source, make_client
 from digestd.store import Store
 from digestd.transports.base import Mailer
 from digestd.transports.maildir import MaildirMailer
+from digestd.transports.pool import MailerPool
 from digestd.transports.smtp import SmtpMailer
 
 __all__ = [
@@ -58,17 +59,24 @@ def make_mailer(settings: Settings) -> Mailer:
     d = settings.delivery
     if d.kind == "maildir":
         return MaildirMailer(d.path)
-    return SmtpMailer(
-        d.host,
-        d.port,
-        security=d.security,
-        username=d.username,
-        password=settings.smtp_password() if d.username else None,
-        timeout=d.timeout.total_seconds(),
-        data_timeout=d.data_timeout.total_seconds(),
-        validate_certs=d.validate_certs,
-        max_per_connection=d.max_per_connection,
-    )
+    password = settings.smtp_password() if d.username else None
+    connections = [
+        SmtpMailer(
+            d.host,
+            d.port,
+            security=d.security,
+            username=d.username,
+            password=password,
+            timeout=d.timeout.total_seconds(),
+            data_timeout=d.data_timeout.total_seconds(),
+            validate_certs=d.validate_certs,
+            max_per_connection=d.max_per_connection,
+        )
+        for _ in range(d.connections)
+    ]
+    if len(connections) == 1 and not d.rate_limit:
+        return connections[0]
+    return MailerPool(connections, rate_limit=d.rate_limit)
 
 
 def options(settings: Settings) -> Options:
@@ -83,6 +91,9 @@ def options(settings: Settings) -> Options:
         unsubscribe_mailto=settings.delivery.unsubscribe_mailto,
         view_days=settings.http.view_days,
         secret=settings.http_secret(),
+        # A Maildir is one local writer: parallel senders would only interleave file writes.
+        connections=settings.delivery.connections if settings.delivery.kind == "smtp" else 1,
+        suspend_after=settings.delivery.suspend_after,
     )
 
 

@@ -11,6 +11,7 @@ import tempfile
 import traceback
 import webbrowser
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from digestd import __version__, app, pipeline, reload
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--open", action="store_true", help="write the HTML and open it in the local browser"
     )
     sub.add_parser(
-        "status", help="last poll, papers stored, messages by state, failures, unsubscribed"
+        "status",
+        help="last poll, papers stored, messages by state, problems, suspended and unsubscribed",
     )
     unsub = sub.add_parser(
         "unsubscribe", help="send EMAIL nothing more (e.g. after a mailto request)"
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     unsub.add_argument("email")
     resub = sub.add_parser("resubscribe", help="lift EMAIL's unsubscribe")
     resub.add_argument("email")
+    unsuspend = sub.add_parser(
+        "unsuspend", help="lift the suspension of EMAIL after repeated hard failures"
+    )
+    unsuspend.add_argument("email")
     return parser
 
 
@@ -219,15 +225,37 @@ def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unsuspend(settings: Settings, args: argparse.Namespace) -> int:
+    with Store(settings.state) as store:
+        lifted = store.unsuspend(args.email)
+    if lifted is None or lifted.suspended_at is None:
+        print(f"digestd: {args.email} is not suspended", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(
+        f"{lifted.email}: suspension lifted (was suspended after {lifted.failures} hard failures;"
+        f" last reply: {lifted.last_code or ''} {lifted.last_reply or ''})".replace("  ", " ")
+    )
+    return 0
+
+
 def format_status(status: object) -> str:
     lines = []
     for name, value in vars_of(status).items():
         if isinstance(value, list):
             lines.append(f"{name}:")
-            lines.extend(f"  {vars_of(item)}" for item in value)
+            lines.extend("  " + _entry(item) for item in value)
         else:
             lines.append(f"{name}: {value}")
     return "\n".join(lines)
+
+
+def _entry(item: object) -> str:
+    """One problem or suspension on one line, `key=value` pairs, times in ISO 8601."""
+    return " ".join(
+        f"{key}={value.isoformat(timespec='seconds') if isinstance(value, datetime) else value}"
+        for key, value in vars_of(item).items()
+        if value is not None
+    )
 
 
 def vars_of(obj: object) -> dict[str, object]:
@@ -244,4 +272,5 @@ COMMANDS = {
     "status": cmd_status,
     "unsubscribe": cmd_unsubscribe,
     "resubscribe": cmd_resubscribe,
+    "unsuspend": cmd_unsuspend,
 }

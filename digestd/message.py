@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -202,6 +203,7 @@ def _part(boundary: str, content_type: str, content: str) -> bytes:
     return head.encode("ascii") + _quoted_printable(content) + CRLF.encode("ascii")
 
 
+@functools.lru_cache(maxsize=64)  # identical bodies (same papers, no name) are encoded once
 def _quoted_printable(content: str) -> bytes:
     """UTF-8 quoted-printable with CRLF line ends; lines ≤ 76 (soft breaks), `=` always encoded.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import random
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -12,16 +11,17 @@ from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Literal
 
-from digestd import periods, tokens
+from digestd import delivery, periods, tokens
+from digestd.delivery import DeliverReport
 from digestd.errors import SourceError
 from digestd.listmail import MailLinks, default_list_id, list_headers, mail_links
 from digestd.match import match
 from digestd.message import build_message
-from digestd.model import Digest, Match, Outcome, Paper, Rendered, Subscriber, SubscriberSet
+from digestd.model import Digest, Match, Paper, Rendered, Subscriber, SubscriberSet
 from digestd.observe import NULL, Observer
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
-from digestd.store import OutboxRow, Store
+from digestd.store import Store
 from digestd.transports.base import Mailer
 
 __all__ = [
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["digest", "alert"]
 
+# Digests queued per transaction while composing; bounded so the write lock is not held for long.
+_COMPOSE_BATCH = 200
+
 
 @dataclass(frozen=True, slots=True)
 class Options:
@@ -60,6 +63,8 @@ class Options:
     unsubscribe_mailto: str | None = None
     view_days: int = 30
     secret: bytes | None = field(default=None, repr=False)  # None: the store's own secret
+    connections: int = 1  # parallel senders; the mailer must be a pool at least that large
+    suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
 
     @property
     def envelope_from(self) -> str:
@@ -100,15 +105,6 @@ class ComposeReport:
     n_due: int = 0
     n_queued: int = 0
     n_empty: int = 0
-
-
-@dataclass(slots=True)
-class DeliverReport:
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    suppressed: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 def register(deps: Deps, *, now: datetime) -> None:
@@ -156,8 +152,9 @@ def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: dateti
     if not new:
         return 0
     queued = 0
+    suspended = deps.store.suspended()
     for sub in deps.subscribers.subscribers:
-        if not sub.has_alerts:
+        if not sub.has_alerts or key(sub) in suspended:
             continue
         found = match(new, sub, alerts_only=True)
         if found:
@@ -183,19 +180,30 @@ def compose(
     With `once`, the schedule is ignored: everyone gets what matched and was not sent yet.
     """
     wanted = {e.casefold() for e in only} if only is not None else None
+    # A digest the relay kept deferring expires when its next period begins; releasing it first
+    # puts its papers into the digest composed now, not the one after.
+    deps.store.release_stale(now=now)
     deps.store.prune_web_copies(now=now)
     due = n_queued = n_empty = 0
     deps.observer.begin("match", len(deps.subscribers.subscribers))
-    for sub, period, expires in _due(deps, now=now, once=once):
-        if wanted is not None and sub.email.casefold() not in wanted:
-            continue
-        due += 1
-        found = match(deps.store.candidates(key(sub), since=now - deps.options.lookback), sub)
-        if _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
-            n_queued += bool(found)
-            n_empty += not found
-            deps.observer.matched("digest", len(found))
-        deps.observer.advance("match")
+    suspended = deps.store.suspended()  # they get nothing until `digestd unsuspend`
+    todo = [
+        (sub, period, expires)
+        for sub, period, expires in _due(deps, now=now, once=once)
+        if (wanted is None or sub.email.casefold() in wanted) and key(sub) not in suspended
+    ]
+    for start in range(0, len(todo), _COMPOSE_BATCH):
+        with deps.store.batch():  # composing is redone if lost: one commit per batch
+            for sub, period, expires in todo[start : start + _COMPOSE_BATCH]:
+                due += 1
+                found = match(
+                    deps.store.candidates(key(sub), since=now - deps.options.lookback), sub
+                )
+                if _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
+                    n_queued += bool(found)
+                    n_empty += not found
+                    deps.observer.matched("digest", len(found))
+                deps.observer.advance("match")
     deps.observer.end("match", f"{due} due, {n_queued} digest(s) queued, {n_empty} empty")
     if due:
         log.info("composed n_due=%d n_queued=%d n_empty=%d", due, n_queued, n_empty)
@@ -376,65 +384,15 @@ async def deliver_due(deps: Deps, *, now: datetime, clock: Callable[[], datetime
     """Send every queued message whose time has come, committing each outcome before the next send.
 
     `clock` is read after each send so the stored times are true ones; `stopping` is checked between
-    messages so a shutdown finishes the message in flight and leaves the rest queued.
+    messages so a shutdown finishes the messages in flight and leaves the rest queued. Up to
+    `options.connections` messages are in flight at once (see `delivery`).
     """
-    report = DeliverReport()
-    deps.store.release_stale(now=now)
-    deps.observer.begin("send", deps.store.due_count(now=now))
-    while not deps.stopping():
-        rows = deps.store.claim_due(now=now, limit=1)
-        if not rows:
-            break
-        row = rows[0]
-        if deps.store.is_suppressed(row.subscriber):
-            # Queued before the address left; RFC 8058 readers expect nothing more after a POST.
-            deps.store.mark_expired(row.id, at=clock(), reason="unsubscribed")
-            report.suppressed += 1
-            log.info("skipped kind=%s period=%s reason=unsubscribed", row.kind, row.period)
-            continue
-        outcome = await deps.mailer.send(row.sender, row.subscriber, row.data)
-        _record(deps, row, outcome, at=clock(), report=report)
-        deps.observer.advance("send")
-    deps.observer.end(
-        "send", f"sent {report.sent}, deferred {report.deferred}, failed {report.failed}"
-    )
-    return report
-
-
-def _record(
-    deps: Deps, row: OutboxRow, outcome: Outcome, *, at: datetime, report: DeliverReport
-) -> None:
-    store = deps.store
-    status = outcome.status
-    if status == "sent":
-        store.mark_sent(row.id, at=at, code=outcome.code, reply=outcome.reply)
-        report.sent += 1
-    elif status == "permanent" or row.attempts >= deps.options.max_attempts:
-        store.mark_failed(row.id, at=at, code=outcome.code, reply=outcome.reply)
-        report.failed += 1
-    else:
-        retry_at = at + backoff(row.attempts, deps.options)
-        store.mark_deferred(
-            row.id, at=at, retry_at=retry_at, code=outcome.code, reply=outcome.reply
-        )
-        report.deferred += 1
-    log.info(
-        "send kind=%s period=%s attempt=%d outcome=%s smtp_code=%s reply=%s",
-        row.kind,
-        row.period,
-        row.attempts,
-        status,
-        outcome.code,
-        outcome.reply[:200],
-    )
+    return await delivery.drain(deps, now=now, clock=clock, workers=deps.options.connections)
 
 
 def backoff(attempt: int, options: Options) -> timedelta:
-    """Exponential backoff with full jitter in its upper half, so retries of many rows spread out."""
-    doublings = min(max(attempt - 1, 0), 30)  # 2**30 minutes is past any sane cap already
-    ceiling = min(options.retry_cap, options.retry_base * (2**doublings))
-    jitter = 0.5 + random.random() / 2  # jitter, not security
-    return timedelta(seconds=ceiling.total_seconds() * jitter)
+    """Exponential backoff with jitter, from `options.retry_base` up to `options.retry_cap`."""
+    return delivery.backoff(attempt, options.retry_base, options.retry_cap)
 
 
 def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered] | None:

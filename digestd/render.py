@@ -7,6 +7,7 @@ only http(s) links survive. The text part is a reading version of its own, not s
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +21,7 @@ from markupsafe import Markup, escape
 
 import digestd
 from digestd.errors import ConfigError, ConfigProblem
-from digestd.model import Digest, Match, Reason, Rendered
+from digestd.model import Digest, Match, Paper, Reason, Rendered
 from digestd.text import clean_header, collapse
 
 __all__ = [
@@ -186,7 +187,7 @@ def _trial(
     digest: Digest, envs: Environments, ctx: RenderContext, layout: Layout
 ) -> tuple[dict[str, object], str]:
     values = _values(digest, ctx, layout)
-    return values, str(_INLINER.inline(envs.html.get_template(HTML_TEMPLATE).render(values)))
+    return values, _inline(envs.html.get_template(HTML_TEMPLATE).render(values))
 
 
 def fit(
@@ -238,8 +239,7 @@ def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, obj
     rest = matches[n_full:]
     n_listed = len(rest) if layout.listed is None else min(layout.listed, len(rest))
     papers = [
-        paper_view(i, m, abstract_chars=layout.abstract_chars)
-        for i, m in enumerate(matches[:n_full], start=1)
+        _cached_view(i, m, layout.abstract_chars) for i, m in enumerate(matches[:n_full], start=1)
     ]
     listed = [listed_view(i, m) for i, m in enumerate(rest[:n_listed], start=n_full + 1)]
     top = papers[0].title if papers else (listed[0].title if listed else "")
@@ -260,6 +260,31 @@ def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, obj
         "web_url": safe_url(ctx.web_url),
         "web_copy": ctx.web_copy,
     }
+
+
+# Thousands of subscribers get the same papers in one run: a paper's view (escaping, highlighting,
+# wrapping) and a whole identical HTML body are computed once. Bounded, so memory does not grow
+# with the number of subscribers.
+@functools.lru_cache(maxsize=64)
+def _inline(html: str) -> str:
+    return str(_INLINER.inline(html))
+
+
+def _cached_view(number: int, m: Match, abstract_chars: int) -> PaperView:
+    highlights = tuple(sorted(m.highlights.items()))
+    return _view(number, m.paper, highlights, m.reasons, abstract_chars)
+
+
+@functools.lru_cache(maxsize=4096)
+def _view(
+    number: int,
+    paper: Paper,
+    highlights: tuple[tuple[str, tuple[tuple[int, int], ...]], ...],
+    reasons: tuple[Reason, ...],
+    abstract_chars: int,
+) -> PaperView:
+    match = Match(paper=paper, reasons=reasons, highlights=dict(highlights))
+    return paper_view(number, match, abstract_chars=abstract_chars)
 
 
 def subject(digest: Digest) -> str:
@@ -414,6 +439,7 @@ def shorten(text: str, limit: int) -> str:
     return text[: _cut_point(text, limit)].rstrip(" ,;:") + "…"
 
 
+@functools.lru_cache(maxsize=4096)  # the same paper's lines are wrapped for every subscriber
 def wrap(text: str, indent: str = "   ") -> str:
     return textwrap.fill(
         text,

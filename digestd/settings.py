@@ -101,6 +101,13 @@ class DeliverySettings(_Section):
     data_timeout: Duration = timedelta(minutes=10)  # RFC 5321 §4.5.3.2: end of DATA may take long
     max_per_connection: int = Field(100, ge=1)
     max_attempts: int = Field(8, ge=1, description="tries before a message is failed")
+    connections: int = Field(1, ge=1, le=64, description="SMTP connections used in parallel")
+    rate_limit: float = Field(
+        0, ge=0, description="messages per second over all connections; 0: none"
+    )
+    suspend_after: int = Field(
+        3, ge=1, description="consecutive hard failures (5xx) after which an address is suspended"
+    )
     path: Path = Path("var/mail")
     # RFC 2919, e.g. "Paper Digest <paper-digest.example.org>"; default: site_name <digestd.DOMAIN>
     list_id: str | None = Field(None, pattern=r"^[^<>]*<[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+>$")

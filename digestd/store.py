@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +34,7 @@ __all__ = [
     "Store",
     "StoreStatus",
     "Suppression",
+    "Suspension",
 ]
 
 OutboxKind = Literal["digest", "alert"]
@@ -52,7 +53,7 @@ STATES: tuple[OutboxState, ...] = (
 )
 _CLAIMABLE = ("queued", "deferred", "in_doubt")
 _PENDING = ("queued", "sending", "deferred", "in_doubt")
-_PROBLEMS = ("failed", "deferred", "in_doubt")
+_PROBLEMS = ("failed", "deferred", "in_doubt", "expired")
 # Rows a sender may still expire: anything not final (a claimed row may turn out to be too old).
 _EXPIRABLE = _PENDING
 # Well under SQLite's default limit of host parameters per statement (32766 since 3.32, 999 before).
@@ -125,6 +126,18 @@ class OutboxProblem:
 
 
 @dataclass(frozen=True, slots=True)
+class Suspension:
+    """An address with consecutive hard failures; suspended once `failures` reached the limit."""
+
+    email: str
+    failures: int
+    last_code: int | None
+    last_reply: str | None
+    updated_at: datetime
+    suspended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStatus:
     papers: int
     last_poll: PollInfo | None
@@ -132,6 +145,7 @@ class StoreStatus:
     outbox: dict[str, int]  # every state, zero included
     subscribers: int
     problems: list[OutboxProblem]  # most recent first, at most 20
+    suspended: list[Suspension] = field(default_factory=list)  # most recent first
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,10 +311,36 @@ def _migration_3(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_4(db: sqlite3.Connection) -> None:
+    """Delivery hardening: the ledger records when a paper really went out; hard-failure strikes."""
+    # Set in the transaction that marks the message sent; NULL = reserved, message not yet sent.
+    db.execute("ALTER TABLE deliveries ADD COLUMN sent_at TEXT")
+    # One row per address with consecutive hard failures; suspended_at set = gets nothing more.
+    db.execute(
+        """CREATE TABLE suspensions (
+            email TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            last_code INTEGER,
+            last_reply TEXT,
+            updated_at TEXT NOT NULL,
+            suspended_at TEXT
+        )"""
+    )
+    # Message bytes live apart from the outbox row: every state change rewrites the whole row,
+    # and with ~40 KB inline that was 11 WAL pages per transition. Older rows keep outbox.data.
+    db.execute(
+        """CREATE TABLE outbox_bodies (
+            outbox_id INTEGER PRIMARY KEY REFERENCES outbox(id) ON DELETE CASCADE,
+            data BLOB NOT NULL
+        )"""
+    )
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -393,6 +433,17 @@ def _outbox_from_row(row: sqlite3.Row) -> OutboxRow:
     )
 
 
+def _suspension_from_row(row: sqlite3.Row) -> Suspension:
+    return Suspension(
+        email=row["email"],
+        failures=row["failures"],
+        last_code=row["last_code"],
+        last_reply=row["last_reply"],
+        updated_at=_dt(row["updated_at"]),
+        suspended_at=_opt_dt(row["suspended_at"]),
+    )
+
+
 def _problem_from_row(row: sqlite3.Row) -> OutboxProblem:
     return OutboxProblem(
         subscriber=row["subscriber"],
@@ -419,6 +470,8 @@ class Store:
         # `_write` issues BEGIN IMMEDIATE so the write lock is taken up front (no upgrade deadlock).
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        self._secret: bytes | None = None
+        self._batching = False
         try:
             self._configure()
             self._migrate()
@@ -478,7 +531,24 @@ class Store:
         self._db.execute("SELECT 1").fetchone()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for several writes (each `_write` inside joins it): one commit, not N.
+
+        Only for work that is redone when lost, like composing: nothing in it is final until the
+        batch commits, so a crash inside the batch leaves none of it.
+        """
+        with self._write():
+            self._batching = True
+            try:
+                yield
+            finally:
+                self._batching = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._batching:
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -504,13 +574,16 @@ class Store:
 
     def secret(self) -> bytes:
         """The server secret (32 random bytes), created on first use and kept forever."""
+        if self._secret is not None:  # read once: every Message-ID needs it
+            return self._secret
         with self._write() as db:
             db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)",
                 (secrets.token_bytes(32).hex(),),
             )
             row = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
-        return bytes.fromhex(row[0])
+        self._secret = bytes.fromhex(row[0])
+        return self._secret
 
     # -- papers ----------------------------------------------------------------------------
 
@@ -669,11 +742,16 @@ class Store:
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)
                    ON CONFLICT (subscriber, kind, period) DO NOTHING
                    RETURNING id""",
-                (key, kind, period, message_id, sender, data, len(ids),
+                (key, kind, period, message_id, sender, None, len(ids),
                  "empty" if data is None else "queued", stamp, stamp, stamp, _opt_ts(expires_at)),
             ).fetchone()  # fmt: skip
             if outbox_id is None:
                 return None
+            if data is not None:
+                db.execute(
+                    "INSERT INTO outbox_bodies (outbox_id, data) VALUES (?, ?)",
+                    (outbox_id[0], data),
+                )
             db.executemany(
                 "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, outbox_id)"
                 " VALUES (?, ?, ?)",
@@ -690,21 +768,63 @@ class Store:
         return row is not None
 
     def claim_due(self, *, now: datetime, limit: int = 100) -> list[OutboxRow]:
-        """Move due rows to 'sending' (attempts + 1) and return them, oldest first, committed."""
+        """Move due rows to 'sending' (attempts + 1) and return them, oldest due first, committed.
+
+        Each row is claimed once: the selection and the update are one write transaction.
+        """
         stamp = _ts(now)
         with self._write() as db:
-            rows = db.execute(
-                f"""SELECT * FROM outbox
-                    WHERE state IN ({_marks(len(_CLAIMABLE))}) AND next_attempt_at <= ?
-                    ORDER BY created_at, id LIMIT ?""",
-                (*_CLAIMABLE, stamp, limit),
-            ).fetchall()
+            ids = self._due_ids(db, stamp, limit)
+            rows = self._rows_by_id(db, ids)
             db.executemany(
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ?",
                 ((stamp, row["id"]) for row in rows),
             )
         return [replace(_outbox_from_row(row), attempts=row["attempts"] + 1) for row in rows]
+
+    @staticmethod
+    def _due_ids(db: sqlite3.Connection, stamp: str, limit: int) -> list[int]:
+        """Due ids from the (state, next_attempt_at) index alone, one ordered range per state.
+
+        A single `state IN (...) ORDER BY` query sorts every due row and reads past each row's
+        message bytes to do so; three index ranges merged here cost O(limit).
+        """
+        due: list[tuple[str, int]] = []
+        for state in _CLAIMABLE:
+            due += (
+                (row[0], row[1])
+                for row in db.execute(
+                    "SELECT next_attempt_at, id FROM outbox INDEXED BY outbox_due"
+                    " WHERE state = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id"
+                    " LIMIT ?",
+                    (state, stamp, limit),
+                )
+            )
+        return [row_id for _, row_id in sorted(due)[:limit]]
+
+    @staticmethod
+    def _rows_by_id(db: sqlite3.Connection, ids: Sequence[int]) -> list[sqlite3.Row]:
+        if not ids:
+            return []
+        sql = (
+            "SELECT o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,"
+            " o.state, COALESCE(b.data, o.data) AS data"
+            " FROM outbox o LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
+            f" WHERE o.id IN ({_marks(len(ids))})"
+        )
+        found = {row["id"]: row for row in db.execute(sql, ids)}
+        return [found[i] for i in ids]
+
+    def unclaim(self, rows: Iterable[OutboxRow]) -> int:
+        """Give claimed rows that were never handed to a mailer back their state and attempt."""
+        with self._write() as db:
+            cursor = db.executemany(
+                "UPDATE outbox SET state = ?, attempts = attempts - 1"
+                " WHERE id = ? AND state = 'sending'",
+                ((row.state, row.id) for row in rows),
+            )
+        return cursor.rowcount
 
     def mark_sent(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None:
         """The relay accepted the message (250 after DATA).
@@ -718,6 +838,13 @@ class Store:
                 "state = 'sent', sent_at = ?, last_code = ?, last_reply = ?, updated_at = ?",
                 (stamp, code, reply, stamp),
             )  # fmt: skip
+            # The ledger says "sent" in the very transaction that says the message was sent.
+            db.execute("UPDATE deliveries SET sent_at = ? WHERE outbox_id = ?", (stamp, outbox_id))
+            db.execute(
+                "DELETE FROM suspensions WHERE suspended_at IS NULL AND email ="
+                " (SELECT subscriber FROM outbox WHERE id = ?)",
+                (outbox_id,),
+            )
 
     def mark_deferred(
         self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
@@ -734,18 +861,119 @@ class Store:
                 (_ts(retry_at), code, reply, _ts(at)),
             )  # fmt: skip
 
-    def mark_failed(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None:
-        """A permanent failure; the papers are released for the subscriber's next message.
+    def mark_in_doubt(
+        self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
+    ) -> None:
+        """The connection died after the final "." went out: the relay may have the message.
+
+        It is retried at `retry_at` with the same bytes and Message-ID, and never expires.
 
         :raises ValueError: the row is not in 'sending'.
         """
         with self._write() as db:
             self._transition(
                 db, outbox_id, ("sending",),
+                "state = 'in_doubt', next_attempt_at = ?, last_code = ?, last_reply = ?,"
+                " updated_at = ?",
+                (_ts(retry_at), code, reply, _ts(at)),
+            )  # fmt: skip
+
+    def mark_failed(
+        self,
+        outbox_id: int,
+        *,
+        at: datetime,
+        code: int | None,
+        reply: str,
+        suspend_after: int | None = None,
+    ) -> bool:
+        """A final failure; the papers are released for the subscriber's next message.
+
+        With `suspend_after` the failure was the address's fault (a 5xx): it counts as a strike,
+        and the address is suspended at `suspend_after` consecutive strikes (a sent message resets
+        the count); its other pending messages then expire. Returns whether it is now suspended.
+
+        :raises ValueError: the row is not in 'sending'.
+        """
+        stamp = _ts(at)
+        with self._write() as db:
+            self._transition(
+                db, outbox_id, ("sending",),
                 "state = 'failed', last_code = ?, last_reply = ?, updated_at = ?",
-                (code, reply, _ts(at)),
+                (code, reply, stamp),
             )  # fmt: skip
             db.execute("DELETE FROM deliveries WHERE outbox_id = ?", (outbox_id,))
+            if suspend_after is None:
+                return False
+            email = db.execute("SELECT subscriber FROM outbox WHERE id = ?", (outbox_id,))
+            return self._strike(db, email.fetchone()[0], stamp, code, reply, suspend_after)
+
+    @staticmethod
+    def _strike(
+        db: sqlite3.Connection,
+        email: str,
+        stamp: str,
+        code: int | None,
+        reply: str,
+        suspend_after: int,
+    ) -> bool:
+        row = db.execute(
+            """INSERT INTO suspensions (email, failures, last_code, last_reply, updated_at)
+               VALUES (?, 1, ?, ?, ?)
+               ON CONFLICT (email) DO UPDATE SET failures = failures + 1,
+                   last_code = excluded.last_code, last_reply = excluded.last_reply,
+                   updated_at = excluded.updated_at
+               RETURNING failures, suspended_at""",
+            (email, code, reply, stamp),
+        ).fetchone()
+        if row[1] is not None:
+            return True
+        if row[0] < suspend_after:
+            return False
+        db.execute("UPDATE suspensions SET suspended_at = ? WHERE email = ?", (stamp, email))
+        Store._expire_pending_of(
+            db, email, stamp, f"address suspended after {row[0]} hard failures"
+        )
+        return True
+
+    @staticmethod
+    def _expire_pending_of(db: sqlite3.Connection, email: str, stamp: str, reason: str) -> int:
+        ids = [
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM outbox WHERE subscriber = ? AND state IN ('queued', 'deferred',"
+                " 'in_doubt')",
+                (email,),
+            )
+        ]
+        db.executemany(
+            "UPDATE outbox SET state = 'expired', last_reply = ?, updated_at = ? WHERE id = ?",
+            ((reason, stamp, i) for i in ids),
+        )
+        db.executemany("DELETE FROM deliveries WHERE outbox_id = ?", ((i,) for i in ids))
+        return len(ids)
+
+    # -- suspensions -----------------------------------------------------------------------
+
+    def suspended(self) -> set[str]:
+        """The suspended addresses (lowercased): composing skips them."""
+        rows = self._db.execute("SELECT email FROM suspensions WHERE suspended_at IS NOT NULL")
+        return {row[0] for row in rows}
+
+    def suspensions(self) -> list[Suspension]:
+        """Every address with strikes, suspended ones first, most recent first."""
+        rows = self._db.execute(
+            "SELECT * FROM suspensions ORDER BY suspended_at IS NULL, updated_at DESC, email"
+        )
+        return [_suspension_from_row(row) for row in rows]
+
+    def unsuspend(self, email: str) -> Suspension | None:
+        """Lift a suspension (and forget the strikes); returns what was lifted, None if nothing."""
+        with self._write() as db:
+            row = db.execute(
+                "DELETE FROM suspensions WHERE email = ? RETURNING *", (_email_key(email),)
+            ).fetchone()
+        return None if row is None else _suspension_from_row(row)
 
     def mark_expired(self, outbox_id: int, *, at: datetime, reason: str) -> None:
         """Give up on a row not yet final; the papers are released.
@@ -793,9 +1021,12 @@ class Store:
                     (stamp,),
                 )
             ]
+            # The last error is kept in the reason: "why was it never sent" has one answer.
             db.executemany(
-                "UPDATE outbox SET state = 'expired', last_reply = 'expired before delivery',"
-                " updated_at = ? WHERE id = ?",
+                "UPDATE outbox SET state = 'expired', updated_at = ?, last_reply ="
+                " 'expired: its next period began before it could be delivered; papers go into"
+                " the next digest' || COALESCE('; last error: ' || COALESCE(last_code || ' ', '')"
+                " || last_reply, '') WHERE id = ?",
                 ((stamp, i) for i in ids),
             )
             db.executemany("DELETE FROM deliveries WHERE outbox_id = ?", ((i,) for i in ids))
@@ -912,7 +1143,12 @@ class Store:
                 " WHERE state = 'sent' AND sent_at < ? AND data IS NOT NULL",
                 (_ts(before),),
             )
-        return cursor.rowcount
+            bodies = db.execute(
+                "DELETE FROM outbox_bodies WHERE outbox_id IN"
+                " (SELECT id FROM outbox WHERE state = 'sent' AND sent_at < ?)",
+                (_ts(before),),
+            )
+        return cursor.rowcount + bodies.rowcount
 
     # -- status ----------------------------------------------------------------------------
 
@@ -934,6 +1170,7 @@ class Store:
                 outbox=cast(dict[str, int], counts),
                 subscribers=self.subscriber_count(),
                 problems=[_problem_from_row(row) for row in problems],
+                suspended=[s for s in self.suspensions() if s.suspended_at is not None],
             )
 
     # -- unsubscribe and web copies --------------------------------------------------------

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
+
+
+# aiosmtpd logs from its own thread, sometimes after pytest has closed the capture stream.
+logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@
     server.received[0].message["Subject"]; server.stop()
 
 Faults: per-recipient RCPT replies, a DATA reply override, dropping the connection after the
-message was received (the client never sees a reply), and stalling before the DATA reply.
+message was received (the client never sees a reply; all or the first N times), stalling before
+the MAIL or the DATA reply, and "421 + hang up" on MAIL after N messages on a connection.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class RecordingHandler:
     data_reply: str | None = None  # e.g. "421 4.3.0 closing" or "554 5.7.1 rejected"
     drop_after_data: bool = False  # record the message, then close without replying
     stall_data: float = 0.0  # seconds to wait before replying to the end of DATA
+    stall_mail: float = 0.0  # seconds to wait before replying to MAIL FROM
+    # After this many messages on one connection, the next MAIL gets 421 and the server hangs up.
+    hangup_after: int | None = None
+    drops_left: int | None = None  # with drop_after_data: drop only this many times
+    _per_session: dict[int, int] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     sessions: list[object] = field(default_factory=list)  # one per connection that said EHLO
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -56,6 +62,19 @@ class RecordingHandler:
             self.sessions.append(session)
         return responses
 
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.stall_mail:
+            await asyncio.sleep(self.stall_mail)
+        done = self._per_session.get(id(session), 0)
+        if self.hangup_after is not None and done >= self.hangup_after:
+            asyncio.get_running_loop().call_soon(server.transport.close)  # after the reply
+            return "421 4.3.2 Service shutting down, closing transmission channel"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
@@ -69,7 +88,10 @@ class RecordingHandler:
         if self.data_reply is not None and not self.data_reply.startswith("2"):
             return self.data_reply
         self._record(envelope)
-        if self.drop_after_data:
+        self._per_session[id(session)] = self._per_session.get(id(session), 0) + 1
+        if self.drop_after_data and self.drops_left != 0:
+            if self.drops_left is not None:
+                self.drops_left -= 1
             server.transport.close()  # the message is queued, the reply is lost
             return "250 2.0.0 never seen"
         if self.stall_data:

@@ -446,7 +446,11 @@ def test_prune_drops_old_sent_bytes_only(store: Store) -> None:
 
     assert store.prune(before=T0 + timedelta(days=5)) == 1
     assert store.prune(before=T0 + timedelta(days=5)) == 0
-    data = dict(store._db.execute("SELECT period, data FROM outbox").fetchall())
+    bytes_by_period = (
+        "SELECT period, COALESCE(b.data, o.data) FROM outbox o"
+        " LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
+    )
+    data = dict(store._db.execute(bytes_by_period).fetchall())
     assert data == {"old": None, "new": b"message bytes", "queued": b"message bytes"}
     # The ledger survives pruning: the paper is still not a candidate.
     assert store.candidates(ALICE, since=T0) == []

@@ -27,7 +27,6 @@ __all__ = ["Security", "SmtpMailer"]
 Security = Literal["none", "starttls", "tls"]
 
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _NETWORK_ERRORS = (SMTPException, OSError, TimeoutError, ValueError)
 
 
@@ -185,10 +184,18 @@ class SmtpMailer:
 
     async def _write_content(self, client: aiosmtplib.SMTP, data: bytes) -> Phase:
         """Dot-stuffed body and the final "."; after this, a failure leaves the message in doubt."""
-        body = _LINE_ENDS.sub(b"\r\n", data)
+        body = data
+        # The regexes cost ~0.3 ms on a 40 KB digest; our own messages need neither (CRLF only, and
+        # quoted-printable lines rarely start with "."), so they run only when there is work.
+        crlf = body.count(b"\r\n")
+        if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
+            body = _LINE_ENDS.sub(b"\r\n", body)
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
-        _protocol(client).write(_LEADING_DOT.sub(b"..", body) + b".\r\n")
+        if body.startswith(b"."):
+            body = b"." + body
+        body = body.replace(b"\n.", b"\n..")  # every \n is a CRLF's now: same as (?m)^\.
+        _protocol(client).write(body + b".\r\n")
         return "end_of_data"
 
     async def _refused(

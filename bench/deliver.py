@@ -1,0 +1,175 @@
+"""End-to-end delivery speed: `digestd run --once` vs Postfix's `smtp-source`, same sink, same run.
+
+    python bench/deliver.py [--subscribers 20000] [--connections 4] [--profile out.prof]
+
+Starts `smtp-sink` on a free loopback port, runs the real CLI as a subprocess for N subscribers (no
+rules, the same 10 papers each, ~20 KB messages), then drives `smtp-source` with connection reuse
+(`-d`), the same number of parallel sessions, the same message size and count against the same sink.
+Prints ONE JSON line: both rates (messages/s), their ratio, digestd's peak RSS (KiB) and wall times.
+Needs `smtp-sink` and `smtp-source` (Debian package `postfix`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "tests" / "fixtures" / "hf_daily_papers_seed.json"
+PAPERS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"smtp-sink did not listen on port {port}")
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    root = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses root without -u
+    proc = subprocess.Popen(
+        [tool("smtp-sink"), *root, "-m", "64", f"127.0.0.1:{port}", "256"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_listening(port)
+    return proc
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
+    )
+    if path is None:
+        raise SystemExit(f"{name} not found: install the Debian package postfix")
+    return path
+
+
+def write_setup(work: Path, *, subscribers: int, port: int, connections: int) -> Path:
+    items = json.loads(SEED.read_text())[:PAPERS]
+    (work / "papers.json").write_text(json.dumps(items))
+    with (work / "subscribers.yaml").open("w") as out:
+        out.write('defaults:\n  max_papers: 10\n  schedule: "0 7 * * *"\nsubscribers:\n')
+        out.writelines(f"  - email: reader{i}@example.org\n" for i in range(subscribers))
+    config = work / "digestd.yaml"
+    config.write_text(
+        f"""\
+source:
+  kind: file
+  url: papers.json
+state: state.sqlite3
+delivery:
+  kind: smtp
+  host: 127.0.0.1
+  port: {port}
+  security: none
+  from: "Paper Digest <digest@example.org>"
+  connections: {connections}
+subscribers: subscribers.yaml
+lookback: 3650d
+"""
+    )
+    return config
+
+
+def run_digestd(config: Path, profile: str | None) -> tuple[float, int, str]:
+    """(seconds, peak RSS KiB, stdout) of one `digestd run --once`."""
+    prefix = [sys.executable]
+    if profile:
+        prefix += ["-m", "cProfile", "-o", profile]
+    cmd = [*prefix, "-m", "digestd", "--log-level", "warning", "--config", str(config)]
+    start = time.perf_counter()
+    proc = subprocess.Popen([*cmd, "run", "--once"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"digestd failed ({proc.returncode}): {err[-2000:]}")
+    return elapsed, int(usage.ru_maxrss), out.strip()
+
+
+def message_stats(state: Path) -> tuple[int, int]:
+    with sqlite3.connect(state) as db:
+        sent, size = db.execute(
+            "SELECT count(*), avg(length(b.data)) FROM outbox o"
+            " JOIN outbox_bodies b ON b.outbox_id = o.id WHERE o.state = 'sent'"
+        ).fetchone()
+    return int(sent), int(size or 0)
+
+
+def run_source(port: int, *, count: int, size: int, sessions: int) -> float:
+    cmd = [tool("smtp-source"), "-d", "-s", str(sessions), "-l", str(size), "-m", str(count)]
+    cmd += ["-f", "digest@example.org", "-t", "reader@example.org", f"127.0.0.1:{port}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subscribers", "-n", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--profile", help="write digestd's cProfile stats to this file")
+    args = parser.parse_args()
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        with tempfile.TemporaryDirectory(prefix="digestd-bench-") as tmp:
+            work = Path(tmp)
+            config = write_setup(
+                work, subscribers=args.subscribers, port=port, connections=args.connections
+            )
+            seconds, rss, summary = run_digestd(config, args.profile)
+            sent, size = message_stats(work / "state.sqlite3")
+            source_seconds = run_source(
+                port, count=args.subscribers, size=size, sessions=args.connections
+            )
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+    if sent != args.subscribers:
+        raise SystemExit(f"digestd sent {sent} of {args.subscribers}: {summary}")
+    digestd_rate = sent / seconds
+    source_rate = args.subscribers / source_seconds
+    print(
+        json.dumps(
+            {
+                "bench": "deliver",
+                "subscribers": args.subscribers,
+                "connections": args.connections,
+                "message_bytes": size,
+                "digestd_seconds": round(seconds, 3),
+                "digestd_msgs_per_s": round(digestd_rate, 1),
+                "smtp_source_seconds": round(source_seconds, 3),
+                "smtp_source_msgs_per_s": round(source_rate, 1),
+                "ratio": round(digestd_rate / source_rate, 3),
+                "digestd_peak_rss_kib": rss,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

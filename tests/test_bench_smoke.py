@@ -1,0 +1,34 @@
+"""bench/deliver.py still runs end to end (N=50) when Postfix's smtp-sink/smtp-source are installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ("smtp-sink", "smtp-source")
+
+
+def _have(name: str) -> bool:
+    return bool(shutil.which(name) or os.path.exists(f"/usr/sbin/{name}"))
+
+
+@pytest.mark.skipif(not all(_have(t) for t in TOOLS), reason="postfix's smtp-sink not installed")
+def test_bench_deliver_prints_one_json_line() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "deliver.py"), "--subscribers", "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    figures = json.loads(line)
+    assert figures["subscribers"] == 50 and figures["ratio"] > 0
+    assert figures["digestd_peak_rss_kib"] > 0 and figures["message_bytes"] > 10_000
