@@ -9,7 +9,6 @@ import pytest
 from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
 
-
 # aiosmtpd logs from its own thread, sometimes after pytest has closed the capture stream.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 
