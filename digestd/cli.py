@@ -9,6 +9,8 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 from digestd import __version__, app, pipeline
@@ -18,7 +20,7 @@ from digestd.logs import setup_logging
 from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
 from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
-from digestd.store import Store
+from digestd.store import SourceStatus, Store
 
 __all__ = ["main"]
 
@@ -92,7 +94,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     deps = app.open_deps(settings, now=utcnow())
     if args.once:
         return asyncio.run(_run_once(deps, settings))
-    return run_daemon(deps, poll_every=settings.source.poll_every, closer=app.close)
+    intervals = {src.key: src.poll_every for src in settings.all_sources()}
+    return run_daemon(
+        deps, poll_every=settings.source.poll_every, closer=app.close, intervals=intervals
+    )
 
 
 async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
@@ -153,16 +158,36 @@ def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    names = [src.key for src in settings.all_sources()]
     with Store(settings.state) as store:
-        status = store.status()
+        status = replace(store.status(), sources=store.source_status(names))
     print(f"state:       {settings.state}")
     print(format_status(status))
+    print(format_sources(status.sources))
     return 0
+
+
+def format_sources(sources: Sequence[SourceStatus]) -> str:
+    """One line per source: when it last worked, when it last brought a new paper, what fails."""
+
+    def when(moment: datetime | None) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+    lines = ["sources:"]
+    for s in sources:
+        line = (
+            f"  {s.source}: last successful poll {when(s.last_success_at)};"
+            f" last new paper {when(s.last_new_at)}"
+        )
+        lines.append(line + (f"; ERROR {s.error}" if s.error else "; ok"))
+    return "\n".join(lines)
 
 
 def format_status(status: object) -> str:
     lines = []
     for name, value in vars_of(status).items():
+        if name == "sources":
+            continue  # format_sources
         if isinstance(value, list):
             lines.append(f"{name}:")
             lines.extend(f"  {vars_of(item)}" for item in value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,9 +52,17 @@ class CronSimTrigger(BaseTrigger):  # type: ignore[misc]
 class Daemon:
     """Runs until SIGTERM/SIGINT; every job body takes the work lock, so a stop waits for it."""
 
-    def __init__(self, deps: Deps, *, poll_every: timedelta) -> None:
+    def __init__(
+        self,
+        deps: Deps,
+        *,
+        poll_every: timedelta,
+        intervals: Mapping[str, timedelta] | None = None,
+    ) -> None:
         self.deps = deps
         self.poll_every = poll_every
+        # Each source polls on its own rhythm; one not listed uses `poll_every`.
+        self.intervals = dict(intervals or {})
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._stopping = False
@@ -97,12 +105,14 @@ class Daemon:
 
     def _schedule(self) -> None:
         add = self.scheduler.add_job
-        add(
-            self._job(self._poll),
-            IntervalTrigger(seconds=self.poll_every.total_seconds()),
-            id="poll",
-            next_run_time=utcnow(),
-        )
+        for source in self.deps.all_sources():
+            every = self.intervals.get(source.name, self.poll_every)
+            add(
+                self._job(self._poller(source.name)),
+                IntervalTrigger(seconds=every.total_seconds()),
+                id=f"poll {source.name}",
+                next_run_time=utcnow(),
+            )
         add(
             self._job(self._deliver),
             IntervalTrigger(seconds=RETRY_TICK.total_seconds()),
@@ -132,9 +142,12 @@ class Daemon:
             except Exception:
                 log.exception("job failed job=%s", getattr(body, "__name__", "?"))
 
-    async def _poll(self) -> None:
-        await pipeline.ingest(self.deps, now=utcnow())
-        await self._deliver()
+    def _poller(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def _poll() -> None:
+            await pipeline.ingest(self.deps, now=utcnow(), only=[name])
+            await self._deliver()
+
+        return _poll
 
     async def _digests(self) -> None:
         pipeline.compose(self.deps, now=utcnow())
@@ -152,11 +165,15 @@ class Daemon:
 
 
 def run_daemon(
-    deps: Deps, *, poll_every: timedelta, closer: Callable[[Deps], Awaitable[Any]]
+    deps: Deps,
+    *,
+    poll_every: timedelta,
+    closer: Callable[[Deps], Awaitable[Any]],
+    intervals: Mapping[str, timedelta] | None = None,
 ) -> int:
     async def main() -> int:
         try:
-            return await Daemon(deps, poll_every=poll_every).run()
+            return await Daemon(deps, poll_every=poll_every, intervals=intervals).run()
         finally:
             await closer(deps)
 
