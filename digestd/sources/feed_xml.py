@@ -30,7 +30,10 @@ _TAG = re.compile(r"<[^>]*>")
 _MAX_KEY = 500
 # arXiv categories (cs.LG, q-bio.NC, physics.optics, hep-th): only kept for items that are arXiv
 # papers, where a feed's tags are likely to be them.
-_CATEGORY = re.compile(r"[a-z]+(?:-[a-z]+)?(?:\.[A-Za-z-]+)?")
+_CATEGORY = re.compile(
+    r"[a-z]+(?:-[a-z]+)?\.[A-Za-z]{2,}(?:-[A-Za-z]+)?"
+    r"|hep-(?:th|ph|ex|lat)|nucl-(?:th|ex)|gr-qc|quant-ph|math-ph|cond-mat|astro-ph|nlin"
+)
 
 
 def parse_feed(raw: bytes, *, base_url: str = "") -> ParseResult:

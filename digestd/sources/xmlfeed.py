@@ -53,6 +53,8 @@ def check_xml(raw: bytes, *, roots: tuple[str, ...]) -> ET.Element:
         root = ET.fromstring(raw)
     except ET.ParseError as exc:
         raise SourceError(_xml_error(raw, exc), transient=False) from None
+    except LookupError as exc:  # an encoding Python does not know, declared by the feed
+        raise SourceError(f"unknown encoding declared ({exc})", transient=False) from None
     name = local(root.tag)
     if name.lower() == "html":
         raise SourceError(f"got an HTML page, not a feed: {_excerpt(raw)}", transient=False)
