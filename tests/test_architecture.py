@@ -19,6 +19,11 @@ PURE = [
     "render.py",
     "message.py",
     "sources/hf_json.py",
+    "sources/xmlfeed.py",
+    "sources/arxiv_xml.py",
+    "sources/feed_xml.py",
+    "merge.py",
+    "notes.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",
