@@ -371,3 +371,36 @@ def test_bad_sources_settings(tmp_path: Path, yaml: str, message: str) -> None:
     path.write_text(yaml)
     with pytest.raises(ConfigError, match=message):
         load_settings(path)
+
+
+async def test_daemon_schedules_each_source_at_its_own_interval(
+    tmp_path: Path, http_server: LocalHTTPServer
+) -> None:
+    from digestd.daemon import Daemon
+
+    deps = make_deps(tmp_path, http_server)
+    try:
+        daemon = Daemon(
+            deps,
+            poll_every=timedelta(minutes=30),
+            intervals={"arxiv-cs": timedelta(hours=6), "arxiv-rss": timedelta(hours=2)},
+        )
+        daemon._schedule()
+        jobs = {j.id: getattr(j.trigger, "interval", None) for j in daemon.scheduler.get_jobs()}
+        assert jobs["poll hf"] == timedelta(minutes=30)
+        assert jobs["poll arxiv-cs"] == timedelta(hours=6)
+        assert jobs["poll arxiv-rss"] == timedelta(hours=2)
+        assert jobs["poll lab"] == timedelta(minutes=30)
+    finally:
+        await close(deps)
+
+
+def test_the_readme_config_with_several_sources_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### Several sources, one paper")[1].split("```yaml\n")[1].split("```")[0]
+    path = tmp_path / "digestd.yaml"
+    path.write_text(block)
+    names = [(s.key, s.kind) for s in load_settings(path).all_sources()]
+    assert names == [
+        ("hf", "huggingface"), ("arxiv-cs", "arxiv"), ("arxiv-rss", "arxiv_rss"), ("lab-blog", "feed"),
+    ]  # fmt: skip
