@@ -17,8 +17,12 @@ from digestd.pipeline import Deps, Options
 from digestd.pipeline import register as register_subscribers
 from digestd.render import make_environments
 from digestd.rules import load_subscribers
-from digestd.settings import Settings
+from digestd.settings import Settings, SourceSettings
 from digestd.sources import FileSource, HuggingFaceSource, Source, make_client
+from digestd.sources.arxiv import ArxivApiSource, category_query
+from digestd.sources.arxiv_rss import ArxivRssSource
+from digestd.sources.feed import FeedSource
+from digestd.sources.http import HttpGetter, Throttle, ValidatorStore
 from digestd.store import Store
 from digestd.transports.base import Mailer
 from digestd.transports.maildir import MaildirMailer
@@ -30,6 +34,7 @@ __all__ = [
     "load_subscriber_file",
     "make_mailer",
     "make_source",
+    "make_sources",
     "open_deps",
     "options",
     "web_routes",
@@ -47,12 +52,58 @@ def load_subscriber_file(path: Path) -> SubscriberSet:
 
 
 def make_source(settings: Settings) -> Source:
-    src = settings.source
+    """The first configured source (callers that know of one source only)."""
+    return _one_source(settings.all_sources()[0], None, {})
+
+
+def make_sources(settings: Settings, cache: ValidatorStore | None = None) -> list[Source]:
+    """Every configured source; arXiv's sources share one throttle (its terms count them together)."""
+    throttles: dict[float, Throttle] = {}
+    return [_one_source(src, cache, throttles) for src in settings.all_sources()]
+
+
+def _one_source(
+    src: SourceSettings, cache: ValidatorStore | None, throttles: dict[float, Throttle]
+) -> Source:
+    name = src.key
     if src.kind == "file":
-        return FileSource(Path(src.url))
-    token = src.token.get_secret_value() if src.token else None
+        return FileSource(Path(src.url), name=name)
     client = make_client(timeout=src.timeout.total_seconds())
-    return HuggingFaceSource(src.url, client, days=src.days, token=token, retries=src.retries)
+    if src.kind == "huggingface":
+        token = src.token.get_secret_value() if src.token else None
+        return HuggingFaceSource(
+            src.url,
+            client,
+            name=name,
+            days=src.days,
+            token=token,
+            listing=src.listing,
+            retries=src.retries,
+        )
+    throttle = None
+    if src.kind in ("arxiv", "arxiv_rss"):
+        interval = src.min_interval.total_seconds()
+        throttle = throttles.setdefault(interval, Throttle(interval))
+    getter = HttpGetter(
+        client,
+        name=name,
+        retries=src.retries,
+        max_body=src.max_bytes,
+        throttle=throttle,
+        cache=cache,
+    )
+    if src.kind == "arxiv":
+        query = src.query or category_query(src.categories)
+        return ArxivApiSource(
+            getter, query=query, url=src.url, name=name,
+            page_size=src.page_size, max_results=src.max_results,
+        )  # fmt: skip
+    if src.kind == "arxiv_rss":
+        return ArxivRssSource(
+            getter, categories=src.categories, announce_types=src.announce_types,
+            base_url=src.url, name=name,
+        )  # fmt: skip
+    return FeedSource(getter, url=src.url, name=name)
 
 
 def make_mailer(settings: Settings) -> Mailer:
@@ -110,9 +161,11 @@ def open_deps(
     opts = options(settings)
     sign = load_signer(settings.delivery.dkim) if settings.delivery.dkim else None
     store = Store(settings.state)
+    sources = make_sources(settings, cache=store)
     deps = Deps(
         store=store,
-        source=make_source(settings),
+        source=sources[0],
+        sources=tuple(sources),
         mailer=make_mailer(settings),
         subscribers=subs,
         envs=envs,
@@ -126,9 +179,10 @@ def open_deps(
 
 async def close(deps: Deps) -> None:
     await deps.mailer.aclose()
-    aclose = getattr(deps.source, "aclose", None)
-    if aclose is not None:
-        await aclose()
+    for source in deps.all_sources():
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
     deps.store.close()
 
 

@@ -11,6 +11,7 @@ import tempfile
 import traceback
 import webbrowser
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from digestd.progress import make_progress
 from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
 from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
-from digestd.store import Store
+from digestd.store import SourceStatus, Store
 
 __all__ = ["main"]
 
@@ -114,7 +115,14 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if args.once:
         return asyncio.run(_run_once(deps, settings))
     config = reload.Config(config_path(args.config), settings, deps.subscribers, deps.envs)
-    return run_daemon(deps, poll_every=settings.source.poll_every, closer=app.close, config=config)
+    intervals = {src.key: src.poll_every for src in settings.all_sources()}
+    return run_daemon(
+        deps,
+        poll_every=settings.all_sources()[0].poll_every,
+        closer=app.close,
+        config=config,
+        intervals=intervals,
+    )
 
 
 async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
@@ -197,11 +205,13 @@ def _open_in_browser(path: Path) -> bool:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    names = [src.key for src in settings.all_sources()]
     with Store(settings.state) as store:
-        status = store.status()
+        status = replace(store.status(), sources=store.source_status(names))
         suppressed = store.suppressions()
     print(f"state:       {settings.state}")
     print(format_status(status))
+    print(format_sources(status.sources))
     print(f"unsubscribed: {len(suppressed)}")
     for s in suppressed:
         print(f"  {s.email} since {s.at.isoformat(timespec='seconds')} via {s.via}")
@@ -238,9 +248,27 @@ def cmd_unsuspend(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def format_sources(sources: Sequence[SourceStatus]) -> str:
+    """One line per source: when it last worked, when it last brought a new paper, what fails."""
+
+    def when(moment: datetime | None) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+    lines = ["sources:"]
+    for s in sources:
+        line = (
+            f"  {s.source}: last successful poll {when(s.last_success_at)};"
+            f" last new paper {when(s.last_new_at)}"
+        )
+        lines.append(line + (f"; ERROR {s.error}" if s.error else "; ok"))
+    return "\n".join(lines)
+
+
 def format_status(status: object) -> str:
     lines = []
     for name, value in vars_of(status).items():
+        if name == "sources":
+            continue  # format_sources
         if isinstance(value, list):
             lines.append(f"{name}:")
             lines.extend("  " + _entry(item) for item in value)

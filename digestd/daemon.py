@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,12 +66,15 @@ class Daemon:
         poll_every: timedelta,
         config: Config | None = None,
         notifier: Notifier | None = None,
+        intervals: Mapping[str, timedelta] | None = None,
     ) -> None:
         self.deps = deps
         self.poll_every = poll_every
         self.config = config
         self.notifier = notifier or Notifier()
         self.started_at = utcnow()
+        # Each source polls on its own rhythm; one not listed uses `poll_every`.
+        self.intervals = dict(intervals or {})
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._stopping = False
@@ -133,12 +136,7 @@ class Daemon:
 
     def _schedule(self) -> None:
         add = self.scheduler.add_job
-        add(
-            self._job(self._poll),
-            IntervalTrigger(seconds=self.poll_every.total_seconds()),
-            id="poll",
-            next_run_time=utcnow(),
-        )
+        self._schedule_polls()
         add(
             self._job(self._deliver),
             IntervalTrigger(seconds=RETRY_TICK.total_seconds()),
@@ -177,11 +175,36 @@ class Daemon:
                 log.exception("job failed job=%s", getattr(body, "__name__", "?"))
             self._publish_status()
 
-    async def _poll(self) -> None:
-        report = await pipeline.ingest(self.deps, now=utcnow())
-        self.metrics.poll(report.ok)
-        await self.alerts.check(self._raw_mailer, now=utcnow())
-        await self._deliver()
+    def _schedule_polls(self) -> None:
+        """One poll job per source, on its own interval; a new source polls at once."""
+        wanted = {
+            s.name: self.intervals.get(s.name, self.poll_every) for s in self.deps.all_sources()
+        }
+        for job in self.scheduler.get_jobs():
+            name = job.id.removeprefix("poll ")
+            if job.id.startswith("poll ") and name not in wanted:
+                job.remove()
+        for name, every in wanted.items():
+            trigger = IntervalTrigger(seconds=every.total_seconds())
+            job = self.scheduler.get_job(f"poll {name}")
+            if job is None:
+                self.scheduler.add_job(
+                    self._job(self._poller(name)),
+                    trigger,
+                    id=f"poll {name}",
+                    next_run_time=utcnow(),
+                )
+            elif job.trigger.interval != trigger.interval:
+                job.reschedule(trigger)
+
+    def _poller(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def _poll() -> None:
+            report = await pipeline.ingest(self.deps, now=utcnow(), only=[name])
+            self.metrics.poll(report.ok)
+            await self.alerts.check(self._raw_mailer, now=utcnow())
+            await self._deliver()
+
+        return _poll
 
     async def _digests(self) -> None:
         pipeline.compose(self.deps, now=utcnow())
@@ -341,12 +364,10 @@ class Daemon:
             self._meter_mailer()
         self.alerts.policy = self._alert_policy()
         added, removed = self._schedule_digests()
-        poll_every = new.settings.source.poll_every
-        if poll_every != self.poll_every:
-            self.poll_every = poll_every
-            self.scheduler.reschedule_job(
-                "poll", trigger=IntervalTrigger(seconds=poll_every.total_seconds())
-            )
+        sources = new.settings.all_sources()
+        poll_every = self.poll_every = sources[0].poll_every
+        self.intervals = {src.key: src.poll_every for src in sources}
+        self._schedule_polls()
         for name in changes.restart_needed:
             log.warning("reload: a change of %r needs a restart to take effect", name)
         log.info(
@@ -374,10 +395,12 @@ def run_daemon(
     poll_every: timedelta,
     closer: Callable[[Deps], Awaitable[Any]],
     config: Config | None = None,
+    intervals: Mapping[str, timedelta] | None = None,
 ) -> int:
     async def main() -> int:
         try:
-            return await Daemon(deps, poll_every=poll_every, config=config).run()
+            daemon = Daemon(deps, poll_every=poll_every, config=config, intervals=intervals)
+            return await daemon.run()
         finally:
             await closer(deps)
             log.info("store closed")

@@ -22,6 +22,7 @@ __all__ = [
     "Subscriber",
     "SubscriberSet",
     "Term",
+    "Validators",
 ]
 
 Field = Literal["title", "abstract"]
@@ -47,14 +48,32 @@ class Paper:
     first_seen_at: datetime | None = None  # set by the store, not by sources
     categories: tuple[str, ...] = ()  # arXiv categories, primary first, when a source knows them
     sources: tuple[str, ...] = ()  # names of the configured sources that listed this paper
+    version: int | None = None  # arXiv version (the N of vN) when the source says it
+    on_huggingface: bool = False  # a Hugging Face listing had it: its HF page exists
+    link: str | None = None  # the item's own page, for feed items that are not arXiv papers
+
+    @property
+    def is_arxiv(self) -> bool:
+        # Non-arXiv items get a `feed:` key; no arXiv id (new or old style) holds a colon.
+        return ":" not in self.id
+
+    @property
+    def primary_category(self) -> str | None:
+        return self.categories[0] if self.categories else None
 
     @property
     def url(self) -> str:
-        return f"https://huggingface.co/papers/{self.id}"
+        """Where the paper lives: its Hugging Face page when known, else arXiv, else its link."""
+        if self.on_huggingface and self.is_arxiv:
+            return f"https://huggingface.co/papers/{self.id}"
+        if self.is_arxiv:
+            return f"https://arxiv.org/abs/{self.id}"
+        return self.link or ""
 
     @property
-    def pdf_url(self) -> str:
-        return f"https://arxiv.org/pdf/{self.id}"
+    def pdf_url(self) -> str | None:
+        # Unversioned: arXiv serves the latest version, which is the one whose abstract we show.
+        return f"https://arxiv.org/pdf/{self.id}" if self.is_arxiv else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +88,18 @@ class ParseProblem:
 class ParseResult:
     papers: tuple[Paper, ...]
     problems: tuple[ParseProblem, ...] = ()
+    # Conditional-request state, saved by the pipeline only once the papers are stored.
+    validators: tuple[Validators, ...] = ()
+    not_modified: bool = False  # the server answered 304: nothing to store
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What a server said identifies its reply (ETag, Last-Modified), kept per URL for the next poll."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +132,7 @@ class Subscriber:
     schedule: str = "0 7 * * mon-fri"
     max_papers: int = 20
     rules: tuple[Rule, ...] = ()
+    send_empty: bool = False  # a short note, naming the quiet sources, when nothing matched
 
     @property
     def has_alerts(self) -> bool:

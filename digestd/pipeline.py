@@ -18,6 +18,7 @@ from digestd.listmail import MailLinks, default_list_id, list_headers, mail_link
 from digestd.match import match
 from digestd.message import build_message
 from digestd.model import Digest, Match, Paper, Rendered, Subscriber, SubscriberSet
+from digestd.notes import SourceActivity, empty_note
 from digestd.observe import NULL, Observer
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
@@ -89,15 +90,24 @@ class Deps:
     stopping: Callable[[], bool] = lambda: False
     sign: Callable[[bytes], bytes] | None = None  # DKIM, applied before the bytes are queued
     observer: Observer = NULL  # progress bars and metrics; the pipeline only reports to it
+    sources: tuple[Source, ...] = ()  # every configured source; empty: just `source`
+
+    def all_sources(self) -> tuple[Source, ...]:
+        return self.sources or (self.source,)
 
 
 @dataclass(frozen=True, slots=True)
 class IngestReport:
+    """One poll of one or several sources; `ok` only if every source's poll succeeded."""
+
     ok: bool
     n_items: int = 0
     n_new: int = 0
     n_alerts: int = 0
     error: str | None = None
+    source: str | None = None
+    per_source: tuple[IngestReport, ...] = ()
+    not_modified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,38 +124,68 @@ def register(deps: Deps, *, now: datetime) -> None:
     )
 
 
-async def ingest(deps: Deps, *, now: datetime) -> IngestReport:
-    """Poll the source once, store what is new, and queue the alerts it triggers.
+async def ingest(deps: Deps, *, now: datetime, only: Iterable[str] | None = None) -> IngestReport:
+    """Poll every source (or those named in `only`), each on its own, and sum up.
+
+    A source whose poll fails stores nothing and marks nothing; the others go on.
+    """
+    wanted = set(only) if only is not None else None
+    reports = [
+        await ingest_one(deps, source, now=now)
+        for source in deps.all_sources()
+        if wanted is None or source.name in wanted
+    ]
+    errors = [f"{r.source}: {r.error}" for r in reports if not r.ok]
+    return IngestReport(
+        ok=not errors,
+        n_items=sum(r.n_items for r in reports),
+        n_new=sum(r.n_new for r in reports),
+        n_alerts=sum(r.n_alerts for r in reports),
+        error="; ".join(errors) or None,
+        per_source=tuple(reports),
+    )
+
+
+async def ingest_one(deps: Deps, source: Source, *, now: datetime) -> IngestReport:
+    """Poll one source, store what is new (merged with what other sources said), queue alerts.
 
     A failed poll stores nothing and marks nothing; the error is recorded as data and logged once.
     """
-    name = deps.source.name
+    name = source.name
     deps.observer.begin("poll")
     try:
-        result = await deps.source.fetch(now=now)
+        result = await source.fetch(now=now)
     except SourceError as exc:
         deps.store.record_poll(name, at=now, ok=False, error=str(exc))
         log.warning("poll failed source=%s transient=%s error=%s", name, exc.transient, exc)
         deps.observer.end("poll", f"failed: {exc}")
-        return IngestReport(ok=False, error=str(exc))
+        return IngestReport(ok=False, error=str(exc), source=name)
+    if result.not_modified:
+        deps.store.record_poll(name, at=now, ok=True)
+        deps.observer.end("poll", "not modified")
+        log.info("poll not modified source=%s", name)
+        return IngestReport(ok=True, source=name, not_modified=True)
     for problem in result.problems:
         log.warning(
             "skipped item source=%s index=%d reason=%s", name, problem.index, problem.reason
         )
-    new = deps.store.record_papers(result.papers, seen_at=now)
-    poll_id = deps.store.record_poll(
-        name, at=now, ok=True, n_items=len(result.papers), n_new=len(new)
-    )
+    papers = [replace(p, sources=(name,)) for p in result.papers]
+    new = deps.store.record_papers(papers, seen_at=now)
+    # Only now: a 304 on the next poll must never hide papers that were not stored.
+    deps.store.save_validators(result.validators, at=now)
+    poll_id = deps.store.record_poll(name, at=now, ok=True, n_items=len(papers), n_new=len(new))
     n_alerts = _queue_alerts(deps, new, poll_id=poll_id, now=now)
     log.info(
         "poll ok source=%s n_items=%d n_new=%d n_alerts=%d",
         name,
-        len(result.papers),
+        len(papers),
         len(new),
         n_alerts,
     )
-    deps.observer.end("poll", f"{len(result.papers)} papers, {len(new)} new")
-    return IngestReport(ok=True, n_items=len(result.papers), n_new=len(new), n_alerts=n_alerts)
+    deps.observer.end("poll", f"{len(papers)} papers, {len(new)} new")
+    return IngestReport(
+        ok=True, n_items=len(papers), n_new=len(new), n_alerts=n_alerts, source=name
+    )
 
 
 def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: datetime) -> int:
@@ -199,7 +239,9 @@ def compose(
                 found = match(
                     deps.store.candidates(key(sub), since=now - deps.options.lookback), sub
                 )
-                if _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
+                if not found and sub.send_empty:
+                    n_queued += _enqueue_note(deps, sub, period, now=now, expires=expires)
+                elif _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
                     n_queued += bool(found)
                     n_empty += not found
                     deps.observer.matched("digest", len(found))
@@ -272,6 +314,30 @@ def _enqueue(
     )
     if row is not None and found and links.view_url:
         _save_web_copy(deps, sub, kind, found, links=links, message_id=message_id, now=now)
+    return row is not None
+
+
+def _enqueue_note(
+    deps: Deps, sub: Subscriber, period: str, *, now: datetime, expires: datetime | None
+) -> bool:
+    """Queue the short "nothing matched" note, naming the sources that had nothing new."""
+    since = deps.store.last_digest_at(key(sub)) or now - deps.options.lookback
+    names = [s.name for s in deps.all_sources()]
+    activity = [
+        SourceActivity(name=st.source, new=st.new_since, error=st.error, last_new_at=st.last_new_at)
+        for st in deps.store.source_status(names, since=since)
+        if st.source in names
+    ]
+    rendered = empty_note(sub, activity, since=since, site_name=deps.options.site_name)
+    message_id = make_message_id(deps, key(sub), "digest", period)
+    data = build_message(
+        rendered, sender=deps.options.sender, to=sub.email, to_name=sub.name,
+        message_id=message_id, date=now,
+    )  # fmt: skip
+    row = deps.store.enqueue(
+        subscriber=key(sub), kind="digest", period=period, message_id=message_id,
+        sender=deps.options.envelope_from, data=data, paper_ids=[], at=now, expires_at=expires,
+    )  # fmt: skip
     return row is not None
 
 

@@ -81,11 +81,13 @@ async def apply_config(deps: Deps, old: Config, new: Config, *, now: datetime) -
     if mailer:
         await deps.mailer.aclose()
         deps.mailer = app.make_mailer(new.settings)
-    if new.settings.source != old.settings.source:
-        aclose = getattr(deps.source, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        deps.source = app.make_source(new.settings)
+    if new.settings.all_sources() != old.settings.all_sources():
+        for source in deps.all_sources():
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        deps.sources = tuple(app.make_sources(new.settings, cache=deps.store))
+        deps.source = deps.sources[0]
     pipeline.register(deps, now=now)
     expired = deps.store.expire_except(after, at=now, reason="subscriber removed")
     restart = tuple(

@@ -108,7 +108,7 @@ class PaperView:
     title_html: Markup
     authors: str
     url: str
-    pdf_url: str
+    pdf_url: str | None  # None for feed items that are not arXiv papers
     links: tuple[Link, ...]
     upvotes: int
     comments: int

@@ -158,6 +158,7 @@ class _Subscriber(_Strict):
     timezone: _Zone | None = None
     max_papers: _MaxPapers | None = None
     rules: list[_Rule] | None = None
+    send_empty: bool = False
 
 
 class _File(_Strict):
@@ -221,6 +222,7 @@ def _subscriber(raw: _Subscriber, defaults: _Defaults) -> Subscriber:
         schedule=raw.schedule or defaults.schedule,
         max_papers=raw.max_papers or defaults.max_papers,
         rules=tuple(_rule(r) for r in raw.rules or ()),
+        send_empty=raw.send_empty,
     )
 
 

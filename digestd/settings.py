@@ -65,18 +65,70 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+SourceKind = Literal["huggingface", "file", "arxiv", "arxiv_rss", "feed"]
+HF_URL = "https://huggingface.co/api/daily_papers"
+# Where each kind polls unless `url` says otherwise (`feed` has no sensible default).
+_DEFAULT_URLS: dict[str, str] = {
+    "huggingface": HF_URL,
+    "arxiv": "https://export.arxiv.org/api/query",
+    "arxiv_rss": "https://rss.arxiv.org/rss/",
+}
+AnnounceType = Literal["new", "cross", "replace", "replace-cross"]
+
+
+def _digest_types() -> list[AnnounceType]:
+    return ["new", "cross"]  # replacements are papers already announced
+
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_CATEGORY = r"^[A-Za-z-]+(\.[A-Za-z-]+)?$"
+
+
 class SourceSettings(_Section):
-    kind: Literal["huggingface", "file"] = "huggingface"
-    url: str = "https://huggingface.co/api/daily_papers"
+    """One source; `name` defaults to its kind. Options unused by a kind are ignored."""
+
+    name: Annotated[str, Field(pattern=_NAME)] | None = None
+    kind: SourceKind = "huggingface"
+    url: str = HF_URL
     poll_every: Duration = timedelta(minutes=30)
     days: int = Field(
         2, ge=1, le=14, description="listing days fetched per poll (today, yesterday…)"
+    )
+    listing: Literal["daily", "trending"] = (
+        "daily"  # huggingface: sort=trending brings older papers
     )
     timeout: Duration = timedelta(seconds=30)
     token: SecretStr | None = (
         None  # Hugging Face token: raises the rate limit; DIGESTD_SOURCE__TOKEN
     )
     retries: int = Field(3, ge=0, le=10, description="retries of a failed request within a poll")
+    # arxiv / arxiv_rss
+    categories: list[Annotated[str, Field(pattern=_CATEGORY)]] = Field(default_factory=list)
+    query: str | None = None  # arxiv: a raw search_query, instead of the categories
+    max_results: int = Field(200, ge=1, le=30000)
+    page_size: int = Field(100, ge=1, le=2000)
+    announce_types: list[AnnounceType] = Field(default_factory=_digest_types, min_length=1)
+    # arxiv's terms: one request every 3 s, shared by every arxiv and arxiv_rss source
+    min_interval: Duration = timedelta(seconds=3)
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="a larger reply fails the poll")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> SourceSettings:
+        if "url" not in self.model_fields_set and self.kind in _DEFAULT_URLS:
+            self.url = _DEFAULT_URLS[self.kind]
+        if self.kind == "feed" and "url" not in self.model_fields_set:
+            raise ValueError("a feed source needs a url")
+        if self.kind == "arxiv" and not (self.categories or self.query):
+            raise ValueError("an arxiv source needs categories or a query")
+        if self.kind == "arxiv_rss" and not self.categories:
+            raise ValueError("an arxiv_rss source needs categories")
+        if self.name is None:
+            self.name = self.kind
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.name or self.kind
 
 
 class DkimSettings(_Section):
@@ -168,6 +220,7 @@ class Settings(BaseSettings):
     )
 
     source: SourceSettings = Field(default_factory=SourceSettings)
+    sources: list[SourceSettings] | None = Field(None, min_length=1)
     state: Path = Path("var/digestd.sqlite3")
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
@@ -194,6 +247,20 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML file arrives as init kwargs; the environment must win over it.
         return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _one_way_to_name_sources(self) -> Settings:
+        if self.sources is not None and "source" in self.model_fields_set:
+            raise ValueError("set either source (one) or sources (a list), not both")
+        names = [s.key for s in self.all_sources()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(twice)}")
+        return self
+
+    def all_sources(self) -> list[SourceSettings]:
+        """The configured sources: the `sources` list, or the single `source`."""
+        return list(self.sources) if self.sources is not None else [self.source]
 
     def smtp_password(self) -> str | None:
         """The SMTP password from the environment, `password_file`, or systemd's credential."""
@@ -231,6 +298,9 @@ class Settings(BaseSettings):
         for section, key in (("delivery", "password"), ("source", "token"), ("http", "secret")):
             if data[section].get(key) is not None:
                 data[section][key] = "<redacted>"
+        for source in data.get("sources") or ():
+            if source.get("token") is not None:
+                source["token"] = "<redacted>"
         return data
 
 
@@ -283,9 +353,14 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     http = settings.http
     if http.secret_file is not None:
         http = http.model_copy(update={"secret_file": rel(http.secret_file)})
-    source = settings.source
-    if source.kind == "file" and "://" not in source.url:
-        source = source.model_copy(update={"url": str(rel(Path(source.url)))})
+
+    def file_url(source: SourceSettings) -> SourceSettings:
+        if source.kind == "file" and "://" not in source.url:
+            return source.model_copy(update={"url": str(rel(Path(source.url)))})
+        return source
+
+    source = file_url(settings.source)
+    sources = [file_url(s) for s in settings.sources] if settings.sources is not None else None
     return settings.model_copy(
         update={
             "state": rel(settings.state),
@@ -294,5 +369,6 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             "delivery": delivery,
             "source": source,
             "http": http,
+            "sources": sources,
         }
     )

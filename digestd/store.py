@@ -19,7 +19,8 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast
 
 from digestd.errors import DigestdError
-from digestd.model import Paper
+from digestd.merge import merge, merge_all
+from digestd.model import Paper, Validators
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -31,6 +32,7 @@ __all__ = [
     "AlertState",
     "PollInfo",
     "SchemaError",
+    "SourceStatus",
     "Store",
     "StoreStatus",
     "Suppression",
@@ -86,7 +88,7 @@ class PollInfo:
 
 @dataclass(frozen=True, slots=True)
 class AlertState:
-    """One admin alert's row (see `_migration_2`); a missing row reads as all zero."""
+    """One admin alert's row (see `_migration_3`); a missing row reads as all zero."""
 
     name: str
     firing: bool = False
@@ -94,6 +96,18 @@ class AlertState:
     streak: int = 0
     since: datetime | None = None
     detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """One source as `digestd status` shows it (and the empty-digest note explains it)."""
+
+    source: str
+    last_poll_at: datetime | None
+    last_success_at: datetime | None
+    last_new_at: datetime | None  # the last poll that stored a paper no source had listed before
+    error: str | None  # the latest poll's error, if it failed
+    new_since: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +160,7 @@ class StoreStatus:
     subscribers: int
     problems: list[OutboxProblem]  # most recent first, at most 20
     suspended: list[Suspension] = field(default_factory=list)  # most recent first
+    sources: list[SourceStatus] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,38 +351,69 @@ def _migration_4(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_5(db: sqlite3.Connection) -> None:
+    """Several sources: what each knows of a paper, and HTTP validators for conditional polls."""
+    for statement in _SCHEMA_5:
+        db.execute(statement)
+
+
+_SCHEMA_5 = (
+    "ALTER TABLE papers ADD COLUMN categories TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE papers ADD COLUMN sources TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE papers ADD COLUMN version INTEGER",
+    # Every paper stored before this migration came from a Hugging Face listing (or its format).
+    "ALTER TABLE papers ADD COLUMN on_huggingface INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE papers ADD COLUMN link TEXT",
+    """CREATE TABLE http_validators (
+        url TEXT PRIMARY KEY,
+        etag TEXT,
+        last_modified TEXT,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX polls_source_new ON polls(source, n_new, at)",
+)
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _PAPER_COLUMNS = (
     "id, title, abstract, authors, upvotes, comments, organization, published_at, listed_on,"
-    " ai_summary, github_repo, project_page, first_seen_at"
+    " ai_summary, github_repo, project_page, first_seen_at, categories, sources, version,"
+    " on_huggingface, link"
 )
 
-# Known papers keep first_seen_at. Optional fields keep their old value when a later reply lacks
-# them: HF fills ai_summary/githubRepo in after listing, and a sparse reply must not erase them.
+# The row is the merge of what every source said (digestd.merge, done before writing), so a
+# known paper is simply overwritten; only first_seen_at never changes.
 _UPSERT_PAPER = """
 INSERT INTO papers (id, title, abstract, authors, upvotes, comments, organization, published_at,
-                    listed_on, ai_summary, github_repo, project_page, first_seen_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    listed_on, ai_summary, github_repo, project_page, first_seen_at, updated_at,
+                    categories, sources, version, on_huggingface, link)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     title = excluded.title,
     abstract = excluded.abstract,
     authors = excluded.authors,
     upvotes = excluded.upvotes,
     comments = excluded.comments,
-    organization = COALESCE(excluded.organization, organization),
-    published_at = COALESCE(excluded.published_at, published_at),
-    listed_on = COALESCE(excluded.listed_on, listed_on),
-    ai_summary = COALESCE(excluded.ai_summary, ai_summary),
-    github_repo = COALESCE(excluded.github_repo, github_repo),
-    project_page = COALESCE(excluded.project_page, project_page),
-    updated_at = excluded.updated_at
+    organization = excluded.organization,
+    published_at = excluded.published_at,
+    listed_on = excluded.listed_on,
+    ai_summary = excluded.ai_summary,
+    github_repo = excluded.github_repo,
+    project_page = excluded.project_page,
+    updated_at = excluded.updated_at,
+    categories = excluded.categories,
+    sources = excluded.sources,
+    version = excluded.version,
+    on_huggingface = excluded.on_huggingface,
+    link = excluded.link
 """
 
 
@@ -387,6 +433,11 @@ def _paper_params(paper: Paper, seen: str) -> tuple[Any, ...]:
         paper.project_page,
         seen,
         seen,
+        json.dumps(list(paper.categories)),
+        json.dumps(list(paper.sources), ensure_ascii=False),
+        paper.version,
+        int(paper.on_huggingface),
+        paper.link,
     )
 
 
@@ -405,6 +456,11 @@ def _paper_from_row(row: sqlite3.Row) -> Paper:
         github_repo=row["github_repo"],
         project_page=row["project_page"],
         first_seen_at=_dt(row["first_seen_at"]),
+        categories=tuple(json.loads(row["categories"])),
+        sources=tuple(json.loads(row["sources"])),
+        version=row["version"],
+        on_huggingface=bool(row["on_huggingface"]),
+        link=row["link"],
     )
 
 
@@ -588,28 +644,27 @@ class Store:
     # -- papers ----------------------------------------------------------------------------
 
     def record_papers(self, papers: Sequence[Paper], *, seen_at: datetime) -> list[Paper]:
-        """Insert unknown papers, refresh known ones; return the inserted ones with first_seen_at.
+        """Insert unknown papers, merge known ones; return the inserted ones with first_seen_at.
 
-        A paper listed twice in `papers` counts once, with its last values.
+        A paper known already (from another source, or in another version) is merged with what
+        is stored (`digestd.merge`) and is not new: the ledger keys on its id, so it is never
+        delivered twice. A paper listed twice in `papers` counts once, merged in order.
         """
         seen = _ts(seen_at)
-        latest = {paper.id: paper for paper in papers}
-        with self._write() as db:
-            known = self._known_ids(db, list(latest))
-            db.executemany(_UPSERT_PAPER, (_paper_params(p, seen) for p in latest.values()))
         first_seen = _dt(seen)
-        return [
-            replace(paper, first_seen_at=first_seen)
-            for paper in latest.values()
-            if paper.id not in known
-        ]
+        batch = merge_all(papers)
+        with self._write() as db:
+            known = self._known_papers(db, [p.id for p in batch])
+            rows = [merge(known[p.id], p) if p.id in known else p for p in batch]
+            db.executemany(_UPSERT_PAPER, (_paper_params(p, seen) for p in rows))
+        return [replace(p, first_seen_at=first_seen) for p in batch if p.id not in known]
 
     @staticmethod
-    def _known_ids(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
-        known: set[str] = set()
+    def _known_papers(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Paper]:
+        known: dict[str, Paper] = {}
         for chunk in _chunks(ids):
-            rows = db.execute(f"SELECT id FROM papers WHERE id IN ({_marks(len(chunk))})", chunk)
-            known.update(row[0] for row in rows)
+            sql = f"SELECT {_PAPER_COLUMNS} FROM papers WHERE id IN ({_marks(len(chunk))})"
+            known.update((row["id"], _paper_from_row(row)) for row in db.execute(sql, chunk))
         return known
 
     def paper_count(self) -> int:
@@ -679,6 +734,51 @@ class Store:
             clauses.append("source = ?")
             params.append(source)
         return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def source_status(
+        self, names: Iterable[str] = (), *, since: datetime | None = None
+    ) -> list[SourceStatus]:
+        """Per source (the `names` given, then any other that was polled): its recent history.
+
+        `new_since` counts the new papers its polls stored at or after `since` (all time if None).
+        """
+        polled = [row[0] for row in self._db.execute("SELECT DISTINCT source FROM polls")]
+        order = list(dict.fromkeys([*names, *sorted(polled)]))
+        return [self._one_source(name, since) for name in order]
+
+    def _one_source(self, name: str, since: datetime | None) -> SourceStatus:
+        last = self.last_poll(name)
+        last_new = self._scalar("SELECT MAX(at) FROM polls WHERE source = ? AND n_new > 0", (name,))
+        new_since = self._scalar(
+            "SELECT COALESCE(SUM(n_new), 0) FROM polls WHERE source = ? AND at >= ?",
+            (name, _ts(since) if since else ""),
+        )
+        return SourceStatus(
+            source=name,
+            last_poll_at=last.at if last else None,
+            last_success_at=self.last_success_at(name),
+            last_new_at=_opt_dt(last_new),
+            error=last.error if last is not None and not last.ok else None,
+            new_since=cast(int, new_since),
+        )
+
+    # -- HTTP validators -------------------------------------------------------------------
+
+    def get_validators(self, url: str) -> Validators | None:
+        """The ETag / Last-Modified last seen for `url`, for a conditional GET."""
+        row = self._db.execute(
+            "SELECT etag, last_modified FROM http_validators WHERE url = ?", (url,)
+        ).fetchone()
+        return None if row is None else Validators(url, row["etag"], row["last_modified"])
+
+    def save_validators(self, validators: Iterable[Validators], *, at: datetime) -> None:
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO http_validators (url, etag, last_modified, updated_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (url) DO UPDATE SET etag = excluded.etag,"
+                " last_modified = excluded.last_modified, updated_at = excluded.updated_at",
+                ((v.url, v.etag, v.last_modified, _ts(at)) for v in validators),
+            )
 
     # -- subscribers -----------------------------------------------------------------------
 
@@ -758,6 +858,15 @@ class Store:
                 ((key, paper_id, outbox_id[0]) for paper_id in ids),
             )
         return cast(int, outbox_id[0])
+
+    def last_digest_at(self, subscriber: str) -> datetime | None:
+        """When the subscriber's latest digest (or empty period) was composed."""
+        return _opt_dt(
+            self._scalar(
+                "SELECT MAX(created_at) FROM outbox WHERE subscriber = ? AND kind = 'digest'",
+                (_email_key(subscriber),),
+            )
+        )
 
     def has_period(self, subscriber: str, kind: OutboxKind, period: str) -> bool:
         """Whether a message (or an empty marker) exists for this key, whatever its state."""
@@ -1171,6 +1280,7 @@ class Store:
                 subscribers=self.subscriber_count(),
                 problems=[_problem_from_row(row) for row in problems],
                 suspended=[s for s in self.suspensions() if s.suspended_at is not None],
+                sources=self.source_status(),
             )
 
     # -- unsubscribe and web copies --------------------------------------------------------

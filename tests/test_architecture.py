@@ -22,6 +22,11 @@ PURE = [
     "tokens.py",
     "listmail.py",
     "observe.py",
+    "sources/xmlfeed.py",
+    "sources/arxiv_xml.py",
+    "sources/feed_xml.py",
+    "merge.py",
+    "notes.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",

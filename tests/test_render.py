@@ -43,6 +43,7 @@ def paper(**kwargs: object) -> Paper:
         "upvotes": 42,
         "comments": 3,
         "organization": "Example Lab",
+        "on_huggingface": True,  # listed by Hugging Face: its page is the link
     }
     values.update(kwargs)
     return Paper(**values)  # type: ignore[arg-type]

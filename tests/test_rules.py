@@ -130,7 +130,7 @@ def test_unknown_key_points_at_the_key() -> None:
     text = "subscribers:\n  - email: a@example.org\n    timezon: UTC\n"
     assert problems(text) == [
         "subs.yaml:3:5: subscribers[0].timezon: unknown key 'timezon'; allowed: email, max_papers,"
-        " name, rules, schedule, timezone"
+        " name, rules, schedule, send_empty, timezone"
     ]
 
 

@@ -175,6 +175,7 @@ def _adapt_item(item: Any) -> Paper | str:
         ai_summary=collapse(_text(p.ai_summary) or "") or None,
         github_repo=_http_url(p.github_repo),
         project_page=_http_url(p.project_page),
+        on_huggingface=True,
     )
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import httpx
 
@@ -71,6 +71,7 @@ class HuggingFaceSource:
         max_wait: float = 60.0,
         token: str | None = None,
         sleep: Sleep = asyncio.sleep,
+        listing: Literal["daily", "trending"] = "daily",
     ) -> None:
         if not 1 <= limit <= 100:
             raise ValueError("limit must be between 1 and 100 (the API rejects more)")
@@ -78,6 +79,7 @@ class HuggingFaceSource:
             raise ValueError("days and max_pages must be >= 1, retries >= 0")
         self.url = url
         self.name = name
+        self.listing = listing
         self.days = days
         self.limit = limit
         self.max_pages = max_pages
@@ -93,11 +95,19 @@ class HuggingFaceSource:
 
     def __repr__(self) -> str:
         # Never the token: this may end up in a log line.
-        return f"HuggingFaceSource({self.url!r}, name={self.name!r}, days={self.days})"
+        return (
+            f"HuggingFaceSource({self.url!r}, name={self.name!r}, listing={self.listing!r},"
+            f" days={self.days})"
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
     async def fetch(self, *, now: datetime) -> ParseResult:
         """Every page of every day, merged; any request that finally fails fails the whole poll."""
         now = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+        if self.listing == "trending":
+            return merge_results(await self._fetch_trending(now))
         results: list[ParseResult] = []
         for back in range(self.days):
             results.extend(await self._fetch_day(now.date() - timedelta(days=back), now))
@@ -117,6 +127,16 @@ class HuggingFaceSource:
                 return results
         log.warning("paging stopped source=%s date=%s max_pages=%d", self.name, day, self.max_pages)
         return results
+
+    async def _fetch_trending(self, now: datetime) -> list[ParseResult]:
+        """The trending list: one page (the top `limit`), whatever day the papers were listed."""
+        params = {"sort": "trending", "limit": str(self.limit), "p": "0"}
+        raw = await self._get(params, now)
+        try:
+            result, _ = parse_page(raw)
+        except SourceError as exc:
+            raise self._error(f"{self._where(params)}: {exc}", transient=False) from None
+        return [result]
 
     async def _get(self, params: dict[str, str], now: datetime) -> bytes:
         """One page's body, retried; raises `SourceError` once retries are exhausted or on a 4xx."""
@@ -183,7 +203,8 @@ class HuggingFaceSource:
         return min(base * random.uniform(1.0, 1.5), self.max_wait)
 
     def _where(self, params: dict[str, str]) -> str:
-        return f"GET {self.url} date={params['date']} p={params['p']}"
+        listing = f"date={params['date']}" if "date" in params else f"sort={params.get('sort')}"
+        return f"GET {self.url} {listing} p={params['p']}"
 
     def _error(self, message: str, *, transient: bool, status: int | None = None) -> SourceError:
         return SourceError(self._scrub(message), transient=transient, status=status)

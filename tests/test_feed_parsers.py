@@ -1,0 +1,242 @@
+"""The pure feed parsers on fixtures in the real formats, and every kind of malformed feed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from digestd.errors import SourceError
+from digestd.merge import merge, merge_all
+from digestd.model import Paper
+from digestd.sources.arxiv_xml import ANNOUNCE_TYPES, parse_arxiv_api, parse_arxiv_rss
+from digestd.sources.feed_xml import parse_feed
+from digestd.sources.xmlfeed import check_xml, find_arxiv_id, split_version
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+# arXiv API ----------------------------------------------------------------------------------
+
+
+def test_api_entry_keeps_version_categories_primary_first_and_abstract() -> None:
+    page = parse_arxiv_api(fixture("arxiv_api_query.xml"))
+    assert (page.entries, page.total) == (3, 3)
+    first, revised, real = page.result.papers
+    assert first.id == "2608.20001" and first.version == 1
+    assert first.title == "Sparse Mixture-of-Experts Routing for Long-Context Language Models"
+    assert first.categories == ("cs.CL", "cs.LG") and first.primary_category == "cs.CL"
+    assert first.authors == ("Mei Tanaka", "Jonas Weber")
+    assert first.abstract.startswith("We route tokens") and "\n" not in first.abstract
+    assert first.published_at == datetime(2026, 8, 11, 17, 59, 58, tzinfo=UTC)
+    assert first.url == "https://arxiv.org/abs/2608.20001"
+    assert first.pdf_url == "https://arxiv.org/pdf/2608.20001"
+    assert (revised.id, revised.version) == ("2608.09888", 2)
+    # The verbatim real entry: primary category first even though it is listed first anyway.
+    assert real.id == "2002.00741" and real.categories == ("cs.IR", "cs.CL", "cs.LG")
+    assert real.title.startswith("Déjà vu")
+
+
+def test_api_error_entry_is_a_failure_not_an_empty_page() -> None:
+    with pytest.raises(SourceError, match="arXiv API error: incorrect id format for 1234.12345"):
+        parse_arxiv_api(fixture("arxiv_api_error.xml"))
+
+
+def test_api_entry_without_an_arxiv_id_is_a_problem_not_a_failure() -> None:
+    raw = fixture("arxiv_api_query.xml").replace(
+        b"<id>http://arxiv.org/abs/2608.20001v1</id>", b"<id>urn:nothing</id>"
+    )
+    page = parse_arxiv_api(raw)
+    assert len(page.result.papers) == 2
+    assert "not an arXiv id" in page.result.problems[0].reason
+
+
+# arXiv RSS ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("types", "ids"),
+    [
+        (("new",), ["2608.20001"]),
+        (("new", "cross"), ["2608.20001", "2608.20002"]),
+        (("replace",), ["2608.09888"]),
+        (("replace-cross",), ["2607.11111"]),
+        (ANNOUNCE_TYPES, ["2608.20001", "2608.20002", "2608.09888", "2607.11111"]),
+    ],
+)
+def test_rss_keeps_the_announce_types_asked_for(types: tuple[str, ...], ids: list[str]) -> None:
+    result = parse_arxiv_rss(fixture("arxiv_rss_cs_lg.xml"), announce_types=types)
+    assert [p.id for p in result.papers] == ids
+    assert result.problems == ()
+
+
+def test_rss_item_fields() -> None:
+    papers = parse_arxiv_rss(fixture("arxiv_rss_cs_lg.xml"), announce_types=ANNOUNCE_TYPES).papers
+    new, cross, replaced, replaced_cross = papers
+    assert new.abstract.startswith("We route tokens") and "Announce Type" not in new.abstract
+    assert cross.abstract == "We show $d < 2$ tracking & more, in linear time."
+    assert cross.categories == ("hep-ex", "cs.LG")
+    assert replaced.version == 3 and replaced.authors[0] == "Björn Engdahl"
+    assert replaced_cross.authors == ("Ana Souza", "Wei Chen")
+    assert new.published_at == datetime(2026, 8, 12, 4, 0, tzinfo=UTC)
+
+
+def test_rss_announce_type_read_from_the_description_when_the_element_is_missing() -> None:
+    raw = fixture("arxiv_rss_cs_lg.xml").replace(
+        b"<arxiv:announce_type>cross</arxiv:announce_type>", b""
+    )
+    ids = [p.id for p in parse_arxiv_rss(raw, announce_types=("cross",)).papers]
+    assert ids == ["2608.20002"]
+
+
+def test_weekend_rss_without_items_is_an_empty_success() -> None:
+    raw = b'<?xml version="1.0"?><rss version="2.0"><channel><title>cs.LG</title></channel></rss>'
+    assert parse_arxiv_rss(raw).papers == ()
+
+
+# Generic feeds ------------------------------------------------------------------------------
+
+
+def test_atom_feed_identity_links_and_html_text() -> None:
+    result = parse_feed(fixture("feed_atom.xml"), base_url="https://lab.example.org/feed.atom")
+    arxiv, post = result.papers
+    assert (arxiv.id, arxiv.version) == ("2608.20001", 1)  # the arXiv id, not the tag: URI
+    assert arxiv.categories == ("cs.CL",)  # "reading-group" is no arXiv category
+    assert arxiv.abstract == "This week: sparse experts & the KV cache."
+    assert post.id == "feed:tag:lab.example.org,2026:post-7" and not post.is_arxiv
+    assert post.title == "Our FPGA accelerator, explained"
+    assert post.link == post.url == "https://lab.example.org/posts/fpga-accelerator"
+    assert post.pdf_url is None
+    assert "alert(1)" not in post.abstract
+    assert post.authors == ("Ada Lovelace", "Alan Turing")
+    assert post.published_at == datetime(2026, 8, 11, 8, 0, tzinfo=UTC)
+    assert [p.index for p in result.problems] == [2]  # the untitled entry
+
+
+def test_rss2_feed_in_latin1_guid_then_link() -> None:
+    result = parse_feed(fixture("feed_rss2.xml"))
+    hf, interview, link_only = result.papers
+    assert hf.id == "2608.15089" and hf.url == "https://arxiv.org/abs/2608.15089"
+    assert interview.id == "feed:news-2026-08-interview"
+    assert interview.title == "Café chat: interview with a compiler engineer"
+    assert link_only.id == "feed:https://news.example.com/2026/08/link-only"
+    assert link_only.abstract == "Ünïcode in Latin-1: Müller"
+    assert "neither a GUID nor a link" in result.problems[0].reason
+
+
+# Malformed feeds: each fails the whole poll with a clear reason ----------------------------
+
+ATOM = fixture("arxiv_api_query.xml")
+MALFORMED = {
+    "empty body": (b"", "empty body"),
+    "whitespace only": (b"  \n", "empty body"),
+    "truncated": (ATOM[: len(ATOM) // 2], "truncated body"),
+    "xml error": (b"<?xml version='1.0'?><feed><entry></feed>", "XML error at line 1"),
+    "html page with 200": (
+        b"<!DOCTYPE html>\n<html><head><title>503 Service Unavailable</title></head></html>",
+        "HTML page, not a feed",
+    ),
+    "xhtml page": (b'<html xmlns="http://www.w3.org/1999/xhtml"><body/></html>', "HTML page"),
+    "wrong encoding": (
+        "<?xml version='1.0' encoding='utf-8'?><feed><title>Café</title></feed>".encode("latin-1"),
+        "not valid utf-8 at byte",
+    ),
+    "unknown encoding": (b"<?xml version='1.0' encoding='klingon'?><feed/>", "unknown encoding"),
+    "entity bomb": (
+        b'<?xml version="1.0"?><!DOCTYPE f [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]><feed>&b;</feed>',
+        "declares XML entities",
+    ),
+    "json instead of xml": (b'{"error": "nope"}', "XML error"),
+    "wrong root": (b"<opml version='2.0'><body/></opml>", "root element is <opml>"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+@pytest.mark.parametrize("parser", ["api", "rss", "feed"])
+def test_malformed_bodies_fail_with_a_clear_reason(case: str, parser: str) -> None:
+    raw, reason = MALFORMED[case]
+    with pytest.raises(SourceError) as info:
+        {"api": parse_arxiv_api, "rss": parse_arxiv_rss, "feed": parse_feed}[parser](raw)
+    assert reason in str(info.value)
+    assert not info.value.transient
+    assert "\n" not in str(info.value)
+
+
+def test_a_feed_of_the_wrong_kind_is_refused_by_the_arxiv_parsers() -> None:
+    with pytest.raises(SourceError, match=r"root element is <rss>, expected <feed>"):
+        parse_arxiv_api(fixture("arxiv_rss_cs_lg.xml"))
+    with pytest.raises(SourceError, match=r"root element is <feed>, expected <rss>"):
+        parse_arxiv_rss(fixture("feed_atom.xml"))
+
+
+def test_check_xml_accepts_a_bom_and_a_declared_encoding() -> None:
+    raw = "\ufeff<?xml version='1.0' encoding='utf-8'?><rss><channel/></rss>".encode()
+    assert check_xml(raw, roots=("rss",)).tag == "rss"
+
+
+# Identifiers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://arxiv.org/abs/2002.00741v1", ("2002.00741", 1)),
+        ("https://arxiv.org/pdf/2502.08807v12", ("2502.08807", 12)),
+        ("oai:arXiv.org:2609.09159v1", ("2609.09159", 1)),
+        ("arXiv:0704.0001", ("0704.0001", None)),
+        ("https://arxiv.org/abs/hep-th/9901001v2", ("hep-th/9901001", 2)),
+        ("https://huggingface.co/papers/2608.15089", ("2608.15089", None)),
+        ("https://example.org/2608.15089", None),
+    ],
+)
+def test_find_arxiv_id(text: str, expected: tuple[str, int | None] | None) -> None:
+    assert find_arxiv_id(text) == expected
+
+
+def test_split_version() -> None:
+    assert split_version("2502.08807v2") == ("2502.08807", 2)
+    assert split_version("math.GT/0309136") == ("math.GT/0309136", None)
+    assert split_version("not an id") is None
+
+
+# Merging ------------------------------------------------------------------------------------
+
+T0 = datetime(2026, 8, 11, tzinfo=UTC)
+
+
+def test_merge_takes_each_fact_from_the_source_that_knows_it() -> None:
+    hf = Paper(
+        id="2608.09888", title="HF title", abstract="HF abstract", upvotes=781, comments=4,
+        ai_summary="tl;dr", on_huggingface=True, sources=("hf",), first_seen_at=T0,
+        published_at=T0,
+    )  # fmt: skip
+    v2 = Paper(
+        id="2608.09888", title="v2 title", abstract="v2 abstract", categories=("cs.LG", "cs.AI"),
+        version=2, sources=("arxiv",), published_at=T0.replace(day=12),
+    )  # fmt: skip
+    v1 = Paper(id="2608.09888", title="v1 title", abstract="v1", version=1, sources=("rss",))
+
+    merged = merge(merge(hf, v2), v1)
+
+    assert (merged.title, merged.abstract, merged.version) == ("v2 title", "v2 abstract", 2)
+    assert (merged.upvotes, merged.comments, merged.ai_summary) == (781, 4, "tl;dr")
+    assert merged.categories == ("cs.LG", "cs.AI")
+    assert merged.sources == ("hf", "arxiv", "rss")
+    assert merged.on_huggingface and merged.url == "https://huggingface.co/papers/2608.09888"
+    assert merged.first_seen_at == T0 and merged.published_at == T0
+    # Later HF refreshes move the upvotes but never the arXiv text.
+    again = merge(merged, Paper(id="2608.09888", title="HF", abstract="", upvotes=900,
+                                on_huggingface=True, sources=("hf",)))  # fmt: skip
+    assert (again.upvotes, again.title, again.sources) == (900, "v2 title", ("hf", "arxiv", "rss"))
+
+
+def test_merge_all_folds_duplicates_in_one_batch() -> None:
+    a = Paper(id="1", title="a", abstract="", version=1)
+    b = Paper(id="1", title="b", abstract="", version=2)
+    c = Paper(id="2", title="c", abstract="")
+    assert [(p.id, p.title) for p in merge_all([a, c, b])] == [("1", "b"), ("2", "c")]
