@@ -12,7 +12,7 @@ import traceback
 import webbrowser
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from digestd import __version__, app, pipeline, reload
@@ -24,7 +24,7 @@ from digestd.progress import make_progress
 from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
 from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
-from digestd.store import SourceStatus, Store
+from digestd.store import SourceStatus, Store, StoreStatus
 
 __all__ = ["main"]
 
@@ -264,17 +264,32 @@ def format_sources(sources: Sequence[SourceStatus]) -> str:
     return "\n".join(lines)
 
 
-def format_status(status: object) -> str:
-    lines = []
-    for name, value in vars_of(status).items():
-        if name == "sources":
-            continue  # format_sources
-        if isinstance(value, list):
-            lines.append(f"{name}:")
-            lines.extend("  " + _entry(item) for item in value)
-        else:
-            lines.append(f"{name}: {value}")
+def format_status(status: StoreStatus) -> str:
+    """The store's state for a person: one fact per line, times in UTC, problems with their reasons."""
+    poll = status.last_poll
+    last = (
+        "never"
+        if poll is None
+        else f"{_when(poll.at)} ({poll.source}, "
+        + (f"{poll.n_items} papers, {poll.n_new} new)" if poll.ok else f"FAILED: {poll.error})")
+    )
+    states = ", ".join(f"{n} {state}" for state, n in status.outbox.items() if n) or "none"
+    lines = [
+        f"last poll:   {last}",
+        f"last ok:     {_when(status.last_success_at)}",
+        f"papers:      {status.papers}",
+        f"subscribers: {status.subscribers}",
+        f"messages:    {states}",
+        f"problems:    {len(status.problems)}",
+        *("  " + _entry(item) for item in status.problems),
+        f"suspended:   {len(status.suspended)}",
+        *("  " + _entry(item) for item in status.suspended),
+    ]
     return "\n".join(lines)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "never"
 
 
 def _entry(item: object) -> str:
