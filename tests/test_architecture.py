@@ -22,6 +22,7 @@ PURE = [
     "tokens.py",
     "listmail.py",
     "observe.py",
+    "personal.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",
