@@ -87,6 +87,8 @@ delivery:
   connections: {connections}
 subscribers: subscribers.yaml
 lookback: 3650d
+http:
+  public_url: https://digest.example.org
 """
     )
     return config

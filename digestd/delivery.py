@@ -7,8 +7,9 @@ loses nothing, and only a message whose DATA reached the relay can go out twice 
 * Claims come in batches (one write transaction each, so a row is claimed once); the workers share
   the batch. Rows claimed but not handed out when the drain stops are given back (`unclaim`); after
   a crash they are `in_doubt` and re-sent once, which is harmless: they never reached a relay.
-* Each worker sends on its own connection (the mailer is a pool) and commits the outcome — SQLite
-  calls are synchronous on the loop thread, so the commit completes before that worker's next send.
+* Each worker sends on its own connection (the mailer is a pool) and awaits the commit of its
+  outcome before its next send. Outcomes are committed by a thread on a second connection to the
+  same file, so one connection's fsync does not stall the others (group commit, `_Committer`).
 * `stopping()` is checked before each claim hand-out: a stop finishes the messages in flight.
 """
 
@@ -19,6 +20,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -72,37 +74,95 @@ class _Claimer:
 
 
 class _Committer:
-    """Group commit: outcomes that arrive in the same loop turn share one transaction.
+    """Group commit on a connection of its own, in a thread, so the fsync never blocks the loop.
 
     A worker awaits `record` until its outcome is committed, so the promise holds per connection
-    (committed before that connection's next network step) with one fsync for several messages.
+    (committed before that connection's next network step). While one transaction is being made
+    durable (~1-3 ms of fsync), the loop keeps the other connections busy and their outcomes
+    gather into the next transaction: one fsync for up to `workers` messages.
     """
 
     def __init__(self, deps: Deps, report: DeliverReport) -> None:
         self.deps = deps
         self.report = report
-        self.pending: list[tuple[OutboxRow, Outcome, datetime]] = []
-        self.flushed: asyncio.Future[None] | None = None
+        self.pending: list[tuple[OutboxRow, Outcome, datetime, asyncio.Future[None]]] = []
+        self.flusher: asyncio.Task[None] | None = None
+        # A second connection to the same file; ":memory:" has no second connection.
+        self.threaded = str(deps.store.path) != ":memory:"
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digestd-commit")
+        self.side: Store | None = None  # opened, used and closed in the executor's thread only
 
     async def record(self, row: OutboxRow, outcome: Outcome, at: datetime) -> None:
-        self.pending.append((row, outcome, at))
-        if self.flushed is None:
-            self.flushed = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._flush)
-        await asyncio.shield(self.flushed)
+        done = asyncio.get_running_loop().create_future()
+        self.pending.append((row, outcome, at, done))
+        if self.flusher is None:
+            self.flusher = asyncio.create_task(self._flush_all())
+        await done
 
-    def _flush(self) -> None:
-        batch, self.pending = self.pending, []
-        flushed, self.flushed = self.flushed, None
-        assert flushed is not None
+    async def _flush_all(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            with self.deps.store.batch():
-                for row, outcome, at in batch:
-                    record(self.deps, row, outcome, at=at, report=self.report)
-        except Exception as exc:  # every waiter of this batch sees the failure
-            flushed.set_exception(exc)
+            while self.pending:
+                batch, self.pending = self.pending, []
+                outcomes = [(row, outcome, at) for row, outcome, at, _ in batch]
+                try:
+                    if self.threaded:
+                        delta = await loop.run_in_executor(self.executor, self._commit, outcomes)
+                    else:
+                        delta = self._commit(outcomes, self.deps.store)
+                except Exception as exc:  # every waiter of this batch sees the failure
+                    _settle(batch, exc)
+                else:
+                    self._merge(delta)
+                    _settle(batch, None)
+        finally:
+            self.flusher = None
+
+    def _commit(
+        self, outcomes: list[tuple[OutboxRow, Outcome, datetime]], store: Store | None = None
+    ) -> DeliverReport:
+        """One transaction for `outcomes`; runs in the executor thread unless `store` is given."""
+        if store is None:
+            if self.side is None:
+                self.side = Store(self.deps.store.path)
+            store = self.side
+        delta = DeliverReport()
+        with store.batch():
+            for row, outcome, at in outcomes:
+                record(self.deps, row, outcome, at=at, report=delta, store=store)
+        return delta
+
+    def _merge(self, delta: DeliverReport) -> None:
+        self.report.sent += delta.sent
+        self.report.deferred += delta.deferred
+        self.report.failed += delta.failed
+        self.report.suspended += delta.suspended
+
+    async def aclose(self) -> None:
+        """Wait for the last transaction, then close the side connection in its own thread."""
+        if self.flusher is not None:
+            await asyncio.shield(self.flusher)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._close_side)
+        self.executor.shutdown(wait=True)
+
+    def _close_side(self) -> None:
+        if self.side is not None:
+            self.side.close()
+            self.side = None
+
+
+def _settle(
+    batch: list[tuple[OutboxRow, Outcome, datetime, asyncio.Future[None]]],
+    error: Exception | None,
+) -> None:
+    for *_, done in batch:
+        if done.done():  # the worker was cancelled; the outcome is committed all the same
+            continue
+        if error is None:
+            done.set_result(None)
         else:
-            flushed.set_result(None)
+            done.set_exception(error)
 
 
 async def drain(
@@ -119,6 +179,7 @@ async def drain(
             for _ in range(max(1, workers)):
                 group.create_task(_worker(deps, claimer, committer, clock))
     finally:
+        await committer.aclose()
         claimer.give_back()
     deps.observer.end(
         "send", f"sent {report.sent}, deferred {report.deferred}, failed {report.failed}"
@@ -145,10 +206,19 @@ async def _worker(
 
 
 def record(
-    deps: Deps, row: OutboxRow, outcome: Outcome, *, at: datetime, report: DeliverReport
+    deps: Deps,
+    row: OutboxRow,
+    outcome: Outcome,
+    *,
+    at: datetime,
+    report: DeliverReport,
+    store: Store | None = None,
 ) -> None:
-    """Commit what the relay said about `row` (sent, failed, deferred), then log one line."""
-    store, options = deps.store, deps.options
+    """Commit what the relay said about `row` (sent, failed, deferred), then log one line.
+
+    `store`: the connection to write with (the committer's own); `deps.store` by default.
+    """
+    store, options = store or deps.store, deps.options
     status = outcome.status
     if status == "sent":
         store.mark_sent(row.id, at=at, code=outcome.code, reply=outcome.reply)

@@ -117,6 +117,7 @@ def format_address(name: str | None, address: str) -> str:
     return f"{encode_words(clean)} <{address}>"
 
 
+@functools.lru_cache(maxsize=256)  # every subscriber's Subject is the same for the same papers
 def encode_words(text: str) -> str:
     """RFC 2047 `=?utf-8?b?…?=` words of at most 75 characters, whole characters each, space-joined.
 
@@ -203,13 +204,35 @@ def _part(boundary: str, content_type: str, content: str) -> bytes:
     return head.encode("ascii") + _quoted_printable(content) + CRLF.encode("ascii")
 
 
-@functools.lru_cache(maxsize=64)  # identical bodies (same papers, no name) are encoded once
 def _quoted_printable(content: str) -> bytes:
     """UTF-8 quoted-printable with CRLF line ends; lines ≤ 76 (soft breaks), `=` always encoded.
 
     The boundary starts with `=_`, which quoted-printable can never produce, so it cannot collide.
+    Personalised bodies differ from each other in a few lines only, and quoted-printable is
+    line-local, so the body is encoded in blocks of whole lines, each block once (`_qp_block`).
     """
     text = content.replace("\r\n", "\n").replace("\r", "\n")
-    data = text.encode("utf-8", "replace")  # "replace": lone surrogates from bad JSON become "?"
+    return b"".join(
+        _qp_block(block) for rows in _cut(text, "\n<tr>") for block in _cut(rows, "\n\n")
+    )
+
+
+def _cut(text: str, sep: str) -> list[str]:
+    """`text` cut before each `sep[1:]` that starts a line; every piece but the last ends in a newline.
+
+    Boundaries set by the content (table rows, paragraphs), so a longer name near the top does not
+    shift every later block and miss the cache. `str.split` is ~10x faster than a regex here.
+    """
+    pieces = text.split(sep)
+    last = len(pieces) - 1
+    head = sep[1:]
+    return [
+        (head if i else "") + piece + ("\n" if i < last else "") for i, piece in enumerate(pieces)
+    ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _qp_block(block: str) -> bytes:
+    data = block.encode("utf-8", "replace")  # "replace": lone surrogates from bad JSON become "?"
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     return encoded.replace(b"\n", b"\r\n")

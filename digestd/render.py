@@ -205,10 +205,14 @@ def fit(
             cache[layout] = _trial(digest, envs, ctx, layout)
         return len(cache[layout][1].encode("utf-8"))
 
-    for layout in (Layout(), *(Layout(abstract_chars=n) for n in ABSTRACT_STEPS)):
+    return fit_sizes(size, len(digest.matches), budget)
+
+
+def fit_sizes(size: Callable[[Layout], int], n: int, budget: int) -> Layout:
+    """`fit` over any measure of a layout's HTML bytes (`personal` measures cached templates)."""
+    for layout in (Layout(), *(Layout(abstract_chars=chars) for chars in ABSTRACT_STEPS)):
         if size(layout) <= budget:
             return layout
-    n = len(digest.matches)
     full = _largest(lambda k: size(Layout(abstract_chars=0, full=k)) <= budget, n)
     if full is not None:
         return Layout(abstract_chars=0, full=full)

@@ -7,6 +7,7 @@ returned as aware UTC datetimes.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import sqlite3
@@ -442,6 +443,19 @@ def _paper_params(paper: Paper, seen: str) -> tuple[Any, ...]:
 
 
 def _paper_from_row(row: sqlite3.Row) -> Paper:
+    return _paper_from_values(tuple(row[c] for c in _PAPER_FIELDS))
+
+
+_PAPER_FIELDS = (
+    "id", "title", "abstract", "authors", "upvotes", "comments", "organization", "published_at",
+    "listed_on", "ai_summary", "github_repo", "project_page", "first_seen_at",
+    "categories", "sources", "version", "on_huggingface", "link",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)  # every subscriber's candidates are the same few rows
+def _paper_from_values(values: tuple[Any, ...]) -> Paper:
+    row = dict(zip(_PAPER_FIELDS, values, strict=True))
     return Paper(
         id=row["id"],
         title=row["title"],

@@ -27,6 +27,7 @@ PURE = [
     "sources/feed_xml.py",
     "merge.py",
     "notes.py",
+    "personal.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",
