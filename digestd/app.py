@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from digestd.errors import ConfigError, ConfigProblem
+from digestd.index import Matcher
 from digestd.model import SubscriberSet
 from digestd.pipeline import Deps, Options
 from digestd.pipeline import register as register_subscribers
@@ -85,6 +86,7 @@ def open_deps(
         subscribers=subs,
         envs=envs,
         options=options(settings),
+        matcher=Matcher.build(subs),
     )
     if register:
         register_subscribers(deps, now=now)

@@ -33,7 +33,7 @@ def compile_pattern(pattern: str) -> Any:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
-        raise ValueError(f"invalid regular expression {pattern!r}: {reason}") from None
+        raise ValueError(f"invalid regular expression '{pattern}': {reason}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from digestd import periods
 from digestd.errors import SourceError
-from digestd.match import match
+from digestd.index import Matcher
 from digestd.message import build_message
 from digestd.model import Digest, Match, Outcome, Paper, Rendered, Subscriber, SubscriberSet
 from digestd.render import Environments, RenderContext, render_digest
@@ -72,6 +72,14 @@ class Deps:
     options: Options
     registered: dict[str, datetime] = field(default_factory=dict)
     stopping: Callable[[], bool] = lambda: False
+    matcher: Matcher | None = None  # built from `subscribers` once; see `matcher_for`
+
+
+def matcher_for(deps: Deps) -> Matcher:
+    """The index over the current subscribers, rebuilt only when the subscriber set was replaced."""
+    if deps.matcher is None or deps.matcher.subscribers is not deps.subscribers:
+        deps.matcher = Matcher.build(deps.subscribers)
+    return deps.matcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +148,8 @@ def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: dateti
     if not new:
         return 0
     queued = 0
-    for sub in deps.subscribers.subscribers:
-        if not sub.has_alerts:
-            continue
-        found = match(new, sub, alerts_only=True)
+    # Paper-major: each new paper is scanned once and reaches its subscribers through the index.
+    for sub, found in matcher_for(deps).match_all(new, alerts_only=True):
         if found and _enqueue(
             deps,
             sub,
@@ -170,7 +176,8 @@ def compose(
         if wanted is not None and sub.email.casefold() not in wanted:
             continue
         due += 1
-        found = match(deps.store.candidates(key(sub), since=now - deps.options.lookback), sub)
+        papers = deps.store.candidates(key(sub), since=now - deps.options.lookback)
+        found = matcher_for(deps).match(papers, sub)
         if _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
             n_queued += bool(found)
             n_empty += not found
@@ -340,7 +347,8 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
     sub = deps.subscribers.by_email(email)
     if sub is None:
         return None
-    found = match(deps.store.candidates(key(sub), since=now - deps.options.lookback), sub)
+    papers = deps.store.candidates(key(sub), since=now - deps.options.lookback)
+    found = matcher_for(deps).match(papers, sub)
     digest = digest_for(sub, "digest", found)
     return digest, render_digest(digest, deps.envs, render_context(deps, now=now))
 

@@ -40,6 +40,7 @@ __all__ = [
     "caret",
     "fold_name",
     "parse_query",
+    "shared_term",
 ]
 
 NameKind = Literal["authors", "orgs", "categories", "sources"]
@@ -115,8 +116,8 @@ def caret(query: str, column: int, indent: str = "    ") -> str:
     return f"{indent}{shown}\n{indent}{' ' * (column - 1)}^"
 
 
-# Queries share terms with each other and with list rules; a Term is frozen, so share one instance.
-_make_term = lru_cache(maxsize=1 << 16)(make_term)
+# Subscribers share terms (in lists and in queries); a Term is frozen, so one instance serves them all.
+shared_term = lru_cache(maxsize=1 << 16)(make_term)
 
 _FIELDS = {
     "title": "title",
@@ -126,7 +127,7 @@ _FIELDS = {
     "cat": "categories",
     "source": "sources",
 }
-_COMPARE = re.compile(r"(upvotes|comments)\s*(>=|<=|!=|=|>|<)\s*(\S*)")
+_COMPARE = re.compile(r'(upvotes|comments)\s*(>=|<=|!=|=|>|<)\s*([^\s()"]*)')
 _NUMBER = re.compile(r"\d{1,9}")  # bounded: a comparison against 10**400 is a typo, not a rule
 _WORD_END = re.compile(r'[\s()"]')
 _FIELD_PREFIX = re.compile(r"([A-Za-z]+):")
@@ -264,14 +265,14 @@ class _Parser:
             return node
         if tok.kind == "FIELD":
             if field is not None:
-                raise self.error(tok, f"'{tok.text}' inside a '{field}:' group")
+                raise self.error(tok, f"'{tok.text}' inside a field group")
             nxt = self.peek()
             if nxt.column != tok.column + len(tok.text):
                 raise self.error(nxt, f"expected a term right after '{tok.text}'")
             return self.primary(str(tok.value))
         if tok.kind == "CMP":
             if field is not None:
-                raise self.error(tok, f"a comparison inside a '{field}:' group")
+                raise self.error(tok, "a comparison inside a field group")
             assert isinstance(tok.value, Compare)
             return tok.value
         if tok.kind in ("WORD", "PHRASE"):
@@ -286,7 +287,7 @@ class _Parser:
             if not value.rstrip("*"):
                 raise self.error(tok, f"'{tok.text}' has no letters or digits")
             return Name(field, value)  # type: ignore[arg-type]
-        term = _make_term(tok.text)
+        term = shared_term(tok.text)
         if not term.words:
             raise self.error(tok, f"'{tok.text}' has no letters or digits")
         fields: tuple[Field, ...] | None = (field,) if field else None  # type: ignore[assignment]

@@ -27,8 +27,8 @@ from pydantic import (
 from digestd.errors import ConfigError, ConfigProblem
 from digestd.model import FIELDS, Rule, Subscriber, SubscriberSet, Term
 from digestd.patterns import compile_pattern
-from digestd.query import Node, QuerySyntaxError, caret, fold_name, parse_query
-from digestd.text import fold_words, make_term
+from digestd.query import Node, QuerySyntaxError, caret, fold_name, parse_query, shared_term
+from digestd.text import fold_words
 from digestd.yamlpos import Marks, dotted, gc_paused, load_yaml, problems_from_validation
 
 __all__ = ["load_subscribers", "summarize", "validate_email"]
@@ -89,8 +89,7 @@ def _check_timezone(value: str) -> str:
     return value
 
 
-# Subscribers share terms and authors; a Term is frozen, so one instance can serve them all.
-_term = lru_cache(maxsize=1 << 16)(make_term)
+_term = shared_term
 
 
 @lru_cache(maxsize=1 << 16)
@@ -236,7 +235,7 @@ class _Exclude(_Strict):
         return self
 
 
-_Use = Annotated[list[str], Field(min_length=1)]
+_Use = list[str]  # [] opts out of defaults.use
 
 
 class _Defaults(_Strict):
