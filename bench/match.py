@@ -69,10 +69,10 @@ def main() -> int:
     codes = array("q")
     seen: dict[int, list[Match]] = {pos: [] for pos in watch}
 
-    gc.freeze()  # the loaded config is long-lived; the collector need not rescan it per paper
     start = time.perf_counter()
     matcher = Matcher.build(sset)
     index_seconds = time.perf_counter() - start
+    gc.freeze()  # config and index are long-lived: the collector need not rescan them per paper
     for paper, found in matcher.per_paper(papers):
         prank = paper_rank[paper.id]
         for pos, m in found:

@@ -268,21 +268,12 @@ def _rule_terms(rule: Rule) -> Iterator[Term]:
 
 
 @dataclass(slots=True)
-class _Plan:
-    """One subscriber's rules with their triggers (None: evaluate on every paper)."""
-
-    subscriber: Subscriber
-    triggers: tuple[frozenset[Trigger] | None, ...]
-
-
-@dataclass(slots=True)
 class Matcher:
     """The subscriber set, indexed. Agrees with `match.match` on every input; only faster."""
 
     subscribers: SubscriberSet
     index: TermIndex
     patterns: _Patterns
-    plans: list[_Plan]
     by_trigger: dict[Trigger, array[int]]  # trigger → global rule numbers
     rule_owner: array[int]  # global rule number → subscriber position
     rule_index: array[int]  # global rule number → rule number within the subscriber
@@ -297,13 +288,12 @@ class Matcher:
         patterns: set[str] = set()
         by_trigger: dict[Trigger, array[int]] = {}
         owner, within, untriggered = array("l"), array("l"), array("l")
-        plans, everyone = [], []
+        everyone = []
         for pos, sub in enumerate(sset.subscribers):
             terms.update(map(term_key, sub.exclude))
             terms.update(map(term_key, _query_terms(sub.exclude_query)))
             if not sub.rules:
                 everyone.append(pos)
-            triggers = []
             for i, rule in enumerate(sub.rules):
                 terms.update(map(term_key, _rule_terms(rule)))
                 patterns.update(rule.regex)
@@ -311,17 +301,14 @@ class Matcher:
                 owner.append(pos)
                 within.append(i)
                 trigger = rule_trigger(rule)
-                triggers.append(trigger)
                 if trigger is None:
                     untriggered.append(number)
                 for fact in trigger or ():
                     by_trigger.setdefault(fact, array("l")).append(number)
-            plans.append(_Plan(sub, tuple(triggers)))
         return cls(
             subscribers=sset,
             index=TermIndex(terms),
             patterns=_Patterns(patterns),
-            plans=plans,
             by_trigger=by_trigger,
             rule_owner=owner,
             rule_index=within,
@@ -345,20 +332,19 @@ class Matcher:
         self, papers: Sequence[Paper], subscriber: Subscriber, *, alerts_only: bool = False
     ) -> list[Match]:
         """What `match.match` returns, answered from each paper's single scan."""
-        pos = self._position.get(id(subscriber))
-        if pos is None:
+        if id(subscriber) not in self._position:
             return match_naive(papers, subscriber, alerts_only=alerts_only)
-        plan = self.plans[pos]
         if alerts_only and not subscriber.has_alerts:
             return []
+        # Triggers are recomputed here rather than kept: 100,000 subscribers' worth costs memory,
+        # and one subscriber's are cheap next to the store query that fetched `papers`.
+        triggers = [(i, r, rule_trigger(r)) for i, r in enumerate(subscriber.rules)]
         found = []
         for paper in papers:
             hits = self._hits(paper)
             rules = [
                 (i, rule)
-                for i, (rule, trigger) in enumerate(
-                    zip(subscriber.rules, plan.triggers, strict=True)
-                )
+                for i, rule, trigger in triggers
                 if (rule.alert or not alerts_only)
                 and (trigger is None or not hits.facts().isdisjoint(trigger))
             ]
