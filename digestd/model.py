@@ -125,6 +125,7 @@ class Subscriber:
 class SubscriberSet:
     subscribers: tuple[Subscriber, ...]
     file: str = "<subscribers>"
+    rule_sets: int = 0  # how many named rule sets the file defines (for `digestd check`)
 
     def by_email(self, email: str) -> Subscriber | None:
         folded = email.casefold()

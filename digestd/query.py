@@ -258,9 +258,7 @@ class _Parser:
         if tok.kind == "(":
             node = self.or_(field)
             if self.peek().kind != ")":
-                raise self.error(
-                    self.peek(), f"expected ')' to close the '(' at column {tok.column}"
-                )
+                raise self.error(self.peek(), f"missing ')' for the '(' at column {tok.column}")
             self.take()
             return node
         if tok.kind == "FIELD":

@@ -131,7 +131,7 @@ def _check_query(value: str) -> str:
         _query(value)
     except QuerySyntaxError as exc:
         raise ValueError(
-            f"{exc.message} at column {exc.column} of the query\n{caret(value, exc.column)}"
+            f"query error at column {exc.column}: {exc.message}\n{caret(value, exc.column)}"
         ) from None
     return value
 
@@ -290,35 +290,36 @@ def _validate(data: object, marks: Marks, file: str, *, fast: bool = True) -> Su
     if not isinstance(data, dict):
         message = "the subscribers file must be a mapping with a 'subscribers' list"
         raise ConfigError([ConfigProblem(file, *marks.position(()), "", message)])
-    problems = _duplicates(data.get("subscribers"), marks, file)
+    problems = _duplicates(data.get("subscribers"), marks, file) + _unknown_sets(data, marks, file)
     if fast and not problems and (found := _fast_file(data, file)) is not None:
         return found
     try:
         parsed = _File.model_validate(data)
     except ValidationError as exc:
         problems += problems_from_validation(exc, marks, file=file, schema=_File)
-    else:
-        problems += _unknown_sets(parsed, marks, file)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     sets = {name: tuple(map(_rule, rules)) for name, rules in parsed.rule_sets.items()}
     subs = tuple(_subscriber(s, parsed.defaults, sets) for s in parsed.subscribers or ())
-    return SubscriberSet(subscribers=subs, file=file)
+    return SubscriberSet(subscribers=subs, file=file, rule_sets=len(sets))
 
 
-def _unknown_sets(parsed: _File, marks: Marks, file: str) -> list[ConfigProblem]:
-    """Every `use:` entry naming no rule set, at its position."""
-    known = parsed.rule_sets
-    users: list[tuple[tuple[str | int, ...], list[str] | None]] = [
-        (("defaults",), parsed.defaults.use)
-    ]
-    users += [(("subscribers", i), s.use) for i, s in enumerate(parsed.subscribers or ())]
+def _unknown_sets(data: dict[str, object], marks: Marks, file: str) -> list[ConfigProblem]:
+    """Every `use:` entry naming no rule set, at its position; read from the raw data so that it is
+    reported together with any other problem of the file."""
+    sets = data.get("rule_sets")
+    known = sorted(str(k) for k in sets) if isinstance(sets, dict) else []
+    users: list[tuple[tuple[str | int, ...], object]] = [(("defaults",), data.get("defaults"))]
+    subscribers = data.get("subscribers")
+    if isinstance(subscribers, list):
+        users += [(("subscribers", i), entry) for i, entry in enumerate(subscribers)]
     problems = []
-    names = ", ".join(sorted(known)) or "none defined; add a top-level rule_sets mapping"
-    for base, use in users:
-        for j, name in enumerate(use or ()):
-            if name not in known:
-                path = (*base, "use", j)
+    names = ", ".join(known) or "none defined; add a top-level rule_sets mapping"
+    for base, entry in users:
+        use = entry.get("use") if isinstance(entry, dict) else None
+        for j, name in enumerate(use if isinstance(use, list) else [use] if use else []):
+            if isinstance(name, str) and name not in known:
+                path = (*base, "use", j) if isinstance(use, list) else (*base, "use")
                 message = f"unknown rule set '{name}' (known: {names})"
                 problems.append(ConfigProblem(file, *marks.position(path), dotted(path), message))
     return problems
@@ -429,7 +430,7 @@ def _fast_file(data: dict[str, object], file: str) -> SubscriberSet | None:
         subs = tuple(_fast_subscriber(entry, defaults, sets) for entry in raw)
     except (_Bail, ValueError):
         return None
-    return SubscriberSet(subscribers=subs, file=file)
+    return SubscriberSet(subscribers=subs, file=file, rule_sets=len(sets))
 
 
 def _mapping(value: object, keys: frozenset[str]) -> dict[str, object]:
@@ -575,4 +576,8 @@ def summarize(sset: SubscriberSet) -> dict[str, int]:
         "alert rules": sum(1 for s in subs for r in s.rules if r.alert),
         "timezones": len({s.timezone for s in subs}),
         "schedules": len({s.schedule for s in subs}),
+        "rule sets": sset.rule_sets,
+        "query rules": sum(1 for s in subs for r in s.rules if r.query is not None),
+        "regex rules": sum(1 for s in subs for r in s.rules if r.regex),
+        "with exclusions": sum(1 for s in subs if s.exclude or s.exclude_query is not None),
     }

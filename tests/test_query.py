@@ -150,7 +150,7 @@ def test_upvotes_without_an_operator_is_a_word() -> None:
         ("   ", 1, "the query is empty"),
         ('"kv cache', 1, "unterminated quoted phrase"),
         ("a OR", 5, "the query ends where a term was expected"),
-        ("(a OR b", 8, "expected ')' to close the '(' at column 1"),
+        ("(a OR b", 8, "missing ')' for the '(' at column 1"),
         ("a OR b)", 7, "unexpected ')'"),
         ("a AND OR b", 7, "expected a term, found 'OR'"),
         ("()", 2, "expected a term, found ')'"),

@@ -292,6 +292,10 @@ def test_summarize() -> None:
         "alert rules": 1,
         "timezones": 2,
         "schedules": 1,
+        "rule sets": 0,
+        "query rules": 0,
+        "regex rules": 0,
+        "with exclusions": 0,
     }
 
 

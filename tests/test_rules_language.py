@@ -59,8 +59,8 @@ def test_query_syntax_error_has_rule_position_query_column_and_caret() -> None:
     (problem,) = problems(text)
     first, query_line, caret_line = problem.splitlines()
     assert first == (
-        "subs.yaml:4:16: subscribers[0].rules[0].query: the query ends where a term was"
-        " expected at column 24 of the query"
+        "subs.yaml:4:16: subscribers[0].rules[0].query: query error at column 24: the query"
+        " ends where a term was expected"
     )
     assert query_line == '    "kv cache" OR (fpga AND'
     assert caret_line == "    " + " " * 23 + "^"
@@ -117,7 +117,7 @@ subscribers:
     found = problems(text)
     assert found[0] == "subs.yaml:3:14: subscribers[0].exclude: exclude needs terms or a query"
     assert found[1].startswith(
-        "subs.yaml:5:22: subscribers[1].exclude.query: the query ends where a term was expected"
+        "subs.yaml:5:22: subscribers[1].exclude.query: query error at column 5: the query ends"
     )
     assert found[2].startswith("subs.yaml:7:15: subscribers[2].exclude.term: unknown key 'term'")
 
@@ -225,3 +225,46 @@ def test_term_objects_are_shared() -> None:
     assert isinstance(rule.query, Text)
     assert rule.query.term is rule.any[0]
     assert rule.any[0] == Term("kv cache", ("kv", "cache"))
+
+
+def write_config(tmp_path: Path, subscribers: str) -> Path:
+    (tmp_path / "subscribers.yaml").write_text(subscribers, encoding="utf-8")
+    config = tmp_path / "digestd.yaml"
+    config.write_text(
+        "source: {kind: file, url: papers.json}\nstate: state.sqlite3\n"
+        "delivery: {kind: maildir, path: mail, from: 'D <d@example.org>'}\n"
+        "subscribers: subscribers.yaml\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_check_prints_the_query_error_with_a_caret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from digestd.cli import main
+
+    bad = one_rule("query: 'fpga OR (a b'") + "    use: [missing]\n"
+    config = write_config(tmp_path, bad)
+    assert main(["--config", str(config), "check"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    where = str(tmp_path / "subscribers.yaml")
+    assert err[:4] == [
+        f"{where}:4:16: subscribers[0].rules[0].query: query error at column 13: missing ')' for"
+        " the '(' at column 9",
+        "    fpga OR (a b",
+        "                ^",
+        f"{where}:5:11: subscribers[0].use[0]: unknown rule set 'missing' (known: none defined;"
+        " add a top-level rule_sets mapping)",
+    ]
+
+
+def test_check_accepts_the_richer_language(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from digestd.cli import main
+
+    config = write_config(tmp_path, RULE_SETS)
+    assert main(["--config", str(config), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "rule sets: 2" in out and "ok" in out
