@@ -43,35 +43,50 @@ def term_key(term: Term) -> TermKey:
 
 
 class TermIndex:
-    """Every distinct term, as word n-grams; `scan` finds them all in one pass over a field."""
+    """Every distinct term, as word n-grams; `scan` finds them all in one pass over a field.
 
-    def __init__(self, terms: Iterable[TermKey]) -> None:
-        self.known: set[TermKey] = set()
-        self._exact: dict[tuple[str, ...], TermKey] = {}
+    Terms are numbered; rules reach their number through the Term object itself (`by_object`, the
+    config shares one object per spelling), which is cheaper than hashing its words on every look-up.
+    """
+
+    def __init__(self, terms: Iterable[Term]) -> None:
+        self.ids: dict[TermKey, int] = {}
+        self.by_object: dict[int, int] = {}  # id(Term) → term number
+        self._terms: list[Term] = []  # keeps every registered Term alive, so no id is reused
+        self._exact: dict[tuple[str, ...], int] = {}
         self._lengths: dict[str, list[int]] = {}  # first word → lengths of exact terms
-        self._stems: dict[str, list[tuple[tuple[str, ...], TermKey]]] = {}
+        self._stems: dict[str, list[tuple[tuple[str, ...], int]]] = {}
         self._stem_lengths: list[int] = []
-        self._word_stems: dict[str, tuple[tuple[tuple[str, ...], TermKey], ...]] = {}
-        for key in terms:
-            self._add(key)
+        self._word_stems: dict[str, tuple[tuple[tuple[str, ...], int], ...]] = {}
+        for term in terms:
+            self._add(term)
         self._stem_lengths = sorted({len(s) for s in self._stems})
         for lengths in self._lengths.values():
             lengths.sort()
 
-    def _add(self, key: TermKey) -> None:
-        words, prefix = key
-        if not words or key in self.known:
+    def _add(self, term: Term) -> None:
+        if id(term) in self.by_object or not term.words:
             return
-        self.known.add(key)
-        if prefix:
-            self._stems.setdefault(words[-1], []).append((words[:-1], key))
-        else:
-            self._exact[words] = key
-            self._lengths.setdefault(words[0], []).append(len(words))
+        self._terms.append(term)
+        key = term_key(term)
+        number = self.ids.get(key)
+        if number is None:
+            number = self.ids[key] = len(self.ids)
+            words = term.words
+            if term.prefix:
+                self._stems.setdefault(words[-1], []).append((words[:-1], number))
+            else:
+                self._exact[words] = number
+                self._lengths.setdefault(words[0], []).append(len(words))
+        self.by_object[id(term)] = number
 
-    def scan(self, words: Sequence[str]) -> dict[TermKey, list[Span]]:
-        """Every known term found in `words`, as (first, last) word indices."""
-        out: dict[TermKey, list[Span]] = {}
+    def number(self, term: Term) -> int | None:
+        found = self.by_object.get(id(term))
+        return found if found is not None else self.ids.get(term_key(term))
+
+    def scan(self, words: Sequence[str]) -> dict[int, list[Span]]:
+        """Every known term found in `words`, by number, as (first, last) word indices."""
+        out: dict[int, list[Span]] = {}
         n = len(words)
         exact, lengths_of = self._exact, self._lengths
         for i, word in enumerate(words):
@@ -90,7 +105,7 @@ class TermIndex:
                         out.setdefault(key, []).append((i - h, i))
         return out
 
-    def _prefixed(self, word: str) -> tuple[tuple[tuple[str, ...], TermKey], ...]:
+    def _prefixed(self, word: str) -> tuple[tuple[tuple[str, ...], int], ...]:
         """The prefix terms whose stem starts `word`; memoised, since words repeat across papers."""
         found = self._word_stems.get(word)
         if found is None:
@@ -109,13 +124,13 @@ class TermIndex:
 @dataclass(slots=True)
 class _Field:
     spans: tuple[Span, ...]  # character span of each word
-    hits: dict[TermKey, list[Span]]  # term → character spans
+    hits: dict[int, list[Span]]  # term number → character spans
 
 
 class PaperHits:
     """A paper scanned once: the `Evidence` the fast matcher answers rules from."""
 
-    __slots__ = ("_facts", "_fallback", "_fields", "_folded", "_known", "_names", "_regex", "paper")
+    __slots__ = ("_facts", "_fallback", "_fields", "_folded", "_index", "_names", "_regex", "paper")
 
     def __init__(self, paper: Paper, index: TermIndex, patterns: _Patterns) -> None:
         self.paper = paper
@@ -130,13 +145,15 @@ class PaperHits:
         self._folded: dict[Field, FoldedText] | None = None
         self._regex = patterns.hits(self) if patterns else frozenset()
         self._fallback: PaperTokens | None = None
-        self._known = index.known
+        self._index = index
         self._facts: frozenset[Trigger] | None = None
 
     def spans(self, term: Term, field: Field) -> Sequence[Span]:
-        key = (term.words, term.prefix)
-        if key in self._known:
-            return self._fields[field].hits.get(key, ())
+        number = self._index.by_object.get(id(term))
+        if number is None:
+            number = self._index.ids.get(term_key(term))
+        if number is not None:
+            return self._fields[field].hits.get(number, ())
         # A term the index was not built with (a subscriber from another config): scan for it.
         if self._fallback is None:
             self._fallback = PaperTokens.of(self.paper)
@@ -267,6 +284,21 @@ def _rule_terms(rule: Rule) -> Iterator[Term]:
     yield from _query_terms(rule.query)
 
 
+def _all_terms(sset: SubscriberSet) -> Iterator[Term]:
+    for sub in sset.subscribers:
+        yield from sub.exclude
+        yield from _query_terms(sub.exclude_query)
+        for rule in sub.rules:
+            yield from _rule_terms(rule)
+
+
+def _numbered(trigger: frozenset[Trigger] | None, index: TermIndex) -> frozenset[Trigger] | None:
+    """Term facts by their number in `index` (what a scan reports); names and patterns as they are."""
+    if trigger is None:
+        return None
+    return frozenset(index.ids[f] if isinstance(f[0], tuple) else f for f in trigger)
+
+
 @dataclass(slots=True)
 class Matcher:
     """The subscriber set, indexed. Agrees with `match.match` on every input; only faster."""
@@ -284,30 +316,26 @@ class Matcher:
 
     @classmethod
     def build(cls, sset: SubscriberSet) -> Matcher:
-        terms: set[TermKey] = set()
-        patterns: set[str] = set()
+        index = TermIndex(_all_terms(sset))
+        patterns = {p for sub in sset.subscribers for rule in sub.rules for p in rule.regex}
         by_trigger: dict[Trigger, array[int]] = {}
         owner, within, untriggered = array("l"), array("l"), array("l")
         everyone = []
         for pos, sub in enumerate(sset.subscribers):
-            terms.update(map(term_key, sub.exclude))
-            terms.update(map(term_key, _query_terms(sub.exclude_query)))
             if not sub.rules:
                 everyone.append(pos)
             for i, rule in enumerate(sub.rules):
-                terms.update(map(term_key, _rule_terms(rule)))
-                patterns.update(rule.regex)
                 number = len(owner)
                 owner.append(pos)
                 within.append(i)
-                trigger = rule_trigger(rule)
+                trigger = _numbered(rule_trigger(rule), index)
                 if trigger is None:
                     untriggered.append(number)
                 for fact in trigger or ():
                     by_trigger.setdefault(fact, array("l")).append(number)
         return cls(
             subscribers=sset,
-            index=TermIndex(terms),
+            index=index,
             patterns=_Patterns(patterns),
             by_trigger=by_trigger,
             rule_owner=owner,
@@ -338,7 +366,9 @@ class Matcher:
             return []
         # Triggers are recomputed here rather than kept: 100,000 subscribers' worth costs memory,
         # and one subscriber's are cheap next to the store query that fetched `papers`.
-        triggers = [(i, r, rule_trigger(r)) for i, r in enumerate(subscriber.rules)]
+        triggers = [
+            (i, r, _numbered(rule_trigger(r), self.index)) for i, r in enumerate(subscriber.rules)
+        ]
         found = []
         for paper in papers:
             hits = self._hits(paper)

@@ -112,7 +112,8 @@ class RuleHit:
     """A rule that holds: its reasons, and the spans its positive terms hit, per field."""
 
     reasons: tuple[Reason, ...]
-    spans: tuple[tuple[Field, tuple[Span, ...]], ...] = ()  # per field, in the order found
+    # Per field, in the order found; the sequences may be shared with the evidence: never mutate.
+    spans: tuple[tuple[Field, Sequence[Span]], ...] = ()
 
 
 class _Positive:
@@ -226,18 +227,8 @@ def _people(rule: Rule, ev: Evidence, index: int) -> list[Reason] | None:
     return names
 
 
-def rule_holds(rule: Rule, ev: Evidence, index: int = 0) -> RuleHit | None:
-    """Evaluate one rule (the subscriber's rule number `index`); None when it does not hold.
-
-    Every key that is set must hold: any (one term in one field), all (each term in some field),
-    none (no term in any field), authors/orgs (one full name equal), categories/sources (one
-    listed), regex (one pattern found), query (the expression holds), min_upvotes (upvotes >= n).
-    """
-    names = _people(rule, ev, index) if _gates(rule, ev) else None
-    if names is None:
-        return None
-    if rule.none and any(_term_hit(ev, t, rule.fields) for t in rule.none):
-        return None
+def _positive(rule: Rule, ev: Evidence, index: int) -> _Positive | None:
+    """The keys that search text: all, any, regex, query; None when one of them fails."""
     positive = _Positive(index)
     for term in rule.all:
         if not positive.search(term, ev, rule.fields):
@@ -248,13 +239,34 @@ def rule_holds(rule: Rule, ev: Evidence, index: int = 0) -> RuleHit | None:
         return None
     if rule.query is not None and not _eval(rule.query, ev, rule.fields, positive):
         return None
+    return positive
+
+
+def rule_holds(rule: Rule, ev: Evidence, index: int = 0) -> RuleHit | None:
+    """Evaluate one rule (the subscriber's rule number `index`); None when it does not hold.
+
+    Every key that is set must hold: any (one term in one field), all (each term in some field),
+    none (no term in any field), authors/orgs (one full name equal), categories/sources (one
+    listed), regex (one pattern found), query (the expression holds), min_upvotes (upvotes >= n).
+    """
+    if rule.min_upvotes is not None and ev.paper.upvotes < rule.min_upvotes:
+        return None
+    if (rule.categories or rule.sources) and not _gates(rule, ev):
+        return None
+    names = _people(rule, ev, index) if rule.authors or rule.orgs else []
+    if names is None:
+        return None
+    if rule.none and any(_term_hit(ev, t, rule.fields) for t in rule.none):
+        return None
+    positive = _positive(rule, ev, index)
+    if positive is None:
+        return None
     if rule.categories:
         names += _names_reasons(ev, "categories", rule.categories, index)
     if rule.sources:
         names += _names_reasons(ev, "sources", rule.sources, index)
     reasons = positive.reasons + names
-    spans = tuple((f, tuple(found)) for f, found in positive.spans)
-    return RuleHit(reasons=tuple(reasons) or (Reason(rule=index),), spans=spans)
+    return RuleHit(reasons=tuple(reasons) or (Reason(rule=index),), spans=tuple(positive.spans))
 
 
 def excluded(subscriber: Subscriber, ev: Evidence) -> bool:
@@ -290,7 +302,7 @@ def match_one(
     No rules at all means every paper (reason rule -1).
     """
     reasons: list[Reason] = []
-    spans: list[tuple[Field, tuple[Span, ...]]] = []
+    spans: list[tuple[Field, Sequence[Span]]] = []
     alert = False
     for index, rule in rules:
         hit = rule_holds(rule, ev, index)
@@ -300,7 +312,9 @@ def match_one(
             alert = alert or rule.alert
     if not subscriber.rules:
         reasons.append(Reason(rule=-1))
-    if not reasons or excluded(subscriber, ev):
+    if not reasons:
+        return None
+    if (subscriber.exclude or subscriber.exclude_query is not None) and excluded(subscriber, ev):
         return None
     return Match(
         paper=ev.paper,

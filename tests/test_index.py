@@ -75,17 +75,13 @@ def test_agrees_on_a_realistic_file() -> None:
 
 
 def test_scan_finds_exact_and_prefix_terms_once() -> None:
-    index = TermIndex(
-        [(("kv", "cache"), False), (("llm",), True), (("a", "kv"), False), (("cache",), True)]
-    )
-    words = fold_words("A KV-cache, KV caches and LLMs")
-    found = index.scan(words)
-    assert found == {
-        (("a", "kv"), False): [(0, 1)],
-        (("kv", "cache"), False): [(1, 2)],
-        (("cache",), True): [(2, 2), (4, 4)],
-        (("llm",), True): [(6, 6)],
-    }
+    terms = [make_term(t) for t in ("kv cache", "llm*", "a kv", "cache*", "KV Cache")]
+    index = TermIndex(terms)
+    assert index.number(terms[4]) == index.number(terms[0]) == 0
+    assert index.number(make_term("kv cache")) == 0  # another object, same words
+    assert index.number(make_term("unknown")) is None
+    found = index.scan(fold_words("A KV-cache, KV caches and LLMs"))
+    assert found == {2: [(0, 1)], 0: [(1, 2)], 3: [(2, 2), (4, 4)], 1: [(6, 6)]}
 
 
 def test_triggers_are_necessary_conditions() -> None:
