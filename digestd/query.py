@@ -130,6 +130,7 @@ _FIELDS = {
 _COMPARE = re.compile(r'(upvotes|comments)\s*(>=|<=|!=|=|>|<)\s*([^\s()"]*)')
 _NUMBER = re.compile(r"\d{1,9}")  # bounded: a comparison against 10**400 is a typo, not a rule
 _WORD_END = re.compile(r'[\s()"]')
+_SPACES = re.compile(r"\s*")
 _FIELD_PREFIX = re.compile(r"([A-Za-z]+):")
 
 
@@ -144,11 +145,9 @@ class _Tok:
 def _tokens(query: str) -> list[_Tok]:
     out: list[_Tok] = []
     i, n = 0, len(query)
-    while i < n:
+    while (i := _SPACES.match(query, i).end()) < n:  # type: ignore[union-attr]
         c = query[i]
-        if c.isspace():
-            i += 1
-        elif c in "()":
+        if c in "()":
             out.append(_Tok(c, c, i + 1))  # type: ignore[arg-type]
             i += 1
         elif c == '"':

@@ -448,9 +448,9 @@ def _text(value: object) -> str:
 
 def _texts(value: object) -> list[str]:
     items = [value] if type(value) is str else value
-    if type(items) is not list or not items:
+    if type(items) is not list or not items or not all(type(v) is str for v in items):
         raise _Bail
-    return [_text(v) for v in items]
+    return items
 
 
 def _count(value: object, low: int, high: int) -> int:
@@ -538,6 +538,7 @@ def _checked(check: Callable[[str], str], then: Callable[[str], str]) -> Callabl
 
 
 _FIELD_NAMES = frozenset(FIELDS)
+_RULE_KEY_SET = frozenset(_RULE_KEYS)
 # Rule key → (Rule attribute, converter); only the keys a rule sets are looked at.
 _FAST_KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
     "any": ("any", _fast_terms),
@@ -557,12 +558,12 @@ _FAST_KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
 
 def _fast_rule(entry: object) -> Rule:
     raw = _mapping(entry, _RULE_FIELDS)
+    if _RULE_KEY_SET.isdisjoint(raw):
+        raise _Bail
     values = {}
     for key, value in raw.items():
         name, convert = _FAST_KEYS[key]
         values[name] = convert(value)
-    if not any(k in raw for k in _RULE_KEYS):
-        raise _Bail
     return Rule(**values)  # type: ignore[arg-type]
 
 

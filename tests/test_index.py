@@ -217,3 +217,24 @@ def _named(sub: Subscriber, i: int) -> Subscriber:
 @given(subscriber_sets, papers)
 def test_fast_matcher_agrees_with_the_reference(sset: SubscriberSet, found: list[Paper]) -> None:
     assert_agrees(sset, found)
+
+
+def test_pipeline_keeps_one_index_per_subscriber_set() -> None:
+    from typing import Any
+
+    from digestd.pipeline import Deps, Options, matcher_for
+
+    unused: Any = None
+    deps = Deps(
+        store=unused,
+        source=unused,
+        mailer=unused,
+        subscribers=load_subscribers(SUBS, file="s"),
+        envs=unused,
+        options=Options(sender="D <d@example.org>"),
+    )
+    first = matcher_for(deps)
+    assert matcher_for(deps) is first
+    deps.subscribers = load_subscribers(SUBS, file="s")  # a reload: same text, new set
+    assert matcher_for(deps) is not first
+    assert matcher_for(deps).subscribers is deps.subscribers
