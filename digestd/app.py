@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from starlette.routing import BaseRoute
 from digestd import unsubscribe
 from digestd.deliverability import load_signer
 from digestd.errors import ConfigError, ConfigProblem
+from digestd.index import Matcher
 from digestd.listmail import normalise_list_id
 from digestd.model import SubscriberSet
 from digestd.pipeline import Deps, Options
@@ -48,7 +50,11 @@ def load_subscriber_file(path: Path) -> SubscriberSet:
     except OSError as exc:
         problem = ConfigProblem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")
         raise ConfigError([problem]) from exc
-    return load_subscribers(text, file=str(path))
+    subscribers = load_subscribers(text, file=str(path))
+    # The set lives as long as the process: the collector need not rescan its millions of objects
+    # (for 100,000 subscribers one full collection costs seconds, and matching triggers many).
+    gc.freeze()
+    return subscribers
 
 
 def make_source(settings: Settings) -> Source:
@@ -171,6 +177,7 @@ def open_deps(
         envs=envs,
         options=opts,
         sign=sign,
+        matcher=Matcher.build(subs),
     )
     if register:
         register_subscribers(deps, now=now)

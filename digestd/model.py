@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from digestd.query import Node
 
 __all__ = [
     "FIELDS",
@@ -17,6 +20,7 @@ __all__ = [
     "ParseProblem",
     "ParseResult",
     "Reason",
+    "ReasonKind",
     "Rendered",
     "Rule",
     "Subscriber",
@@ -26,6 +30,8 @@ __all__ = [
 ]
 
 Field = Literal["title", "abstract"]
+# Reasons that name a whole value rather than a term in a text field.
+ReasonKind = Literal["authors", "orgs", "categories", "sources"]
 FIELDS: tuple[Field, ...] = ("title", "abstract")
 
 
@@ -122,6 +128,11 @@ class Rule:
     min_upvotes: int | None = None
     fields: tuple[Field, ...] = FIELDS
     alert: bool = False
+    orgs: tuple[str, ...] = ()  # folded like authors
+    regex: tuple[str, ...] = ()  # RE2 patterns over the folded fields, checked at load time
+    categories: tuple[str, ...] = ()  # casefolded; 'cs.*' matches a whole archive
+    sources: tuple[str, ...] = ()  # casefolded names of configured sources
+    query: Node | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +144,9 @@ class Subscriber:
     max_papers: int = 20
     rules: tuple[Rule, ...] = ()
     send_empty: bool = False  # a short note, naming the quiet sources, when nothing matched
+    # Applied after every rule: a paper hit by one of these terms, or holding this query, is dropped.
+    exclude: tuple[Term, ...] = ()
+    exclude_query: Node | None = None
 
     @property
     def has_alerts(self) -> bool:
@@ -143,6 +157,7 @@ class Subscriber:
 class SubscriberSet:
     subscribers: tuple[Subscriber, ...]
     file: str = "<subscribers>"
+    rule_sets: int = 0  # how many named rule sets the file defines (for `digestd check`)
 
     def by_email(self, email: str) -> Subscriber | None:
         folded = email.casefold()
@@ -155,7 +170,7 @@ class Reason:
 
     rule: int
     term: str | None = None
-    field: Field | Literal["authors"] | None = None
+    field: Field | ReasonKind | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from typing import Literal
 from digestd import delivery, periods, tokens
 from digestd.delivery import DeliverReport
 from digestd.errors import SourceError
+from digestd.index import Matcher
 from digestd.listmail import MailLinks, default_list_id, list_headers, mail_links
-from digestd.match import match
 from digestd.message import build_message
 from digestd.model import Digest, Match, Paper, Rendered, Subscriber, SubscriberSet
 from digestd.notes import SourceActivity, empty_note
@@ -98,9 +98,17 @@ class Deps:
     sign: Callable[[bytes], bytes] | None = None  # DKIM, applied before the bytes are queued
     observer: Observer = NULL  # progress bars and metrics; the pipeline only reports to it
     sources: tuple[Source, ...] = ()  # every configured source; empty: just `source`
+    matcher: Matcher | None = None  # built from `subscribers` once; see `matcher_for`
 
     def all_sources(self) -> tuple[Source, ...]:
         return self.sources or (self.source,)
+
+
+def matcher_for(deps: Deps) -> Matcher:
+    """The index over the current subscribers, rebuilt only when the subscriber set was replaced."""
+    if deps.matcher is None or deps.matcher.subscribers is not deps.subscribers:
+        deps.matcher = Matcher.build(deps.subscribers)
+    return deps.matcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +208,10 @@ def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: dateti
         return 0
     queued = 0
     suspended = deps.store.suspended()
-    for sub in deps.subscribers.subscribers:
-        if not sub.has_alerts or key(sub) in suspended:
+    # Paper-major: each new paper is scanned once and reaches its subscribers through the index.
+    for sub, found in matcher_for(deps).match_all(new, alerts_only=True):
+        if key(sub) in suspended:
             continue
-        found = match(new, sub, alerts_only=True)
         if found:
             deps.observer.matched("alert", len(found))
         if found and _enqueue(
@@ -243,9 +251,8 @@ def compose(
         with deps.store.batch():  # composing is redone if lost: one commit per batch
             for sub, period, expires in todo[start : start + _COMPOSE_BATCH]:
                 due += 1
-                found = match(
-                    deps.store.candidates(key(sub), since=now - deps.options.lookback), sub
-                )
+                papers = deps.store.candidates(key(sub), since=now - deps.options.lookback)
+                found = matcher_for(deps).match(papers, sub)
                 if not found and sub.send_empty:
                     n_queued += _enqueue_note(deps, sub, period, now=now, expires=expires)
                 elif _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
@@ -474,7 +481,8 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
     sub = deps.subscribers.by_email(email)
     if sub is None:
         return None
-    found = match(deps.store.candidates(key(sub), since=now - deps.options.lookback), sub)
+    papers = deps.store.candidates(key(sub), since=now - deps.options.lookback)
+    found = matcher_for(deps).match(papers, sub)
     digest = digest_for(sub, "digest", found)
     links = replace(_links(deps, sub, "<preview@localhost>"), view_url=None)  # no copy is stored
     ctx = render_context(deps, now=now, links=links, sub=sub)

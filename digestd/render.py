@@ -426,10 +426,19 @@ def why(reasons: Sequence[Reason]) -> str:
     return "; ".join(parts)
 
 
+_NAMED = {
+    "authors": "author",
+    "orgs": "organisation",
+    "categories": "category",
+    "sources": "listed by",
+}
+
+
 def _reason(r: Reason) -> str:
     term = clean_header(r.term, limit=80) if r.term else None
-    if r.field == "authors":
-        return f"author “{term}”" if term else "author"
+    if r.field in _NAMED:
+        label = _NAMED[r.field]
+        return f"{label} “{term}”" if term else label
     if term and r.field:
         return f"“{term}” in {r.field}"
     if term:

@@ -7,6 +7,7 @@ duplicate addresses, and the one-screen summary `digestd check` prints.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -24,8 +25,10 @@ from pydantic import (
 )
 
 from digestd.errors import ConfigError, ConfigProblem
-from digestd.model import FIELDS, Rule, Subscriber, SubscriberSet
-from digestd.text import fold_words, make_term
+from digestd.model import FIELDS, Rule, Subscriber, SubscriberSet, Term
+from digestd.patterns import compile_pattern
+from digestd.query import Node, QuerySyntaxError, caret, fold_name, parse_query, shared_term
+from digestd.text import fold_words
 from digestd.yamlpos import Marks, dotted, gc_paused, load_yaml, problems_from_validation
 
 __all__ = ["load_subscribers", "summarize", "validate_email"]
@@ -62,6 +65,7 @@ def _plain_address(value: str) -> bool:
     )
 
 
+@lru_cache(maxsize=4096)
 def _check_cron(value: str) -> str:
     if len(value.split()) != 5:
         raise ValueError(
@@ -74,6 +78,7 @@ def _check_cron(value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=4096)
 def _check_timezone(value: str) -> str:
     try:
         ZoneInfo(value)
@@ -84,8 +89,7 @@ def _check_timezone(value: str) -> str:
     return value
 
 
-# Subscribers share terms and authors; a Term is frozen, so one instance can serve them all.
-_term = lru_cache(maxsize=1 << 16)(make_term)
+_term = shared_term
 
 
 @lru_cache(maxsize=1 << 16)
@@ -105,6 +109,38 @@ def _check_author(value: str) -> str:
     return value
 
 
+def _check_org(value: str) -> str:
+    if not _author(value):
+        raise ValueError(f"the organisation '{value}' has no letters or digits")
+    return value
+
+
+def _check_name(value: str) -> str:
+    if not value.strip() or any(c.isspace() for c in value.strip()):
+        raise ValueError(f"'{value}' is not a name (one word, like cs.LG or arxiv-cs)")
+    return value
+
+
+@lru_cache(maxsize=1 << 16)
+def _query(value: str) -> Node:
+    return parse_query(value)
+
+
+def _check_query(value: str) -> str:
+    try:
+        _query(value)
+    except QuerySyntaxError as exc:
+        raise ValueError(
+            f"query error at column {exc.column}: {exc.message}\n{caret(value, exc.column)}"
+        ) from None
+    return value
+
+
+def _check_pattern(value: str) -> str:
+    compile_pattern(value)
+    return value
+
+
 def _one_or_many(value: object) -> object:
     """A bare string where a list is expected is a one-item list."""
     return [value] if isinstance(value, str) else value
@@ -113,11 +149,26 @@ def _one_or_many(value: object) -> object:
 _Term = Annotated[str, AfterValidator(_check_term)]
 _Terms = Annotated[list[_Term], Field(min_length=1)]
 _Authors = Annotated[list[Annotated[str, AfterValidator(_check_author)]], Field(min_length=1)]
+_Orgs = Annotated[list[Annotated[str, AfterValidator(_check_org)]], Field(min_length=1)]
+_Names = Annotated[list[Annotated[str, AfterValidator(_check_name)]], Field(min_length=1)]
+_Patterns = Annotated[list[Annotated[str, AfterValidator(_check_pattern)]], Field(min_length=1)]
+_Query = Annotated[str, AfterValidator(_check_query)]
 _Fields = Annotated[list[Literal["title", "abstract"]], Field(min_length=1)]
 _Cron = Annotated[str, AfterValidator(_check_cron)]
 _Zone = Annotated[str, AfterValidator(_check_timezone)]
 _MaxPapers = Annotated[int, Field(ge=1, le=1000)]
-_RULE_KEYS = ("any", "all", "none", "authors", "min_upvotes")
+_RULE_KEYS = (
+    "any",
+    "all",
+    "none",
+    "authors",
+    "orgs",
+    "regex",
+    "categories",
+    "sources",
+    "query",
+    "min_upvotes",
+)
 
 
 class _Strict(BaseModel):
@@ -130,10 +181,26 @@ class _Rule(_Strict):
     none: _Terms | None = None
     authors: _Authors | None = None
     min_upvotes: Annotated[int, Field(ge=0)] | None = None
+    orgs: _Orgs | None = None
+    regex: _Patterns | None = None
+    categories: _Names | None = None
+    sources: _Names | None = None
+    query: _Query | None = None
     in_: _Fields | None = Field(default=None, alias="in")
     alert: bool = False
 
-    @field_validator("any", "all", "none", "authors", "in_", mode="before")
+    @field_validator(
+        "any",
+        "all",
+        "none",
+        "authors",
+        "orgs",
+        "regex",
+        "categories",
+        "sources",
+        "in_",
+        mode="before",
+    )
     @classmethod
     def _lists(cls, value: object) -> object:
         return _one_or_many(value)
@@ -145,10 +212,44 @@ class _Rule(_Strict):
         return self
 
 
+class _Exclude(_Strict):
+    """`exclude: {terms: [...], query: "..."}`; a plain list is its `terms`."""
+
+    terms: _Terms | None = None
+    query: _Query | None = None
+
+    @field_validator("terms", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _one_or_many(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_list(cls, value: object) -> object:
+        return {"terms": value} if isinstance(value, list | str) else value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> _Exclude:
+        if self.terms is None and self.query is None:
+            raise ValueError("exclude needs terms or a query")
+        return self
+
+
+_Use = list[str]  # [] opts out of defaults.use
+
+
 class _Defaults(_Strict):
     schedule: _Cron = _DEFAULTS.schedule
     timezone: _Zone = _DEFAULTS.timezone
     max_papers: _MaxPapers = _DEFAULTS.max_papers
+    rules: list[_Rule] | None = None
+    use: _Use | None = None
+    exclude: _Exclude | None = None
+
+    @field_validator("use", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _one_or_many(value)
 
 
 class _Subscriber(_Strict):
@@ -159,10 +260,18 @@ class _Subscriber(_Strict):
     max_papers: _MaxPapers | None = None
     rules: list[_Rule] | None = None
     send_empty: bool = False
+    use: _Use | None = None
+    exclude: _Exclude | None = None
+
+    @field_validator("use", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _one_or_many(value)
 
 
 class _File(_Strict):
     defaults: _Defaults = Field(default_factory=_Defaults)
+    rule_sets: dict[str, Annotated[list[_Rule], Field(min_length=1)]] = Field(default_factory=dict)
     subscribers: list[_Subscriber] | None = None
 
 
@@ -176,21 +285,45 @@ def load_subscribers(text: str, *, file: str) -> SubscriberSet:
         return _validate(data, marks, file)
 
 
-def _validate(data: object, marks: Marks, file: str) -> SubscriberSet:
+def _validate(data: object, marks: Marks, file: str, *, fast: bool = True) -> SubscriberSet:
     if data is None:
         return SubscriberSet(subscribers=(), file=file)
     if not isinstance(data, dict):
         message = "the subscribers file must be a mapping with a 'subscribers' list"
         raise ConfigError([ConfigProblem(file, *marks.position(()), "", message)])
-    problems = _duplicates(data.get("subscribers"), marks, file)
+    problems = _duplicates(data.get("subscribers"), marks, file) + _unknown_sets(data, marks, file)
+    if fast and not problems and (found := _fast_file(data, file)) is not None:
+        return found
     try:
         parsed = _File.model_validate(data)
     except ValidationError as exc:
         problems += problems_from_validation(exc, marks, file=file, schema=_File)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
-    subs = tuple(_subscriber(s, parsed.defaults) for s in parsed.subscribers or ())
-    return SubscriberSet(subscribers=subs, file=file)
+    sets = {name: tuple(map(_rule, rules)) for name, rules in parsed.rule_sets.items()}
+    subs = tuple(_subscriber(s, parsed.defaults, sets) for s in parsed.subscribers or ())
+    return SubscriberSet(subscribers=subs, file=file, rule_sets=len(sets))
+
+
+def _unknown_sets(data: dict[str, object], marks: Marks, file: str) -> list[ConfigProblem]:
+    """Every `use:` entry naming no rule set, at its position; read from the raw data so that it is
+    reported together with any other problem of the file."""
+    sets = data.get("rule_sets")
+    known = sorted(str(k) for k in sets) if isinstance(sets, dict) else []
+    users: list[tuple[tuple[str | int, ...], object]] = [(("defaults",), data.get("defaults"))]
+    subscribers = data.get("subscribers")
+    if isinstance(subscribers, list):
+        users += [(("subscribers", i), entry) for i, entry in enumerate(subscribers)]
+    problems = []
+    names = ", ".join(known) or "none defined; add a top-level rule_sets mapping"
+    for base, entry in users:
+        use = entry.get("use") if isinstance(entry, dict) else None
+        for j, name in enumerate(use if isinstance(use, list) else [use] if use else []):
+            if isinstance(name, str) and name not in known:
+                path = (*base, "use", j) if isinstance(use, list) else (*base, "use")
+                message = f"unknown rule set '{name}' (known: {names})"
+                problems.append(ConfigProblem(file, *marks.position(path), dotted(path), message))
+    return problems
 
 
 def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProblem]:
@@ -214,28 +347,227 @@ def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProb
     return problems
 
 
-def _subscriber(raw: _Subscriber, defaults: _Defaults) -> Subscriber:
+def _subscriber(
+    raw: _Subscriber, defaults: _Defaults, sets: dict[str, tuple[Rule, ...]]
+) -> Subscriber:
+    """Own keys win over defaults key by key; then the rules of each used set follow the own rules."""
+    own = raw.rules if raw.rules is not None else defaults.rules
+    rules = tuple(_rule(r) for r in own or ())
+    for name in raw.use if raw.use is not None else defaults.use or ():
+        rules += sets[name]
+    exclude = raw.exclude if raw.exclude is not None else defaults.exclude
     return Subscriber(
         email=raw.email,
         name=raw.name,
         timezone=raw.timezone or defaults.timezone,
         schedule=raw.schedule or defaults.schedule,
         max_papers=raw.max_papers or defaults.max_papers,
-        rules=tuple(_rule(r) for r in raw.rules or ()),
+        rules=rules,
+        exclude=_terms(exclude.terms) if exclude else (),
+        exclude_query=_query(exclude.query) if exclude and exclude.query else None,
         send_empty=raw.send_empty,
     )
 
 
+def _terms(values: list[str] | None) -> tuple[Term, ...]:
+    return tuple(map(_term, values or ()))
+
+
+def _names(values: list[str] | None, kind: str) -> tuple[str, ...]:
+    if not values:
+        return ()
+    return tuple(fold_name(v, kind) for v in values or ())  # type: ignore[arg-type]
+
+
 def _rule(raw: _Rule) -> Rule:
     return Rule(
-        any=tuple(map(_term, raw.any or ())),
-        all=tuple(map(_term, raw.all or ())),
-        none=tuple(map(_term, raw.none or ())),
+        any=_terms(raw.any),
+        all=_terms(raw.all),
+        none=_terms(raw.none),
         authors=tuple(map(_author, raw.authors or ())),
         min_upvotes=raw.min_upvotes,
         fields=tuple(dict.fromkeys(raw.in_)) if raw.in_ else FIELDS,
         alert=raw.alert,
+        orgs=tuple(map(_author, raw.orgs or ())),
+        regex=tuple(raw.regex or ()),
+        categories=_names(raw.categories, "categories"),
+        sources=_names(raw.sources, "sources"),
+        query=_query(raw.query) if raw.query is not None else None,
     )
+
+
+class _Bail(Exception):
+    """The fast path met something it does not vouch for: the validating path decides and explains."""
+
+
+_SUB_KEYS = frozenset(_Subscriber.model_fields) - {"rules", "exclude", "use"} | {
+    "rules",
+    "exclude",
+    "use",
+}
+_RULE_FIELDS = frozenset(["in", *(k for k in _Rule.model_fields if k != "in_")])
+_FILE_KEYS = frozenset(["defaults", "rule_sets", "subscribers"])
+
+
+def _fast_file(data: dict[str, object], file: str) -> SubscriberSet | None:
+    """The common case without a pydantic model per subscriber and rule (100,000 subscribers load in
+    seconds). It accepts only values the validating path accepts, builds the same result, and
+    gives up (None) at the first doubt, so that every error is still found and positioned there."""
+    if not _FILE_KEYS.issuperset(data):
+        return None
+    try:
+        defaults = _Defaults.model_validate(data.get("defaults", {}))
+        sets_raw = _File.model_validate({"rule_sets": data.get("rule_sets", {})}).rule_sets
+    except ValidationError:
+        return None
+    sets = {name: tuple(map(_rule, rules)) for name, rules in sets_raw.items()}
+    raw = data.get("subscribers")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        return None
+    try:
+        if defaults.use and not all(name in sets for name in defaults.use):
+            raise _Bail
+        subs = tuple(_fast_subscriber(entry, defaults, sets) for entry in raw)
+    except (_Bail, ValueError):
+        return None
+    return SubscriberSet(subscribers=subs, file=file, rule_sets=len(sets))
+
+
+def _mapping(value: object, keys: frozenset[str]) -> dict[str, object]:
+    """A dict with only known keys and no null values (null means 'unset': the slow path knows)."""
+    if type(value) is not dict or not keys.issuperset(value) or None in value.values():
+        raise _Bail
+    return value
+
+
+def _text(value: object) -> str:
+    if type(value) is not str:
+        raise _Bail
+    return value
+
+
+def _texts(value: object) -> list[str]:
+    items = [value] if type(value) is str else value
+    if type(items) is not list or not items or not all(type(v) is str for v in items):
+        raise _Bail
+    return items
+
+
+def _count(value: object, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise _Bail
+    return value
+
+
+def _fast_subscriber(
+    entry: object, defaults: _Defaults, sets: dict[str, tuple[Rule, ...]]
+) -> Subscriber:
+    raw = _mapping(entry, _SUB_KEYS)
+    if "rules" in raw:
+        own = raw["rules"]
+        if type(own) is not list:
+            raise _Bail
+        rules = tuple(map(_fast_rule, own))
+    else:
+        rules = tuple(map(_rule, defaults.rules or ()))
+    for set_name in _texts(raw["use"]) if "use" in raw else defaults.use or ():
+        if set_name not in sets:
+            raise _Bail
+        rules += sets[set_name]
+    terms, query = _fast_exclude(raw, defaults)
+    zone, cron = raw.get("timezone"), raw.get("schedule")
+    return Subscriber(
+        email=validate_email(_text(raw.get("email"))),
+        name=_text(raw["name"]) if "name" in raw else None,
+        timezone=_check_timezone(_text(zone)) if zone is not None else defaults.timezone,
+        schedule=_check_cron(_text(cron)) if cron is not None else defaults.schedule,
+        max_papers=_count(raw["max_papers"], 1, 1000)
+        if "max_papers" in raw
+        else defaults.max_papers,
+        rules=rules,
+        exclude=terms,
+        exclude_query=query,
+        send_empty=_fast_alert(raw["send_empty"]) if "send_empty" in raw else False,
+    )
+
+
+def _fast_exclude(
+    raw: dict[str, object], defaults: _Defaults
+) -> tuple[tuple[Term, ...], Node | None]:
+    if "exclude" not in raw:
+        exclude = defaults.exclude
+        if exclude is None:
+            return (), None
+        return _terms(exclude.terms), _query(exclude.query) if exclude.query else None
+    value = raw["exclude"]
+    if type(value) in (str, list):
+        return _fast_terms(value), None
+    found = _mapping(value, frozenset(["terms", "query"]))
+    if not found:
+        raise _Bail
+    terms = _fast_terms(found["terms"]) if "terms" in found else ()
+    query = _fast_query(found["query"]) if "query" in found else None
+    return terms, query
+
+
+def _fast_terms(value: object) -> tuple[Term, ...]:
+    terms = tuple(map(_term, _texts(value)))
+    if not all(t.words for t in terms):
+        raise _Bail
+    return terms
+
+
+def _fast_query(value: object) -> Node:
+    return _query(_check_query(_text(value)))
+
+
+def _fast_fields(value: object) -> tuple[str, ...]:
+    fields = _texts(value)
+    if not _FIELD_NAMES.issuperset(fields):
+        raise _Bail
+    return tuple(dict.fromkeys(fields))
+
+
+def _fast_alert(value: object) -> bool:
+    if type(value) is not bool:
+        raise _Bail
+    return value
+
+
+def _checked(check: Callable[[str], str], then: Callable[[str], str]) -> Callable[[object], object]:
+    return lambda value: tuple(then(check(v)) for v in _texts(value))
+
+
+_FIELD_NAMES = frozenset(FIELDS)
+_RULE_KEY_SET = frozenset(_RULE_KEYS)
+# Rule key → (Rule attribute, converter); only the keys a rule sets are looked at.
+_FAST_KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
+    "any": ("any", _fast_terms),
+    "all": ("all", _fast_terms),
+    "none": ("none", _fast_terms),
+    "authors": ("authors", _checked(_check_author, _author)),
+    "orgs": ("orgs", _checked(_check_org, _author)),
+    "regex": ("regex", _checked(_check_pattern, str)),
+    "categories": ("categories", _checked(_check_name, lambda v: fold_name(v, "categories"))),
+    "sources": ("sources", _checked(_check_name, lambda v: fold_name(v, "sources"))),
+    "query": ("query", _fast_query),
+    "min_upvotes": ("min_upvotes", lambda v: _count(v, 0, 1 << 62)),
+    "in": ("fields", _fast_fields),
+    "alert": ("alert", _fast_alert),
+}
+
+
+def _fast_rule(entry: object) -> Rule:
+    raw = _mapping(entry, _RULE_FIELDS)
+    if _RULE_KEY_SET.isdisjoint(raw):
+        raise _Bail
+    values = {}
+    for key, value in raw.items():
+        name, convert = _FAST_KEYS[key]
+        values[name] = convert(value)
+    return Rule(**values)  # type: ignore[arg-type]
 
 
 def summarize(sset: SubscriberSet) -> dict[str, int]:
@@ -248,4 +580,8 @@ def summarize(sset: SubscriberSet) -> dict[str, int]:
         "alert rules": sum(1 for s in subs for r in s.rules if r.alert),
         "timezones": len({s.timezone for s in subs}),
         "schedules": len({s.schedule for s in subs}),
+        "rule sets": sset.rule_sets,
+        "query rules": sum(1 for s in subs for r in s.rules if r.query is not None),
+        "regex rules": sum(1 for s in subs for r in s.rules if r.regex),
+        "with exclusions": sum(1 for s in subs if s.exclude or s.exclude_query is not None),
     }

@@ -200,6 +200,20 @@ def test_reasons_read_naturally(envs: Environments) -> None:
     assert "Why it matched: “kv cache” in abstract; author “Jane Doe”; rule 3" in r.text
 
 
+def test_reasons_of_the_richer_rules_read_naturally(envs: Environments) -> None:
+    reasons = (
+        Reason(0, "/gpt-?4/", "title"),
+        Reason(0, "Microsoft", "orgs"),
+        Reason(1, "cs.LG", "categories"),
+        Reason(1, "arxiv-cs", "sources"),
+    )
+    r = render_digest(digest(Match(paper(), reasons=reasons)), envs, CTX)
+    assert (
+        "Why it matched: “/gpt-?4/” in title; organisation “Microsoft”; category “cs.LG”;"
+        " listed by “arxiv-cs”" in " ".join(r.text.split())
+    )
+
+
 def test_real_papers_render_within_the_gmail_budget(envs: Environments) -> None:
     raw = (FIXTURES / "hf_daily_papers_seed.json").read_bytes()
     papers = parse_hf_daily(raw).papers
