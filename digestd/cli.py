@@ -108,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `digestd status | head`: the reader left; say nothing more (Python's own advice).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -158,7 +162,11 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     summary = summarize(subs)
     print(f"settings:    {config_path(args.config)}")
     for section, values in settings.redacted().items():
-        print(f"  {section}: {values}")
+        if isinstance(values, list):
+            print(f"  {section}:")
+            print("\n".join(f"    - {_pairs(v)}" for v in values))
+        else:
+            print(f"  {section}: {_pairs(values)}")
     print(f"subscribers: {settings.subscribers}")
     for key, value in summary.items():
         print(f"  {key}: {value}")
@@ -167,6 +175,13 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {note}")
     print("ok")
     return 0
+
+
+def _pairs(values: object) -> str:
+    """A settings section on one line, `key=value`, unset keys left out."""
+    if not isinstance(values, dict):
+        return str(values)
+    return " ".join(f"{k}={v}" for k, v in values.items() if v is not None and v != [])
 
 
 def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:

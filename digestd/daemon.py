@@ -21,6 +21,7 @@ from digestd.metrics import MeteredMailer, Metrics
 from digestd.pipeline import Deps
 from digestd.reload import Changes, Config, apply_config, load_config
 from digestd.sdnotify import Notifier
+from digestd.settings import format_duration
 from digestd.web import WebServer
 
 __all__ = ["CronSimTrigger", "Daemon", "utcnow"]
@@ -310,7 +311,7 @@ class Daemon:
                 " max_late=%s",
                 "skipping digests older than max_late" if late.skipped else "sending late digests",
                 late.n_subscribers, late.schedule, late.timezone, periods.period_key(late.slot),
-                _duration(late.late_by), _duration(max_late) if max_late else "none",
+                format_duration(late.late_by), format_duration(max_late) if max_late else "none",
             )  # fmt: skip
 
     # -- reload ---------------------------------------------------------------------------
@@ -377,16 +378,6 @@ class Daemon:
             len(changes.changed), changes.expired, added, removed,
             int(poll_every.total_seconds()),
         )  # fmt: skip
-
-
-def _duration(delta: timedelta) -> str:
-    """3h12m, 2d4h, 45s: short and exact enough for a log line."""
-    seconds = int(delta.total_seconds())
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
-    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
 def run_daemon(

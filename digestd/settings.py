@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     model_validator,
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "SourceSettings",
     "load_settings",
+    "format_duration",
     "parse_duration",
 ]
 
@@ -58,7 +60,21 @@ def parse_duration(value: object) -> timedelta:
     return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def format_duration(delta: timedelta) -> str:
+    """3h12m, 2d4h, 45s: the inverse of `parse_duration`, short enough for logs and `digestd check`."""
+    seconds = int(delta.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
 
 
 class _Section(BaseModel):
@@ -298,7 +314,10 @@ class Settings(BaseSettings):
         for section, key in (("delivery", "password"), ("source", "token"), ("http", "secret")):
             if data[section].get(key) is not None:
                 data[section][key] = "<redacted>"
-        for source in data.get("sources") or ():
+        # One list, whichever form the file used: what will actually be polled.
+        data.pop("source", None)
+        data["sources"] = [s.model_dump(mode="json") for s in self.all_sources()]
+        for source in data["sources"]:
             if source.get("token") is not None:
                 source["token"] = "<redacted>"
         return data
