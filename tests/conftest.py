@@ -31,3 +31,13 @@ def smtp_server() -> Iterator[SMTPTestServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["lockstep", "pipelining"])
+def smtp_server_modes(request: pytest.FixtureRequest) -> Iterator[SMTPTestServer]:
+    """`smtp_server` once without and once with PIPELINING: both command exchanges of SmtpMailer."""
+    server = SMTPTestServer(pipelining=request.param == "pipelining").start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -38,6 +38,7 @@ class RecordingHandler:
     """aiosmtpd handler: records what it accepts; the public attributes script its faults."""
 
     rcpt_replies: dict[str, str] = field(default_factory=dict)
+    pipelining: bool = False  # advertise PIPELINING (RFC 2920) as Postfix does
     data_reply: str | None = None  # e.g. "421 4.3.0 closing" or "554 5.7.1 rejected"
     drop_after_data: bool = False  # record the message, then close without replying
     stall_data: float = 0.0  # seconds to wait before replying to the end of DATA
@@ -60,6 +61,8 @@ class RecordingHandler:
         session.host_name = hostname
         if not any(s is session for s in self.sessions):
             self.sessions.append(session)
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_MAIL(
@@ -116,8 +119,8 @@ class _FreePortController(Controller):
 
 
 class SMTPTestServer:
-    def __init__(self, **smtp_kwargs: Any) -> None:
-        self.handler = RecordingHandler()
+    def __init__(self, *, pipelining: bool = False, **smtp_kwargs: Any) -> None:
+        self.handler = RecordingHandler(pipelining=pipelining)
         self.host = "127.0.0.1"
         self._controller = _FreePortController(
             self.handler, hostname=self.host, port=0, **smtp_kwargs

@@ -32,6 +32,12 @@ T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday
 LATER = T0 + timedelta(days=1)  # past any backoff
 
 
+@pytest.fixture
+def smtp_server(smtp_server_modes: SMTPTestServer) -> SMTPTestServer:
+    """Every test here runs against a server with and without PIPELINING (conftest.py)."""
+    return smtp_server_modes
+
+
 def subscribers_yaml(emails: list[str], schedule: str = "0 7 * * *") -> str:
     lines = [f'defaults:\n  schedule: "{schedule}"\n  max_papers: 3\nsubscribers:']
     lines += [f"  - email: {e}" for e in emails]

@@ -22,6 +22,12 @@ SENDER = "digest@example.org"
 RCPT = "ann@example.org"
 
 
+@pytest.fixture
+def smtp_server(smtp_server_modes: SMTPTestServer) -> SMTPTestServer:
+    """Every test here runs against a server with and without PIPELINING (conftest.py)."""
+    return smtp_server_modes
+
+
 def message(n: int = 1, subject: str = "Paper digest: 1 new paper — Attention") -> bytes:
     rendered = Rendered(
         subject=subject,

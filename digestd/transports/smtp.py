@@ -4,6 +4,10 @@ The DATA phase is driven by hand (the `DATA` command, then the body with its fin
 protocol) so the end of DATA gets its own long timeout (RFC 5321 §4.5.3.2: 10 minutes) and so a
 failure is known to have happened before or after the final "." was written: after it, the relay
 may have queued the message, and the outcome is "in_doubt" rather than "transient".
+
+When the relay advertises PIPELINING (RFC 2920; Postfix does), MAIL, RCPT and DATA go out in one
+write and their three replies are read together (`replies.ReplyReader`): one round trip instead
+of three per message, with the same outcomes as the step-by-step exchange.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from typing import Literal
 
 import aiosmtplib
 from aiosmtplib import SMTPException, SMTPResponseException, SMTPServerDisconnected
+from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
+from aiosmtplib.response import SMTPResponse
 
 from digestd.message import check_address
 from digestd.model import Outcome
 from digestd.transports.base import Phase, classify_reply
+from digestd.transports.replies import ReplyReader
 
 __all__ = ["Security", "SmtpMailer"]
 
@@ -28,6 +35,8 @@ Security = Literal["none", "starttls", "tls"]
 
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _NETWORK_ERRORS = (SMTPException, OSError, TimeoutError, ValueError)
+_CONTROLS = re.compile(rb"[\x00-\x1f\x7f]")  # as aiosmtplib refuses them in command arguments
+_PIPELINED_PHASES: tuple[Phase, ...] = ("mail", "rcpt", "data")
 
 
 class _Stale(Exception):
@@ -160,6 +169,8 @@ class SmtpMailer:
     async def _transaction(
         self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
     ) -> Outcome:
+        if client.supports_extension("pipelining"):
+            return await self._pipelined(client, sender, recipient, data)
         phase: Phase = "mail"
         try:
             await client.mail(sender, timeout=self.timeout)
@@ -182,20 +193,81 @@ class SmtpMailer:
             return await self._refused(client, reply.code, reply.message, phase)
         return Outcome("sent", reply.code, _reply(reply.message))
 
+    async def _pipelined(
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
+    ) -> Outcome:
+        """MAIL, RCPT and DATA in one write, then the body: outcomes as in `_transaction`."""
+        try:
+            envelope = _envelope(sender, recipient)
+        except ValueError as exc:  # as aiosmtplib's mail()/rcpt(): that address never works
+            return Outcome("permanent", None, _describe("mail", exc))
+        replies: list[SMTPResponse] = []
+        try:
+            reader = ReplyReader(_protocol(client))
+        except SMTPServerDisconnected as exc:
+            raise _Stale(Outcome("transient", None, _describe("mail", exc))) from exc
+        try:
+            reader.write(envelope)
+            for _ in _PIPELINED_PHASES:
+                replies.append(await reader.read(self.timeout))
+        except _NETWORK_ERRORS as exc:
+            return await self._lost_envelope(client, reader, replies, exc)
+        refusal = _refusal(replies)
+        if refusal is not None:
+            return await self._refused_pipelined(client, reader, replies, refusal)
+        try:
+            reader.write(_smtp_body(data))
+            reply = await reader.read(self.data_timeout)
+        except _NETWORK_ERRORS as exc:
+            reader.detach()
+            client.close()
+            return Outcome("in_doubt", None, _describe("end_of_data", exc))
+        reader.detach()
+        if reply.code != 250:
+            return await self._refused(client, reply.code, reply.message, "end_of_data")
+        return Outcome("sent", reply.code, _reply(reply.message))
+
+    async def _lost_envelope(
+        self,
+        client: aiosmtplib.SMTP,
+        reader: ReplyReader,
+        replies: list[SMTPResponse],
+        exc: Exception,
+    ) -> Outcome:
+        """The connection failed before the body: a refusal already read is the better reason."""
+        reader.detach()
+        client.close()
+        refusal = _refusal(replies)
+        if refusal is not None:
+            code, message, phase = refusal
+            return Outcome(classify_reply(code, phase), code, _reply(message))
+        phase = _PIPELINED_PHASES[len(replies)]
+        if phase == "mail":  # no reply at all: a reused connection that had died, try a fresh one
+            raise _Stale(Outcome("transient", None, _describe(phase, exc))) from exc
+        return Outcome("transient", None, _describe(phase, exc))
+
+    async def _refused_pipelined(
+        self,
+        client: aiosmtplib.SMTP,
+        reader: ReplyReader,
+        replies: list[SMTPResponse],
+        refusal: tuple[int, str, Phase],
+    ) -> Outcome:
+        code, message, phase = refusal
+        if replies[2].code == 354:
+            # RFC 2920 says DATA fails without a valid recipient; a server that opened it anyway
+            # gets an empty message to no one, so the connection is back in step.
+            try:
+                reader.write(b".\r\n")
+                await reader.read(self.timeout)
+            except _NETWORK_ERRORS:
+                client.close()
+        reader.detach()
+        return await self._refused(client, code, message, phase)
+
     async def _write_content(self, client: aiosmtplib.SMTP, data: bytes) -> Phase:
         """Dot-stuffed body and the final "."; after this, a failure leaves the message in doubt."""
-        body = data
-        # The regexes cost ~0.3 ms on a 40 KB digest; our own messages need neither (CRLF only, and
-        # quoted-printable lines rarely start with "."), so they run only when there is work.
-        crlf = body.count(b"\r\n")
-        if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
-            body = _LINE_ENDS.sub(b"\r\n", body)
-        if not body.endswith(b"\r\n"):
-            body += b"\r\n"
-        if body.startswith(b"."):
-            body = b"." + body
-        body = body.replace(b"\n.", b"\n..")  # every \n is a CRLF's now: same as (?m)^\.
-        _protocol(client).write(body + b".\r\n")
+        _protocol(client).write(_smtp_body(data))
         return "end_of_data"
 
     async def _refused(
@@ -220,6 +292,40 @@ class SmtpMailer:
             with contextlib.suppress(*_NETWORK_ERRORS):
                 await client.quit(timeout=self.timeout)
         client.close()
+
+
+def _smtp_body(data: bytes) -> bytes:
+    """`data` with CRLF line ends, dot-stuffed, and the final "." line (RFC 5321 §4.5.2)."""
+    body = data
+    # The regexes cost ~0.3 ms on a 40 KB digest; our own messages need neither (CRLF only, and
+    # quoted-printable lines rarely start with "."), so they run only when there is work.
+    crlf = body.count(b"\r\n")
+    if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
+        body = _LINE_ENDS.sub(b"\r\n", body)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    if body.startswith(b"."):
+        body = b"." + body
+    body = body.replace(b"\n.", b"\n..")  # every \n is a CRLF's now: same as (?m)^\.
+    return body + b".\r\n"
+
+
+def _envelope(sender: str, recipient: str) -> bytes:
+    """MAIL, RCPT and DATA as one write; ValueError for an address aiosmtplib would refuse."""
+    mail = b"MAIL FROM:" + quote_address(sender).encode("ascii")
+    rcpt = b"RCPT TO:" + quote_address(recipient).encode("ascii")
+    if _CONTROLS.search(mail) or _CONTROLS.search(rcpt):
+        raise ValueError("Command arg contains a prohibited control character")
+    return mail + b"\r\n" + rcpt + b"\r\nDATA\r\n"
+
+
+def _refusal(replies: list[SMTPResponse]) -> tuple[int, str, Phase] | None:
+    """The first of the MAIL, RCPT and DATA replies that is not a go-ahead, with its phase."""
+    expected: tuple[tuple[int, ...], ...] = ((250,), (250, 251), (354,))
+    for reply, phase, codes in zip(replies, _PIPELINED_PHASES, expected, strict=False):
+        if reply.code not in codes:
+            return reply.code, reply.message, phase
+    return None
 
 
 def _protocol(client: aiosmtplib.SMTP) -> SMTPProtocol:
