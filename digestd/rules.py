@@ -28,6 +28,7 @@ from digestd.errors import ConfigError, ConfigProblem
 from digestd.model import FIELDS, Rule, Subscriber, SubscriberSet, Term
 from digestd.patterns import compile_pattern
 from digestd.query import Node, QuerySyntaxError, caret, fold_name, parse_query, shared_term
+from digestd.quickyaml import quick_load
 from digestd.text import fold_words
 from digestd.yamlpos import Marks, dotted, gc_paused, load_yaml, problems_from_validation
 
@@ -280,9 +281,22 @@ def load_subscribers(text: str, *, file: str) -> SubscriberSet:
 
     :raises ConfigError: with every problem as FILE:LINE:COLUMN: field: message.
     """
+    with gc_paused():
+        quick = quick_load(text)
+        if quick is not None and (found := _quick_set(quick, text, file)) is not None:
+            return found
     data, marks = load_yaml(text, file=file)
     with gc_paused():
         return _validate(data, marks, file)
+
+
+def _quick_set(data: dict[str, object], text: str, file: str) -> SubscriberSet | None:
+    """The Rust parser's reading (equal to PyYAML's, see quickyaml), taken only when the strict fast
+    path vouches for every value; any problem is left to the PyYAML path, which positions it."""
+    marks = Marks(text)  # composed only if a check below finds a problem; then we give up anyway
+    if _duplicates(data.get("subscribers"), marks, file) or _unknown_sets(data, marks, file):
+        return None
+    return _fast_file(data, file)
 
 
 def _validate(data: object, marks: Marks, file: str, *, fast: bool = True) -> SubscriberSet:

@@ -152,13 +152,20 @@ def load_yaml(text: str, *, file: str) -> tuple[Any, Marks]:
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold the cyclic GC while building many acyclic containers (it rescans them all, often)."""
+def gc_paused(*, freeze: bool = False) -> Iterator[None]:
+    """Hold the cyclic GC while building many acyclic containers (it rescans them all, often).
+
+    With `freeze`, everything alive at the end moves to the permanent generation before the GC
+    resumes: otherwise its first collection scans every object built meanwhile (2 s for 100,000
+    subscribers). Refcounting still frees frozen objects that become garbage.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if freeze:
+            gc.freeze()
         if was_enabled:
             gc.enable()
 

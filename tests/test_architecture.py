@@ -14,6 +14,7 @@ PURE = [
     "text.py",
     "yamlpos.py",
     "rules.py",
+    "quickyaml.py",
     "match.py",
     "query.py",
     "patterns.py",
