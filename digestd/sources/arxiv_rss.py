@@ -7,19 +7,17 @@ weekends and holidays, which is a successful poll with nothing new, not an error
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
-from digestd.errors import SourceError
 from digestd.model import ParseResult
 from digestd.sources.arxiv_xml import parse_arxiv_rss
-from digestd.sources.http import HttpGetter
+from digestd.sources.http import FeedPoll, HttpGetter
 
 __all__ = ["ARXIV_RSS", "ArxivRssSource"]
 
 ARXIV_RSS = "https://rss.arxiv.org/rss/"
 
 
-class ArxivRssSource:
+class ArxivRssSource(FeedPoll):
     def __init__(
         self,
         getter: HttpGetter,
@@ -36,19 +34,5 @@ class ArxivRssSource:
         self.announce_types = tuple(announce_types)
         self._getter = getter
 
-    def __repr__(self) -> str:
-        return f"ArxivRssSource({self.url!r}, name={self.name!r})"
-
-    async def aclose(self) -> None:
-        await self._getter.aclose()
-
-    async def fetch(self, *, now: datetime) -> ParseResult:
-        reply = await self._getter.get(self.url)
-        if reply.not_modified:
-            return ParseResult(papers=(), not_modified=True)
-        try:
-            result = parse_arxiv_rss(reply.body, announce_types=self.announce_types)
-        except SourceError as exc:
-            raise SourceError(f"GET {self.url}: {exc}", transient=exc.transient) from None
-        validators = (reply.validators,) if reply.validators else ()
-        return ParseResult(papers=result.papers, problems=result.problems, validators=validators)
+    def parse(self, body: bytes) -> ParseResult:
+        return parse_arxiv_rss(body, announce_types=self.announce_types)

@@ -16,15 +16,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NoReturn, Protocol
 
 import httpx
 
 from digestd.errors import SourceError
-from digestd.model import Validators
+from digestd.model import ParseResult, Validators
 from digestd.sources.huggingface import USER_AGENT
 
-__all__ = ["HttpGetter", "Reply", "Throttle", "ValidatorStore"]
+__all__ = ["FeedPoll", "HttpGetter", "Reply", "Throttle", "ValidatorStore"]
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +229,35 @@ def _validators(url: str, response: httpx.Response) -> Validators | None:
     if not etag and not modified:
         return None
     return Validators(url=url, etag=etag or None, last_modified=modified or None)
+
+
+class FeedPoll:
+    """One conditional GET of `url` per poll, its body parsed by `parse`: the shape every XML source shares.
+
+    A 304 is a successful poll with nothing new; a parse failure names the URL; the validators of the
+    reply travel with the papers so the store saves them only once the papers are stored.
+    """
+
+    name: str
+    url: str
+    _getter: HttpGetter
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, name={self.name!r})"
+
+    def parse(self, body: bytes) -> ParseResult:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        await self._getter.aclose()
+
+    async def fetch(self, *, now: datetime) -> ParseResult:
+        reply = await self._getter.get(self.url)
+        if reply.not_modified:
+            return ParseResult(papers=(), not_modified=True)
+        try:
+            result = self.parse(reply.body)
+        except SourceError as exc:
+            raise SourceError(f"GET {self.url}: {exc}", transient=exc.transient) from None
+        validators = (reply.validators,) if reply.validators else ()
+        return ParseResult(papers=result.papers, problems=result.problems, validators=validators)
