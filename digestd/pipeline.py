@@ -21,11 +21,12 @@ from digestd.message import build_message
 from digestd.model import Digest, Match, Paper, Rendered, Subscriber, SubscriberSet
 from digestd.notes import SourceActivity, empty_note
 from digestd.observe import NULL, Observer
-from digestd.personal import render_personal
+from digestd.personal import TOKENS, page_template, render_personal
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
 from digestd.store import Store
 from digestd.transports.base import Mailer
+from digestd.webcopy import body_for
 
 __all__ = [
     "ComposeReport",
@@ -403,13 +404,24 @@ def _save_web_copy(
     """The page behind "view in browser": every paper of the digest, whole, no size budget."""
     assert links.view_url is not None
     ctx = render_context(deps, now=now, links=links, sub=sub, web_copy=True)
-    html = render_personal(digest_for(sub, kind, found), deps.envs, ctx, budget=None).html
+    digest = digest_for(sub, kind, found)
+    token = links.view_url.rsplit("/", 1)[1]
+    expires = now + timedelta(days=deps.options.view_days)
+    shared = page_template(digest, deps.envs, ctx)
+    if shared is not None:  # the page once per shape, the subscriber's values per copy
+        template, values = shared
+        deps.store.save_web_copy_fills(
+            token, subscriber=key(sub), body=body_for(template, TOKENS), fills=values,
+            at=now, expires_at=expires,
+        )  # fmt: skip
+        return
+    html = render_personal(digest, deps.envs, ctx, budget=None).html
     deps.store.save_web_copy(
-        links.view_url.rsplit("/", 1)[1],
+        token,
         subscriber=key(sub),
         html=zlib.compress(html.encode("utf-8"), 1),  # 4x faster than 6 for 12 % more bytes
         at=now,
-        expires_at=now + timedelta(days=deps.options.view_days),
+        expires_at=expires,
     )
 
 

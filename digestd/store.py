@@ -11,7 +11,8 @@ import functools
 import json
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -22,6 +23,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 from digestd.errors import DigestdError
 from digestd.merge import merge, merge_all
 from digestd.model import Paper, Validators
+from digestd.webcopy import WebBody, fill_page
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -375,12 +377,33 @@ _SCHEMA_5 = (
 )
 
 
+def _migration_6(db: sqlite3.Connection) -> None:
+    """Web copies as one shared body per distinct page plus each subscriber's few values.
+
+    Thousands of copies of one run differ only in a name and two links; compressing and storing
+    ~40 KB each cost more than rendering the mail. A body holds the page with placeholder tokens
+    (`slots`: JSON slot → token); a copy that names one stores `fills` (JSON slot → value) and an
+    empty `html`. Rows from before keep their whole compressed page.
+    """
+    db.execute(
+        """CREATE TABLE web_bodies (
+            hash TEXT PRIMARY KEY,
+            html BLOB NOT NULL,
+            slots TEXT NOT NULL
+        )"""
+    )
+    db.execute("ALTER TABLE web_copies ADD COLUMN body TEXT")
+    db.execute("ALTER TABLE web_copies ADD COLUMN fills TEXT")
+    db.execute("CREATE INDEX web_copies_body ON web_copies(body)")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
     _migration_5,
+    _migration_6,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1350,14 +1373,72 @@ class Store:
                 (token, _email_key(subscriber), html, _ts(at), _ts(expires_at)),
             )
 
+    def save_web_copy_fills(
+        self,
+        token: str,
+        *,
+        subscriber: str,
+        body: WebBody,
+        fills: Mapping[str, str],
+        at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        """Keep a copy as a shared body plus this subscriber's values; first write wins.
+
+        The body is written with the copy (not once per process) so a rolled-back batch can never
+        leave a copy pointing at nothing; on conflict it is ignored, which costs microseconds.
+        """
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO web_bodies (hash, html, slots) VALUES (?, ?, ?)",
+                (body.hash, body.html, body.slots),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO web_copies"
+                " (token, subscriber, html, created_at, expires_at, body, fills)"
+                " VALUES (?, ?, x'', ?, ?, ?, ?)",
+                (
+                    token,
+                    _email_key(subscriber),
+                    _ts(at),
+                    _ts(expires_at),
+                    body.hash,
+                    json.dumps(dict(fills), separators=(",", ":")),
+                ),
+            )
+
     def web_copy(self, token: str, *, now: datetime) -> bytes | None:
-        """The stored HTML for `token`, or None when unknown or expired."""
+        """The stored HTML for `token`, compressed, or None when unknown or expired."""
+        page = self.web_page(token, now=now)
+        if page is None or isinstance(page, bytes):
+            return page
+        return zlib.compress(page.encode("utf-8"), 1)
+
+    def web_page(self, token: str, *, now: datetime) -> str | bytes | None:
+        """The page for `token` (str), its compressed bytes for a whole stored copy, or None."""
         row = self._db.execute(
-            "SELECT html FROM web_copies WHERE token = ? AND expires_at > ?", (token, _ts(now))
+            "SELECT c.html, c.fills, b.html, b.slots FROM web_copies c"
+            " LEFT JOIN web_bodies b ON b.hash = c.body"
+            " WHERE c.token = ? AND c.expires_at > ?",
+            (token, _ts(now)),
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        whole, fills, body, slots = row
+        if fills is None:
+            return bytes(whole)
+        if body is None:
+            return None  # unreachable: bodies are pruned only when no copy names them
+        return fill_page(
+            zlib.decompress(body).decode("utf-8"), json.loads(slots), json.loads(fills)
+        )
 
     def prune_web_copies(self, *, now: datetime) -> int:
         with self._write() as db:
             cursor = db.execute("DELETE FROM web_copies WHERE expires_at <= ?", (_ts(now),))
+            if cursor.rowcount:
+                db.execute(
+                    "DELETE FROM web_bodies WHERE hash NOT IN"
+                    " (SELECT body FROM web_copies WHERE body IS NOT NULL)"
+                )
         return cursor.rowcount
