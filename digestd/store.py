@@ -624,18 +624,29 @@ class Store:
         self._db.execute("SELECT 1").fetchone()
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, sync: bool = True) -> Iterator[None]:
         """One transaction for several writes (each `_write` inside joins it): one commit, not N.
 
         Only for work that is redone when lost, like composing: nothing in it is final until the
         batch commits, so a crash inside the batch leaves none of it.
+
+        `sync=False` commits without waiting for the disk (WAL, synchronous=NORMAL): still atomic
+        and safe from a crash of the process, and made durable by the next FULL commit, which
+        syncs the whole WAL. For composing: a queued message is sent only after its `sending`
+        mark is committed FULL, so nothing leaves the host that a power cut could forget.
         """
-        with self._write():
-            self._batching = True
-            try:
-                yield
-            finally:
-                self._batching = False
+        if not sync:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._write():
+                self._batching = True
+                try:
+                    yield
+                finally:
+                    self._batching = False
+        finally:
+            if not sync:
+                self._db.execute("PRAGMA synchronous = FULL")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -728,6 +739,36 @@ class Store:
             (_ts(since), _email_key(subscriber)),
         )
         return [_paper_from_row(row) for row in rows]
+
+    def candidates_for(
+        self, subscribers: Sequence[str], *, since: datetime
+    ) -> dict[str, list[Paper]]:
+        """`candidates` for each of `subscribers` from two queries, not one per subscriber.
+
+        The papers are read and parsed once and shared between subscribers (same objects), in
+        the order `candidates` gives; each subscriber's reserved ones are left out.
+        """
+        keys = list(dict.fromkeys(_email_key(s) for s in subscribers))
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_PAPER_COLUMNS} FROM papers WHERE first_seen_at >= ?"
+                " ORDER BY upvotes DESC, id",
+                (_ts(since),),
+            ).fetchall()
+            papers = [_paper_from_row(row) for row in rows]
+            reserved: dict[str, set[str]] = {}
+            for chunk in _chunks(keys):
+                for subscriber, paper_id in db.execute(
+                    "SELECT d.subscriber, d.paper_id FROM deliveries d JOIN papers p"
+                    " ON p.id = d.paper_id AND p.first_seen_at >= ?"
+                    f" WHERE d.subscriber IN ({_marks(len(chunk))})",
+                    (_ts(since), *chunk),
+                ):
+                    reserved.setdefault(subscriber, set()).add(paper_id)
+        return {
+            k: [p for p in papers if p.id not in reserved[k]] if k in reserved else list(papers)
+            for k in keys
+        }
 
     # -- polls -----------------------------------------------------------------------------
 
