@@ -118,6 +118,19 @@ class Composer:
         # Rendering waits for no cold worker: batches go in-process until this warm-up is done.
         self._warm: Future[bool] | None = pool.submit(_ready) if pool is not None else None
 
+    def ready(self, timeout: float | None = None) -> bool:
+        """Whether batches now go to the worker, after waiting up to `timeout` s for it to start."""
+        if self._pool is None or self._warm is None:
+            return False
+        try:
+            self._warm.result(timeout=timeout)
+        except TimeoutError:
+            return False
+        except BrokenProcessPool:
+            self._lost()
+            return False
+        return self._pool is not None
+
     def submit(self, jobs: Sequence[MailJob]) -> Callable[[], list[Composed]]:
         """Start `jobs`; the returned call gives their bytes in order (rendering here if needed)."""
         if self._pool is not None and self._warm is not None and self._warm.done():
