@@ -45,6 +45,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+MAX_WORKERS = 4  # beyond this the single writer (the main process) is the bottleneck anyway
 POOL_MIN = 200  # due digests below which a worker's start-up (~0.5 s) costs more than it saves
 
 
@@ -74,10 +75,12 @@ class WebCopy:
 
 @dataclass(frozen=True, slots=True)
 class Composed:
-    """One message's unsigned bytes and its web copy."""
+    """One message's unsigned bytes, the same zlib-compressed (what the outbox stores unless
+    it signs them), and its web copy."""
 
     data: bytes
     web: WebCopy | None
+    packed: bytes = b""
 
 
 def assemble(job: MailJob, envs: Environments) -> Composed:
@@ -92,7 +95,9 @@ def assemble(job: MailJob, envs: Environments) -> Composed:
         date=job.date,
         headers=job.headers,
     )
-    return Composed(data, None if job.web is None else web_copy(job.digest, envs, job.web))
+    web = None if job.web is None else web_copy(job.digest, envs, job.web)
+    # Level 1: ~4x smaller for 0.2 ms, spent here (in the worker for big runs), not in the writer.
+    return Composed(data, web, zlib.compress(data, 1))
 
 
 def web_copy(digest: Digest, envs: Environments, ctx: RenderContext) -> WebCopy:
@@ -112,18 +117,23 @@ def web_copy(digest: Digest, envs: Environments, ctx: RenderContext) -> WebCopy:
 class Composer:
     """Turns batches of jobs into bytes: in this process, or in a worker once it is warm."""
 
-    def __init__(self, envs: Environments, pool: ProcessPoolExecutor | None = None) -> None:
+    def __init__(
+        self, envs: Environments, pool: ProcessPoolExecutor | None = None, workers: int = 1
+    ) -> None:
         self._envs = envs
         self._pool = pool
-        # Rendering waits for no cold worker: batches go in-process until this warm-up is done.
-        self._warm: Future[bool] | None = pool.submit(_ready) if pool is not None else None
+        self._workers = max(1, workers)
+        # Rendering waits for no cold worker: batches go in-process until the warm-ups are done
+        # (one per worker: each submit while none is idle starts another process).
+        self._warm = [pool.submit(_ready) for _ in range(self._workers)] if pool is not None else []
 
     def ready(self, timeout: float | None = None) -> bool:
-        """Whether batches now go to the worker, after waiting up to `timeout` s for it to start."""
-        if self._pool is None or self._warm is None:
+        """Whether batches now go to the workers, after waiting up to `timeout` s for them."""
+        if self._pool is None:
             return False
         try:
-            self._warm.result(timeout=timeout)
+            for warm in self._warm:
+                warm.result(timeout=timeout)
         except TimeoutError:
             return False
         except BrokenProcessPool:
@@ -132,20 +142,27 @@ class Composer:
         return self._pool is not None
 
     def submit(self, jobs: Sequence[MailJob]) -> Callable[[], list[Composed]]:
-        """Start `jobs`; the returned call gives their bytes in order (rendering here if needed)."""
-        if self._pool is not None and self._warm is not None and self._warm.done():
+        """Start `jobs`; the returned call gives their bytes in order (rendering here if needed).
+
+        With several workers the batch is split between them, so all render at once.
+        """
+        if self._pool is not None and all(w.done() for w in self._warm):
+            size = -(-len(jobs) // self._workers) or 1
+            parts = [list(jobs[i : i + size]) for i in range(0, len(jobs), size)]
             try:
-                future = self._pool.submit(_assemble_all, list(jobs))
+                futures = [self._pool.submit(_assemble_all, part) for part in parts]
             except (BrokenProcessPool, RuntimeError):
                 self._lost()
             else:
-                return lambda: self._collect(future, jobs)
+                return lambda: self._collect(futures, jobs)
         done = [assemble(job, self._envs) for job in jobs]
         return lambda: done
 
-    def _collect(self, future: Future[list[Composed]], jobs: Sequence[MailJob]) -> list[Composed]:
+    def _collect(
+        self, futures: Sequence[Future[list[Composed]]], jobs: Sequence[MailJob]
+    ) -> list[Composed]:
         try:
-            return future.result()
+            return [composed for future in futures for composed in future.result()]
         except BrokenProcessPool:
             self._lost()
             return [assemble(job, self._envs) for job in jobs]
@@ -165,14 +182,16 @@ def composer(envs: Environments, n_due: int) -> Iterator[Composer]:
         yield Composer(envs)
         return
     # spawn, not fork: the main process holds SQLite connections and threads.
+    # As many workers as cores: the main process spends part of its time waiting for them.
+    workers = min(os.cpu_count() or 1, MAX_WORKERS)
     pool = ProcessPoolExecutor(
-        max_workers=1,
+        max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init,
         initargs=(dirs[0] if dirs else None,),
     )
     try:
-        yield Composer(envs, pool)
+        yield Composer(envs, pool, workers)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -395,6 +395,9 @@ def _migration_6(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE web_copies ADD COLUMN body TEXT")
     db.execute("ALTER TABLE web_copies ADD COLUMN fills TEXT")
     db.execute("CREATE INDEX web_copies_body ON web_copies(body)")
+    # Message bytes may be stored zlib-compressed (by the compose worker): ~4x less to write to
+    # the WAL and the database, which at 44 KB a message had become the compose bottleneck.
+    db.execute("ALTER TABLE outbox_bodies ADD COLUMN zlib INTEGER NOT NULL DEFAULT 0")
 
 
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
@@ -520,7 +523,7 @@ def _outbox_from_row(row: sqlite3.Row) -> OutboxRow:
         period=row["period"],
         message_id=row["message_id"],
         sender=row["sender"],
-        data=bytes(row["data"]),
+        data=zlib.decompress(row["data"]) if row["zlib"] else bytes(row["data"]),
         attempts=row["attempts"],
         state=row["state"],
     )
@@ -899,10 +902,12 @@ class Store:
         paper_ids: Sequence[str],
         at: datetime,
         expires_at: datetime | None = None,
+        compressed: bool = False,
     ) -> int | None:
         """Queue one message and reserve its papers for `subscriber`, atomically.
 
         `data=None` records an empty period (state 'empty') so it is not composed again.
+        `compressed`: `data` is the message zlib-compressed; claims hand out the plain bytes.
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
         Papers already reserved for the subscriber keep their old reservation.
 
@@ -927,8 +932,8 @@ class Store:
                 return None
             if data is not None:
                 db.execute(
-                    "INSERT INTO outbox_bodies (outbox_id, data) VALUES (?, ?)",
-                    (outbox_id[0], data),
+                    "INSERT INTO outbox_bodies (outbox_id, data, zlib) VALUES (?, ?, ?)",
+                    (outbox_id[0], data, int(compressed)),
                 )
             db.executemany(
                 "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, outbox_id)"
@@ -996,7 +1001,7 @@ class Store:
             return []
         sql = (
             "SELECT o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,"
-            " o.state, COALESCE(b.data, o.data) AS data"
+            " o.state, COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib"
             " FROM outbox o LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
             f" WHERE o.id IN ({_marks(len(ids))})"
         )
