@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,12 +114,17 @@ def run_digestd(config: Path, profile: str | None) -> tuple[float, int, str]:
 
 
 def message_stats(state: Path) -> tuple[int, int]:
+    """(messages sent, their mean size as sent): bodies may be stored zlib-compressed."""
     with sqlite3.connect(state) as db:
-        sent, size = db.execute(
-            "SELECT count(*), avg(length(b.data)) FROM outbox o"
+        rows = db.execute(
+            "SELECT b.data, b.zlib FROM outbox o"
             " JOIN outbox_bodies b ON b.outbox_id = o.id WHERE o.state = 'sent'"
-        ).fetchone()
-    return int(sent), int(size or 0)
+        )
+        sent = total = 0
+        for data, packed in rows:
+            sent += 1
+            total += len(zlib.decompress(data)) if packed else len(data)
+    return sent, total // sent if sent else 0
 
 
 def run_source(port: int, *, count: int, size: int, sessions: int) -> float:

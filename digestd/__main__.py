@@ -2,4 +2,6 @@
 
 from digestd.cli import main
 
-raise SystemExit(main())
+# Guarded: a spawned compose worker must never run the command line again.
+if __name__ == "__main__":
+    raise SystemExit(main())

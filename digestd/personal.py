@@ -45,7 +45,7 @@ from digestd.render import (
 )
 from digestd.text import clean_header
 
-__all__ = ["SLOTS", "is_plain", "render_personal"]
+__all__ = ["SLOTS", "TOKENS", "is_plain", "page_template", "render_personal"]
 
 SLOTS = ("name", "unsubscribe", "web")
 _NAME_LIMIT = 100  # as render._values cuts subscriber names
@@ -83,6 +83,7 @@ _A_PATTERN = re.compile("|".join(re.escape(t) for t in _A.as_map().values()))
 _B_PATTERN = re.compile("|".join(re.escape(t) for t in _B.as_map().values()))
 _B_TO_A = {_B.as_map()[slot]: token for slot, token in _A.as_map().items()}
 _A_BYTES = {slot: len(token.encode("utf-8")) for slot, token in _A.as_map().items()}
+TOKENS = tuple(_A.as_map().items())  # (slot, placeholder) pairs of every template's HTML
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,21 @@ def render_personal(
         text=substitute(template.text, values),
         html=substitute(template.html, values),
     )
+
+
+def page_template(
+    digest: Digest, envs: Environments, ctx: RenderContext
+) -> tuple[str, dict[str, str]] | None:
+    """The unbudgeted HTML as (template, values): `substitute` of the two is `render_personal`'s.
+
+    None when this digest takes the full render (a value is not plain, or the template does not
+    use one verbatim); the caller then stores the whole page.
+    """
+    values = slot_values(digest, ctx)
+    if values is None:
+        return None
+    found = _template(_shape(digest, envs, ctx, values, None), Layout())
+    return None if found is None else (found.html, values)
 
 
 class _Unsubstitutable(Exception):

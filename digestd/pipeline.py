@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -13,6 +12,7 @@ from email.utils import parseaddr
 from typing import Literal
 
 from digestd import delivery, periods, tokens
+from digestd.composer import Composed, MailJob, WebCopy, assemble, composer
 from digestd.delivery import DeliverReport
 from digestd.errors import SourceError
 from digestd.index import Matcher
@@ -21,7 +21,6 @@ from digestd.message import build_message
 from digestd.model import Digest, Match, Paper, Rendered, Subscriber, SubscriberSet
 from digestd.notes import SourceActivity, empty_note
 from digestd.observe import NULL, Observer
-from digestd.personal import render_personal
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
 from digestd.store import Store
@@ -239,7 +238,6 @@ def compose(
     # puts its papers into the digest composed now, not the one after.
     deps.store.release_stale(now=now)
     deps.store.prune_web_copies(now=now)
-    due = n_queued = n_empty = 0
     deps.observer.begin("match", len(deps.subscribers.subscribers))
     suspended = deps.store.suspended()  # they get nothing until `digestd unsuspend`
     todo = [
@@ -247,23 +245,99 @@ def compose(
         for sub, period, expires in _due(deps, now=now, once=once)
         if (wanted is None or sub.email.casefold() in wanted) and key(sub) not in suspended
     ]
-    for start in range(0, len(todo), _COMPOSE_BATCH):
-        with deps.store.batch():  # composing is redone if lost: one commit per batch
-            for sub, period, expires in todo[start : start + _COMPOSE_BATCH]:
-                due += 1
-                papers = deps.store.candidates(key(sub), since=now - deps.options.lookback)
-                found = matcher_for(deps).match(papers, sub)
-                if not found and sub.send_empty:
-                    n_queued += _enqueue_note(deps, sub, period, now=now, expires=expires)
-                elif _enqueue(deps, sub, "digest", period, found, now=now, expires=expires):
-                    n_queued += bool(found)
-                    n_empty += not found
-                    deps.observer.matched("digest", len(found))
-                deps.observer.advance("match")
+    due, n_queued, n_empty = _compose_all(deps, todo, now=now)
     deps.observer.end("match", f"{due} due, {n_queued} digest(s) queued, {n_empty} empty")
     if due:
         log.info("composed n_due=%d n_queued=%d n_empty=%d", due, n_queued, n_empty)
     return ComposeReport(n_due=due, n_queued=n_queued, n_empty=n_empty)
+
+
+def _compose_all(
+    deps: Deps, todo: Sequence[tuple[Subscriber, str, datetime | None]], *, now: datetime
+) -> tuple[int, int, int]:
+    """Compose `todo` in batches; (due, queued, empty).
+
+    A worker (see `composer`) renders batch k while this process matches k+1 and then writes k.
+    """
+    totals = (0, 0, 0)
+    pending: _Batch = ([], list)
+    since = now - deps.options.lookback
+    with composer(deps.envs, len(todo)) as mails:
+        for start in range(0, len(todo), _COMPOSE_BATCH):
+            chunk = todo[start : start + _COMPOSE_BATCH]
+            papers = deps.store.candidates_for([key(sub) for sub, _, _ in chunk], since=since)
+            with deps.store.batch(sync=False):  # new subscriber ids: one commit, not one each
+                batch = [_prepare(deps, *it, papers[key(it[0])], now=now) for it in chunk]
+            collect = mails.submit([p.job for p in batch if p.job is not None])
+            totals = _add(totals, _write(deps, pending, now=now))
+            pending = (batch, collect)
+        return _add(totals, _write(deps, pending, now=now))
+
+
+def _add(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One due digest between matching and the outbox: its job renders while others are written."""
+
+    sub: Subscriber
+    period: str
+    expires: datetime | None
+    found: Sequence[Match]
+    message_id: str = ""
+    links: MailLinks = field(default_factory=MailLinks)
+    job: MailJob | None = None  # None: a note, an empty digest or a suppressed address
+
+
+def _prepare(
+    deps: Deps,
+    sub: Subscriber,
+    period: str,
+    expires: datetime | None,
+    papers: Sequence[Paper],
+    *,
+    now: datetime,
+) -> _Prepared:
+    found = matcher_for(deps).match(papers, sub)
+    item = _Prepared(sub, period, expires, found)
+    if found and not deps.store.is_suppressed(key(sub)):
+        item.message_id = make_message_id(deps, key(sub), "digest", period)
+        item.links = _links(deps, sub, item.message_id)
+        item.job = _job(
+            deps, sub, "digest", found, links=item.links, message_id=item.message_id, now=now
+        )
+    return item
+
+
+_Batch = tuple[list[_Prepared], Callable[[], list[Composed]]]  # prepared digests, rendered
+
+
+def _write(deps: Deps, pending: _Batch, *, now: datetime) -> tuple[int, int, int]:
+    """Queue a prepared batch in one transaction once its bytes are back; (due, queued, empty)."""
+    batch, collect = pending
+    if not batch:
+        return 0, 0, 0
+    rendered = iter(collect())
+    due = n_queued = n_empty = 0
+    with deps.store.batch(sync=False):  # composing is redone if lost: one commit per batch
+        for item in batch:
+            due += 1
+            sub, found = item.sub, item.found
+            if not found and sub.send_empty:
+                n_queued += _enqueue_note(deps, sub, item.period, now=now, expires=item.expires)
+            else:
+                composed = next(rendered) if item.job is not None else None
+                if _enqueue(
+                    deps, sub, "digest", item.period, found, now=now, expires=item.expires,
+                    prepared=(item.message_id, item.links, composed) if item.job is not None else None,
+                ):  # fmt: skip
+                    n_queued += bool(found)
+                    n_empty += not found
+                    deps.observer.matched("digest", len(found))
+            deps.observer.advance("match")
+    return due, n_queued, n_empty
 
 
 def _due(
@@ -305,16 +379,26 @@ def _enqueue(
     *,
     now: datetime,
     expires: datetime | None,
+    prepared: tuple[str, MailLinks, Composed | None] | None = None,
 ) -> bool:
     """Render and queue one message; every matched paper is reserved, shown or over the cap.
 
-    Nothing is queued for a suppressed address, whatever the subscribers file says.
+    Nothing is queued for a suppressed address, whatever the subscribers file says. `prepared`:
+    the (Message-ID, links, rendered message) `compose` already made, possibly in a worker.
     """
     if deps.store.is_suppressed(key(sub)):
         return False
-    message_id = make_message_id(deps, key(sub), kind, period)
-    links = _links(deps, sub, message_id)
-    data = _render(deps, sub, kind, found, links=links, message_id=message_id, now=now)
+    if prepared is None:
+        message_id = make_message_id(deps, key(sub), kind, period)
+        links = _links(deps, sub, message_id)
+        composed = _compose_one(deps, sub, kind, found, links=links, message_id=message_id, now=now)
+    else:
+        message_id, links, composed = prepared
+    data, packed = None, False
+    if composed is not None and deps.sign is not None:
+        data = deps.sign(composed.data)  # signed when queued: every retry sends the same signature
+    elif composed is not None:
+        data, packed = composed.packed, True
     row = deps.store.enqueue(
         subscriber=key(sub),
         kind=kind,
@@ -325,9 +409,10 @@ def _enqueue(
         paper_ids=[m.paper.id for m in found],
         at=now,
         expires_at=expires,
+        compressed=packed,
     )
-    if row is not None and found and links.view_url:
-        _save_web_copy(deps, sub, kind, found, links=links, message_id=message_id, now=now)
+    if row is not None and composed is not None and composed.web is not None:
+        _save_web_copy(deps, sub, composed.web, links=links, now=now)
     return row is not None
 
 
@@ -360,7 +445,7 @@ def digest_for(sub: Subscriber, kind: Kind, found: Sequence[Match]) -> Digest:
     return Digest(subscriber=sub, kind=kind, matches=shown, more=len(found) - len(shown))
 
 
-def _render(
+def _compose_one(
     deps: Deps,
     sub: Subscriber,
     kind: Kind,
@@ -369,48 +454,56 @@ def _render(
     links: MailLinks,
     message_id: str,
     now: datetime,
-) -> bytes | None:
-    """The queued bytes (DKIM-signed when configured, so every retry sends the same signature)."""
+) -> Composed | None:
     if not found:
         return None
-    digest = digest_for(sub, kind, found)
-    ctx = render_context(deps, now=now, links=links, sub=sub)
-    rendered = render_personal(digest, deps.envs, ctx)
+    return assemble(
+        _job(deps, sub, kind, found, links=links, message_id=message_id, now=now), deps.envs
+    )
+
+
+def _job(
+    deps: Deps,
+    sub: Subscriber,
+    kind: Kind,
+    found: Sequence[Match],
+    *,
+    links: MailLinks,
+    message_id: str,
+    now: datetime,
+) -> MailJob:
     options = deps.options
     list_id = options.list_id or default_list_id(options.site_name, options.domain)
-    data = build_message(
-        rendered,
+    return MailJob(
+        digest=digest_for(sub, kind, found),
+        ctx=render_context(deps, now=now, links=links, sub=sub),
         sender=options.sender,
         to=sub.email,
         to_name=sub.name,
         message_id=message_id,
         date=now,
         headers=list_headers(links, list_id),
+        # The page behind "view in browser": every paper of the digest, whole, no size budget.
+        web=render_context(deps, now=now, links=links, sub=sub, web_copy=True)
+        if links.view_url
+        else None,
     )
-    return deps.sign(data) if deps.sign is not None else data
 
 
 def _save_web_copy(
-    deps: Deps,
-    sub: Subscriber,
-    kind: Kind,
-    found: Sequence[Match],
-    *,
-    links: MailLinks,
-    message_id: str,
-    now: datetime,
+    deps: Deps, sub: Subscriber, web: WebCopy, *, links: MailLinks, now: datetime
 ) -> None:
-    """The page behind "view in browser": every paper of the digest, whole, no size budget."""
     assert links.view_url is not None
-    ctx = render_context(deps, now=now, links=links, sub=sub, web_copy=True)
-    html = render_personal(digest_for(sub, kind, found), deps.envs, ctx, budget=None).html
-    deps.store.save_web_copy(
-        links.view_url.rsplit("/", 1)[1],
-        subscriber=key(sub),
-        html=zlib.compress(html.encode("utf-8"), 1),  # 4x faster than 6 for 12 % more bytes
-        at=now,
-        expires_at=now + timedelta(days=deps.options.view_days),
-    )
+    token = links.view_url.rsplit("/", 1)[1]
+    expires = now + timedelta(days=deps.options.view_days)
+    if web.body is not None:  # the page once per shape, the subscriber's values per copy
+        deps.store.save_web_copy_fills(
+            token, subscriber=key(sub), body=web.body, fills=web.fills, at=now, expires_at=expires
+        )
+    else:
+        deps.store.save_web_copy(
+            token, subscriber=key(sub), html=web.whole, at=now, expires_at=expires
+        )
 
 
 def _links(deps: Deps, sub: Subscriber, message_id: str) -> MailLinks:

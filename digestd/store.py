@@ -11,7 +11,8 @@ import functools
 import json
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -22,6 +23,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 from digestd.errors import DigestdError
 from digestd.merge import merge, merge_all
 from digestd.model import Paper, Validators
+from digestd.webcopy import WebBody, fill_page
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -375,12 +377,36 @@ _SCHEMA_5 = (
 )
 
 
+def _migration_6(db: sqlite3.Connection) -> None:
+    """Web copies as one shared body per distinct page plus each subscriber's few values.
+
+    Thousands of copies of one run differ only in a name and two links; compressing and storing
+    ~40 KB each cost more than rendering the mail. A body holds the page with placeholder tokens
+    (`slots`: JSON slot → token); a copy that names one stores `fills` (JSON slot → value) and an
+    empty `html`. Rows from before keep their whole compressed page.
+    """
+    db.execute(
+        """CREATE TABLE web_bodies (
+            hash TEXT PRIMARY KEY,
+            html BLOB NOT NULL,
+            slots TEXT NOT NULL
+        )"""
+    )
+    db.execute("ALTER TABLE web_copies ADD COLUMN body TEXT")
+    db.execute("ALTER TABLE web_copies ADD COLUMN fills TEXT")
+    db.execute("CREATE INDEX web_copies_body ON web_copies(body)")
+    # Message bytes may be stored zlib-compressed (by the compose worker): ~4x less to write to
+    # the WAL and the database, which at 44 KB a message had become the compose bottleneck.
+    db.execute("ALTER TABLE outbox_bodies ADD COLUMN zlib INTEGER NOT NULL DEFAULT 0")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
     _migration_5,
+    _migration_6,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -497,7 +523,7 @@ def _outbox_from_row(row: sqlite3.Row) -> OutboxRow:
         period=row["period"],
         message_id=row["message_id"],
         sender=row["sender"],
-        data=bytes(row["data"]),
+        data=zlib.decompress(row["data"]) if row["zlib"] else bytes(row["data"]),
         attempts=row["attempts"],
         state=row["state"],
     )
@@ -601,18 +627,29 @@ class Store:
         self._db.execute("SELECT 1").fetchone()
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, sync: bool = True) -> Iterator[None]:
         """One transaction for several writes (each `_write` inside joins it): one commit, not N.
 
         Only for work that is redone when lost, like composing: nothing in it is final until the
         batch commits, so a crash inside the batch leaves none of it.
+
+        `sync=False` commits without waiting for the disk (WAL, synchronous=NORMAL): still atomic
+        and safe from a crash of the process, and made durable by the next FULL commit, which
+        syncs the whole WAL. For composing: a queued message is sent only after its `sending`
+        mark is committed FULL, so nothing leaves the host that a power cut could forget.
         """
-        with self._write():
-            self._batching = True
-            try:
-                yield
-            finally:
-                self._batching = False
+        if not sync:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._write():
+                self._batching = True
+                try:
+                    yield
+                finally:
+                    self._batching = False
+        finally:
+            if not sync:
+                self._db.execute("PRAGMA synchronous = FULL")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -705,6 +742,36 @@ class Store:
             (_ts(since), _email_key(subscriber)),
         )
         return [_paper_from_row(row) for row in rows]
+
+    def candidates_for(
+        self, subscribers: Sequence[str], *, since: datetime
+    ) -> dict[str, list[Paper]]:
+        """`candidates` for each of `subscribers` from two queries, not one per subscriber.
+
+        The papers are read and parsed once and shared between subscribers (same objects), in
+        the order `candidates` gives; each subscriber's reserved ones are left out.
+        """
+        keys = list(dict.fromkeys(_email_key(s) for s in subscribers))
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_PAPER_COLUMNS} FROM papers WHERE first_seen_at >= ?"
+                " ORDER BY upvotes DESC, id",
+                (_ts(since),),
+            ).fetchall()
+            papers = [_paper_from_row(row) for row in rows]
+            reserved: dict[str, set[str]] = {}
+            for chunk in _chunks(keys):
+                for subscriber, paper_id in db.execute(
+                    "SELECT d.subscriber, d.paper_id FROM deliveries d JOIN papers p"
+                    " ON p.id = d.paper_id AND p.first_seen_at >= ?"
+                    f" WHERE d.subscriber IN ({_marks(len(chunk))})",
+                    (_ts(since), *chunk),
+                ):
+                    reserved.setdefault(subscriber, set()).add(paper_id)
+        return {
+            k: [p for p in papers if p.id not in reserved[k]] if k in reserved else list(papers)
+            for k in keys
+        }
 
     # -- polls -----------------------------------------------------------------------------
 
@@ -835,10 +902,12 @@ class Store:
         paper_ids: Sequence[str],
         at: datetime,
         expires_at: datetime | None = None,
+        compressed: bool = False,
     ) -> int | None:
         """Queue one message and reserve its papers for `subscriber`, atomically.
 
         `data=None` records an empty period (state 'empty') so it is not composed again.
+        `compressed`: `data` is the message zlib-compressed; claims hand out the plain bytes.
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
         Papers already reserved for the subscriber keep their old reservation.
 
@@ -863,8 +932,8 @@ class Store:
                 return None
             if data is not None:
                 db.execute(
-                    "INSERT INTO outbox_bodies (outbox_id, data) VALUES (?, ?)",
-                    (outbox_id[0], data),
+                    "INSERT INTO outbox_bodies (outbox_id, data, zlib) VALUES (?, ?, ?)",
+                    (outbox_id[0], data, int(compressed)),
                 )
             db.executemany(
                 "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, outbox_id)"
@@ -932,7 +1001,7 @@ class Store:
             return []
         sql = (
             "SELECT o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,"
-            " o.state, COALESCE(b.data, o.data) AS data"
+            " o.state, COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib"
             " FROM outbox o LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
             f" WHERE o.id IN ({_marks(len(ids))})"
         )
@@ -1350,14 +1419,72 @@ class Store:
                 (token, _email_key(subscriber), html, _ts(at), _ts(expires_at)),
             )
 
+    def save_web_copy_fills(
+        self,
+        token: str,
+        *,
+        subscriber: str,
+        body: WebBody,
+        fills: Mapping[str, str],
+        at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        """Keep a copy as a shared body plus this subscriber's values; first write wins.
+
+        The body is written with the copy (not once per process) so a rolled-back batch can never
+        leave a copy pointing at nothing; on conflict it is ignored, which costs microseconds.
+        """
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO web_bodies (hash, html, slots) VALUES (?, ?, ?)",
+                (body.hash, body.html, body.slots),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO web_copies"
+                " (token, subscriber, html, created_at, expires_at, body, fills)"
+                " VALUES (?, ?, x'', ?, ?, ?, ?)",
+                (
+                    token,
+                    _email_key(subscriber),
+                    _ts(at),
+                    _ts(expires_at),
+                    body.hash,
+                    json.dumps(dict(fills), separators=(",", ":")),
+                ),
+            )
+
     def web_copy(self, token: str, *, now: datetime) -> bytes | None:
-        """The stored HTML for `token`, or None when unknown or expired."""
+        """The stored HTML for `token`, compressed, or None when unknown or expired."""
+        page = self.web_page(token, now=now)
+        if page is None or isinstance(page, bytes):
+            return page
+        return zlib.compress(page.encode("utf-8"), 1)
+
+    def web_page(self, token: str, *, now: datetime) -> str | bytes | None:
+        """The page for `token` (str), its compressed bytes for a whole stored copy, or None."""
         row = self._db.execute(
-            "SELECT html FROM web_copies WHERE token = ? AND expires_at > ?", (token, _ts(now))
+            "SELECT c.html, c.fills, b.html, b.slots FROM web_copies c"
+            " LEFT JOIN web_bodies b ON b.hash = c.body"
+            " WHERE c.token = ? AND c.expires_at > ?",
+            (token, _ts(now)),
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        whole, fills, body, slots = row
+        if fills is None:
+            return bytes(whole)
+        if body is None:
+            return None  # unreachable: bodies are pruned only when no copy names them
+        return fill_page(
+            zlib.decompress(body).decode("utf-8"), json.loads(slots), json.loads(fills)
+        )
 
     def prune_web_copies(self, *, now: datetime) -> int:
         with self._write() as db:
             cursor = db.execute("DELETE FROM web_copies WHERE expires_at <= ?", (_ts(now),))
+            if cursor.rowcount:
+                db.execute(
+                    "DELETE FROM web_bodies WHERE hash NOT IN"
+                    " (SELECT body FROM web_copies WHERE body IS NOT NULL)"
+                )
         return cursor.rowcount

@@ -131,11 +131,13 @@ class _Pages:
         token = request.path_params["token"]
         html = None
         if tokens.is_view_token(token):
-            html = self.store.web_copy(token, now=self.clock())
+            html = self.store.web_page(token, now=self.clock())
         if html is None:
             body = Markup("<p>This copy has expired or never existed; the email has it all.</p>")
             return _page("Not found", body, status=404)
-        return HTMLResponse(zlib.decompress(html).decode("utf-8"), headers=_HEADERS)
+        if isinstance(html, bytes):  # a whole page, stored compressed
+            html = zlib.decompress(html).decode("utf-8")
+        return HTMLResponse(html, headers=_HEADERS)
 
 
 def mask(email: str) -> str:

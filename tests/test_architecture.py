@@ -22,6 +22,7 @@ PURE = [
     "periods.py",
     "render.py",
     "message.py",
+    "webcopy.py",
     "sources/hf_json.py",
     "tokens.py",
     "listmail.py",

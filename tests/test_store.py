@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -455,3 +456,29 @@ def test_prune_drops_old_sent_bytes_only(store: Store) -> None:
     # The ledger survives pruning: the paper is still not a candidate.
     assert store.candidates(ALICE, since=T0) == []
     assert store.status().outbox["sent"] == 2
+
+
+def test_candidates_for_a_batch_equal_candidates_one_by_one(store: Store) -> None:
+    store.record_papers([paper("old", upvotes=99)], seen_at=T0 - timedelta(days=2))
+    store.record_papers([paper("b", upvotes=5), paper("a", upvotes=5), paper("c")], seen_at=T0)
+    enqueue(store, ALICE, ids=("a",))
+    enqueue(store, BOB, ids=("old",), period="p2")
+    subs = [ALICE, "Bob@Example.org", "carol@example.org", ALICE]
+    for since in (T0, T0 - timedelta(days=3)):
+        found = store.candidates_for(subs, since=since)
+        assert set(found) == {ALICE, BOB, "carol@example.org"}
+        for sub in subs:
+            assert found[sub.lower()] == store.candidates(sub, since=since)
+    assert store.candidates_for([], since=T0) == {}
+
+
+def test_compressed_bodies_are_claimed_as_plain_bytes(store: Store) -> None:
+    message = b"Subject: x\r\n\r\n" + b"body line\r\n" * 500
+    store.enqueue(
+        subscriber=ALICE, kind="digest", period="z", message_id="<z@example.org>",
+        sender="d@example.org", data=zlib.compress(message, 1), paper_ids=[], at=T0,
+        compressed=True,
+    )  # fmt: skip
+    enqueue(store, BOB, ids=(), period="plain")
+    rows = {row.subscriber: row.data for row in store.claim_due(now=T0)}
+    assert rows == {ALICE: message, BOB: b"message bytes"}
