@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +22,7 @@ import httpx
 from digestd.errors import SourceError
 from digestd.model import ParseResult, Validators
 from digestd.sources.huggingface import USER_AGENT
+from digestd.sources.retry import RetryLater, backoff_delay, server_wait
 
 __all__ = ["FeedPoll", "HttpGetter", "Reply", "Throttle", "ValidatorStore"]
 
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-_RATELIMIT_T = re.compile(r"(?:^|;)\s*t\s*=\s*(\d+)")
 
 
 class ValidatorStore(Protocol):
@@ -75,13 +73,6 @@ class Reply:
     not_modified: bool = False
 
 
-class _Retry(Exception):
-    def __init__(self, message: str, *, status: int | None = None, wait: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.wait = wait
-
-
 class HttpGetter:
     """GETs for one source: descriptive User-Agent, retries with jittered backoff, capped bodies."""
 
@@ -120,7 +111,7 @@ class HttpGetter:
         while True:
             try:
                 return await self._attempt(url, known)
-            except _Retry as failure:
+            except RetryLater as failure:
                 if attempt >= self.retries:
                     raise SourceError(
                         f"GET {url}: {failure} (gave up after {attempt + 1} attempts)",
@@ -156,9 +147,9 @@ class HttpGetter:
                     return Reply(body=b"", validators=known, not_modified=True)
                 excerpt = await _head(response)
         except httpx.TimeoutException as exc:
-            raise _Retry(f"timed out ({type(exc).__name__})") from None
+            raise RetryLater(f"timed out ({type(exc).__name__})") from None
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
-            raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
+            raise RetryLater(f"connection failed ({type(exc).__name__}: {exc})") from None
         except httpx.HTTPError as exc:
             raise SourceError(f"GET {url}: {type(exc).__name__}: {exc}", transient=False) from None
         self._refuse(response, excerpt, url)
@@ -185,9 +176,9 @@ class HttpGetter:
     def _refuse(self, response: httpx.Response, excerpt: bytes, url: str) -> NoReturn:
         status = response.status_code
         if status == 429:
-            raise _Retry("HTTP 429 rate limited", status=429, wait=_wait(response))
+            raise RetryLater("HTTP 429 rate limited", status=429, wait=server_wait(response))
         if status >= 500:
-            raise _Retry(f"HTTP {status}", status=status, wait=_wait(response))
+            raise RetryLater(f"HTTP {status}", status=status, wait=server_wait(response))
         body = excerpt.decode("utf-8", "replace")
         raise SourceError(
             f"GET {url}: HTTP {status} {response.reason_phrase}: {body!r}",
@@ -195,12 +186,8 @@ class HttpGetter:
             status=status,
         )
 
-    def _delay(self, attempt: int, server_wait: float | None) -> float:
-        if server_wait is not None:
-            return min(server_wait, self.max_wait)
-        # Jitter keeps several daemons behind one NAT from retrying in lockstep.
-        base = self.backoff * 2.0**attempt
-        return min(base * random.uniform(1.0, 1.5), self.max_wait)
+    def _delay(self, attempt: int, wait: float | None) -> float:
+        return backoff_delay(attempt, wait, backoff=self.backoff, max_wait=self.max_wait)
 
 
 async def _head(response: httpx.Response, limit: int = 4096) -> bytes:
@@ -212,15 +199,6 @@ async def _head(response: httpx.Response, limit: int = 4096) -> bytes:
         if size > limit:
             break
     return b"".join(chunks)[:200]
-
-
-def _wait(response: httpx.Response) -> float | None:
-    """Seconds the server asks for (`RateLimit: …;t=16` or `Retry-After: 16`); dates are ignored."""
-    match = _RATELIMIT_T.search(response.headers.get("RateLimit", ""))
-    if match:
-        return float(match.group(1))
-    value = response.headers.get("Retry-After", "").strip()
-    return float(value) if value.isdigit() else None
 
 
 def _validators(url: str, response: httpx.Response) -> Validators | None:

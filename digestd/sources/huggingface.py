@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Literal, NoReturn
 
 import httpx
@@ -22,6 +19,7 @@ from digestd import __version__
 from digestd.errors import SourceError
 from digestd.model import ParseProblem, ParseResult
 from digestd.sources.hf_json import merge_results, parse_page
+from digestd.sources.retry import RetryLater, backoff_delay, server_wait
 
 __all__ = ["USER_AGENT", "HuggingFaceSource", "make_client"]
 
@@ -30,7 +28,6 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"digestd/{__version__} (+https://github.com/digestd/digestd)"
 # A reply larger than this is not a Daily Papers page (100 items are about 1 MB).
 MAX_BODY = 32 * 1024 * 1024
-_RATELIMIT_T = re.compile(r"(?:^|;)\s*t\s*=\s*(\d+)")
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -43,15 +40,6 @@ def make_client(timeout: float = 30.0) -> httpx.AsyncClient:
         follow_redirects=True,
         max_redirects=5,
     )
-
-
-class _Retry(Exception):
-    """A failed attempt worth retrying: why, the HTTP status, and the server's wait if any."""
-
-    def __init__(self, message: str, *, status: int | None = None, wait: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.wait = wait
 
 
 class HuggingFaceSource:
@@ -144,7 +132,7 @@ class HuggingFaceSource:
         while True:
             try:
                 return await self._attempt(params, now)
-            except _Retry as failure:
+            except RetryLater as failure:
                 if attempt >= self.retries:
                     raise self._error(
                         f"{self._where(params)}: {failure} (gave up after {attempt + 1} attempts)",
@@ -171,9 +159,9 @@ class HuggingFaceSource:
                     return await _read_capped(response)
                 excerpt = (await _read_capped(response, limit=4096))[:200]
         except httpx.TimeoutException as exc:
-            raise _Retry(f"timed out ({type(exc).__name__})") from None
+            raise RetryLater(f"timed out ({type(exc).__name__})") from None
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
-            raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
+            raise RetryLater(f"connection failed ({type(exc).__name__}: {exc})") from None
         except httpx.HTTPError as exc:
             # A bad URL, an unsupported scheme, a redirect loop: retrying will not help.
             message = f"{self._where(params)}: {type(exc).__name__}: {exc}"
@@ -185,9 +173,9 @@ class HuggingFaceSource:
     ) -> NoReturn:
         status = response.status_code
         if status == 429:
-            raise _Retry("HTTP 429 rate limited", status=429, wait=_server_wait(response, now))
+            raise RetryLater("HTTP 429 rate limited", status=429, wait=server_wait(response, now))
         if status >= 500:
-            raise _Retry(f"HTTP {status}", status=status)
+            raise RetryLater(f"HTTP {status}", status=status)
         body = excerpt.decode("utf-8", "replace")
         raise self._error(
             f"{self._where(params)}: HTTP {status} {response.reason_phrase}: {body!r}",
@@ -195,12 +183,8 @@ class HuggingFaceSource:
             status=status,
         )
 
-    def _delay(self, attempt: int, server_wait: float | None) -> float:
-        if server_wait is not None:
-            return min(server_wait, self.max_wait)
-        # Jitter keeps several daemons behind one NAT from retrying in lockstep.
-        base = self.backoff * 2.0**attempt
-        return min(base * random.uniform(1.0, 1.5), self.max_wait)
+    def _delay(self, attempt: int, wait: float | None) -> float:
+        return backoff_delay(attempt, wait, backoff=self.backoff, max_wait=self.max_wait)
 
     def _where(self, params: dict[str, str]) -> str:
         listing = f"date={params['date']}" if "date" in params else f"sort={params.get('sort')}"
@@ -225,25 +209,6 @@ async def _read_capped(response: httpx.Response, *, limit: int = MAX_BODY) -> by
                 raise SourceError(f"reply larger than {MAX_BODY} bytes", transient=False)
             break
     return b"".join(chunks)
-
-
-def _server_wait(response: httpx.Response, now: datetime) -> float | None:
-    """Seconds the server asks us to wait: `RateLimit: "api";r=0;t=16`, else `Retry-After`."""
-    match = _RATELIMIT_T.search(response.headers.get("RateLimit", ""))
-    if match:
-        return float(match.group(1))
-    retry_after = response.headers.get("Retry-After", "").strip()
-    if retry_after.isdigit():
-        return float(retry_after)
-    if retry_after:
-        try:
-            when = parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max(float((when - now).total_seconds()), 0.0)
-    return None
 
 
 def _locate(result: ParseResult, day: date, page: int) -> ParseResult:
