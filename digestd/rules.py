@@ -239,10 +239,9 @@ class _Exclude(_Strict):
 _Use = list[str]  # [] opts out of defaults.use
 
 
-class _Defaults(_Strict):
-    schedule: _Cron = _DEFAULTS.schedule
-    timezone: _Zone = _DEFAULTS.timezone
-    max_papers: _MaxPapers = _DEFAULTS.max_papers
+class _RuleKeys(_Strict):
+    """The keys that pick papers, the same under `defaults` and on a subscriber."""
+
     rules: list[_Rule] | None = None
     use: _Use | None = None
     exclude: _Exclude | None = None
@@ -253,21 +252,19 @@ class _Defaults(_Strict):
         return _one_or_many(value)
 
 
-class _Subscriber(_Strict):
+class _Defaults(_RuleKeys):
+    schedule: _Cron = _DEFAULTS.schedule
+    timezone: _Zone = _DEFAULTS.timezone
+    max_papers: _MaxPapers = _DEFAULTS.max_papers
+
+
+class _Subscriber(_RuleKeys):
     email: Annotated[str, AfterValidator(validate_email)]
     name: str | None = None
     schedule: _Cron | None = None
     timezone: _Zone | None = None
     max_papers: _MaxPapers | None = None
-    rules: list[_Rule] | None = None
     send_empty: bool = False
-    use: _Use | None = None
-    exclude: _Exclude | None = None
-
-    @field_validator("use", mode="before")
-    @classmethod
-    def _lists(cls, value: object) -> object:
-        return _one_or_many(value)
 
 
 class _File(_Strict):
