@@ -24,7 +24,7 @@ import re2
 
 from digestd.match import PaperTokens, match_one, paper_names, rank
 from digestd.match import match as match_naive
-from digestd.model import FIELDS, Field, Match, Paper, Rule, Subscriber, SubscriberSet, Term
+from digestd.model import FIELDS, Field, Match, Paper, Reason, Rule, Subscriber, SubscriberSet, Term
 from digestd.patterns import FoldedText, compile_pattern, pattern_spans
 from digestd.query import And, Compare, Name, NameKind, Node, Not, Or, Text
 from digestd.text import tokens
@@ -35,6 +35,7 @@ Span = tuple[int, int]
 TermKey = tuple[tuple[str, ...], bool]  # a term's folded words and whether the last is a prefix
 Trigger = Any  # a TermKey, (kind, name) or ("regex", pattern)
 
+_EVERY_PAPER = Reason(rule=-1)  # why a subscriber without rules gets a paper
 _MEMO = 4096  # scanned papers kept for subscriber-by-subscriber matching (compose, preview)
 
 
@@ -313,6 +314,10 @@ class Matcher:
     everyone: list[int]  # subscribers without rules: every paper
     _position: dict[int, int] = field(default_factory=dict)  # id(subscriber) → position
     _memo: OrderedDict[Paper, PaperHits] = field(default_factory=OrderedDict)
+    # Subscribers without rules or exclusions all get the same answer for the same papers; a
+    # compose batch shares its paper objects, so the last answer is keyed by their identities
+    # (the kept tuple holds them, so no id can be reused while it is cached).
+    _everything: tuple[tuple[Paper, ...], list[Match]] | None = None
 
     @classmethod
     def build(cls, sset: SubscriberSet) -> Matcher:
@@ -364,6 +369,8 @@ class Matcher:
             return match_naive(papers, subscriber, alerts_only=alerts_only)
         if alerts_only and not subscriber.has_alerts:
             return []
+        if not subscriber.rules and not subscriber.exclude and subscriber.exclude_query is None:
+            return self._everything_of(papers)
         # Triggers are recomputed here rather than kept: 100,000 subscribers' worth costs memory,
         # and one subscriber's are cheap next to the store query that fetched `papers`.
         triggers = [
@@ -381,6 +388,19 @@ class Matcher:
             if (rules or not subscriber.rules) and (m := match_one(hits, subscriber, rules)):
                 found.append(m)
         return rank(found)
+
+    def _everything_of(self, papers: Sequence[Paper]) -> list[Match]:
+        """Every paper, ranked: what `match_one` gives a subscriber without rules or exclusions."""
+        cached = self._everything
+        if (
+            cached is not None
+            and len(cached[0]) == len(papers)
+            and all(a is b for a, b in zip(cached[0], papers, strict=True))
+        ):
+            return list(cached[1])
+        found = rank(Match(paper=p, reasons=(_EVERY_PAPER,)) for p in papers)
+        self._everything = (tuple(papers), found)
+        return list(found)
 
     def per_paper(
         self, papers: Iterable[Paper], *, alerts_only: bool = False

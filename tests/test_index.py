@@ -238,3 +238,16 @@ def test_pipeline_keeps_one_index_per_subscriber_set() -> None:
     deps.subscribers = load_subscribers(SUBS, file="s")  # a reload: same text, new set
     assert matcher_for(deps) is not first
     assert matcher_for(deps).subscribers is deps.subscribers
+
+
+def test_subscribers_without_rules_share_one_answer_per_paper_list() -> None:
+    sset = SubscriberSet(tuple(Subscriber(f"s{i}@example.org") for i in range(3)))
+    matcher = Matcher.build(sset)
+    papers = [Paper(id=f"p{i}", title=f"T{i}", abstract="", upvotes=i) for i in range(4)]
+    first = matcher.match(papers, sset.subscribers[0])
+    assert first == match(papers, sset.subscribers[0])
+    first.clear()  # a caller's list is its own
+    assert matcher.match(papers, sset.subscribers[1]) == match(papers, sset.subscribers[1])
+    other = [Paper(id="q", title="Q", abstract="", upvotes=9), *papers[:2]]
+    assert matcher.match(other, sset.subscribers[2]) == match(other, sset.subscribers[2])
+    assert matcher.match(papers[:1], sset.subscribers[2]) == match(papers[:1], sset.subscribers[2])
