@@ -10,7 +10,12 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from digestd.transports.smtp import SmtpMailer
+from aiosmtplib.email import quote_address
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from digestd.message import check_address
+from digestd.transports.smtp import SmtpMailer, _path
 
 BODY = b"Subject: hi\r\n\r\n.leading dot\r\nend\r\n"
 
@@ -188,3 +193,21 @@ async def test_no_reply_to_the_end_of_data_is_in_doubt() -> None:
         await mailer.aclose()
         server.close()
     assert outcome.status == "in_doubt"
+
+
+_LOCAL = "abcXYZ019!#$%&'*+/=?^_`{|}~.-"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet=_LOCAL, min_size=1, max_size=12),
+    st.sampled_from(["example.org", "a.b-c.example", "x"]),
+    st.sampled_from(["", " ", "\t"]),
+)
+def test_envelope_paths_are_what_aiosmtplib_would_write(local: str, domain: str, pad: str) -> None:
+    address = f"{pad}{local}@{domain}{pad}"
+    try:
+        check_address(address)
+    except ValueError:
+        return  # `send` refuses it before any envelope is written
+    assert _path(address) == quote_address(address).encode("ascii")

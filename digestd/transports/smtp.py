@@ -312,11 +312,22 @@ def _smtp_body(data: bytes) -> bytes:
 
 def _envelope(sender: str, recipient: str) -> bytes:
     """MAIL, RCPT and DATA as one write; ValueError for an address aiosmtplib would refuse."""
-    mail = b"MAIL FROM:" + quote_address(sender).encode("ascii")
-    rcpt = b"RCPT TO:" + quote_address(recipient).encode("ascii")
+    mail = b"MAIL FROM:" + _path(sender)
+    rcpt = b"RCPT TO:" + _path(recipient)
     if _CONTROLS.search(mail) or _CONTROLS.search(rcpt):
         raise ValueError("Command arg contains a prohibited control character")
     return mail + b"\r\n" + rcpt + b"\r\nDATA\r\n"
+
+
+def _path(address: str) -> bytes:
+    """`<address>` as aiosmtplib's `quote_address` writes it, without its ~50 µs `parseaddr`.
+
+    Both agree on every plain addr-spec (tested), which is all `send` lets through.
+    """
+    try:
+        return b"<" + check_address(address).encode("ascii") + b">"
+    except ValueError:
+        return quote_address(address).encode("ascii")
 
 
 def _refusal(replies: list[SMTPResponse]) -> tuple[int, str, Phase] | None:
