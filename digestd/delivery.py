@@ -194,7 +194,7 @@ async def _worker(
         row = claimer.next()
         if row is None:
             return
-        if deps.store.is_suppressed(row.subscriber):
+        if row.suppressed:
             # Queued before the address left; RFC 8058 readers expect nothing more after a POST.
             deps.store.mark_expired(row.id, at=clock(), reason="unsubscribed")
             committer.report.suppressed += 1

@@ -265,9 +265,13 @@ def _compose_all(
     with composer(deps.envs, len(todo)) as mails:
         for start in range(0, len(todo), _COMPOSE_BATCH):
             chunk = todo[start : start + _COMPOSE_BATCH]
-            papers = deps.store.candidates_for([key(sub) for sub, _, _ in chunk], since=since)
-            with deps.store.batch(sync=False):  # new subscriber ids: one commit, not one each
-                batch = [_prepare(deps, *it, papers[key(it[0])], now=now) for it in chunk]
+            keys = [key(sub) for sub, _, _ in chunk]
+            papers = deps.store.candidates_for(keys, since=since)
+            known = _Known(
+                ids=deps.store.subscriber_ids(keys) if deps.options.public_url else {},
+                suppressed=deps.store.suppressed_among(keys),
+            )
+            batch = [_prepare(deps, *it, papers[key(it[0])], known, now=now) for it in chunk]
             collect = mails.submit([p.job for p in batch if p.job is not None])
             totals = _add(totals, _write(deps, pending, now=now))
             pending = (batch, collect)
@@ -286,9 +290,18 @@ class _Prepared:
     period: str
     expires: datetime | None
     found: Sequence[Match]
+    suppressed: bool = False  # unsubscribed: nothing is queued, whatever the file says
     message_id: str = ""
     links: MailLinks = field(default_factory=MailLinks)
     job: MailJob | None = None  # None: a note, an empty digest or a suppressed address
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What the store knows of a compose batch's addresses, read in one query each."""
+
+    ids: dict[str, int]  # subscriber ids for unsubscribe tokens (empty without a public URL)
+    suppressed: set[str]
 
 
 def _prepare(
@@ -297,14 +310,15 @@ def _prepare(
     period: str,
     expires: datetime | None,
     papers: Sequence[Paper],
+    known: _Known,
     *,
     now: datetime,
 ) -> _Prepared:
     found = matcher_for(deps).match(papers, sub)
-    item = _Prepared(sub, period, expires, found)
-    if found and not deps.store.is_suppressed(key(sub)):
+    item = _Prepared(sub, period, expires, found, suppressed=key(sub) in known.suppressed)
+    if found and not item.suppressed:
         item.message_id = make_message_id(deps, key(sub), "digest", period)
-        item.links = _links(deps, sub, item.message_id)
+        item.links = _links(deps, sub, item.message_id, sub_id=known.ids.get(key(sub)))
         item.job = _job(
             deps, sub, "digest", found, links=item.links, message_id=item.message_id, now=now
         )
@@ -325,7 +339,9 @@ def _write(deps: Deps, pending: _Batch, *, now: datetime) -> tuple[int, int, int
         for item in batch:
             due += 1
             sub, found = item.sub, item.found
-            if not found and sub.send_empty:
+            if item.suppressed:
+                pass
+            elif not found and sub.send_empty:
                 n_queued += _enqueue_note(deps, sub, item.period, now=now, expires=item.expires)
             else:
                 composed = next(rendered) if item.job is not None else None
@@ -386,7 +402,7 @@ def _enqueue(
     Nothing is queued for a suppressed address, whatever the subscribers file says. `prepared`:
     the (Message-ID, links, rendered message) `compose` already made, possibly in a worker.
     """
-    if deps.store.is_suppressed(key(sub)):
+    if prepared is None and deps.store.is_suppressed(key(sub)):  # else `_prepare` checked
         return False
     if prepared is None:
         message_id = make_message_id(deps, key(sub), kind, period)
@@ -506,22 +522,31 @@ def _save_web_copy(
         )
 
 
-def _links(deps: Deps, sub: Subscriber, message_id: str) -> MailLinks:
-    """The unsubscribe and web-copy links of one message; a mailto when there is no listener."""
+def _links(deps: Deps, sub: Subscriber, message_id: str, *, sub_id: int | None = None) -> MailLinks:
+    """The unsubscribe and web-copy links of one message; a mailto when there is no listener.
+
+    `sub_id`: the subscriber's id when the caller already read it (`Store.subscriber_ids`).
+    """
     options = deps.options
     secret = options.secret or deps.store.secret()
     unsub = view = None
     if options.public_url:
-        sub_id = deps.store.subscriber_id(key(sub))
-        unsub = tokens.unsubscribe_token(tokens.derive_key(secret, "unsubscribe"), sub_id, key(sub))
+        if sub_id is None:
+            sub_id = deps.store.subscriber_id(key(sub))
+        unsub = tokens.unsubscribe_token(_key(secret, "unsubscribe"), sub_id, key(sub))
         if options.view_days > 0:
-            view = tokens.view_token(tokens.derive_key(secret, "view"), message_id)
+            view = tokens.view_token(_key(secret, "view"), message_id)
     mailto = options.unsubscribe_mailto
     if mailto is None and not options.public_url:
         mailto = options.envelope_from
     return mail_links(
         public_url=options.public_url, unsubscribe_token=unsub, view_token=view, mailto=mailto
     )
+
+
+@functools.lru_cache(maxsize=8)  # two per message otherwise; secrets change only on reload
+def _key(secret: bytes, purpose: str) -> bytes:
+    return tokens.derive_key(secret, purpose)
 
 
 def render_context(

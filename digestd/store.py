@@ -126,6 +126,7 @@ class OutboxRow:
     data: bytes
     attempts: int
     state: OutboxState
+    suppressed: bool = False  # the address unsubscribed after this was queued (read with the claim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +516,7 @@ def _poll_from_row(row: sqlite3.Row) -> PollInfo:
     )
 
 
-def _outbox_from_row(row: sqlite3.Row) -> OutboxRow:
+def _outbox_from_row(row: sqlite3.Row, *, attempts: int) -> OutboxRow:
     return OutboxRow(
         id=row["id"],
         subscriber=row["subscriber"],
@@ -524,8 +525,9 @@ def _outbox_from_row(row: sqlite3.Row) -> OutboxRow:
         message_id=row["message_id"],
         sender=row["sender"],
         data=zlib.decompress(row["data"]) if row["zlib"] else bytes(row["data"]),
-        attempts=row["attempts"],
+        attempts=attempts,
         state=row["state"],
+        suppressed=bool(row["suppressed"]),
     )
 
 
@@ -973,7 +975,7 @@ class Store:
                 " WHERE id = ?",
                 ((stamp, row["id"]) for row in rows),
             )
-        return [replace(_outbox_from_row(row), attempts=row["attempts"] + 1) for row in rows]
+        return [_outbox_from_row(row, attempts=row["attempts"] + 1) for row in rows]
 
     @staticmethod
     def _due_ids(db: sqlite3.Connection, stamp: str, limit: int) -> list[int]:
@@ -1001,7 +1003,8 @@ class Store:
             return []
         sql = (
             "SELECT o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,"
-            " o.state, COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib"
+            " o.state, COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib,"
+            " EXISTS (SELECT 1 FROM suppressions s WHERE s.email = o.subscriber) AS suppressed"
             " FROM outbox o LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
             f" WHERE o.id IN ({_marks(len(ids))})"
         )
@@ -1376,6 +1379,19 @@ class Store:
             row = db.execute("SELECT id FROM subscriber_ids WHERE email = ?", (key,)).fetchone()
         return cast(int, row[0])
 
+    def subscriber_ids(self, emails: Iterable[str]) -> dict[str, int]:
+        """`subscriber_id` of many addresses at once (keys lowercased): one transaction a batch."""
+        keys = list(dict.fromkeys(_email_key(e) for e in emails))
+        found: dict[str, int] = {}
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO subscriber_ids (email) VALUES (?)", ((k,) for k in keys)
+            )
+            for chunk in _chunks(keys):
+                sql = f"SELECT email, id FROM subscriber_ids WHERE email IN ({_marks(len(chunk))})"
+                found.update(db.execute(sql, chunk).fetchall())
+        return found
+
     def subscriber_email(self, subscriber_id: int) -> str | None:
         return cast(
             "str | None",
@@ -1402,6 +1418,15 @@ class Store:
             "SELECT 1 FROM suppressions WHERE email = ?", (_email_key(email),)
         ).fetchone()
         return row is not None
+
+    def suppressed_among(self, emails: Iterable[str]) -> set[str]:
+        """Which of `emails` (lowercased) are suppressed: `is_suppressed` for a batch, one query."""
+        keys = list(dict.fromkeys(_email_key(e) for e in emails))
+        found: set[str] = set()
+        for chunk in _chunks(keys):
+            sql = f"SELECT email FROM suppressions WHERE email IN ({_marks(len(chunk))})"
+            found.update(row[0] for row in self._db.execute(sql, chunk))
+        return found
 
     def suppressions(self) -> list[Suppression]:
         """Every suppressed address, most recent first."""

@@ -404,3 +404,19 @@ def test_the_readme_config_with_several_sources_loads(tmp_path: Path) -> None:
     assert names == [
         ("hf", "huggingface"), ("arxiv-cs", "arxiv"), ("arxiv-rss", "arxiv_rss"), ("lab-blog", "feed"),
     ]  # fmt: skip
+
+
+async def test_an_unsubscribed_address_gets_no_empty_note(
+    tmp_path: Path, http_server: LocalHTTPServer
+) -> None:
+    serve_all(http_server)
+    subs = "subscribers:\n  - email: quiet@example.org\n    send_empty: true\n    rules:\n"
+    subs += "      - any: [zebrafish]\n"
+    deps = make_deps(tmp_path, http_server, subs)
+    deps.store.suppress("quiet@example.org", at=NOW, via="test")
+    try:
+        await pipeline.ingest(deps, now=NOW)
+        assert await send(deps, NOW) == 0
+    finally:
+        await close(deps)
+    assert not (tmp_path / "mail").exists() or inbox(tmp_path) == []

@@ -482,3 +482,20 @@ def test_compressed_bodies_are_claimed_as_plain_bytes(store: Store) -> None:
     enqueue(store, BOB, ids=(), period="plain")
     rows = {row.subscriber: row.data for row in store.claim_due(now=T0)}
     assert rows == {ALICE: message, BOB: b"message bytes"}
+
+
+def test_batch_lookups_agree_with_the_single_ones(store: Store) -> None:
+    single = store.subscriber_id("Carol@Example.org")
+    ids = store.subscriber_ids([ALICE, "carol@example.org", ALICE.upper()])
+    assert ids == {ALICE: store.subscriber_id(ALICE), "carol@example.org": single}
+    store.suppress(BOB, at=T0, via="test")
+    assert store.suppressed_among([ALICE, BOB.upper(), "nobody@example.org"]) == {BOB}
+    assert store.suppressed_among([]) == set()
+
+
+def test_a_claim_says_which_addresses_left_since_they_were_queued(store: Store) -> None:
+    enqueue(store, ALICE)
+    enqueue(store, BOB)
+    store.suppress(BOB, at=T0, via="test")
+    claimed = {row.subscriber: row.suppressed for row in store.claim_due(now=T0, limit=10)}
+    assert claimed == {ALICE: False, BOB: True}
