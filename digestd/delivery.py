@@ -5,7 +5,8 @@ change is committed before the next network step on that connection, so a crash 
 loses nothing, and only a message whose DATA reached the relay can go out twice (same Message-ID).
 
 * Claims come in batches (one write transaction each, so a row is claimed once); the workers share
-  the batch. Rows claimed but not handed out when the drain stops are given back (`unclaim`); after
+  the batch, and the next one is claimed, read and inflated in the commit thread before it is
+  needed. Rows claimed but not handed out when the drain stops are given back (`unclaim`); after
   a crash they are `in_doubt` and re-sent once, which is harmless: they never reached a relay.
 * Each worker sends on its own connection (the mailer is a pool) and awaits the commit of its
   outcome before its next send. Outcomes are committed by a thread on a second connection to the
@@ -16,6 +17,7 @@ loses nothing, and only a message whose DATA reached the relay can go out twice 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from digestd.model import Outcome
 from digestd.store import OutboxRow, Store
@@ -39,6 +41,8 @@ log = logging.getLogger("digestd.pipeline")
 # crash leaves only a handful of never-sent rows flagged in doubt.
 _CLAIM_PER_WORKER = 8
 
+_T = TypeVar("_T")
+
 
 @dataclass(slots=True)
 class DeliverReport:
@@ -51,25 +55,52 @@ class DeliverReport:
 
 
 class _Claimer:
-    """Hands claimed rows to workers one at a time, claiming the next batch when empty."""
+    """Hands claimed rows to workers one at a time; the next batch is claimed ahead of need.
 
-    def __init__(self, store: Store, *, now: datetime, batch: int) -> None:
-        self.store = store
+    Claims run where the commits run (`_Committer.call`: a thread with its own connection), so
+    reading ~40 KB per row and inflating it happen off the event loop while the workers send.
+    """
+
+    def __init__(self, committer: _Committer, *, now: datetime, batch: int) -> None:
+        self.committer = committer
         self.now = now
         self.batch = batch
         self.claimed: deque[OutboxRow] = deque()
         self.exhausted = False
+        self.refill: asyncio.Task[None] | None = None
 
-    def next(self) -> OutboxRow | None:
-        if not self.claimed and not self.exhausted:
-            rows = self.store.claim_due(now=self.now, limit=self.batch)
+    async def next(self) -> OutboxRow | None:
+        """The next claimed row; None once nothing due is left."""
+        while True:
+            if len(self.claimed) <= self.batch // 2:
+                self._start_refill()
+            if self.claimed:
+                return self.claimed.popleft()
+            if self.refill is None:
+                return None
+            await asyncio.shield(self.refill)  # other workers may take the rows first: loop
+
+    def _start_refill(self) -> None:
+        if self.refill is None and not self.exhausted:
+            self.refill = asyncio.create_task(self._claim())
+
+    async def _claim(self) -> None:
+        try:
+            rows = await self.committer.call(
+                lambda store: store.claim_due(now=self.now, limit=self.batch)
+            )
             self.exhausted = len(rows) < self.batch
             self.claimed.extend(rows)
-        return self.claimed.popleft() if self.claimed else None
+        finally:
+            self.refill = None
 
-    def give_back(self) -> None:
+    async def give_back(self, store: Store) -> None:
+        """Unclaim what was claimed and not handed out, once a claim in progress has landed."""
+        if self.refill is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.refill)
         if self.claimed:
-            self.store.unclaim(self.claimed)
+            store.unclaim(self.claimed)
             self.claimed.clear()
 
 
@@ -99,6 +130,18 @@ class _Committer:
             self.flusher = asyncio.create_task(self._flush_all())
         await done
 
+    async def call(self, work: Callable[[Store], _T]) -> _T:
+        """`work(store)` on the committer's connection, in its thread (inline for ":memory:")."""
+        if not self.threaded:
+            return work(self.deps.store)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: work(self._side()))
+
+    def _side(self) -> Store:
+        if self.side is None:
+            self.side = Store(self.deps.store.path)
+        return self.side
+
     async def _flush_all(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -123,9 +166,7 @@ class _Committer:
     ) -> DeliverReport:
         """One transaction for `outcomes`; runs in the executor thread unless `store` is given."""
         if store is None:
-            if self.side is None:
-                self.side = Store(self.deps.store.path)
-            store = self.side
+            store = self._side()
         delta = DeliverReport()
         with store.batch():
             for row, outcome, at in outcomes:
@@ -172,15 +213,15 @@ async def drain(
     report = DeliverReport()
     deps.store.release_stale(now=now)
     deps.observer.begin("send", deps.store.due_count(now=now))
-    claimer = _Claimer(deps.store, now=now, batch=max(1, workers) * _CLAIM_PER_WORKER)
     committer = _Committer(deps, report)
+    claimer = _Claimer(committer, now=now, batch=max(1, workers) * _CLAIM_PER_WORKER)
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(max(1, workers)):
                 group.create_task(_worker(deps, claimer, committer, clock))
     finally:
+        await claimer.give_back(deps.store)
         await committer.aclose()
-        claimer.give_back()
     deps.observer.end(
         "send", f"sent {report.sent}, deferred {report.deferred}, failed {report.failed}"
     )
@@ -191,7 +232,7 @@ async def _worker(
     deps: Deps, claimer: _Claimer, committer: _Committer, clock: Callable[[], datetime]
 ) -> None:
     while not deps.stopping():
-        row = claimer.next()
+        row = await claimer.next()
         if row is None:
             return
         if row.suppressed:

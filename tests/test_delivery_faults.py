@@ -6,18 +6,21 @@ message was in the relay's hands when the connection died, and then with the sam
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from smtpserver import SMTPTestServer
 
 from digestd import pipeline
 from digestd.cli import main as cli_main
-from digestd.delivery import _Claimer
+from digestd.delivery import DeliverReport, _Claimer, _Committer
 from digestd.model import Outcome
 from digestd.pipeline import Deps, Options
 from digestd.render import make_environments
@@ -302,15 +305,30 @@ async def test_stop_finishes_in_flight_and_gives_unsent_claims_back(
     await deps.mailer.aclose()
 
 
-def test_claimer_hands_each_row_out_once(tmp_path: Path) -> None:
+async def test_claimer_hands_each_row_out_once(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
         for i in range(25):
             store.enqueue(
                 subscriber=f"u{i}@example.org", kind="digest", period="p",
                 message_id=f"<{i}@x>", sender="d@example.org", data=b"m", paper_ids=[], at=T0,
             )  # fmt: skip
-        claimer = _Claimer(store, now=T0, batch=8)
-        seen = [row.id for row in iter(claimer.next, None)]
+        deps: Any = SimpleNamespace(store=store)
+        committer = _Committer(deps, DeliverReport())  # claims in its thread, on its connection
+        claimer = _Claimer(committer, now=T0, batch=8)
+
+        async def take(n: int) -> list[int]:
+            ids = []
+            while len(ids) < n and (row := await claimer.next()) is not None:
+                ids.append(row.id)
+            return ids
+
+        # Three takers at once, as the workers do, while the next batch is claimed ahead.
+        firsts = await asyncio.gather(take(5), take(5), take(5))
+        seen = [i for ids in firsts for i in ids]
+        await claimer.give_back(store)  # what was claimed ahead goes back, untried
+        assert +Counter(store.status().outbox) == Counter(sending=15, queued=10)
+        seen += await take(100)
+        await committer.aclose()
         assert len(seen) == len(set(seen)) == 25
         assert Counter(store.status().outbox)["sending"] == 25
 
