@@ -5,7 +5,8 @@
 Starts `smtp-sink` on a free loopback port, runs the real CLI as a subprocess for N subscribers (no
 rules, the same 10 papers each, ~20 KB messages), then drives `smtp-source` with connection reuse
 (`-d`), the same number of parallel sessions, the same message size and count against the same sink.
-Prints ONE JSON line: both rates (messages/s), their ratio, digestd's peak RSS (KiB) and wall times.
+Prints ONE JSON line: both rates (messages/s), their ratio, digestd's peak RSS (KiB) and wall times
+(digestd's whole run and its match/compose and send phases).
 Needs `smtp-sink` and `smtp-source` (Debian package `postfix`).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -113,6 +115,12 @@ def run_digestd(config: Path, profile: str | None) -> tuple[float, int, str]:
     return elapsed, int(usage.ru_maxrss), out.strip()
 
 
+def phase_seconds(summary: str) -> dict[str, float]:
+    """Each phase's duration from `run --once`'s plain progress lines ("send: ... in 12.3 s")."""
+    found = re.findall(r"^(poll|match|send): .* in (\d+(?:\.\d+)?) s$", summary, re.M)
+    return {f"{phase}_seconds": float(took) for phase, took in found}
+
+
 def message_stats(state: Path) -> tuple[int, int]:
     """(messages sent, their mean size as sent): bodies may be stored zlib-compressed."""
     with sqlite3.connect(state) as db:
@@ -169,6 +177,7 @@ def main() -> None:
                 "connections": args.connections,
                 "message_bytes": size,
                 "digestd_seconds": round(seconds, 3),
+                **phase_seconds(summary),
                 "digestd_msgs_per_s": round(digestd_rate, 1),
                 "smtp_source_seconds": round(source_seconds, 3),
                 "smtp_source_msgs_per_s": round(source_rate, 1),

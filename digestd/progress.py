@@ -5,6 +5,7 @@ Both are `Observer`s handed to the pipeline, which never imports rich.
 
 from __future__ import annotations
 
+import time
 from typing import IO, Literal
 
 from rich.console import Console
@@ -30,8 +31,10 @@ class PlainProgress:
     def __init__(self, out: IO[str]) -> None:
         self.out = out
         self.matched_papers = 0
+        self.started: dict[Phase, float] = {}
 
     def begin(self, phase: Phase, total: int | None = None) -> None:
+        self.started[phase] = time.monotonic()
         count = f" ({total})" if total is not None else ""
         print(f"{_LABELS[phase]}{count}…", file=self.out, flush=True)
 
@@ -42,7 +45,10 @@ class PlainProgress:
         self.matched_papers += n_papers
 
     def end(self, phase: Phase, summary: str) -> None:
-        print(f"{phase}: {summary}", file=self.out, flush=True)
+        took = ""
+        if phase in self.started:
+            took = f" in {time.monotonic() - self.started.pop(phase):.1f} s"
+        print(f"{phase}: {summary}{took}", file=self.out, flush=True)
 
     def close(self) -> None:
         pass

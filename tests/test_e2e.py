@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -122,10 +123,11 @@ def test_demo_from_the_readme_runs_twice_and_sends_once(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert "sent 4," in first.stdout and "Maildir" in first.stdout
     # Not a terminal: plain progress lines, one when each phase starts and one when it ends.
-    lines = first.stdout.splitlines()
+    lines = [re.sub(r" in \d+\.\d s$", "", line) for line in first.stdout.splitlines()]
     assert lines[:2] == ["polling…", "poll: 54 papers, 54 new"], lines
     assert "matching (3)…" in lines and "sending (4)…" in lines
     assert "send: sent 4, deferred 0, failed 0" in lines
+    assert re.search(r"^send: .* in \d+\.\d s$", first.stdout, re.M)  # each phase's duration
     assert "\x1b[" not in first.stdout  # no terminal control codes
     assert len(list((tmp_path / "mail" / "new").iterdir())) == 4
     second = digestd(demo / "digestd.yaml", "run", "--once", env=env)
