@@ -54,15 +54,53 @@ class DeliverReport:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+class _Side:
+    """A connection of its own to the store's file, used only from a thread of its own.
+
+    SQLite and zlib release the GIL while they work, so what runs here overlaps the event loop.
+    ":memory:" has no second connection: the work then runs inline on the store itself.
+    """
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.threaded = str(store.path) != ":memory:"
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.side: Store | None = None  # opened, used and closed in the executor's thread only
+
+    async def call(self, work: Callable[[Store], _T]) -> _T:
+        if not self.threaded:
+            return work(self.store)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: work(self._open()))
+
+    def _open(self) -> Store:
+        if self.side is None:
+            self.side = Store(self.store.path)
+        return self.side
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._close)
+        self.executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self.side is not None:
+            self.side.close()
+            self.side = None
+
+
 class _Claimer:
     """Hands claimed rows to workers one at a time; the next batch is claimed ahead of need.
 
-    Claims run where the commits run (`_Committer.call`: a thread with its own connection), so
-    reading ~40 KB per row and inflating it happen off the event loop while the workers send.
+    The claim (a short write transaction) runs on the committer's connection, the one writer while
+    sending; the rows' ~40 KB bodies are read and inflated afterwards by a reader thread on a
+    connection of its own (bodies never change once queued), so neither blocks the event loop
+    nor holds the write lock that the outcome commits wait for.
     """
 
     def __init__(self, committer: _Committer, *, now: datetime, batch: int) -> None:
         self.committer = committer
+        self.reader = _Side(committer.deps.store, "digestd-read")
         self.now = now
         self.batch = batch
         self.claimed: deque[OutboxRow] = deque()
@@ -86,15 +124,20 @@ class _Claimer:
 
     async def _claim(self) -> None:
         try:
-            rows = await self.committer.call(
-                lambda store: store.claim_due(now=self.now, limit=self.batch)
+            heads = await self.committer.side.call(
+                lambda store: store.claim_due(now=self.now, limit=self.batch, bodies=False)
             )
-            self.exhausted = len(rows) < self.batch
+            self.exhausted = len(heads) < self.batch
+            try:
+                rows = await self.reader.call(lambda store: store.with_bodies(heads))
+            except BaseException:
+                self.claimed.extend(heads)  # claimed all the same: given back, not forgotten
+                raise
             self.claimed.extend(rows)
         finally:
             self.refill = None
 
-    async def give_back(self, store: Store) -> None:
+    async def aclose(self, store: Store) -> None:
         """Unclaim what was claimed and not handed out, once a claim in progress has landed."""
         if self.refill is not None:
             with contextlib.suppress(Exception):
@@ -102,6 +145,7 @@ class _Claimer:
         if self.claimed:
             store.unclaim(self.claimed)
             self.claimed.clear()
+        await self.reader.aclose()
 
 
 class _Committer:
@@ -109,8 +153,8 @@ class _Committer:
 
     A worker awaits `record` until its outcome is committed, so the promise holds per connection
     (committed before that connection's next network step). While one transaction is being made
-    durable (~1-3 ms of fsync), the loop keeps the other connections busy and their outcomes
-    gather into the next transaction: one fsync for up to `workers` messages.
+    durable, the loop keeps the other connections busy and their outcomes gather into the next
+    transaction: one fsync for up to `workers` messages.
     """
 
     def __init__(self, deps: Deps, report: DeliverReport) -> None:
@@ -118,10 +162,7 @@ class _Committer:
         self.report = report
         self.pending: list[tuple[OutboxRow, Outcome, datetime, asyncio.Future[None]]] = []
         self.flusher: asyncio.Task[None] | None = None
-        # A second connection to the same file; ":memory:" has no second connection.
-        self.threaded = str(deps.store.path) != ":memory:"
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digestd-commit")
-        self.side: Store | None = None  # opened, used and closed in the executor's thread only
+        self.side = _Side(deps.store, "digestd-commit")
 
     async def record(self, row: OutboxRow, outcome: Outcome, at: datetime) -> None:
         done = asyncio.get_running_loop().create_future()
@@ -130,29 +171,13 @@ class _Committer:
             self.flusher = asyncio.create_task(self._flush_all())
         await done
 
-    async def call(self, work: Callable[[Store], _T]) -> _T:
-        """`work(store)` on the committer's connection, in its thread (inline for ":memory:")."""
-        if not self.threaded:
-            return work(self.deps.store)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: work(self._side()))
-
-    def _side(self) -> Store:
-        if self.side is None:
-            self.side = Store(self.deps.store.path)
-        return self.side
-
     async def _flush_all(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self.pending:
                 batch, self.pending = self.pending, []
                 outcomes = [(row, outcome, at) for row, outcome, at, _ in batch]
                 try:
-                    if self.threaded:
-                        delta = await loop.run_in_executor(self.executor, self._commit, outcomes)
-                    else:
-                        delta = self._commit(outcomes, self.deps.store)
+                    delta = await self.side.call(lambda store: self._commit(store, outcomes))  # noqa: B023
                 except Exception as exc:  # every waiter of this batch sees the failure
                     _settle(batch, exc)
                 else:
@@ -162,11 +187,9 @@ class _Committer:
             self.flusher = None
 
     def _commit(
-        self, outcomes: list[tuple[OutboxRow, Outcome, datetime]], store: Store | None = None
+        self, store: Store, outcomes: list[tuple[OutboxRow, Outcome, datetime]]
     ) -> DeliverReport:
-        """One transaction for `outcomes`; runs in the executor thread unless `store` is given."""
-        if store is None:
-            store = self._side()
+        """One transaction for `outcomes`."""
         delta = DeliverReport()
         with store.batch():
             for row, outcome, at in outcomes:
@@ -183,14 +206,7 @@ class _Committer:
         """Wait for the last transaction, then close the side connection in its own thread."""
         if self.flusher is not None:
             await asyncio.shield(self.flusher)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self._close_side)
-        self.executor.shutdown(wait=True)
-
-    def _close_side(self) -> None:
-        if self.side is not None:
-            self.side.close()
-            self.side = None
+        await self.side.aclose()
 
 
 def _settle(
@@ -220,7 +236,7 @@ async def drain(
             for _ in range(max(1, workers)):
                 group.create_task(_worker(deps, claimer, committer, clock))
     finally:
-        await claimer.give_back(deps.store)
+        await claimer.aclose(deps.store)
         await committer.aclose()
     deps.observer.end(
         "send", f"sent {report.sent}, deferred {report.deferred}, failed {report.failed}"

@@ -516,6 +516,13 @@ def _poll_from_row(row: sqlite3.Row) -> PollInfo:
     )
 
 
+_BODY_COLUMNS = "COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib"
+
+
+def _body(data: bytes, packed: int) -> bytes:
+    return zlib.decompress(data) if packed else bytes(data)
+
+
 def _outbox_from_row(row: sqlite3.Row, *, attempts: int) -> OutboxRow:
     return OutboxRow(
         id=row["id"],
@@ -524,7 +531,7 @@ def _outbox_from_row(row: sqlite3.Row, *, attempts: int) -> OutboxRow:
         period=row["period"],
         message_id=row["message_id"],
         sender=row["sender"],
-        data=zlib.decompress(row["data"]) if row["zlib"] else bytes(row["data"]),
+        data=_body(row["data"], row["zlib"]),
         attempts=attempts,
         state=row["state"],
         suppressed=bool(row["suppressed"]),
@@ -961,15 +968,17 @@ class Store:
         ).fetchone()
         return row is not None
 
-    def claim_due(self, *, now: datetime, limit: int = 100) -> list[OutboxRow]:
+    def claim_due(self, *, now: datetime, limit: int = 100, bodies: bool = True) -> list[OutboxRow]:
         """Move due rows to 'sending' (attempts + 1) and return them, oldest due first, committed.
 
         Each row is claimed once: the selection and the update are one write transaction.
+        `bodies=False`: the rows come with empty `data`, for `with_bodies` to fill in outside the
+        write transaction (and on another connection, if the caller likes).
         """
         stamp = _ts(now)
         with self._write() as db:
             ids = self._due_ids(db, stamp, limit)
-            rows = self._rows_by_id(db, ids)
+            rows = self._rows_by_id(db, ids, bodies=bodies)
             db.executemany(
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ?",
@@ -998,18 +1007,33 @@ class Store:
         return [row_id for _, row_id in sorted(due)[:limit]]
 
     @staticmethod
-    def _rows_by_id(db: sqlite3.Connection, ids: Sequence[int]) -> list[sqlite3.Row]:
+    def _rows_by_id(
+        db: sqlite3.Connection, ids: Sequence[int], *, bodies: bool = True
+    ) -> list[sqlite3.Row]:
         if not ids:
             return []
+        data = _BODY_COLUMNS if bodies else "x'' AS data, 0 AS zlib"
         sql = (
             "SELECT o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,"
-            " o.state, COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib,"
+            f" o.state, {data},"
             " EXISTS (SELECT 1 FROM suppressions s WHERE s.email = o.subscriber) AS suppressed"
             " FROM outbox o LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
             f" WHERE o.id IN ({_marks(len(ids))})"
         )
         found = {row["id"]: row for row in db.execute(sql, ids)}
         return [found[i] for i in ids]
+
+    def with_bodies(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+        """`rows` (claimed with `bodies=False`) with their message bytes, inflated."""
+        found: dict[int, bytes] = {}
+        for chunk in _chunks([row.id for row in rows]):
+            sql = (
+                f"SELECT o.id, {_BODY_COLUMNS} FROM outbox o"
+                " LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
+                f" WHERE o.id IN ({_marks(len(chunk))})"
+            )
+            found.update((r[0], _body(r[1], r[2])) for r in self._db.execute(sql, chunk))
+        return [replace(row, data=found[row.id]) for row in rows]
 
     def unclaim(self, rows: Iterable[OutboxRow]) -> int:
         """Give claimed rows that were never handed to a mailer back their state and attempt."""

@@ -325,9 +325,11 @@ async def test_claimer_hands_each_row_out_once(tmp_path: Path) -> None:
         # Three takers at once, as the workers do, while the next batch is claimed ahead.
         firsts = await asyncio.gather(take(5), take(5), take(5))
         seen = [i for ids in firsts for i in ids]
-        await claimer.give_back(store)  # what was claimed ahead goes back, untried
+        await claimer.aclose(store)  # what was claimed ahead goes back, untried
         assert +Counter(store.status().outbox) == Counter(sending=15, queued=10)
+        claimer = _Claimer(committer, now=T0, batch=8)
         seen += await take(100)
+        await claimer.aclose(store)
         await committer.aclose()
         assert len(seen) == len(set(seen)) == 25
         assert Counter(store.status().outbox)["sending"] == 25

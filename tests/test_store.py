@@ -499,3 +499,21 @@ def test_a_claim_says_which_addresses_left_since_they_were_queued(store: Store) 
     store.suppress(BOB, at=T0, via="test")
     claimed = {row.subscriber: row.suppressed for row in store.claim_due(now=T0, limit=10)}
     assert claimed == {ALICE: False, BOB: True}
+
+
+def test_a_claim_without_bodies_is_completed_by_another_connection(
+    store: Store, db_path: Path
+) -> None:
+    enqueue(store, ALICE, data=b"alice's bytes")
+    store.enqueue(
+        subscriber=BOB, kind="digest", period="p", message_id="<b@x>", sender="d@example.org",
+        data=zlib.compress(b"bob's bytes"), paper_ids=[], at=T0, compressed=True,
+    )  # fmt: skip
+    heads = store.claim_due(now=T0, limit=10, bodies=False)
+    assert [row.data for row in heads] == [b"", b""]
+    with Store(db_path) as reader:
+        rows = reader.with_bodies(heads)
+    assert [(r.subscriber, r.data, r.attempts) for r in rows] == [
+        (ALICE, b"alice's bytes", 1),
+        (BOB, b"bob's bytes", 1),
+    ]
