@@ -75,12 +75,14 @@ class WebCopy:
 
 @dataclass(frozen=True, slots=True)
 class Composed:
-    """One message's unsigned bytes, the same zlib-compressed (what the outbox stores unless
-    it signs them), and its web copy."""
+    """One message's unsigned bytes and its web copy.
+
+    The bytes are queued as they are: compressing them (zlib level 1, ~0.14 ms) in the workers
+    and inflating them at every claim cost more of the two cores than writing 4x the bytes.
+    """
 
     data: bytes
     web: WebCopy | None
-    packed: bytes = b""
 
 
 def assemble(job: MailJob, envs: Environments) -> Composed:
@@ -96,8 +98,7 @@ def assemble(job: MailJob, envs: Environments) -> Composed:
         headers=job.headers,
     )
     web = None if job.web is None else web_copy(job.digest, envs, job.web)
-    # Level 1: ~4x smaller for 0.2 ms, spent here (in the worker for big runs), not in the writer.
-    return Composed(data, web, zlib.compress(data, 1))
+    return Composed(data, web)
 
 
 def web_copy(digest: Digest, envs: Environments, ctx: RenderContext) -> WebCopy:
