@@ -588,6 +588,9 @@ class Store:
 
     def _configure(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        # New files only (an existing one keeps its size): a ~40 KB message then spans 3 pages,
+        # not 11, and composing 20,000 writes ~10 % faster. 64 KiB pages were slower again.
+        self._db.execute("PRAGMA page_size = 16384")
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL (got {mode!r})")
