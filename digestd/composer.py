@@ -27,7 +27,7 @@ from pathlib import Path
 import jinja2
 
 from digestd.message import build_message
-from digestd.model import Digest
+from digestd.model import Canonical, Digest
 from digestd.personal import TOKENS, page_template, render_personal
 from digestd.render import Environments, RenderContext, make_environments, templates_dir
 from digestd.webcopy import WebBody, body_for
@@ -83,6 +83,7 @@ class Composed:
 
     data: bytes
     web: WebCopy | None
+    canonical: bool = False  # `message.is_canonical(data)`, computed where the bytes were built
 
 
 def assemble(job: MailJob, envs: Environments) -> Composed:
@@ -98,7 +99,7 @@ def assemble(job: MailJob, envs: Environments) -> Composed:
         headers=job.headers,
     )
     web = None if job.web is None else web_copy(job.digest, envs, job.web)
-    return Composed(data, web)
+    return Composed(data, web, isinstance(data, Canonical))
 
 
 def web_copy(digest: Digest, envs: Environments, ctx: RenderContext) -> WebCopy:

@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from email.utils import format_datetime
 
-from digestd.model import Rendered
+from digestd.model import Canonical, Rendered
 from digestd.text import clean_header
 
 __all__ = [
     "build_message",
     "check_address",
+    "is_canonical",
     "encode_words",
     "fold_header",
     "format_address",
@@ -84,12 +85,22 @@ def build_message(
     ]
     lines += [_extra_header(name, value) for name, value in (headers or {}).items()]
     head = CRLF.join(lines) + CRLF + CRLF
-    body = (
-        _part(boundary, "text/plain", rendered.text)
-        + _part(boundary, "text/html", rendered.html)
-        + f"--{boundary}--{CRLF}".encode("ascii")
+    text, text_ok = _part(boundary, "text/plain", rendered.text)
+    html, html_ok = _part(boundary, "text/html", rendered.html)
+    data = head.encode("ascii") + text + html + f"--{boundary}--{CRLF}".encode("ascii")
+    # Every line is ours and ends in CRLF; only a quoted-printable line can start with ".".
+    return Canonical(data) if text_ok and html_ok else data
+
+
+def is_canonical(data: bytes) -> bool:
+    """CRLF line ends only, ending in one, and no line starting with "." (RFC 5321 §4.5.2)."""
+    crlf = data.count(b"\r\n")
+    return (
+        data.endswith(b"\r\n")
+        and not data.startswith(b".")
+        and data.count(b"\n") == crlf == data.count(b"\r")
+        and b"\n." not in data
     )
-    return head.encode("ascii") + body
 
 
 def parse_mailbox(mailbox: str) -> tuple[str | None, str]:
@@ -195,26 +206,32 @@ def _check_message_id(message_id: str) -> str:
     return msgid
 
 
-def _part(boundary: str, content_type: str, content: str) -> bytes:
+def _part(boundary: str, content_type: str, content: str) -> tuple[bytes, bool]:
+    """The MIME part, and whether no line of it starts with "."."""
     head = (
         f"--{boundary}{CRLF}"
         f"Content-Type: {content_type}; charset=utf-8{CRLF}"
         f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
     )
-    return head.encode("ascii") + _quoted_printable(content) + CRLF.encode("ascii")
+    body, undotted = _quoted_printable_checked(content)
+    return head.encode("ascii") + body + CRLF.encode("ascii"), undotted
 
 
 def _quoted_printable(content: str) -> bytes:
-    """UTF-8 quoted-printable with CRLF line ends; lines ≤ 76 (soft breaks), `=` always encoded.
+    return _quoted_printable_checked(content)[0]
+
+
+def _quoted_printable_checked(content: str) -> tuple[bytes, bool]:
+    """UTF-8 quoted-printable with CRLF line ends; lines ≤ 76 (soft breaks), `=` always encoded;
+    and whether no line of it starts with "." (then it needs no dot-stuffing).
 
     The boundary starts with `=_`, which quoted-printable can never produce, so it cannot collide.
     Personalised bodies differ from each other in a few lines only, and quoted-printable is
     line-local, so the body is encoded in blocks of whole lines, each block once (`_qp_block`).
     """
     text = content.replace("\r\n", "\n").replace("\r", "\n")
-    return b"".join(
-        _qp_block(block) for rows in _cut(text, "\n<tr>") for block in _cut(rows, "\n\n")
-    )
+    blocks = [_qp_block(block) for rows in _cut(text, "\n<tr>") for block in _cut(rows, "\n\n")]
+    return b"".join(encoded for encoded, _ in blocks), all(ok for _, ok in blocks)
 
 
 def _cut(text: str, sep: str) -> list[str]:
@@ -232,7 +249,38 @@ def _cut(text: str, sep: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _qp_block(block: str) -> bytes:
+def _qp_block(block: str) -> tuple[bytes, bool]:
+    """The block encoded, and whether none of its lines starts with "." (a block is whole lines,
+    so this holds across blocks too; `undot` sees to it): cached with it, so ~free per message."""
     data = block.encode("utf-8", "replace")  # "replace": lone surrogates from bad JSON become "?"
-    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-    return encoded.replace(b"\n", b"\r\n")
+    encoded = undot(binascii.b2a_qp(data, quotetabs=False, istext=True, header=False))
+    return encoded.replace(b"\n", b"\r\n"), not encoded.startswith(b".") and b"\n." not in encoded
+
+
+_UNIT = re.compile(rb"=[0-9A-F]{2}|.", re.S)
+
+
+def undot(encoded: bytes) -> bytes:
+    """Quoted-printable (LF line ends) with no line starting with ".": the same text, decoded.
+
+    `b2a_qp` wraps long lines wherever 76 characters end, often just before the "." of "et al.",
+    and leaves a "." that starts a line of the text; SMTP would have to dot-stuff such a line on
+    every send (RFC 5321 §4.5.2). Such a logical line is wrapped again, the leading dot written
+    `=2E` (quoted-printable may encode any character), no line longer than 76.
+    """
+    if not encoded.startswith(b".") and b"\n." not in encoded:
+        return encoded
+    return b"\n".join(_rewrap(line) for line in encoded.replace(b"=\n", b"\0").split(b"\n"))
+
+
+def _rewrap(logical: bytes) -> bytes:
+    """One encoded line, its soft breaks marked NUL, wrapped again if a piece starts with "."."""
+    if not logical.startswith(b".") and b"\0." not in logical:
+        return logical.replace(b"\0", b"=\n")
+    lines, line = [], b""
+    for unit in _UNIT.findall(logical.replace(b"\0", b"")):
+        if len(line) + len(unit) > MAX_LINE - 1:
+            lines.append(line + b"=")
+            line = b""
+        line += b"=2E" if unit == b"." and not line else unit
+    return b"\n".join([*lines, line])

@@ -410,11 +410,11 @@ def _enqueue(
         composed = _compose_one(deps, sub, kind, found, links=links, message_id=message_id, now=now)
     else:
         message_id, links, composed = prepared
-    data = None
+    data, canonical = None, False
     if composed is not None and deps.sign is not None:
         data = deps.sign(composed.data)  # signed when queued: every retry sends the same signature
     elif composed is not None:
-        data = composed.data
+        data, canonical = composed.data, composed.canonical
     row = deps.store.enqueue(
         subscriber=key(sub),
         kind=kind,
@@ -425,6 +425,7 @@ def _enqueue(
         paper_ids=[m.paper.id for m in found],
         at=now,
         expires_at=expires,
+        canonical=canonical,
     )
     if row is not None and composed is not None and composed.web is not None:
         _save_web_copy(deps, sub, composed.web, links=links, now=now)

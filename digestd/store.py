@@ -22,7 +22,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 
 from digestd.errors import DigestdError
 from digestd.merge import merge, merge_all
-from digestd.model import Paper, Validators
+from digestd.model import Canonical, Paper, Validators
 from digestd.webcopy import WebBody, fill_page
 
 __all__ = [
@@ -401,6 +401,12 @@ def _migration_6(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE outbox_bodies ADD COLUMN zlib INTEGER NOT NULL DEFAULT 0")
 
 
+def _migration_7(db: sqlite3.Connection) -> None:
+    """Whether a body is known to need no dot-stuffing (`model.Canonical`), as checked by the
+    compose worker that built it; rows from before are checked when sent, as always."""
+    db.execute("ALTER TABLE outbox_bodies ADD COLUMN canonical INTEGER NOT NULL DEFAULT 0")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -408,6 +414,7 @@ _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_4,
     _migration_5,
     _migration_6,
+    _migration_7,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -516,11 +523,15 @@ def _poll_from_row(row: sqlite3.Row) -> PollInfo:
     )
 
 
-_BODY_COLUMNS = "COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib"
+_BODY_COLUMNS = (
+    "COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib,"
+    " COALESCE(b.canonical, 0) AS canonical"
+)
 
 
-def _body(data: bytes, packed: int) -> bytes:
-    return zlib.decompress(data) if packed else bytes(data)
+def _body(data: bytes, packed: int, canonical: int) -> bytes:
+    plain = zlib.decompress(data) if packed else data
+    return Canonical(plain) if canonical else bytes(plain)
 
 
 def _outbox_from_row(row: sqlite3.Row, *, attempts: int) -> OutboxRow:
@@ -531,7 +542,7 @@ def _outbox_from_row(row: sqlite3.Row, *, attempts: int) -> OutboxRow:
         period=row["period"],
         message_id=row["message_id"],
         sender=row["sender"],
-        data=_body(row["data"], row["zlib"]),
+        data=_body(row["data"], row["zlib"], row["canonical"]),
         attempts=attempts,
         state=row["state"],
         suppressed=bool(row["suppressed"]),
@@ -915,11 +926,13 @@ class Store:
         at: datetime,
         expires_at: datetime | None = None,
         compressed: bool = False,
+        canonical: bool = False,
     ) -> int | None:
         """Queue one message and reserve its papers for `subscriber`, atomically.
 
         `data=None` records an empty period (state 'empty') so it is not composed again.
         `compressed`: `data` is the message zlib-compressed; claims hand out the plain bytes.
+        `canonical`: the caller checked `message.is_canonical`; claims hand out `Canonical` bytes.
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
         Papers already reserved for the subscriber keep their old reservation.
 
@@ -944,8 +957,9 @@ class Store:
                 return None
             if data is not None:
                 db.execute(
-                    "INSERT INTO outbox_bodies (outbox_id, data, zlib) VALUES (?, ?, ?)",
-                    (outbox_id[0], data, int(compressed)),
+                    "INSERT INTO outbox_bodies (outbox_id, data, zlib, canonical)"
+                    " VALUES (?, ?, ?, ?)",
+                    (outbox_id[0], data, int(compressed), int(canonical)),
                 )
             db.executemany(
                 "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, outbox_id)"
@@ -1015,7 +1029,7 @@ class Store:
     ) -> list[sqlite3.Row]:
         if not ids:
             return []
-        data = _BODY_COLUMNS if bodies else "x'' AS data, 0 AS zlib"
+        data = _BODY_COLUMNS if bodies else "x'' AS data, 0 AS zlib, 0 AS canonical"
         sql = (
             "SELECT o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,"
             f" o.state, {data},"
@@ -1035,7 +1049,7 @@ class Store:
                 " LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
                 f" WHERE o.id IN ({_marks(len(chunk))})"
             )
-            found.update((r[0], _body(r[1], r[2])) for r in self._db.execute(sql, chunk))
+            found.update((r[0], _body(r[1], r[2], r[3])) for r in self._db.execute(sql, chunk))
         return [replace(row, data=found[row.id]) for row in rows]
 
     def unclaim(self, rows: Iterable[OutboxRow]) -> int:

@@ -77,6 +77,8 @@ def test_the_worker_gives_the_same_bytes_and_web_copies(
         assert mails.ready(timeout=60)
         remote = mails.submit(jobs)()
     assert [c.data for c in remote] == [c.data for c in local]
+    # Checked where they were built, and the mark survives the trip: the sender skips its scans.
+    assert [c.canonical for c in remote] == [c.canonical for c in local] == [True] * len(local)
     # The bodies differ (each process has its own placeholder nonce); the pages served do not.
     assert [page(c.web) for c in remote] == [page(c.web) for c in local]
     assert any(c.web is not None and c.web.body is None for c in local)  # O'Brien: whole page

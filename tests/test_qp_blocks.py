@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import binascii
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from digestd import message
-from digestd.model import Digest, Match, Subscriber
+from digestd.model import Canonical, Digest, Match, Rendered, Subscriber
 from digestd.personal import render_personal
 from digestd.render import RenderContext, make_environments
 from digestd.sources.hf_json import parse_hf_daily
@@ -21,7 +22,8 @@ def whole(content: str) -> bytes:
     """The reference: the whole body encoded in one call, as before blocks were cached."""
     text = content.replace("\r\n", "\n").replace("\r", "\n")
     data = text.encode("utf-8", "replace")
-    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(b"\n", b"\r\n")
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return message.undot(encoded).replace(b"\n", b"\r\n")
 
 
 def test_real_digests_encode_to_the_same_bytes() -> None:
@@ -47,3 +49,33 @@ def test_random_bodies_encode_to_the_same_bytes(seed: int) -> None:
 
 def test_a_lone_surrogate_becomes_a_question_mark() -> None:
     assert message._quoted_printable("a\ud800b\n<tr>c") == whole("a\ud800b\n<tr>c")
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_cached_dot_check_agrees_with_a_scan(seed: int) -> None:
+    rng = random.Random(seed)
+    content = "".join(rng.choice([*ALPHABET, ".", "\n.", "x" * 75 + "."]) for _ in range(60))
+    encoded, undotted = message._quoted_printable_checked(content)
+    assert undotted == (not encoded.startswith(b".") and b"\n." not in encoded)
+    for text, html in ((content, "<p>x</p>"), ("plain", content)):
+        rendered = Rendered(subject="s", text=text, html=html)
+        data = message.build_message(
+            rendered, sender="d@example.org", to="r@example.org", to_name=None,
+            message_id="<m@example.org>", date=datetime(2026, 1, 1, tzinfo=UTC),
+        )  # fmt: skip
+        assert isinstance(data, Canonical) == message.is_canonical(data)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_undot_keeps_the_text_and_starts_no_line_with_a_dot(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = ["a", " ", ".", "\n", "é", "=", "x" * 80, "et al.", "\t", ". ", "\n.", "x" * 74]
+    text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40))).encode()
+    encoded = binascii.b2a_qp(text, quotetabs=False, istext=True, header=False)
+    undotted = message.undot(encoded)
+    assert binascii.a2b_qp(undotted) == text
+    assert not undotted.startswith(b".") and b"\n." not in undotted
+    longest = max(76, *(len(line) for line in encoded.split(b"\n")))  # b2a_qp's own can be 78
+    assert all(len(line) <= longest for line in undotted.split(b"\n"))
+    if not encoded.startswith(b".") and b"\n." not in encoded:
+        assert undotted == encoded  # nothing to do: b2a_qp's bytes as they were

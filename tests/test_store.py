@@ -517,3 +517,16 @@ def test_a_claim_without_bodies_is_completed_by_another_connection(
         (ALICE, b"alice's bytes", 1),
         (BOB, b"bob's bytes", 1),
     ]
+
+
+def test_canonical_bodies_come_back_marked(store: Store) -> None:
+    from digestd.model import Canonical
+
+    enqueue(store, ALICE, data=b"x\r\n")
+    store.enqueue(
+        subscriber=BOB, kind="digest", period="p", message_id="<b@x>", sender="d@example.org",
+        data=b"y\r\n", paper_ids=[], at=T0, canonical=True,
+    )  # fmt: skip
+    rows = {row.subscriber: row.data for row in store.claim_due(now=T0, limit=10)}
+    assert rows == {ALICE: b"x\r\n", BOB: b"y\r\n"}
+    assert isinstance(rows[BOB], Canonical) and not isinstance(rows[ALICE], Canonical)
