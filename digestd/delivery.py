@@ -5,9 +5,10 @@ change is committed before the next network step on that connection, so a crash 
 loses nothing, and only a message whose DATA reached the relay can go out twice (same Message-ID).
 
 * Claims come in batches (one write transaction each, so a row is claimed once); the workers share
-  the batch, and the next one is claimed, read and inflated in the commit thread before it is
-  needed. Rows claimed but not handed out when the drain stops are given back (`unclaim`); after
-  a crash they are `in_doubt` and re-sent once, which is harmless: they never reached a relay.
+  the batch, and the next one is claimed (on the commit thread's connection) and its bodies read
+  (by a reader thread) before it is needed. Rows claimed but not handed out when the drain stops
+  are given back (`unclaim`); after a crash they are `in_doubt` and re-sent once, which is
+  harmless: they never reached a relay.
 * Each worker sends on its own connection (the mailer is a pool) and awaits the commit of its
   outcome before its next send. Outcomes are committed by a thread on a second connection to the
   same file, so one connection's fsync does not stall the others (group commit, `_Committer`).
@@ -93,8 +94,8 @@ class _Claimer:
     """Hands claimed rows to workers one at a time; the next batch is claimed ahead of need.
 
     The claim (a short write transaction) runs on the committer's connection, the one writer while
-    sending; the rows' ~40 KB bodies are read and inflated afterwards by a reader thread on a
-    connection of its own (bodies never change once queued), so neither blocks the event loop
+    sending; the rows' ~40 KB bodies are read afterwards by a reader thread on a connection of
+    its own (bodies never change once queued), so neither blocks the event loop
     nor holds the write lock that the outcome commits wait for.
     """
 
@@ -131,7 +132,9 @@ class _Claimer:
             try:
                 rows = await self.reader.call(lambda store: store.with_bodies(heads))
             except BaseException:
-                self.claimed.extend(heads)  # claimed all the same: given back, not forgotten
+                # Never hand out a row without its bytes: back to the queue (or, if even that
+                # fails, `in_doubt` at the next start, and re-sent: it never reached a relay).
+                await asyncio.shield(self.committer.side.call(lambda store: store.unclaim(heads)))
                 raise
             self.claimed.extend(rows)
         finally:

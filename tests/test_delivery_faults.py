@@ -377,3 +377,27 @@ async def test_pool_uses_every_mailer_concurrently() -> None:
     assert [m.peak for m in mailers] == [1, 1]  # one message at a time per connection
     with pytest.raises(ValueError):
         MailerPool([])
+
+
+async def test_rows_whose_bytes_cannot_be_read_go_back_to_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(tmp_path / "s.sqlite3") as store:
+        for i in range(3):
+            store.enqueue(
+                subscriber=f"u{i}@example.org", kind="digest", period="p",
+                message_id=f"<{i}@x>", sender="d@example.org", data=b"m", paper_ids=[], at=T0,
+            )  # fmt: skip
+
+        def unreadable(self: Store, rows: object) -> None:
+            raise OSError("disk I/O error")
+
+        monkeypatch.setattr(Store, "with_bodies", unreadable)
+        deps: Any = SimpleNamespace(store=store)
+        committer = _Committer(deps, DeliverReport())
+        claimer = _Claimer(committer, now=T0, batch=8)
+        with pytest.raises(OSError, match="disk I/O"):
+            await claimer.next()  # never a row without its bytes
+        await claimer.aclose(store)
+        await committer.aclose()
+        assert +Counter(store.status().outbox) == Counter(queued=3)
