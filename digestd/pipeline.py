@@ -267,10 +267,9 @@ def _compose_all(
             chunk = todo[start : start + _COMPOSE_BATCH]
             keys = [key(sub) for sub, _, _ in chunk]
             papers = deps.store.candidates_for(keys, since=since)
-            known = _Known(
-                ids=deps.store.subscriber_ids(keys) if deps.options.public_url else {},
-                suppressed=deps.store.suppressed_among(keys),
-            )
+            with deps.store.batch(sync=False):  # new ids are redone if lost, like composing
+                ids = deps.store.subscriber_ids(keys) if deps.options.public_url else {}
+            known = _Known(ids=ids, suppressed=deps.store.suppressed_among(keys))
             batch = [_prepare(deps, *it, papers[key(it[0])], known, now=now) for it in chunk]
             collect = mails.submit([p.job for p in batch if p.job is not None])
             totals = _add(totals, _write(deps, pending, now=now))
