@@ -530,3 +530,10 @@ def test_canonical_bodies_come_back_marked(store: Store) -> None:
     rows = {row.subscriber: row.data for row in store.claim_due(now=T0, limit=10)}
     assert rows == {ALICE: b"x\r\n", BOB: b"y\r\n"}
     assert isinstance(rows[BOB], Canonical) and not isinstance(rows[ALICE], Canonical)
+
+
+def test_new_state_files_use_16_kib_pages(store: Store, db_path: Path) -> None:
+    assert store._db.execute("PRAGMA page_size").fetchone()[0] == 16384
+    store.close()
+    with Store(db_path) as again:  # reopening keeps it (and would keep a 4 KiB file's, too)
+        assert again._db.execute("PRAGMA page_size").fetchone()[0] == 16384
