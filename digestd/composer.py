@@ -28,7 +28,7 @@ import jinja2
 
 from digestd.message import build_message
 from digestd.model import Canonical, Digest
-from digestd.personal import TOKENS, page_template, render_personal
+from digestd.personal import TOKENS, page_template, personal_template, render_personal
 from digestd.render import Environments, RenderContext, make_environments, templates_dir
 from digestd.webcopy import WebBody, body_for
 
@@ -88,7 +88,7 @@ class Composed:
 
 def assemble(job: MailJob, envs: Environments) -> Composed:
     """The message's bytes (`render_personal` then `build_message`) and its web copy."""
-    rendered = render_personal(job.digest, envs, job.ctx)
+    rendered = personal_template(job.digest, envs, job.ctx)  # filled as it is encoded
     data = build_message(
         rendered,
         sender=job.sender,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from email.utils import format_datetime
 
-from digestd.model import Canonical, Rendered
+from digestd.model import Canonical, Personal, Rendered, fill
 from digestd.text import clean_header
 
 __all__ = [
@@ -52,7 +52,7 @@ _SAFE_HEADER = re.compile(r"[ -~]*")
 
 
 def build_message(
-    rendered: Rendered,
+    rendered: Rendered | Personal,
     *,
     sender: str,
     to: str,
@@ -85,8 +85,9 @@ def build_message(
     ]
     lines += [_extra_header(name, value) for name, value in (headers or {}).items()]
     head = CRLF.join(lines) + CRLF + CRLF
-    text, text_ok = _part(boundary, "text/plain", rendered.text)
-    html, html_ok = _part(boundary, "text/html", rendered.html)
+    fills = rendered.fills if isinstance(rendered, Personal) else ()
+    text, text_ok = _part(boundary, "text/plain", rendered.text, fills)
+    html, html_ok = _part(boundary, "text/html", rendered.html, fills)
     data = head.encode("ascii") + text + html + f"--{boundary}--{CRLF}".encode("ascii")
     # Every line is ours and ends in CRLF; only a quoted-printable line can start with ".".
     return Canonical(data) if text_ok and html_ok else data
@@ -206,15 +207,43 @@ def _check_message_id(message_id: str) -> str:
     return msgid
 
 
-def _part(boundary: str, content_type: str, content: str) -> tuple[bytes, bool]:
-    """The MIME part, and whether no line of it starts with "."."""
+def _part(
+    boundary: str, content_type: str, content: str, fills: tuple[tuple[str, str], ...]
+) -> tuple[bytes, bool]:
+    """The MIME part, and whether no line of it starts with "."; `content` is a template if
+    `fills` are given."""
     head = (
         f"--{boundary}{CRLF}"
         f"Content-Type: {content_type}; charset=utf-8{CRLF}"
         f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
     )
-    body, undotted = _quoted_printable_checked(content)
+    if fills and not any("\n" in v or "\r" in v for _, v in fills):
+        blocks = [
+            _qp_block(fill(block, fills)) if isinstance(block, str) else block
+            for block in _template_blocks(content, tuple(token for token, _ in fills))
+        ]
+        body, undotted = b"".join(b for b, _ in blocks), all(ok for _, ok in blocks)
+    else:
+        body, undotted = _quoted_printable_checked(fill(content, fills))
     return head.encode("ascii") + body + CRLF.encode("ascii"), undotted
+
+
+@functools.lru_cache(maxsize=64)
+def _template_blocks(template: str, tokens: tuple[str, ...]) -> list[tuple[bytes, bool] | str]:
+    """A template's quoted-printable blocks, encoded once; a block holding a placeholder stays
+    text, to be filled and encoded per message. Values hold no line break, so the blocks of the
+    filled text are these, filled: the bytes are those of `_quoted_printable_checked`.
+    """
+    return [
+        block if any(token in block for token in tokens) else _qp_block(block)
+        for block in _blocks(template)
+    ]
+
+
+def _blocks(content: str) -> list[str]:
+    """`content` cut into blocks of whole lines at table rows and paragraphs (see `_cut`)."""
+    text = content.replace("\r\n", "\n").replace("\r", "\n")
+    return [block for rows in _cut(text, "\n<tr>") for block in _cut(rows, "\n\n")]
 
 
 def _quoted_printable(content: str) -> bytes:
@@ -229,8 +258,7 @@ def _quoted_printable_checked(content: str) -> tuple[bytes, bool]:
     Personalised bodies differ from each other in a few lines only, and quoted-printable is
     line-local, so the body is encoded in blocks of whole lines, each block once (`_qp_block`).
     """
-    text = content.replace("\r\n", "\n").replace("\r", "\n")
-    blocks = [_qp_block(block) for rows in _cut(text, "\n<tr>") for block in _cut(rows, "\n\n")]
+    blocks = [_qp_block(block) for block in _blocks(content)]
     return b"".join(encoded for encoded, _ in blocks), all(ok for _, ok in blocks)
 
 

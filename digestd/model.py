@@ -18,6 +18,8 @@ __all__ = [
     "Outcome",
     "OutcomeStatus",
     "Paper",
+    "Personal",
+    "fill",
     "ParseProblem",
     "ParseResult",
     "Reason",
@@ -198,6 +200,30 @@ class Rendered:
     subject: str
     text: str
     html: str
+
+
+@dataclass(frozen=True, slots=True)
+class Personal:
+    """A message as its shape's templates plus one subscriber's values (`personal.py`).
+
+    `text`/`html` are the templates; `fills` pairs each placeholder with its value. A value
+    never holds a line break, so every line of the template is a line of the message.
+    """
+
+    subject: str
+    text: str
+    html: str
+    fills: tuple[tuple[str, str], ...]
+
+    def rendered(self) -> Rendered:
+        return Rendered(self.subject, fill(self.text, self.fills), fill(self.html, self.fills))
+
+
+def fill(template: str, fills: tuple[tuple[str, str], ...]) -> str:
+    """`template` with each placeholder replaced by its value."""
+    for token, value in fills:
+        template = template.replace(token, value)
+    return template
 
 
 OutcomeStatus = Literal["sent", "transient", "permanent", "in_doubt"]

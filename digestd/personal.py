@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from digestd.model import Digest, Match, Paper, Reason, Rendered, Subscriber
+from digestd.model import Digest, Match, Paper, Personal, Reason, Rendered, Subscriber
 from digestd.render import (
     HTML_BUDGET,
     TEXT_TEMPLATE,
@@ -45,7 +45,7 @@ from digestd.render import (
 )
 from digestd.text import clean_header
 
-__all__ = ["SLOTS", "TOKENS", "is_plain", "page_template", "render_personal"]
+__all__ = ["SLOTS", "TOKENS", "is_plain", "page_template", "personal_template", "render_personal"]
 
 SLOTS = ("name", "unsubscribe", "web")
 _NAME_LIMIT = 100  # as render._values cuts subscriber names
@@ -113,6 +113,15 @@ def render_personal(
     digest: Digest, envs: Environments, ctx: RenderContext, *, budget: int | None = HTML_BUDGET
 ) -> Rendered:
     """`render_digest(digest, envs, ctx, budget=budget)`, from a cached template when possible."""
+    found = personal_template(digest, envs, ctx, budget=budget)
+    return found.rendered() if isinstance(found, Personal) else found
+
+
+def personal_template(
+    digest: Digest, envs: Environments, ctx: RenderContext, *, budget: int | None = HTML_BUDGET
+) -> Personal | Rendered:
+    """`render_personal`'s message as its cached template plus this subscriber's values, or the
+    full render when the template cannot serve (then a `Rendered`)."""
     values = slot_values(digest, ctx)
     if values is None:
         return render_digest(digest, envs, ctx, budget=budget)
@@ -135,11 +144,8 @@ def render_personal(
             raise _Unsubstitutable
     except _Unsubstitutable:
         return render_digest(digest, envs, ctx, budget=budget)
-    return Rendered(
-        subject=subject(digest),
-        text=substitute(template.text, values),
-        html=substitute(template.html, values),
-    )
+    fills = tuple((token, values[slot]) for slot, token in _A.as_map().items())
+    return Personal(subject(digest), template.text, template.html, fills)
 
 
 def page_template(

@@ -79,3 +79,31 @@ def test_undot_keeps_the_text_and_starts_no_line_with_a_dot(seed: int) -> None:
     assert all(len(line) <= longest for line in undotted.split(b"\n"))
     if not encoded.startswith(b".") and b"\n." not in encoded:
         assert undotted == encoded  # nothing to do: b2a_qp's bytes as they were
+
+
+@pytest.mark.parametrize(
+    "name", [None, "", "Ann", "Zoë Ünicode", "x" * 90, "O'Brien", "Ann\nBcc: x"]
+)
+@pytest.mark.parametrize("web", [None, "https://digest.example.org/view/v0000001"])
+def test_a_message_from_its_template_is_the_message_from_the_filled_text(
+    name: str | None, web: str | None
+) -> None:
+    from digestd.model import Personal
+    from digestd.personal import personal_template, render_personal
+
+    papers = parse_hf_daily((FIXTURES / "hf_daily_papers_seed.json").read_bytes()).papers[:10]
+    envs = make_environments()
+    digest = Digest(Subscriber("r@example.org", name=name), "digest", tuple(map(Match, papers)))
+    ctx = RenderContext(
+        "Paper Digest", "Friday", unsubscribe_url="https://x.example/u/tok0001", web_url=web
+    )
+    args = {
+        "sender": "D <d@example.org>", "to": "r@example.org", "to_name": name,
+        "message_id": "<m@example.org>", "date": datetime(2026, 1, 1, tzinfo=UTC),
+    }  # fmt: skip
+    template = personal_template(digest, envs, ctx)
+    if name in (None, "Ann", "Zoë Ünicode"):
+        assert isinstance(template, Personal)  # the fast path does serve the common case
+    fast = message.build_message(template, **args)  # type: ignore[arg-type]
+    slow = message.build_message(render_personal(digest, envs, ctx), **args)  # type: ignore[arg-type]
+    assert fast == slow and type(fast) is type(slow)
