@@ -305,13 +305,18 @@ async def test_stop_finishes_in_flight_and_gives_unsent_claims_back(
     await deps.mailer.aclose()
 
 
+def queue_plain(store: Store, n: int) -> None:
+    """`n` tiny messages due at T0, to u0@… u{n-1}@example.org."""
+    for i in range(n):
+        store.enqueue(
+            subscriber=f"u{i}@example.org", kind="digest", period="p",
+            message_id=f"<{i}@x>", sender="d@example.org", data=b"m", paper_ids=[], at=T0,
+        )  # fmt: skip
+
+
 async def test_claimer_hands_each_row_out_once(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
-        for i in range(25):
-            store.enqueue(
-                subscriber=f"u{i}@example.org", kind="digest", period="p",
-                message_id=f"<{i}@x>", sender="d@example.org", data=b"m", paper_ids=[], at=T0,
-            )  # fmt: skip
+        queue_plain(store, 25)
         deps: Any = SimpleNamespace(store=store)
         committer = _Committer(deps, DeliverReport())  # claims in its thread, on its connection
         claimer = _Claimer(committer, now=T0, batch=8)
@@ -383,11 +388,7 @@ async def test_rows_whose_bytes_cannot_be_read_go_back_to_the_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
-        for i in range(3):
-            store.enqueue(
-                subscriber=f"u{i}@example.org", kind="digest", period="p",
-                message_id=f"<{i}@x>", sender="d@example.org", data=b"m", paper_ids=[], at=T0,
-            )  # fmt: skip
+        queue_plain(store, 3)
 
         def unreadable(self: Store, rows: object) -> None:
             raise OSError("disk I/O error")
