@@ -83,7 +83,7 @@ class Composed:
 
     data: bytes
     web: WebCopy | None
-    canonical: bool = False  # `message.is_canonical(data)`, computed where the bytes were built
+    canonical: bool = False  # `data` was built as `model.Canonical` (see `message.undot`)
 
 
 def assemble(job: MailJob, envs: Environments) -> Composed:

@@ -24,7 +24,6 @@ from digestd.text import clean_header
 __all__ = [
     "build_message",
     "check_address",
-    "is_canonical",
     "encode_words",
     "fold_header",
     "format_address",
@@ -91,17 +90,6 @@ def build_message(
     data = head.encode("ascii") + text + html + f"--{boundary}--{CRLF}".encode("ascii")
     # Every line is ours and ends in CRLF; only a quoted-printable line can start with ".".
     return Canonical(data) if text_ok and html_ok else data
-
-
-def is_canonical(data: bytes) -> bool:
-    """CRLF line ends only, ending in one, and no line starting with "." (RFC 5321 §4.5.2)."""
-    crlf = data.count(b"\r\n")
-    return (
-        data.endswith(b"\r\n")
-        and not data.startswith(b".")
-        and data.count(b"\n") == crlf == data.count(b"\r")
-        and b"\n." not in data
-    )
 
 
 def parse_mailbox(mailbox: str) -> tuple[str | None, str]:
@@ -244,10 +232,6 @@ def _blocks(content: str) -> list[str]:
     """`content` cut into blocks of whole lines at table rows and paragraphs (see `_cut`)."""
     text = content.replace("\r\n", "\n").replace("\r", "\n")
     return [block for rows in _cut(text, "\n<tr>") for block in _cut(rows, "\n\n")]
-
-
-def _quoted_printable(content: str) -> bytes:
-    return _quoted_printable_checked(content)[0]
 
 
 def _quoted_printable_checked(content: str) -> tuple[bytes, bool]:

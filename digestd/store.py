@@ -932,7 +932,7 @@ class Store:
 
         `data=None` records an empty period (state 'empty') so it is not composed again.
         `compressed`: `data` is the message zlib-compressed; claims hand out the plain bytes.
-        `canonical`: the caller checked `message.is_canonical`; claims hand out `Canonical` bytes.
+        `canonical`: `data` is known to be `model.Canonical`; claims hand it out as such.
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
         Papers already reserved for the subscriber keep their old reservation.
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digestd.message import build_message, encode_words, is_canonical, parse_mailbox
+from digestd.message import build_message, encode_words, parse_mailbox
 from digestd.model import Canonical, Rendered
 
 DATE = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
@@ -189,6 +189,18 @@ def test_encoded_words_are_short_and_whole_characters() -> None:
     assert all(len(w) <= 75 for w in words)
     decoded = str(email.header.make_header(email.header.decode_header(" ".join(words))))
     assert decoded == "数" * 100
+
+
+def is_canonical(data: bytes) -> bool:
+    """The reference: CRLF line ends only, ending in one, no line starting with "." (RFC 5321
+    §4.5.2) — what `model.Canonical` promises, checked the slow way."""
+    crlf = data.count(b"\r\n")
+    return (
+        data.endswith(b"\r\n")
+        and not data.startswith(b".")
+        and data.count(b"\n") == crlf == data.count(b"\r")
+        and b"\n." not in data
+    )
 
 
 @settings(max_examples=400, deadline=None)
