@@ -1089,13 +1089,7 @@ class Store:
 
         :raises ValueError: the row is not in 'sending'.
         """
-        with self._write() as db:
-            self._transition(
-                db, outbox_id, ("sending",),
-                "state = 'deferred', next_attempt_at = ?, last_code = ?, last_reply = ?,"
-                " updated_at = ?",
-                (_ts(retry_at), code, reply, _ts(at)),
-            )  # fmt: skip
+        self._retry_later(outbox_id, "deferred", at=at, retry_at=retry_at, code=code, reply=reply)
 
     def mark_in_doubt(
         self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
@@ -1106,12 +1100,23 @@ class Store:
 
         :raises ValueError: the row is not in 'sending'.
         """
+        self._retry_later(outbox_id, "in_doubt", at=at, retry_at=retry_at, code=code, reply=reply)
+
+    def _retry_later(
+        self,
+        outbox_id: int,
+        state: Literal["deferred", "in_doubt"],
+        *,
+        at: datetime,
+        retry_at: datetime,
+        code: int | None,
+        reply: str,
+    ) -> None:
         with self._write() as db:
             self._transition(
                 db, outbox_id, ("sending",),
-                "state = 'in_doubt', next_attempt_at = ?, last_code = ?, last_reply = ?,"
-                " updated_at = ?",
-                (_ts(retry_at), code, reply, _ts(at)),
+                "state = ?, next_attempt_at = ?, last_code = ?, last_reply = ?, updated_at = ?",
+                (state, _ts(retry_at), code, reply, _ts(at)),
             )  # fmt: skip
 
     def mark_failed(
