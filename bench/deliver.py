@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,16 +121,14 @@ def phase_seconds(summary: str) -> dict[str, float]:
 
 
 def message_stats(state: Path) -> tuple[int, int]:
-    """(messages sent, their mean size as sent): bodies may be stored zlib-compressed."""
+    """(messages sent, their mean size as sent): each body's own bytes plus its shared parts."""
     with sqlite3.connect(state) as db:
-        rows = db.execute(
-            "SELECT b.data, b.zlib FROM outbox o"
-            " JOIN outbox_bodies b ON b.outbox_id = o.id WHERE o.state = 'sent'"
-        )
-        sent = total = 0
-        for data, packed in rows:
-            sent += 1
-            total += len(zlib.decompress(data)) if packed else len(data)
+        sent, total = db.execute(
+            "SELECT COUNT(*), SUM(LENGTH(b.data) + (SELECT COALESCE(SUM(LENGTH(p.data)), 0)"
+            "  FROM outbox_parts r JOIN message_parts p ON p.key = r.part"
+            "  WHERE r.outbox_id = o.id))"
+            " FROM outbox o JOIN outbox_bodies b ON b.outbox_id = o.id WHERE o.state = 'sent'"
+        ).fetchone()
     return sent, total // sent if sent else 0
 
 

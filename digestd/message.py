@@ -18,11 +18,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from email.utils import format_datetime
 
-from digestd.model import Canonical, Personal, Rendered, fill
+from digestd.model import Part, Personal, Rendered, Spliced, fill
 from digestd.text import clean_header
 
 __all__ = [
     "build_message",
+    "build_spliced",
     "check_address",
     "encode_words",
     "fold_header",
@@ -68,6 +69,23 @@ def build_message(
     :raises ValueError: an address or the Message-ID is malformed, a header name is invalid or
         reserved, or `date` is naive.
     """
+    return build_spliced(
+        rendered, sender=sender, to=to, to_name=to_name, message_id=message_id, date=date,
+        headers=headers,
+    ).whole()  # fmt: skip
+
+
+def build_spliced(
+    rendered: Rendered | Personal,
+    *,
+    sender: str,
+    to: str,
+    to_name: str | None,
+    message_id: str,
+    date: datetime,
+    headers: Mapping[str, str] | None = None,
+) -> Spliced:
+    """`build_message`'s bytes, with the long runs a `Personal` template shares as `Part`s."""
     sender_name, sender_addr = parse_mailbox(sender)
     msgid = _check_message_id(message_id)
     if date.tzinfo is None:
@@ -87,9 +105,22 @@ def build_message(
     fills = rendered.fills if isinstance(rendered, Personal) else ()
     text, text_ok = _part(boundary, "text/plain", rendered.text, fills)
     html, html_ok = _part(boundary, "text/html", rendered.html, fills)
-    data = head.encode("ascii") + text + html + f"--{boundary}--{CRLF}".encode("ascii")
+    pieces = [head.encode("ascii"), *text, *html, f"--{boundary}--{CRLF}".encode("ascii")]
     # Every line is ours and ends in CRLF; only a quoted-printable line can start with ".".
-    return Canonical(data) if text_ok and html_ok else data
+    return _splice(pieces, canonical=text_ok and html_ok)
+
+
+def _splice(pieces: list[bytes | Part], *, canonical: bool) -> Spliced:
+    own: list[bytes] = []
+    parts: list[tuple[int, Part]] = []
+    size = 0
+    for piece in pieces:
+        if isinstance(piece, Part):
+            parts.append((size, piece))
+        else:
+            own.append(piece)
+            size += len(piece)
+    return Spliced(b"".join(own), tuple(parts), canonical)
 
 
 def parse_mailbox(mailbox: str) -> tuple[str | None, str]:
@@ -197,35 +228,61 @@ def _check_message_id(message_id: str) -> str:
 
 def _part(
     boundary: str, content_type: str, content: str, fills: tuple[tuple[str, str], ...]
-) -> tuple[bytes, bool]:
-    """The MIME part, and whether no line of it starts with "."; `content` is a template if
-    `fills` are given."""
+) -> tuple[list[bytes | Part], bool]:
+    """The MIME part's pieces, and whether no line of it starts with "."; `content` is a template
+    if `fills` are given."""
     head = (
         f"--{boundary}{CRLF}"
         f"Content-Type: {content_type}; charset=utf-8{CRLF}"
         f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
     )
+    pieces: list[bytes | Part] = [head.encode("ascii")]
     if fills and not any("\n" in v or "\r" in v for _, v in fills):
-        blocks = [
-            _qp_block(fill(block, fills)) if isinstance(block, str) else block
-            for block in _template_blocks(content, tuple(token for token, _ in fills))
-        ]
-        body, undotted = b"".join(b for b, _ in blocks), all(ok for _, ok in blocks)
+        undotted = True
+        for run in _template_runs(content, tuple(token for token, _ in fills)):
+            encoded, ok = _qp_block(fill(run, fills)) if isinstance(run, str) else run
+            pieces.append(encoded)
+            undotted = undotted and ok
     else:
         body, undotted = _quoted_printable_checked(fill(content, fills))
-    return head.encode("ascii") + body + CRLF.encode("ascii"), undotted
+        pieces.append(body)
+    pieces.append(CRLF.encode("ascii"))
+    return pieces, undotted
+
+
+SHARE_MIN = 1024  # a shorter run is copied into each message: a shared one costs a row and a join
 
 
 @functools.lru_cache(maxsize=64)
-def _template_blocks(template: str, tokens: tuple[str, ...]) -> list[tuple[bytes, bool] | str]:
-    """A template's quoted-printable blocks, encoded once; a block holding a placeholder stays
-    text, to be filled and encoded per message. Values hold no line break, so the blocks of the
-    filled text are these, filled: the bytes are those of `_quoted_printable_checked`.
+def _template_runs(template: str, tokens: tuple[str, ...]) -> list[tuple[bytes | Part, bool] | str]:
+    """A template's quoted-printable blocks, encoded once, consecutive ones joined into one run (a
+    shared `Part` when long); a block holding a placeholder stays text, to be filled and encoded
+    per message. Values hold no line break, so the blocks of the filled text are these, filled:
+    the bytes are those of `_quoted_printable_checked`.
     """
-    return [
-        block if any(token in block for token in tokens) else _qp_block(block)
-        for block in _blocks(template)
-    ]
+    runs: list[tuple[bytes | Part, bool] | str] = []
+    fixed: list[tuple[bytes, bool]] = []
+    for block in _blocks(template):
+        if any(token in block for token in tokens):
+            runs += _joined(fixed)
+            runs.append(block)
+            fixed = []
+        else:
+            fixed.append(_qp_block(block))
+    return runs + _joined(fixed)
+
+
+def _joined(blocks: list[tuple[bytes, bool]]) -> list[tuple[bytes | Part, bool]]:
+    """Consecutive encoded blocks as one run (none if there are none), shared when long."""
+    if not blocks:
+        return []
+    data = b"".join(encoded for encoded, _ in blocks)
+    return [(_shared(data) if len(data) >= SHARE_MIN else data, all(ok for _, ok in blocks))]
+
+
+@functools.lru_cache(maxsize=256)  # one object for equal runs of different shapes (a style sheet)
+def _shared(data: bytes) -> Part:
+    return Part(hashlib.blake2b(data, digest_size=16).hexdigest(), data)
 
 
 def _blocks(content: str) -> list[str]:

@@ -18,6 +18,7 @@ __all__ = [
     "Outcome",
     "OutcomeStatus",
     "Paper",
+    "Part",
     "Personal",
     "fill",
     "ParseProblem",
@@ -26,6 +27,7 @@ __all__ = [
     "ReasonKind",
     "Rendered",
     "Rule",
+    "Spliced",
     "Subscriber",
     "SubscriberSet",
     "Term",
@@ -236,6 +238,46 @@ class Canonical(bytes):
     """
 
     __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Message bytes that many messages share (a run of a shape's encoded template), stored once.
+
+    `key` is a hash of `data`: equal keys, equal bytes.
+    """
+
+    key: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Spliced:
+    """A message as its own bytes with shared `Part`s spliced in: `whole()` is the message.
+
+    `parts` are (offset in `own`, part) pairs, in order. A run of 20,000 messages of one shape
+    then queues ~2 KB of each and its ~40 KB of shared blocks once. `canonical`: the whole
+    message is `Canonical`.
+    """
+
+    own: bytes
+    parts: tuple[tuple[int, Part], ...] = ()
+    canonical: bool = False
+
+    def whole(self) -> bytes:
+        pieces: list[bytes] = []
+        start = 0
+        for at, part in self.parts:
+            pieces += (self.own[start:at], part.data)
+            start = at
+        pieces.append(self.own[start:])
+        data = b"".join(pieces)
+        return Canonical(data) if self.canonical else data
+
+    def prefixed(self, head: bytes) -> Spliced:
+        """`head` + this message, still spliced; no longer known to be canonical."""
+        shift = len(head)
+        return Spliced(head + self.own, tuple((at + shift, part) for at, part in self.parts))
 
 
 @dataclass(frozen=True, slots=True)

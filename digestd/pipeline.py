@@ -18,7 +18,7 @@ from digestd.errors import SourceError
 from digestd.index import Matcher
 from digestd.listmail import MailLinks, default_list_id, list_headers, mail_links
 from digestd.message import build_message
-from digestd.model import Digest, Match, Paper, Rendered, Subscriber, SubscriberSet
+from digestd.model import Digest, Match, Paper, Rendered, Spliced, Subscriber, SubscriberSet
 from digestd.notes import SourceActivity, empty_note
 from digestd.observe import NULL, Observer
 from digestd.render import Environments, RenderContext, render_digest
@@ -67,6 +67,7 @@ class Options:
     secret: bytes | None = field(default=None, repr=False)  # None: the store's own secret
     connections: int = 1  # parallel senders; the mailer must be a pool at least that large
     suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
+    keep_days: int = 7  # then the bytes of a message that ended are dropped (`Store.prune`)
 
     @property
     def envelope_from(self) -> str:
@@ -238,6 +239,7 @@ def compose(
     # puts its papers into the digest composed now, not the one after.
     deps.store.release_stale(now=now)
     deps.store.prune_web_copies(now=now)
+    deps.store.prune(before=now - timedelta(days=deps.options.keep_days))
     deps.observer.begin("match", len(deps.subscribers.subscribers))
     suspended = deps.store.suspended()  # they get nothing until `digestd unsuspend`
     todo = [
@@ -409,11 +411,9 @@ def _enqueue(
         composed = _compose_one(deps, sub, kind, found, links=links, message_id=message_id, now=now)
     else:
         message_id, links, composed = prepared
-    data, canonical = None, False
-    if composed is not None and deps.sign is not None:
-        data = deps.sign(composed.data)  # signed when queued: every retry sends the same signature
-    elif composed is not None:
-        data, canonical = composed.data, composed.canonical
+    data = None
+    if composed is not None:
+        data = _signed(deps.sign, composed.message) if deps.sign else composed.message
     row = deps.store.enqueue(
         subscriber=key(sub),
         kind=kind,
@@ -424,11 +424,20 @@ def _enqueue(
         paper_ids=[m.paper.id for m in found],
         at=now,
         expires_at=expires,
-        canonical=canonical,
     )
     if row is not None and composed is not None and composed.web is not None:
         _save_web_copy(deps, sub, composed.web, links=links, now=now)
     return row is not None
+
+
+def _signed(sign: Callable[[bytes], bytes], message: Spliced) -> Spliced | bytes:
+    """The message signed when queued, so every retry sends the same signature; still spliced
+    when the signer only put a header before it (as DKIM does)."""
+    whole = message.whole()
+    signed = sign(whole)
+    if not signed.endswith(whole):
+        return signed
+    return message.prefixed(signed[: len(signed) - len(whole)])
 
 
 def _enqueue_note(

@@ -176,6 +176,9 @@ class DeliverySettings(_Section):
     suspend_after: int = Field(
         3, ge=1, description="consecutive hard failures (5xx) after which an address is suspended"
     )
+    keep_days: int = Field(
+        7, ge=0, description="days a sent, failed or expired message's bytes are kept; rows stay"
+    )
     path: Path = Path("var/mail")
     # RFC 2919, e.g. "Paper Digest <paper-digest.example.org>"; default: site_name <digestd.DOMAIN>
     list_id: str | None = Field(None, pattern=r"^[^<>]*<[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+>$")

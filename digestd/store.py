@@ -22,7 +22,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 
 from digestd.errors import DigestdError
 from digestd.merge import merge, merge_all
-from digestd.model import Canonical, Paper, Validators
+from digestd.model import Paper, Part, Spliced, Validators
 from digestd.webcopy import WebBody, fill_page
 
 __all__ = [
@@ -59,6 +59,7 @@ STATES: tuple[OutboxState, ...] = (
 _CLAIMABLE = ("queued", "deferred", "in_doubt")
 _PENDING = ("queued", "sending", "deferred", "in_doubt")
 _PROBLEMS = ("failed", "deferred", "in_doubt", "expired")
+_ENDED = ("sent", "failed", "expired", "empty")  # nothing more will be sent: bytes may go
 # Rows a sender may still expire: anything not final (a claimed row may turn out to be too old).
 _EXPIRABLE = _PENDING
 # Well under SQLite's default limit of host parameters per statement (32766 since 3.32, 999 before).
@@ -67,6 +68,7 @@ _CHUNK = 500
 _STATUS_PROBLEMS = 20
 # How long (ms) to wait for another connection's write lock before "database is locked".
 _BUSY_TIMEOUT_MS = 5000
+_PART_CACHE = 64  # shared message parts kept in memory: a few per shape, a few shapes per run
 
 _T = TypeVar("_T")
 
@@ -407,6 +409,30 @@ def _migration_7(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE outbox_bodies ADD COLUMN canonical INTEGER NOT NULL DEFAULT 0")
 
 
+def _migration_8(db: sqlite3.Connection) -> None:
+    """Message bytes shared by many messages (`model.Part`: a run of a shape's template) stored
+    once; each body keeps its own bytes and where each part goes (`outbox_parts`, in `seq`
+    order, at byte offset `at` of its own bytes). A part goes once no body names it (`prune`);
+    the foreign key refuses to drop one that is still named.
+    """
+    db.execute(
+        """CREATE TABLE message_parts (
+            key TEXT PRIMARY KEY,
+            data BLOB NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE outbox_parts (
+            outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            part TEXT NOT NULL REFERENCES message_parts(key),
+            PRIMARY KEY (outbox_id, seq)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX outbox_parts_part ON outbox_parts(part)")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -415,6 +441,7 @@ _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_5,
     _migration_6,
     _migration_7,
+    _migration_8,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -529,12 +556,12 @@ _BODY_COLUMNS = (
 )
 
 
-def _body(data: bytes, packed: int, canonical: int) -> bytes:
-    plain = zlib.decompress(data) if packed else data
-    return Canonical(plain) if canonical else bytes(plain)
+def _body(data: bytes, packed: int, canonical: int, parts: Sequence[tuple[int, Part]]) -> bytes:
+    plain = zlib.decompress(data) if packed else bytes(data)
+    return Spliced(plain, tuple(parts), bool(canonical)).whole()
 
 
-def _outbox_from_row(row: sqlite3.Row, *, attempts: int) -> OutboxRow:
+def _outbox_from_row(row: sqlite3.Row, *, attempts: int, data: bytes = b"") -> OutboxRow:
     return OutboxRow(
         id=row["id"],
         subscriber=row["subscriber"],
@@ -542,7 +569,7 @@ def _outbox_from_row(row: sqlite3.Row, *, attempts: int) -> OutboxRow:
         period=row["period"],
         message_id=row["message_id"],
         sender=row["sender"],
-        data=_body(row["data"], row["zlib"], row["canonical"]),
+        data=data,
         attempts=attempts,
         state=row["state"],
         suppressed=bool(row["suppressed"]),
@@ -588,6 +615,8 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._secret: bytes | None = None
         self._batching = False
+        self._parts_written: set[str] = set()  # message parts inserted in this transaction
+        self._part_cache: dict[str, Part] = {}
         try:
             self._configure()
             self._migrate()
@@ -621,11 +650,7 @@ class Store:
         for number in range(version + 1, SCHEMA_VERSION + 1):
             with self._write() as db:
                 _MIGRATIONS[number - 1](db)
-                db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(number),),
-                )
+                self._set_meta(db, "schema_version", str(number))
 
     def schema_version(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -680,6 +705,7 @@ class Store:
             yield self._db
             return
         self._db.execute("BEGIN IMMEDIATE")
+        self._parts_written.clear()
         try:
             yield self._db
         except BaseException:
@@ -921,18 +947,18 @@ class Store:
         period: str,
         message_id: str,
         sender: str,
-        data: bytes | None,
+        data: bytes | Spliced | None,
         paper_ids: Sequence[str],
         at: datetime,
         expires_at: datetime | None = None,
         compressed: bool = False,
-        canonical: bool = False,
     ) -> int | None:
         """Queue one message and reserve its papers for `subscriber`, atomically.
 
         `data=None` records an empty period (state 'empty') so it is not composed again.
+        `data` may come `Spliced`: its parts are stored once however many messages share them,
+        and claims hand out the whole message (`Canonical` if it was marked so).
         `compressed`: `data` is the message zlib-compressed; claims hand out the plain bytes.
-        `canonical`: `data` is known to be `model.Canonical`; claims hand it out as such.
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
         Papers already reserved for the subscriber keep their old reservation.
 
@@ -956,17 +982,34 @@ class Store:
             if outbox_id is None:
                 return None
             if data is not None:
-                db.execute(
-                    "INSERT INTO outbox_bodies (outbox_id, data, zlib, canonical)"
-                    " VALUES (?, ?, ?, ?)",
-                    (outbox_id[0], data, int(compressed), int(canonical)),
-                )
+                self._queue_body(db, outbox_id[0], data, compressed=compressed)
             db.executemany(
                 "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, outbox_id)"
                 " VALUES (?, ?, ?)",
                 ((key, paper_id, outbox_id[0]) for paper_id in ids),
             )
         return cast(int, outbox_id[0])
+
+    def _queue_body(
+        self, db: sqlite3.Connection, outbox_id: int, data: bytes | Spliced, *, compressed: bool
+    ) -> None:
+        message = data if isinstance(data, Spliced) else Spliced(data)
+        db.execute(
+            "INSERT INTO outbox_bodies (outbox_id, data, zlib, canonical) VALUES (?, ?, ?, ?)",
+            (outbox_id, message.own, int(compressed), int(message.canonical)),
+        )
+        for _, part in message.parts:
+            # Once per transaction: binding ~40 KB only to have it ignored is not free either.
+            if part.key not in self._parts_written:
+                db.execute(
+                    "INSERT OR IGNORE INTO message_parts (key, data) VALUES (?, ?)",
+                    (part.key, part.data),
+                )
+                self._parts_written.add(part.key)
+        db.executemany(
+            "INSERT INTO outbox_parts (outbox_id, seq, at, part) VALUES (?, ?, ?, ?)",
+            ((outbox_id, seq, at, part.key) for seq, (at, part) in enumerate(message.parts)),
+        )
 
     def last_digest_at(self, subscriber: str) -> datetime | None:
         """When the subscriber's latest digest (or empty period) was composed."""
@@ -995,13 +1038,18 @@ class Store:
         stamp = _ts(now)
         with self._write() as db:
             ids = self._due_ids(db, stamp, limit)
-            rows = self._rows_by_id(db, ids, bodies=bodies)
+            rows = self._rows_by_id(db, ids)
+            data = self._bodies(db, ids) if bodies else dict.fromkeys(ids, b"")
             db.executemany(
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ?",
                 ((stamp, row["id"]) for row in rows),
             )
-        return [_outbox_from_row(row, attempts=row["attempts"] + 1) for row in rows]
+            # A row without bytes raises here (KeyError), inside the claim: it stays queued.
+            return [
+                _outbox_from_row(row, attempts=row["attempts"] + 1, data=data[row["id"]])
+                for row in rows
+            ]
 
     @staticmethod
     def _due_ids(db: sqlite3.Connection, stamp: str, limit: int) -> list[int]:
@@ -1024,33 +1072,65 @@ class Store:
         return [row_id for _, row_id in sorted(due)[:limit]]
 
     @staticmethod
-    def _rows_by_id(
-        db: sqlite3.Connection, ids: Sequence[int], *, bodies: bool = True
-    ) -> list[sqlite3.Row]:
+    def _rows_by_id(db: sqlite3.Connection, ids: Sequence[int]) -> list[sqlite3.Row]:
         if not ids:
             return []
-        data = _BODY_COLUMNS if bodies else "x'' AS data, 0 AS zlib, 0 AS canonical"
         sql = (
             "SELECT o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,"
-            f" o.state, {data},"
+            " o.state,"
             " EXISTS (SELECT 1 FROM suppressions s WHERE s.email = o.subscriber) AS suppressed"
-            " FROM outbox o LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
-            f" WHERE o.id IN ({_marks(len(ids))})"
+            f" FROM outbox o WHERE o.id IN ({_marks(len(ids))})"
         )
         found = {row["id"]: row for row in db.execute(sql, ids)}
         return [found[i] for i in ids]
 
     def with_bodies(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
-        """`rows` (claimed with `bodies=False`) with their message bytes, inflated."""
-        found: dict[int, bytes] = {}
-        for chunk in _chunks([row.id for row in rows]):
-            sql = (
+        """`rows` (claimed with `bodies=False`) with their message bytes, whole.
+
+        :raises KeyError: a row has no bytes.
+        """
+        with self._read() as db:
+            found = self._bodies(db, [row.id for row in rows])
+        return [replace(row, data=found[row.id]) for row in rows]
+
+    def _bodies(self, db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, bytes]:
+        """The message bytes of outbox rows `ids` that have any, their shared parts spliced in."""
+        rows: list[sqlite3.Row] = []
+        recipes: dict[int, list[tuple[int, str]]] = {}
+        for chunk in _chunks(ids):
+            marks = _marks(len(chunk))
+            rows += db.execute(
                 f"SELECT o.id, {_BODY_COLUMNS} FROM outbox o"
                 " LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
-                f" WHERE o.id IN ({_marks(len(chunk))})"
+                f" WHERE o.id IN ({marks}) AND COALESCE(b.data, o.data) IS NOT NULL",
+                chunk,
+            ).fetchall()
+            for outbox_id, at, key in db.execute(
+                "SELECT outbox_id, at, part FROM outbox_parts"
+                f" WHERE outbox_id IN ({marks}) ORDER BY outbox_id, seq",
+                chunk,
+            ):
+                recipes.setdefault(outbox_id, []).append((at, key))
+        parts = self._parts(db, {key for recipe in recipes.values() for _, key in recipe})
+        return {
+            row[0]: _body(
+                row[1], row[2], row[3], [(at, parts[k]) for at, k in recipes.get(row[0], ())]
             )
-            found.update((r[0], _body(r[1], r[2], r[3])) for r in self._db.execute(sql, chunk))
-        return [replace(row, data=found[row.id]) for row in rows]
+            for row in rows
+        }
+
+    def _parts(self, db: sqlite3.Connection, keys: set[str]) -> dict[str, Part]:
+        """Shared parts by key, from a small cache: a run's claims name the same few over and
+        over, and a part never changes (its key is its hash)."""
+        found = {key: self._part_cache[key] for key in keys if key in self._part_cache}
+        missing = [key for key in keys if key not in found]
+        for chunk in _chunks(missing):
+            sql = f"SELECT key, data FROM message_parts WHERE key IN ({_marks(len(chunk))})"
+            found.update((key, Part(key, bytes(data))) for key, data in db.execute(sql, chunk))
+        if len(self._part_cache) + len(missing) > _PART_CACHE:
+            self._part_cache.clear()
+        self._part_cache.update((key, found[key]) for key in missing if key in found)
+        return found
 
     def unclaim(self, rows: Iterable[OutboxRow]) -> int:
         """Give claimed rows that were never handed to a mailer back their state and attempt."""
@@ -1377,19 +1457,63 @@ class Store:
         )
 
     def prune(self, *, before: datetime) -> int:
-        """Drop the bytes of messages sent before `before`; rows stay for the ledger and status."""
+        """Drop the bytes of messages that ended (sent, failed, expired) before `before`, and
+        the shared parts no message names any more; rows stay for the ledger and status.
+
+        Rows are visited in id order from where the last prune had to stop (the first row then
+        still pending or too recent; `meta.pruned_through`) up to the first row queued since
+        `before`, so a prune reads a few rows however long the outbox has grown.
+        Returns how many messages lost their bytes.
+        """
+        stamp = _ts(before)
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET data = NULL"
-                " WHERE state = 'sent' AND sent_at < ? AND data IS NOT NULL",
-                (_ts(before),),
-            )
-            bodies = db.execute(
-                "DELETE FROM outbox_bodies WHERE outbox_id IN"
-                " (SELECT id FROM outbox WHERE state = 'sent' AND sent_at < ?)",
-                (_ts(before),),
-            )
-        return cursor.rowcount + bodies.rowcount
+            start = int(self._meta(db, "pruned_through") or 0)
+            ended: list[int] = []
+            through = stalled = None
+            for row_id, state, created, updated in db.execute(
+                "SELECT id, state, created_at, updated_at FROM outbox WHERE id > ? ORDER BY id",
+                (start,),
+            ):
+                if created >= stamp:
+                    break
+                if state in _ENDED and updated < stamp:
+                    ended.append(row_id)
+                elif stalled is None:
+                    stalled = row_id
+                through = row_id
+            dropped = sum(self._drop_bodies(db, chunk) for chunk in _chunks(ended))
+            if ended:
+                db.execute(
+                    "DELETE FROM message_parts WHERE NOT EXISTS"
+                    " (SELECT 1 FROM outbox_parts r WHERE r.part = message_parts.key)"
+                )
+            mark = stalled - 1 if stalled is not None else through
+            if mark is not None and mark > start:
+                self._set_meta(db, "pruned_through", str(mark))
+        return dropped
+
+    @staticmethod
+    def _drop_bodies(db: sqlite3.Connection, ids: Sequence[int]) -> int:
+        marks = _marks(len(ids))
+        inline = db.execute(
+            f"UPDATE outbox SET data = NULL WHERE data IS NOT NULL AND id IN ({marks})", ids
+        )
+        bodies = db.execute(f"DELETE FROM outbox_bodies WHERE outbox_id IN ({marks})", ids)
+        db.execute(f"DELETE FROM outbox_parts WHERE outbox_id IN ({marks})", ids)
+        return inline.rowcount + bodies.rowcount
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, key: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     # -- status ----------------------------------------------------------------------------
 

@@ -162,3 +162,22 @@ def test_backoff_grows_and_is_capped(attempts: int) -> None:
     ceiling = options.retry_base * 2 ** (attempts - 1)
     assert ceiling / 2 <= delay <= ceiling
     assert pipeline.backoff(50, options) <= options.retry_cap
+
+
+async def test_sent_bytes_are_dropped_after_keep_days_and_the_ledger_stays(tmp_path: Path) -> None:
+    deps = make_deps(tmp_path, now=MON_0600)
+    await pipeline.ingest(deps, now=MON_0600)
+    assert (await cycle(deps, MON_0600 + timedelta(hours=1))).sent == 2
+    db = deps.store._db
+
+    def count(table: str) -> int:
+        return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    assert count("outbox_bodies") == 2 and count("message_parts") > 0  # shared parts stored
+    assert (await cycle(deps, MON_0600 + timedelta(days=6))).sent == 0
+    assert count("outbox_bodies") == 2  # within keep_days (7)
+    assert (await cycle(deps, MON_0600 + timedelta(days=8))).sent == 0
+    assert count("outbox_bodies") == count("outbox_parts") == count("message_parts") == 0
+    # The rows and the ledger stay: nothing is sent again.
+    assert db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'sent'").fetchone()[0] == 2
+    assert len(inbox(tmp_path)) == 2

@@ -112,3 +112,8 @@ def test_a_message_from_its_template_is_the_message_from_the_filled_text(
     fast = message.build_message(template, **args)  # type: ignore[arg-type]
     slow = message.build_message(render_personal(digest, envs, ctx), **args)  # type: ignore[arg-type]
     assert fast == slow and type(fast) is type(slow)
+    spliced = message.build_spliced(template, **args)  # type: ignore[arg-type]
+    assert spliced.whole() == fast and type(spliced.whole()) is type(fast)
+    if isinstance(template, Personal):  # what each message queues of its own is small
+        assert len(spliced.own) < len(fast) // 8
+        assert all(len(part.data) >= message.SHARE_MIN for _, part in spliced.parts)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from digestd.model import Paper
+from digestd.model import Paper, Part, Spliced
 from digestd.store import SCHEMA_VERSION, SchemaError, Store
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
@@ -525,7 +525,7 @@ def test_canonical_bodies_come_back_marked(store: Store) -> None:
     enqueue(store, ALICE, data=b"x\r\n")
     store.enqueue(
         subscriber=BOB, kind="digest", period="p", message_id="<b@x>", sender="d@example.org",
-        data=b"y\r\n", paper_ids=[], at=T0, canonical=True,
+        data=Spliced(b"y\r\n", canonical=True), paper_ids=[], at=T0,
     )  # fmt: skip
     rows = {row.subscriber: row.data for row in store.claim_due(now=T0, limit=10)}
     assert rows == {ALICE: b"x\r\n", BOB: b"y\r\n"}
@@ -537,3 +537,112 @@ def test_new_state_files_use_16_kib_pages(store: Store, db_path: Path) -> None:
     store.close()
     with Store(db_path) as again:  # reopening keeps it (and would keep a 4 KiB file's, too)
         assert again._db.execute("PRAGMA page_size").fetchone()[0] == 16384
+
+
+# -- shared message parts ------------------------------------------------------------------------
+
+STYLE = Part("style-key", b"<style>shared by every message</style>\r\n" * 40)
+PAPERS = Part("papers-key", b"the same ten papers\r\n" * 200)
+
+
+def spliced(name: bytes) -> Spliced:
+    """A message with two shared parts: at the start of its own bytes and in the middle."""
+    own = b"To: " + name + b"\r\n\r\n" + b"Dear " + name + b"\r\n"
+    return Spliced(own, ((0, STYLE), (len(own) - 2, PAPERS)), canonical=True)
+
+
+def queue_spliced(store: Store, who: str, *, period: str = "p") -> int | None:
+    return store.enqueue(
+        subscriber=who, kind="digest", period=period, message_id=f"<{who}.{period}@x>",
+        sender="d@example.org", data=spliced(who.encode()), paper_ids=[], at=T0,
+    )  # fmt: skip
+
+
+def count(store: Store, table: str) -> int:
+    return int(store._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_shared_parts_are_stored_once_and_claimed_spliced_back(store: Store, db_path: Path) -> None:
+    who = [f"r{i}@example.org" for i in range(30)]
+    with store.batch():
+        for address in who[:20]:
+            queue_spliced(store, address)
+    for address in who[20:]:  # one transaction each: still one copy of each part
+        queue_spliced(store, address)
+    assert count(store, "message_parts") == 2
+    own = store._db.execute("SELECT MAX(LENGTH(data)) FROM outbox_bodies").fetchone()[0]
+    assert own < 100  # each message's own bytes only
+    from digestd.model import Canonical
+
+    claimed = store.claim_due(now=T0, limit=10)
+    assert [row.data for row in claimed] == [spliced(a.encode()).whole() for a in who[:10]]
+    assert all(isinstance(row.data, Canonical) for row in claimed)
+    heads = store.claim_due(now=T0, limit=30, bodies=False)
+    with Store(db_path) as reader:
+        rows = reader.with_bodies(heads)
+    assert [row.data for row in rows] == [spliced(a.encode()).whole() for a in who[10:]]
+
+
+def test_a_message_that_names_a_missing_part_is_never_handed_out(store: Store) -> None:
+    queue_spliced(store, ALICE)
+    store._db.execute("PRAGMA foreign_keys = OFF")
+    store._db.execute("DELETE FROM message_parts WHERE key = 'papers-key'")
+    with pytest.raises(KeyError):
+        store.claim_due(now=T0)
+    assert store.status().outbox["queued"] == 1  # the claim rolled back
+
+
+def test_prune_drops_parts_only_when_no_message_names_them(store: Store) -> None:
+    queue_spliced(store, ALICE)
+    queue_spliced(store, BOB)
+    alone = Spliced(b"x\r\n", ((0, Part("alone-key", b"only carol's\r\n")),))
+    store.enqueue(
+        subscriber="carol@example.org", kind="digest", period="p", message_id="<c@x>",
+        sender="d@example.org", data=alone, paper_ids=[], at=T0,
+    )  # fmt: skip
+    rows = store.claim_due(now=T0, limit=10)
+    for row in rows[:1] + rows[2:]:  # alice's and carol's go out; bob's is still queued
+        store.mark_sent(row.id, at=T0, code=250, reply="ok")
+    store.unclaim(rows[1:2])
+    # A part the foreign key still needs cannot be dropped by mistake.
+    with pytest.raises(sqlite3.IntegrityError):
+        store._db.execute("DELETE FROM message_parts WHERE key = 'style-key'")
+    assert store.prune(before=T0 + timedelta(days=1)) == 2
+    keys = {row[0] for row in store._db.execute("SELECT key FROM message_parts")}
+    assert keys == {"style-key", "papers-key"}  # bob's message still names both
+    (bob,) = store.claim_due(now=T0)
+    assert bob.data == spliced(BOB.encode()).whole()
+    store.mark_sent(bob.id, at=T0, code=250, reply="ok")
+    assert store.prune(before=T0 + timedelta(days=1)) == 1
+    assert count(store, "message_parts") == count(store, "outbox_parts") == 0
+
+
+def test_prune_reads_on_from_where_it_stopped(store: Store) -> None:
+    """A row still pending holds the mark; rows queued after `before` end the scan."""
+    for i in range(3):
+        enqueue(store, f"u{i}@example.org", ids=())
+    first, second, third = store.claim_due(now=T0, limit=10)
+    store.mark_sent(first.id, at=T0, code=250, reply="ok")
+    store.mark_sent(third.id, at=T0, code=250, reply="ok")
+    later = T0 + timedelta(days=1)
+    assert store.prune(before=later) == 2
+    assert store._meta(store._db, "pruned_through") == str(first.id)  # second is still sending
+    store.mark_failed(second.id, at=T0, code=550, reply="5.1.1 no such user")
+    assert store.prune(before=later) == 1
+    assert store._meta(store._db, "pruned_through") == str(third.id)
+    assert store.prune(before=later) == 0
+
+
+def test_a_version_7_file_upgrades_and_its_queued_bodies_still_go_out(db_path: Path) -> None:
+    with Store(db_path) as store:
+        enqueue(store, ALICE, data=b"queued before the upgrade")
+        store._db.execute("DROP TABLE outbox_parts")
+        store._db.execute("DROP TABLE message_parts")
+        store._db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    with Store(db_path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        (row,) = store.claim_due(now=T0)
+        assert row.data == b"queued before the upgrade"
+        queue_spliced(store, BOB)
+        (bob,) = store.claim_due(now=T0)
+        assert bob.data == spliced(BOB.encode()).whole()
