@@ -5,8 +5,9 @@
 Starts `smtp-sink` on a free loopback port, runs the real CLI as a subprocess for N subscribers (no
 rules, the same 10 papers each, ~20 KB messages), then drives `smtp-source` with connection reuse
 (`-d`), the same number of parallel sessions, the same message size and count against the same sink.
-Prints ONE JSON line: both rates (messages/s), their ratio, digestd's peak RSS (KiB) and wall times
-(digestd's whole run and its match/compose and send phases).
+Prints ONE JSON line: both rates (messages/s), their ratio, digestd's peak RSS (KiB), wall times
+(digestd's whole run and its match/compose and send phases) and the bytes the outbox stored per
+message (its own plus its share of the parts common to many).
 Needs `smtp-sink` and `smtp-source` (Debian package `postfix`).
 """
 
@@ -120,16 +121,20 @@ def phase_seconds(summary: str) -> dict[str, float]:
     return {f"{phase}_seconds": float(took) for phase, took in found}
 
 
-def message_stats(state: Path) -> tuple[int, int]:
-    """(messages sent, their mean size as sent): each body's own bytes plus its shared parts."""
+def message_stats(state: Path) -> tuple[int, int, int]:
+    """(messages sent, their mean size as sent, the mean bytes each queued): a message is its
+    body's own bytes plus its shared parts, which are stored once for all messages."""
     with sqlite3.connect(state) as db:
-        sent, total = db.execute(
+        sent, total, own = db.execute(
             "SELECT COUNT(*), SUM(LENGTH(b.data) + (SELECT COALESCE(SUM(LENGTH(p.data)), 0)"
             "  FROM outbox_parts r JOIN message_parts p ON p.key = r.part"
-            "  WHERE r.outbox_id = o.id))"
+            "  WHERE r.outbox_id = o.id)), SUM(LENGTH(b.data))"
             " FROM outbox o JOIN outbox_bodies b ON b.outbox_id = o.id WHERE o.state = 'sent'"
         ).fetchone()
-    return sent, total // sent if sent else 0
+        shared = db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM message_parts").fetchone()
+    if not sent:
+        return 0, 0, 0
+    return sent, total // sent, (own + shared[0]) // sent
 
 
 def run_source(port: int, *, count: int, size: int, sessions: int) -> float:
@@ -155,7 +160,7 @@ def main() -> None:
                 work, subscribers=args.subscribers, port=port, connections=args.connections
             )
             seconds, rss, summary = run_digestd(config, args.profile)
-            sent, size = message_stats(work / "state.sqlite3")
+            sent, size, queued = message_stats(work / "state.sqlite3")
             source_seconds = run_source(
                 port, count=args.subscribers, size=size, sessions=args.connections
             )
@@ -173,6 +178,7 @@ def main() -> None:
                 "subscribers": args.subscribers,
                 "connections": args.connections,
                 "message_bytes": size,
+                "queued_bytes_per_message": queued,
                 "digestd_seconds": round(seconds, 3),
                 **phase_seconds(summary),
                 "digestd_msgs_per_s": round(digestd_rate, 1),
