@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import random
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,6 +85,32 @@ def test_undot_keeps_the_text_and_starts_no_line_with_a_dot(seed: int) -> None:
     assert all(len(line) <= longest for line in undotted.split(b"\n"))
     if not encoded.startswith(b".") and b"\n." not in encoded:
         assert undotted == encoded  # nothing to do: b2a_qp's bytes as they were
+
+
+_UNIT = re.compile(rb"=[0-9A-F]{2}|.", re.S)
+
+
+def rewrap_by_unit(logical: bytes) -> bytes:
+    """The reference re-wrap, one escape or character at a time (what `_rewrap` replaced)."""
+    if not logical.startswith(b".") and b"\0." not in logical:
+        return logical.replace(b"\0", b"=\n")
+    lines, line = [], b""
+    for unit in _UNIT.findall(logical.replace(b"\0", b"")):
+        if len(line) + len(unit) > message.MAX_LINE - 1:
+            lines.append(line + b"=")
+            line = b""
+        line += b"=2E" if unit == b"." and not line else unit
+    return b"\n".join([*lines, line])
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_rewrap_by_line_equals_rewrap_by_unit(seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = [".", "..", "x" * 73 + ".", "=", "é", " ", "\t", "a", "\x00", "et al.", "x" * 80]
+    text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 40))).encode()
+    encoded = binascii.b2a_qp(text, quotetabs=False, istext=True, header=False)
+    for logical in encoded.replace(b"=\n", b"\0").split(b"\n"):
+        assert message._rewrap(logical) == rewrap_by_unit(logical)
 
 
 @pytest.mark.parametrize(
