@@ -27,7 +27,7 @@ import functools
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from digestd.model import Digest, Match, Paper, Personal, Reason, Rendered, Subscriber
 from digestd.render import (
@@ -92,11 +92,20 @@ class _Shape:
 
     envs: Environments
     kind: str
-    content: tuple[_MatchKey, ...]
+    content: _Content
     more: int
     ctx: RenderContext  # the slot fields replaced by None or the A tokens
     has_name: bool
     budget: int | None
+    _hash: int = field(default=0, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # `_template`'s cache looks a shape up several times per message: hash its papers once.
+        key = (self.envs, self.kind, self.content, self.more, self.ctx, self.has_name, self.budget)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +178,19 @@ class _Unsubstitutable(Exception):
 
 def slot_values(digest: Digest, ctx: RenderContext) -> dict[str, str] | None:
     """The subscriber's value for each slot ("" when unset), or None when one is not plain."""
-    name = clean_header(digest.subscriber.name or "", limit=_NAME_LIMIT)
-    unsub, web = ctx.unsubscribe_url or "", ctx.web_url or ""
+    found = _slot_values(digest.subscriber.name or "", ctx.unsubscribe_url, ctx.web_url)
+    return None if found is None else dict(zip(SLOTS, found, strict=True))
+
+
+@functools.lru_cache(maxsize=8)  # a message asks twice: for the mail, then for its web copy
+def _slot_values(name: str, unsubscribe: str | None, web: str | None) -> tuple[str, ...] | None:
+    clean = clean_header(name, limit=_NAME_LIMIT)
+    unsub, page = unsubscribe or "", web or ""
     # The templates see safe_link/safe_url of the links; a value they would change goes slow.
-    if unsub and safe_link(unsub) != unsub or web and safe_url(web) != web:
+    if unsub and safe_link(unsub) != unsub or page and safe_url(page) != page:
         return None
-    values = {"name": name, "unsubscribe": unsub, "web": web}
-    if any(not is_plain(v) or _NONCE in v for v in values.values()):
+    values = (clean, unsub, page)  # in SLOTS order
+    if any(not is_plain(v) or _NONCE in v for v in values):
         return None
     return values
 
@@ -203,16 +218,51 @@ def _shape(
     values: Mapping[str, str],
     budget: int | None,
 ) -> _Shape:
-    content = tuple(_match_key(m) for m in digest.matches)
     return _Shape(
         envs=envs,
         kind=digest.kind,
-        content=content,
+        content=_content(digest.matches),
         more=digest.more,
         ctx=_tokened_ctx(ctx, values, _A),
         has_name=bool(values["name"]),
         budget=budget,
     )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Content:
+    """The papers of a shape as hashable keys, hashed once."""
+
+    keys: tuple[_MatchKey, ...]
+    hash: int
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, _Content) and self.hash == other.hash and self.keys == other.keys
+        )
+
+    def __hash__(self) -> int:
+        return self.hash
+
+
+# Every digest of a compose batch holds the same `Match` objects (one answer per list of papers):
+# keyed by their ids, each entry keeping them alive so that no id is reused while it stands.
+_CONTENTS: dict[tuple[int, ...], tuple[tuple[Match, ...], _Content]] = {}
+_CONTENTS_MAX = 16
+
+
+def _content(matches: tuple[Match, ...]) -> _Content:
+    """`_match_key` of each match, hashed: ~10 papers' keys and hash, once per batch."""
+    ids = tuple(map(id, matches))
+    found = _CONTENTS.get(ids)
+    if found is not None:
+        return found[1]
+    keys = tuple(_match_key(m) for m in matches)
+    content = _Content(keys, hash(keys))
+    if len(_CONTENTS) >= _CONTENTS_MAX:
+        _CONTENTS.clear()
+    _CONTENTS[ids] = (matches, content)
+    return content
 
 
 def _match_key(m: Match) -> _MatchKey:
@@ -255,7 +305,7 @@ def _render(shape: _Shape, layout: Layout, tokens: _Tokens) -> tuple[str, str]:
     digest = Digest(
         subscriber=Subscriber(email="slot@invalid", name=present["name"] or None),
         kind="alert" if shape.kind == "alert" else "digest",
-        matches=tuple(_match(key) for key in shape.content),
+        matches=tuple(_match(key) for key in shape.content.keys),
         more=shape.more,
     )
     ctx = _tokened_ctx(shape.ctx, present, tokens)

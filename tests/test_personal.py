@@ -171,3 +171,21 @@ def test_a_value_holding_a_placeholder_is_rendered_the_slow_way(
     d = digest_for(f"x{personal._A.unsubscribe}", matches[:1])
     assert personal.slot_values(d, CTX) is None
     assert render_personal(d, envs, CTX) == render_digest(d, envs, CTX)
+
+
+def test_digests_sharing_match_objects_share_one_hashed_content(
+    envs: Environments, matches: tuple[Match, ...]
+) -> None:
+    first = personal._content(matches[:5])
+    assert personal._content(tuple(matches[:5])) is first  # another tuple, the same matches
+    # Equal matches that are other objects: a content of their own, equal to the first.
+    copies = tuple(replace(m) for m in matches[:5])
+    assert personal._content(copies) is not first and personal._content(copies) == first
+    assert personal._content(matches[1:6]) != first
+    for n in range(personal._CONTENTS_MAX * 2):  # the memo stays bounded and right
+        found = matches[n % 10 :] + matches[: n % 10]
+        assert personal._content(found).keys == tuple(personal._match_key(m) for m in found)
+    assert len(personal._CONTENTS) <= personal._CONTENTS_MAX
+    for n in range(3):  # and the bytes are still those of a full render
+        d = digest_for("Ann", matches[n:])
+        assert render_personal(d, envs, ctx_for(n)) == render_digest(d, envs, ctx_for(n))
