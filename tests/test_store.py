@@ -646,3 +646,13 @@ def test_a_version_7_file_upgrades_and_its_queued_bodies_still_go_out(db_path: P
         queue_spliced(store, BOB)
         (bob,) = store.claim_due(now=T0)
         assert bob.data == spliced(BOB.encode()).whole()
+
+
+def test_shared_bytes_written_in_a_rolled_back_batch_are_written_again(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.batch():
+        queue_spliced(store, ALICE)
+        raise RuntimeError("the batch fails after the parts were inserted")
+    assert count(store, "message_parts") == count(store, "outbox") == 0
+    queue_spliced(store, ALICE)  # a new transaction: the parts go in again, the key allows it
+    (row,) = store.claim_due(now=T0)
+    assert row.data == spliced(ALICE.encode()).whole()
