@@ -114,7 +114,7 @@ class AdminAlerts:
                 rendered, sender=sender, to=admin, to_name=None,
                 message_id=make_msgid("digestd-alert", domain=domain), date=now,
             )  # fmt: skip
-            outcome = await mailer.send(envelope, admin, data)
+            outcome = await mailer.send(envelope, admin, data.whole())
             accepted += outcome.status == "sent"
             if outcome.status != "sent":
                 log.warning(

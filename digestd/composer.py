@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jinja2
 
-from digestd.message import build_spliced
+from digestd.message import build_message
 from digestd.model import Digest, Spliced
 from digestd.personal import TOKENS, page_template, personal_template, render_personal
 from digestd.render import Environments, RenderContext, make_environments, templates_dir
@@ -90,7 +90,7 @@ class Composed:
 def assemble(job: MailJob, envs: Environments) -> Composed:
     """The message's bytes (`render_personal` then `build_message`) and its web copy."""
     rendered = personal_template(job.digest, envs, job.ctx)  # filled as it is encoded
-    message = build_spliced(
+    message = build_message(
         rendered,
         sender=job.sender,
         to=job.to,

@@ -23,7 +23,6 @@ from digestd.text import clean_header
 
 __all__ = [
     "build_message",
-    "build_spliced",
     "check_address",
     "encode_words",
     "fold_header",
@@ -60,8 +59,10 @@ def build_message(
     message_id: str,
     date: datetime,
     headers: Mapping[str, str] | None = None,
-) -> bytes:
-    """The whole message: headers, then multipart/alternative with text/plain first, HTML last.
+) -> Spliced:
+    """The whole message: headers, then multipart/alternative with text/plain first, HTML last;
+    `.whole()` gives its bytes. With a `Personal` template, the long runs that every message of
+    its shape shares come as `Part`s, to be stored once.
 
     `sender` is "addr" or "Name <addr>". Extra `headers` (List-Id, List-Unsubscribe…) follow the
     standard ones; they may not replace them.
@@ -69,23 +70,6 @@ def build_message(
     :raises ValueError: an address or the Message-ID is malformed, a header name is invalid or
         reserved, or `date` is naive.
     """
-    return build_spliced(
-        rendered, sender=sender, to=to, to_name=to_name, message_id=message_id, date=date,
-        headers=headers,
-    ).whole()  # fmt: skip
-
-
-def build_spliced(
-    rendered: Rendered | Personal,
-    *,
-    sender: str,
-    to: str,
-    to_name: str | None,
-    message_id: str,
-    date: datetime,
-    headers: Mapping[str, str] | None = None,
-) -> Spliced:
-    """`build_message`'s bytes, with the long runs a `Personal` template shares as `Part`s."""
     sender_name, sender_addr = parse_mailbox(sender)
     msgid = _check_message_id(message_id)
     if date.tzinfo is None:

@@ -453,13 +453,14 @@ def _enqueue_note(
     ]
     rendered = empty_note(sub, activity, since=since, site_name=deps.options.site_name)
     message_id = make_message_id(deps, key(sub), "digest", period)
-    data = build_message(
+    message = build_message(
         rendered, sender=deps.options.sender, to=sub.email, to_name=sub.name,
         message_id=message_id, date=now,
     )  # fmt: skip
     row = deps.store.enqueue(
         subscriber=key(sub), kind="digest", period=period, message_id=message_id,
-        sender=deps.options.envelope_from, data=data, paper_ids=[], at=now, expires_at=expires,
+        sender=deps.options.envelope_from, paper_ids=[], at=now, expires_at=expires,
+        data=_signed(deps.sign, message) if deps.sign else message,
     )  # fmt: skip
     return row is not None
 

@@ -259,3 +259,23 @@ async def test_retries_resend_the_signed_bytes_unchanged(
     assert all(
         dkim.verify(r.content, dnsfunc=dns_for(dkim_txt_record(DKIM))) for r in smtp_server.received
     )
+
+
+async def test_the_empty_note_is_signed_and_digests_stay_spliced_when_signed(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    deps = make_deps(tmp_path, smtp_server)
+    deps.subscribers = load_subscribers(
+        SUBSCRIBERS + '  - email: carol@example.org\n    send_empty: true\n'
+        '    rules:\n      - any: ["zzzz nothing matches this"]\n',
+        file="subscribers.yaml",
+    )  # fmt: skip
+    pipeline.register(deps, now=NOW)
+    report = await send_all(deps)
+    await deps.mailer.aclose()
+    assert report.sent == 3
+    # The two digests were signed and queued spliced: their shared runs are stored once.
+    assert deps.store._db.execute("SELECT COUNT(*) FROM message_parts").fetchone()[0] > 0
+    (note,) = [r for r in smtp_server.received if "carol@" in str(r.message["To"])]
+    assert note.content.startswith(b"DKIM-Signature:")
+    assert dkim.verify(note.content, dnsfunc=dns_for(dkim_txt_record(DKIM)))

@@ -36,7 +36,7 @@ def build(subject: str = "Hello", **kwargs: object) -> bytes:
     }
     options.update(kwargs)
     rendered = Rendered(subject=subject, text="Plain body — é\n", html="<p>HTML body — é</p>")
-    return build_message(rendered, **options)  # type: ignore[arg-type]
+    return build_message(rendered, **options).whole()  # type: ignore[arg-type]
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -75,7 +75,7 @@ def test_crlf_everywhere_and_lines_short() -> None:
         to_name=None,
         message_id="<m@example.org>",
         date=DATE,
-    )
+    ).whole()
     assert b"\n" not in data.replace(b"\r\n", b"")
     assert all(len(line) <= 76 for line in data.split(b"\r\n"))
     assert data.isascii()
@@ -221,7 +221,7 @@ def test_built_messages_need_no_dot_stuffing_even_when_a_line_starts_with_a_dot(
     data = build_message(
         plain, sender="d@example.org", to="r@example.org", to_name=None,
         message_id="<m@example.org>", date=datetime(2026, 1, 1, tzinfo=UTC),
-    )  # fmt: skip
+    ).whole()  # fmt: skip
     assert is_canonical(data) and isinstance(data, Canonical)
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     text, html = (part.get_content() for part in parsed.iter_parts())  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ def message(n: int = 1, subject: str = "Paper digest: 1 new paper — Attention"
         message_id=f"<m{n}@example.org>",
         date=datetime(2026, 11, 27, 7, 0, tzinfo=UTC),
         headers={"List-Id": "Paper Digest <digest.example.org>"},
-    )
+    ).whole()
 
 
 def mailer(server: SMTPTestServer, **kwargs: object) -> SmtpMailer:
