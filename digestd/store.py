@@ -68,6 +68,7 @@ _CHUNK = 500
 _STATUS_PROBLEMS = 20
 # How long (ms) to wait for another connection's write lock before "database is locked".
 _BUSY_TIMEOUT_MS = 5000
+_PRUNE_ROWS = 20_000  # outbox rows one prune looks at: a day's run of a large list
 _PART_CACHE = 64  # shared message parts kept in memory: a few per shape, a few shapes per run
 
 _T = TypeVar("_T")
@@ -1464,13 +1465,14 @@ class Store:
             ),
         )
 
-    def prune(self, *, before: datetime) -> int:
+    def prune(self, *, before: datetime, limit: int = _PRUNE_ROWS) -> int:
         """Drop the bytes of messages that ended (sent, failed, expired) before `before`, and
         the shared parts no message names any more; rows stay for the ledger and status.
 
         Rows are visited in id order from where the last prune had to stop (the first row then
         still pending or too recent; `meta.pruned_through`) up to the first row queued since
-        `before`, so a prune reads a few rows however long the outbox has grown.
+        `before`, at most `limit` of them (a long backlog goes over several calls, none holding
+        the write lock for long), so a prune reads a few rows however long the outbox has grown.
         Returns how many messages lost their bytes.
         """
         stamp = _ts(before)
@@ -1479,8 +1481,9 @@ class Store:
             ended: list[int] = []
             through = stalled = None
             for row_id, state, created, updated in db.execute(
-                "SELECT id, state, created_at, updated_at FROM outbox WHERE id > ? ORDER BY id",
-                (start,),
+                "SELECT id, state, created_at, updated_at FROM outbox WHERE id > ? ORDER BY id"
+                " LIMIT ?",
+                (start, limit),
             ):
                 if created >= stamp:
                     break

@@ -656,3 +656,13 @@ def test_shared_bytes_written_in_a_rolled_back_batch_are_written_again(store: St
     queue_spliced(store, ALICE)  # a new transaction: the parts go in again, the key allows it
     (row,) = store.claim_due(now=T0)
     assert row.data == spliced(ALICE.encode()).whole()
+
+
+def test_a_long_backlog_is_pruned_over_several_calls(store: Store) -> None:
+    for i in range(7):
+        enqueue(store, f"u{i}@example.org", ids=())
+    for row in store.claim_due(now=T0, limit=10):
+        store.mark_sent(row.id, at=T0, code=250, reply="ok")
+    later = T0 + timedelta(days=1)
+    assert [store.prune(before=later, limit=3) for _ in range(4)] == [3, 3, 1, 0]
+    assert count(store, "outbox_bodies") == 0 and count(store, "outbox") == 7
