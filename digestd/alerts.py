@@ -35,6 +35,7 @@ class AlertPolicy:
     delivery_failures: int = 5
     sender: str = "digestd <digestd@localhost>"
     site_name: str = "Paper Digest"
+    sign: Callable[[bytes], bytes] | None = None  # DKIM, as for the digests
 
 
 class AdminAlerts:
@@ -113,8 +114,10 @@ class AdminAlerts:
             data = build_message(
                 rendered, sender=sender, to=admin, to_name=None,
                 message_id=make_msgid("digestd-alert", domain=domain), date=now,
-            )  # fmt: skip
-            outcome = await mailer.send(envelope, admin, data.whole())
+            ).whole()  # fmt: skip
+            if self.policy.sign is not None:
+                data = self.policy.sign(data)
+            outcome = await mailer.send(envelope, admin, data)
             accepted += outcome.status == "sent"
             if outcome.status != "sent":
                 log.warning(

@@ -281,7 +281,7 @@ class Daemon:
 
     def _alert_policy(self) -> AlertPolicy:
         if self.config is None:
-            return AlertPolicy(sender=self.deps.options.sender)
+            return AlertPolicy(sender=self.deps.options.sender, sign=self.deps.sign)
         s = self.config.settings
         return AlertPolicy(
             admins=tuple(s.admins),
@@ -289,6 +289,7 @@ class Daemon:
             delivery_failures=s.alerts.delivery_failures,
             sender=s.delivery.sender,
             site_name=s.site_name,
+            sign=self.deps.sign,
         )
 
     def _meter_mailer(self) -> None:

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -254,3 +255,12 @@ def test_idle_memory_bench_prints_one_json_line() -> None:
     (line,) = result.stdout.splitlines()
     figures = json.loads(line)
     assert figures["daemon_rss_mib"] > figures["baseline_rss_mib"] > 0
+
+
+async def test_admin_alerts_are_signed_like_the_digests(store: Store) -> None:
+    mailer = RecordingMailer()
+    policy = replace(POLICY, sign=lambda data: b"DKIM-Signature: v=1; test\r\n" + data)
+    store.record_poll("hf", at=T0, ok=False, error="HTTP 500")
+    await AdminAlerts(store, policy, lambda: T0).check(mailer, now=T0 + timedelta(hours=3))
+    assert len(mailer.sent) == 2
+    assert all(data.startswith(b"DKIM-Signature: v=1; test\r\nFrom:") for *_, data in mailer.sent)
