@@ -408,7 +408,10 @@ def _enqueue(
     if prepared is None:
         message_id = make_message_id(deps, key(sub), kind, period)
         links = _links(deps, sub, message_id)
-        composed = _compose_one(deps, sub, kind, found, links=links, message_id=message_id, now=now)
+        composed = None  # an empty period queues no bytes
+        if found:
+            job = _job(deps, sub, kind, found, links=links, message_id=message_id, now=now)
+            composed = assemble(job, deps.envs)
     else:
         message_id, links, composed = prepared
     data = None
@@ -468,23 +471,6 @@ def _enqueue_note(
 def digest_for(sub: Subscriber, kind: Kind, found: Sequence[Match]) -> Digest:
     shown = tuple(found[: sub.max_papers])
     return Digest(subscriber=sub, kind=kind, matches=shown, more=len(found) - len(shown))
-
-
-def _compose_one(
-    deps: Deps,
-    sub: Subscriber,
-    kind: Kind,
-    found: Sequence[Match],
-    *,
-    links: MailLinks,
-    message_id: str,
-    now: datetime,
-) -> Composed | None:
-    if not found:
-        return None
-    return assemble(
-        _job(deps, sub, kind, found, links=links, message_id=message_id, now=now), deps.envs
-    )
 
 
 def _job(
