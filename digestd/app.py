@@ -84,6 +84,7 @@ def _one_source(
             token=token,
             listing=src.listing,
             retries=src.retries,
+            deadline=src.timeout.total_seconds(),
         )
     throttle = None
     if src.kind in ("arxiv", "arxiv_rss"):
@@ -94,6 +95,7 @@ def _one_source(
         name=name,
         retries=src.retries,
         max_body=src.max_bytes,
+        deadline=src.timeout.total_seconds(),
         throttle=throttle,
         cache=cache,
     )

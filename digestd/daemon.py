@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,12 +17,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from digestd import app, health, periods, pipeline
 from digestd.alerts import AdminAlerts, AlertPolicy
-from digestd.errors import ConfigError, DigestdError
+from digestd.errors import ConfigError, DigestdError, SourceError
 from digestd.metrics import MeteredMailer, Metrics
+from digestd.model import Outcome, ParseResult
 from digestd.pipeline import Deps
 from digestd.reload import Changes, Config, apply_config, load_config
 from digestd.sdnotify import Notifier
 from digestd.settings import format_duration
+from digestd.sources.base import Source
 from digestd.web import WebServer
 
 __all__ = ["CronSimTrigger", "Daemon", "utcnow"]
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Deferred messages wait for this tick; it is also the longest a retry can be late.
 RETRY_TICK = timedelta(seconds=60)
+# Without a configuration file: how long a stop waits for the job in flight (delivery.timeout's default).
+STOP_WITHIN = timedelta(seconds=30)
 
 
 def utcnow() -> datetime:
@@ -58,7 +63,11 @@ class CronSimTrigger(BaseTrigger):  # type: ignore[misc]
 
 
 class Daemon:
-    """Runs until SIGTERM/SIGINT; every job body takes the work lock, so a stop waits for it."""
+    """Runs until SIGTERM/SIGINT; store work takes the work lock, so a stop waits for it (bounded).
+
+    A poll fetches outside the lock (one poll per source at a time) and takes the lock only to
+    store what it fetched: a slow source delays nobody but itself, and a stop cancels its fetch.
+    """
 
     def __init__(
         self,
@@ -68,6 +77,7 @@ class Daemon:
         config: Config | None = None,
         notifier: Notifier | None = None,
         intervals: Mapping[str, timedelta] | None = None,
+        stuck_after: timedelta | None = None,
     ) -> None:
         self.deps = deps
         self.poll_every = poll_every
@@ -77,6 +87,12 @@ class Daemon:
         # Each source polls on its own rhythm; one not listed uses `poll_every`.
         self.intervals = dict(intervals or {})
         self._lock = asyncio.Lock()
+        self._holder: asyncio.Task[Any] | None = None  # the job holding the lock, and its name
+        self._holder_job = ""
+        self._progress_at = time.monotonic()  # the last time a job took the lock or ended a message
+        self._polling: set[str] = set()  # sources whose poll is under way
+        self._fetches: set[asyncio.Task[ParseResult | SourceError]] = set()
+        self.stop_within, self.stuck_after = _bounds(config, stuck_after)
         self._stop = asyncio.Event()
         self._stopping = False
         deps.stopping = lambda: self._stopping
@@ -105,7 +121,8 @@ class Daemon:
         self._background()
         self.notifier.ready(self._status())
         self._log_overdue()
-        await self._guarded(self._digests)  # a digest missed while down goes out once, now
+        # A digest missed while down goes out once, now; a task, so a stop can bound it like a job.
+        self._spawn(self._guarded(self._digests), "catch-up")
         await self._stop.wait()
         await self._shutdown()
         return 0
@@ -170,11 +187,26 @@ class Daemon:
         async with self._lock:
             if self._stopping:
                 return
+            self._holder = asyncio.current_task()
+            self._holder_job = getattr(body, "__name__", "?")
+            self._progressed()
             try:
                 await body()
             except Exception:
                 log.exception("job failed job=%s", getattr(body, "__name__", "?"))
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+                # Cut by a stop past its bound: a message cut mid-send is re-sent at start-up
+                # with the same Message-ID (store.recover); the scheduler needs no traceback.
+                log.warning("job cancelled by the stop job=%s", getattr(body, "__name__", "?"))
+            finally:
+                self._holder = None
+                self._progressed()
             self._publish_status()
+
+    def _progressed(self) -> None:
+        self._progress_at = time.monotonic()
 
     def _schedule_polls(self) -> None:
         """One poll job per source, on its own interval; a new source polls at once."""
@@ -189,23 +221,65 @@ class Daemon:
             trigger = IntervalTrigger(seconds=every.total_seconds())
             job = self.scheduler.get_job(f"poll {name}")
             if job is None:
+                # A second instance only says "still polling" and returns: no scheduler warning.
                 self.scheduler.add_job(
-                    self._job(self._poller(name)),
+                    self._poller(name),
                     trigger,
                     id=f"poll {name}",
                     next_run_time=utcnow(),
+                    max_instances=2,
                 )
             elif job.trigger.interval != trigger.interval:
                 job.reschedule(trigger)
 
     def _poller(self, name: str) -> Callable[[], Awaitable[None]]:
-        async def _poll() -> None:
-            report = await pipeline.ingest(self.deps, now=utcnow(), only=[name])
+        async def poll() -> None:
+            if name in self._polling or self._stopping:
+                log.debug("poll skipped source=%s: the previous poll is still running", name)
+                return
+            self._polling.add(name)
+            try:
+                await self._poll(name)
+            finally:
+                self._polling.discard(name)
+
+        return poll
+
+    async def _poll(self, name: str) -> None:
+        """Fetch outside the work lock (bounded by the source's deadline), then store under it."""
+        source = next((s for s in self.deps.all_sources() if s.name == name), None)
+        if source is None:
+            return
+        now = utcnow()
+        fetched = await self._fetch(source, now)
+        if fetched is None:
+            return
+
+        async def _store_poll() -> None:
+            report = pipeline.record_poll(self.deps, name, fetched, now=now)
             self.metrics.poll(report.ok)
             await self.alerts.check(self._raw_mailer, now=utcnow())
             await self._deliver()
 
-        return _poll
+        await self._guarded(_store_poll)
+
+    async def _fetch(self, source: Source, now: datetime) -> ParseResult | SourceError | None:
+        """The source's reply, or None when a stop cancelled the fetch or the fetch had a bug."""
+        task = asyncio.create_task(pipeline.fetch(self.deps, source, now=now))
+        self._fetches.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this job itself is cancelled, not just its fetch
+            log.info("poll cancelled by the stop source=%s", source.name)
+            return None
+        except Exception:
+            log.exception("job failed job=poll source=%s", source.name)
+            return None
+        finally:
+            self._fetches.discard(task)
 
     async def _digests(self) -> None:
         pipeline.compose(self.deps, now=utcnow())
@@ -217,16 +291,44 @@ class Daemon:
             await self.alerts.check(self._raw_mailer, now=utcnow())
 
     async def _shutdown(self) -> None:
-        # Wait for the job in flight (it stops between messages), then stop the scheduler: its
-        # AsyncIOExecutor cancels running coroutines on shutdown, so none may be running by then.
-        async with self._lock:
+        # Fetches hold nothing: cancel them. Wait for the job in flight (it stops between
+        # messages), then stop the scheduler: its AsyncIOExecutor cancels running coroutines on
+        # shutdown, so none may be running by then.
+        for fetch in list(self._fetches):
+            fetch.cancel()
+        await self._acquire_for_stop()
+        try:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.scheduler.shutdown(wait=False)
+        finally:
+            self._lock.release()
         if self.web is not None:
             await self.web.stop()
         log.info("stopped")
+
+    async def _acquire_for_stop(self) -> None:
+        """The work lock within `stop_within` (delivery.timeout); past it, the job is cancelled.
+
+        systemd's stop timeout must not be the thing that ends us: a message cut mid-send is
+        `in_doubt` at the next start and re-sent with the same Message-ID.
+        """
+        try:
+            async with asyncio.timeout(self.stop_within.total_seconds()):
+                await self._lock.acquire()
+                return
+        except TimeoutError:
+            pass
+        holder = self._holder
+        log.warning(
+            "stop: the job in flight did not end within %s; cancelling it job=%s",
+            format_duration(self.stop_within),
+            self._holder_job if holder else "?",
+        )
+        if holder is not None:
+            holder.cancel()
+        await self._lock.acquire()
 
     # -- service: status, watchdog, HTTP, alerts, catch-up --------------------------------
 
@@ -249,16 +351,39 @@ class Daemon:
         self._tasks.append(asyncio.create_task(body, name=name))
 
     async def _watchdog(self, every: float) -> None:
-        """Ping from the loop itself, after a store query: a stalled loop or a dead store stops
-        the pings, and systemd restarts the service (WatchdogSec=, Restart=on-failure)."""
+        """Ping from the loop itself, after a store query, while jobs make progress: a stalled
+        loop, a dead store or a stuck job stops the pings, and systemd restarts the service
+        (WatchdogSec=, Restart=on-failure)."""
+        said = False
         while True:
-            try:
-                self.deps.store.ping()
-            except sqlite3.Error as exc:
-                log.error("watchdog: the store does not answer error=%s", exc)
+            why = self._stuck_why()
+            if why is not None:
+                if not said:
+                    log.error("watchdog: not pinging; %s", why)
+                said = True
             else:
-                self.notifier.watchdog()
+                said = False
+                self._ping()
             await asyncio.sleep(every)
+
+    def _ping(self) -> None:
+        try:
+            self.deps.store.ping()
+        except sqlite3.Error as exc:
+            log.error("watchdog: the store does not answer error=%s", exc)
+        else:
+            self.notifier.watchdog()
+
+    def _stuck_why(self) -> str | None:
+        """Why the work is stuck: a job held the lock past `stuck_after` without progress."""
+        holder = self._holder
+        idle = time.monotonic() - self._progress_at
+        if holder is None or idle <= self.stuck_after.total_seconds():
+            return None
+        return (
+            f"job={self._holder_job} has held the work lock {idle:.0f}s without finishing"
+            f" a message (bound {format_duration(self.stuck_after)})"
+        )
 
     async def _start_web(self) -> None:
         listen = self.config.settings.http.listen if self.config else None
@@ -295,7 +420,11 @@ class Daemon:
     def _meter_mailer(self) -> None:
         """Count and time every digest send; alerts go out through the bare mailer, uncounted."""
         self._raw_mailer = self.deps.mailer
-        self.deps.mailer = MeteredMailer(self._raw_mailer, self.metrics, self.alerts.record)
+        self.deps.mailer = MeteredMailer(self._raw_mailer, self.metrics, self._on_outcome)
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        self._progressed()
+        self.alerts.record(outcome)
 
     def _expire_removed(self, now: datetime) -> None:
         keep = (pipeline.key(s) for s in self.deps.subscribers.subscribers)
@@ -398,3 +527,15 @@ def run_daemon(
             log.info("store closed")
 
     return asyncio.run(main())
+
+
+def _bounds(config: Config | None, stuck_after: timedelta | None) -> tuple[timedelta, timedelta]:
+    """(how long a stop waits for the job in flight, how long a job may go without progress).
+
+    A job progresses when it ends a message; one message can take every SMTP command's
+    `delivery.timeout` and the end of DATA's `data_timeout`: twice that is surely stuck.
+    """
+    if config is None:
+        return STOP_WITHIN, stuck_after or 2 * (STOP_WITHIN * 6 + timedelta(minutes=10))
+    d = config.settings.delivery
+    return d.timeout, stuck_after or 2 * (d.timeout * 6 + d.data_timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -18,7 +19,16 @@ from digestd.errors import SourceError
 from digestd.index import Matcher
 from digestd.listmail import MailLinks, default_list_id, list_headers, mail_links
 from digestd.message import build_message
-from digestd.model import Digest, Match, Paper, Rendered, Spliced, Subscriber, SubscriberSet
+from digestd.model import (
+    Digest,
+    Match,
+    Paper,
+    ParseResult,
+    Rendered,
+    Spliced,
+    Subscriber,
+    SubscriberSet,
+)
 from digestd.notes import SourceActivity, empty_note
 from digestd.observe import NULL, Observer
 from digestd.render import Environments, RenderContext, render_digest
@@ -35,9 +45,11 @@ __all__ = [
     "Overdue",
     "compose",
     "deliver_due",
+    "fetch",
     "ingest",
     "overdue",
     "preview",
+    "record_poll",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,15 +152,17 @@ def register(deps: Deps, *, now: datetime) -> None:
 
 
 async def ingest(deps: Deps, *, now: datetime, only: Iterable[str] | None = None) -> IngestReport:
-    """Poll every source (or those named in `only`), each on its own, and sum up.
+    """Poll every source (or those named in `only`), all at once, each on its own, and sum up.
 
     A source whose poll fails stores nothing and marks nothing; the others go on.
     """
     wanted = set(only) if only is not None else None
+    chosen = [s for s in deps.all_sources() if wanted is None or s.name in wanted]
+    # Fetched side by side, so a slow source delays only itself; stored one after the other.
+    fetched = await asyncio.gather(*(fetch(deps, source, now=now) for source in chosen))
     reports = [
-        await ingest_one(deps, source, now=now)
-        for source in deps.all_sources()
-        if wanted is None or source.name in wanted
+        record_poll(deps, source.name, result, now=now)
+        for source, result in zip(chosen, fetched, strict=True)
     ]
     errors = [f"{r.source}: {r.error}" for r in reports if not r.ok]
     return IngestReport(
@@ -162,19 +176,32 @@ async def ingest(deps: Deps, *, now: datetime, only: Iterable[str] | None = None
 
 
 async def ingest_one(deps: Deps, source: Source, *, now: datetime) -> IngestReport:
-    """Poll one source, store what is new (merged with what other sources said), queue alerts.
+    """Poll one source, store what is new (merged with what other sources said), queue alerts."""
+    return record_poll(deps, source.name, await fetch(deps, source, now=now), now=now)
+
+
+async def fetch(deps: Deps, source: Source, *, now: datetime) -> ParseResult | SourceError:
+    """The network half of a poll: it touches no store, so it may run beside other work."""
+    deps.observer.begin("poll")
+    try:
+        return await source.fetch(now=now)
+    except SourceError as exc:
+        return exc
+
+
+def record_poll(
+    deps: Deps, name: str, fetched: ParseResult | SourceError, *, now: datetime
+) -> IngestReport:
+    """The store half of a poll: store what is new, queue alerts; brief, no network.
 
     A failed poll stores nothing and marks nothing; the error is recorded as data and logged once.
     """
-    name = source.name
-    deps.observer.begin("poll")
-    try:
-        result = await source.fetch(now=now)
-    except SourceError as exc:
-        deps.store.record_poll(name, at=now, ok=False, error=str(exc))
-        log.warning("poll failed source=%s transient=%s error=%s", name, exc.transient, exc)
-        deps.observer.end("poll", f"failed: {exc}")
-        return IngestReport(ok=False, error=str(exc), source=name)
+    if isinstance(fetched, SourceError):
+        deps.store.record_poll(name, at=now, ok=False, error=str(fetched))
+        log.warning("poll failed source=%s transient=%s error=%s", name, fetched.transient, fetched)
+        deps.observer.end("poll", f"failed: {fetched}")
+        return IngestReport(ok=False, error=str(fetched), source=name)
+    result = fetched
     if result.not_modified:
         deps.store.record_poll(name, at=now, ok=True)
         deps.observer.end("poll", "not modified")

@@ -22,7 +22,7 @@ import httpx
 from digestd.errors import SourceError
 from digestd.model import ParseResult, Validators
 from digestd.sources.huggingface import USER_AGENT
-from digestd.sources.retry import RetryLater, backoff_delay, server_wait
+from digestd.sources.retry import RetryLater, backoff_delay, deadline, server_wait
 
 __all__ = ["FeedPoll", "HttpGetter", "Reply", "Throttle", "ValidatorStore"]
 
@@ -86,6 +86,7 @@ class HttpGetter:
         backoff: float = 1.0,
         max_wait: float = 60.0,
         max_body: int = DEFAULT_MAX_BODY,
+        deadline: float = 30.0,
         sleep: Sleep = asyncio.sleep,
         throttle: Throttle | None = None,
         cache: ValidatorStore | None = None,
@@ -95,6 +96,7 @@ class HttpGetter:
         self.backoff = backoff
         self.max_wait = max_wait
         self.max_body = max_body
+        self.deadline = deadline
         self.cache = cache
         self._client = client
         self._sleep = sleep
@@ -132,8 +134,13 @@ class HttpGetter:
         if known is not None and known.last_modified:
             headers["If-Modified-Since"] = known.last_modified
         if self._throttle is None:
-            return await self._request(url, headers, known)
+            return await self._timed(url, headers, known)
         async with self._throttle.slot():
+            return await self._timed(url, headers, known)
+
+    async def _timed(self, url: str, headers: dict[str, str], known: Validators | None) -> Reply:
+        # Inside the throttle's slot: waiting for our turn does not count against the server.
+        async with deadline(self.deadline):
             return await self._request(url, headers, known)
 
     async def _request(self, url: str, headers: dict[str, str], known: Validators | None) -> Reply:

@@ -19,7 +19,7 @@ from digestd import __version__
 from digestd.errors import SourceError
 from digestd.model import ParseProblem, ParseResult
 from digestd.sources.hf_json import merge_results, parse_page
-from digestd.sources.retry import RetryLater, backoff_delay, server_wait
+from digestd.sources.retry import RetryLater, backoff_delay, deadline, server_wait
 
 __all__ = ["USER_AGENT", "HuggingFaceSource", "make_client"]
 
@@ -57,6 +57,7 @@ class HuggingFaceSource:
         retries: int = 3,
         backoff: float = 1.0,
         max_wait: float = 60.0,
+        deadline: float = 30.0,
         token: str | None = None,
         sleep: Sleep = asyncio.sleep,
         listing: Literal["daily", "trending"] = "daily",
@@ -74,6 +75,7 @@ class HuggingFaceSource:
         self.retries = retries
         self.backoff = backoff
         self.max_wait = max_wait
+        self.deadline = deadline
         self._client = client
         self._token = token or None
         self._sleep = sleep
@@ -151,6 +153,10 @@ class HuggingFaceSource:
                 await self._sleep(delay)
 
     async def _attempt(self, params: dict[str, str], now: datetime) -> bytes:
+        async with deadline(self.deadline):
+            return await self._request(params, now)
+
+    async def _request(self, params: dict[str, str], now: datetime) -> bytes:
         try:
             async with self._client.stream(
                 "GET", self.url, params=params, headers=self._headers

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
 
-__all__ = ["RetryLater", "backoff_delay", "server_wait"]
+__all__ = ["RetryLater", "backoff_delay", "deadline", "server_wait"]
 
 # `RateLimit: "api";r=0;t=16` (draft-ietf-httpapi-ratelimit-headers, as Hugging Face sends it).
 _RATELIMIT_T = re.compile(r"(?:^|;)\s*t\s*=\s*(\d+)")
@@ -52,3 +55,19 @@ def backoff_delay(attempt: int, wait: float | None, *, backoff: float, max_wait:
         return min(wait, max_wait)
     # Jitter keeps several daemons behind one NAT from retrying in lockstep.
     return min(backoff * 2.0**attempt * random.uniform(1.0, 1.5), max_wait)
+
+
+@asynccontextmanager
+async def deadline(seconds: float) -> AsyncIterator[None]:
+    """The whole request (connect, headers, every byte of the body) within `seconds`, else RetryLater.
+
+    httpx's timeouts bound each read, so a peer sending one byte a second never trips them; this
+    bounds the request itself, so a trickling source costs its own poll `seconds`, no more.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise RetryLater(
+            f"no complete reply within {seconds:g}s (whole-request deadline)"
+        ) from None
