@@ -8,6 +8,7 @@ recorded as failed with a clear error, and SIGTERM ends the daemon within `deliv
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import sqlite3
@@ -16,14 +17,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonproc import daemon, item, wait_for
+from daemonproc import NotifyListener, daemon, item, wait_for
 from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
+from test_multi_source import close, make_deps
 from test_service import Listing
+
+from digestd.daemon import Daemon
+from digestd.errors import SourceError
+from digestd.sdnotify import Notifier
+from digestd.sources import HuggingFaceSource, make_client
+from digestd.sources.http import HttpGetter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -202,3 +211,91 @@ def test_item1_run_once_with_a_trickling_source_finishes(
         assert len(got) == 1, got
     assert all("KV cache" in r.content.decode() for r in smtp_server.received)
     assert polls(tmp_path, "slow")[0][0] == 0 and polls(tmp_path, "hf")[0][0] == 1
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+async def test_item1_every_source_request_has_a_whole_request_deadline(where: str) -> None:
+    peer = Trickler(where, every=0.05)
+    hf = HuggingFaceSource(peer.url, make_client(5.0), retries=0, deadline=0.5)
+    getter = HttpGetter(make_client(5.0), name="feed", retries=0, deadline=0.5)
+    try:
+        for fetch in (lambda: hf.fetch(now=datetime.now(UTC)), lambda: getter.get(peer.url)):
+            start = time.monotonic()
+            with pytest.raises(SourceError, match=r"within 0\.5s \(whole-request deadline\)"):
+                await fetch()
+            assert time.monotonic() - start < 2.0  # not the 100,000 × 0.05 s of the trickle
+    finally:
+        await hf.aclose()
+        await getter.aclose()
+        peer.close()
+
+
+async def test_item1_the_watchdog_stops_pinging_while_a_job_is_stuck(
+    tmp_path: Path, http_server: LocalHTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    notify = NotifyListener()
+    deps = make_deps(tmp_path, http_server)
+    env = {"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "100000"}  # a ping every 50 ms
+    daemon = Daemon(
+        deps,
+        poll_every=timedelta(minutes=30),
+        notifier=Notifier(env),
+        stuck_after=timedelta(seconds=1),
+    )
+    unstick = asyncio.Event()
+
+    async def stuck() -> None:
+        await unstick.wait()  # a job that neither ends nor progresses: no peer can do this now
+
+    try:
+        daemon._background()
+        await asyncio.sleep(0.3)
+        assert len(notify.having("WATCHDOG")) >= 3  # pings while nothing is stuck
+        job = asyncio.create_task(daemon._guarded(stuck))
+        await asyncio.sleep(1.3)  # past stuck_after: the pings stop…
+        before = len(notify.having("WATCHDOG"))
+        await asyncio.sleep(0.4)
+        assert len(notify.having("WATCHDOG")) == before
+        assert "watchdog: not pinging; job=stuck has held the work lock" in caplog.text
+        assert "without finishing a message (bound 1s)" in caplog.text, caplog.text
+        unstick.set()  # …and start again once the job moves
+        await job
+        await asyncio.sleep(0.3)
+        assert len(notify.having("WATCHDOG")) > before
+    finally:
+        for task in daemon._tasks:
+            task.cancel()
+        await asyncio.gather(*daemon._tasks, return_exceptions=True)
+        await close(deps)
+        daemon.notifier.close()
+        notify.close()
+
+
+def test_item1_sigterm_mid_send_ends_within_delivery_timeout_and_loses_nothing(
+    tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SMTPTestServer
+) -> None:
+    """The relay sits on the end of DATA (data_timeout is long): the stop waits delivery.timeout,
+    cuts the send, and the next start re-sends it with the same Message-ID."""
+    Listing(http_server, [item("2611.00001", "KV cache tricks")])
+    config = write_config(tmp_path, healthy=http_server.url, slow=http_server.url + "/nothing",
+                          smtp_port=smtp_server.port)  # fmt: skip
+    config.write_text(
+        config.read_text().replace("  timeout: 3s\n", "  timeout: 2s\n  data_timeout: 60s\n")
+    )
+    smtp_server.handler.stall_data = 30.0
+    log = tmp_path / "daemon.log"
+    with daemon(config, log) as proc:
+        wait_for(lambda: smtp_server.received, 10, "for the message to reach DATA")
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+        assert time.monotonic() - start < 2 + 1.5, log.read_text()
+    assert "cancelling it job=_store_poll" in log.read_text()
+    first = smtp_server.received[0].message["Message-ID"]
+    smtp_server.handler.stall_data = 0.0
+    with daemon(config, tmp_path / "again.log") as proc:
+        wait_for(lambda: len(smtp_server.received) >= 2, 10, "for the re-send")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    assert {r.message["Message-ID"] for r in smtp_server.received} == {first}
+    assert {tuple(r.rcpt_tos) for r in smtp_server.received} == {("alice@example.org",)}
