@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,14 +125,36 @@ async def test_exactly_full_page_asks_for_the_next_one(
     assert seen(http_server) == [(TODAY, "100", "0"), (TODAY, "100", "1")]
 
 
-async def test_paging_stops_at_max_pages(
+async def test_item3_paging_past_the_page_cap_fails_the_poll(
     http_server: LocalHTTPServer, client: httpx.AsyncClient, sleeps: Sleeps
 ) -> None:
-    full = body(items(10))
+    full = body(items(10))  # every page full: a listing that never ends
     http_server.route(PATH, lambda path, query, headers: (200, {}, full))
-    result = await source(http_server, client, sleeps, days=1, limit=10, max_pages=3).fetch(now=NOW)
-    assert len(result.papers) == 10  # the same ten ids on every page
+    with pytest.raises(SourceError, match=r"date=2026-08-18: still full after 10 pages") as caught:
+        await source(http_server, client, sleeps, days=2, limit=10).fetch(now=NOW)
+    assert "cap: 10 pages per listing day" in str(caught.value) and not caught.value.transient
+    assert [p for _, _, p in seen(http_server)] == [str(n) for n in range(10)]  # then it stopped
+    http_server.requests.clear()
+    with pytest.raises(SourceError, match="still full after 3 pages"):
+        await source(http_server, client, sleeps, days=1, limit=10, max_pages=3).fetch(now=NOW)
     assert [p for _, _, p in seen(http_server)] == ["0", "1", "2"]
+
+
+async def test_item3_a_huge_page_fails_the_poll_at_once(
+    http_server: LocalHTTPServer, client: httpx.AsyncClient, sleeps: Sleeps
+) -> None:
+    huge = body([{"paper": {"id": "2608.00001"}}] * 100_000)  # the hostile reply of the issue
+    http_server.route(PATH, lambda path, query, headers: (200, {}, huge))
+    start = time.monotonic()
+    with pytest.raises(SourceError, match=r"p=0: the page holds 100000 items") as caught:
+        await source(http_server, client, sleeps).fetch(now=NOW)
+    assert time.monotonic() - start < 5  # was: 20 pages of it, 64 s and 1.27 GB
+    assert "more than the cap of 2000 per page" in str(caught.value)
+    assert len(http_server.requests) == 1 and not caught.value.transient
+    # Just under the cap is a page like any other (the API's own pages hold ~50).
+    http_server.route(PATH, by_date({TODAY: [body(items(2000))]}))
+    result = await source(http_server, client, sleeps, days=1).fetch(now=NOW)
+    assert len(result.papers) == 2000
 
 
 async def test_days_are_utc_dates_newest_first(

@@ -99,9 +99,18 @@ def parse_hf_daily(raw: bytes) -> ParseResult:
     return parse_page(raw)[0]
 
 
-def parse_page(raw: bytes) -> tuple[ParseResult, int]:
-    """Like `parse_hf_daily`, also returning how many items the reply held (what paging counts)."""
+def parse_page(raw: bytes, *, max_items: int | None = None) -> tuple[ParseResult, int]:
+    """Like `parse_hf_daily`, also returning how many items the reply held (what paging counts).
+
+    A page of more than `max_items` items is refused before any item is read.
+    """
     items = _load_list(raw)
+    if max_items is not None and len(items) > max_items:
+        raise SourceError(
+            f"the page holds {len(items)} items, more than the cap of {max_items} per page;"
+            " not a Daily Papers page",
+            transient=False,
+        )
     papers: list[Paper] = []
     problems: list[ParseProblem] = []
     for index, item in enumerate(items):

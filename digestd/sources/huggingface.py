@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"digestd/{__version__} (+https://github.com/digestd/digestd)"
 # A reply larger than this is not a Daily Papers page (100 items are about 1 MB).
 MAX_BODY = 32 * 1024 * 1024
+# The API's pages hold ~50 items (100 at most, the `limit` we ask for); more is a hostile or broken
+# server, refused before its items are read. With `max_pages` per day it bounds a poll's work.
+MAX_ITEMS_PER_PAGE = 2000
+MAX_PAGES = 10
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -53,7 +57,7 @@ class HuggingFaceSource:
         name: str = "huggingface",
         days: int = 2,
         limit: int = 100,
-        max_pages: int = 20,
+        max_pages: int = MAX_PAGES,
         retries: int = 3,
         backoff: float = 1.0,
         max_wait: float = 60.0,
@@ -107,26 +111,28 @@ class HuggingFaceSource:
         results: list[ParseResult] = []
         for page in range(self.max_pages):
             params = {"date": day.isoformat(), "limit": str(self.limit), "p": str(page)}
-            raw = await self._get(params, now)
-            try:
-                result, count = parse_page(raw)
-            except SourceError as exc:
-                raise self._error(f"{self._where(params)}: {exc}", transient=False) from None
+            result, count = self._parse(params, await self._get(params, now))
             results.append(_locate(result, day, page))
             if count < self.limit:
                 return results
-        log.warning("paging stopped source=%s date=%s max_pages=%d", self.name, day, self.max_pages)
-        return results
+        # All or nothing: a listing cut short would hide its later pages for good.
+        raise self._error(
+            f"GET {self.url} date={day}: still full after {self.max_pages} pages"
+            f" (cap: {self.max_pages} pages per listing day and poll); the poll is refused",
+            transient=False,
+        )
 
     async def _fetch_trending(self, now: datetime) -> list[ParseResult]:
         """The trending list: one page (the top `limit`), whatever day the papers were listed."""
         params = {"sort": "trending", "limit": str(self.limit), "p": "0"}
-        raw = await self._get(params, now)
+        result, _ = self._parse(params, await self._get(params, now))
+        return [result]
+
+    def _parse(self, params: dict[str, str], raw: bytes) -> tuple[ParseResult, int]:
         try:
-            result, _ = parse_page(raw)
+            return parse_page(raw, max_items=MAX_ITEMS_PER_PAGE)
         except SourceError as exc:
             raise self._error(f"{self._where(params)}: {exc}", transient=False) from None
-        return [result]
 
     async def _get(self, params: dict[str, str], now: datetime) -> bytes:
         """One page's body, retried; raises `SourceError` once retries are exhausted or on a 4xx."""
