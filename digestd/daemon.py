@@ -184,26 +184,36 @@ class Daemon:
 
     async def _guarded(self, body: Callable[[], Awaitable[None]]) -> None:
         """One unit of work at a time; a failure is logged and the daemon goes on to the next tick."""
-        async with self._lock:
-            if self._stopping:
-                return
-            self._holder = asyncio.current_task()
-            self._holder_job = getattr(body, "__name__", "?")
+        try:
+            async with self._lock:
+                if self._stopping:
+                    return
+                await self._hold(body)
+                self._publish_status()
+        except asyncio.CancelledError:
+            # A job still waiting for the lock when the scheduler shuts down: nothing to report
+            # (the scheduler would log a traceback for it).
+            if not self._stopping:
+                raise
+
+    async def _hold(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Run `body` as the lock's holder, known to the watchdog and to a stop that runs late."""
+        self._holder = asyncio.current_task()
+        self._holder_job = name = getattr(body, "__name__", "?")
+        self._progressed()
+        try:
+            await body()
+        except Exception:
+            log.exception("job failed job=%s", name)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # Cut by a stop past its bound: a message cut mid-send is `in_doubt` at the next start
+            # and re-sent with the same Message-ID (store.recover).
+            log.warning("job cancelled by the stop job=%s", name)
+        finally:
+            self._holder = None
             self._progressed()
-            try:
-                await body()
-            except Exception:
-                log.exception("job failed job=%s", getattr(body, "__name__", "?"))
-            except asyncio.CancelledError:
-                if not self._stopping:
-                    raise
-                # Cut by a stop past its bound: a message cut mid-send is re-sent at start-up
-                # with the same Message-ID (store.recover); the scheduler needs no traceback.
-                log.warning("job cancelled by the stop job=%s", getattr(body, "__name__", "?"))
-            finally:
-                self._holder = None
-                self._progressed()
-            self._publish_status()
 
     def _progressed(self) -> None:
         self._progress_at = time.monotonic()

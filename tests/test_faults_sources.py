@@ -291,6 +291,7 @@ def test_item1_sigterm_mid_send_ends_within_delivery_timeout_and_loses_nothing(
         assert proc.wait(timeout=20) == 0, log.read_text()
         assert time.monotonic() - start < 2 + 1.5, log.read_text()
     assert "cancelling it job=_store_poll" in log.read_text()
+    assert "Traceback" not in log.read_text() and "Error running job" not in log.read_text()
     first = smtp_server.received[0].message["Message-ID"]
     smtp_server.handler.stall_data = 0.0
     with daemon(config, tmp_path / "again.log") as proc:
