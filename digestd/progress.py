@@ -31,10 +31,11 @@ class PlainProgress:
     def __init__(self, out: IO[str]) -> None:
         self.out = out
         self.matched_papers = 0
-        self.started: dict[Phase, float] = {}
+        # Sources are polled side by side: a phase may begin again before it ends (first in, first out).
+        self.started: dict[Phase, list[float]] = {}
 
     def begin(self, phase: Phase, total: int | None = None) -> None:
-        self.started[phase] = time.monotonic()
+        self.started.setdefault(phase, []).append(time.monotonic())
         count = f" ({total})" if total is not None else ""
         print(f"{_LABELS[phase]}{count}…", file=self.out, flush=True)
 
@@ -46,8 +47,8 @@ class PlainProgress:
 
     def end(self, phase: Phase, summary: str) -> None:
         took = ""
-        if phase in self.started:
-            took = f" in {time.monotonic() - self.started.pop(phase):.1f} s"
+        if self.started.get(phase):
+            took = f" in {time.monotonic() - self.started[phase].pop(0):.1f} s"
         print(f"{phase}: {summary}{took}", file=self.out, flush=True)
 
     def close(self) -> None:
@@ -68,22 +69,24 @@ class RichProgress:
             transient=False,
         )
         self.progress.start()
-        self._tasks: dict[Phase, TaskID] = {}
+        # A bar per begin; `end` closes the oldest open one (sources are polled side by side).
+        self._tasks: dict[Phase, list[TaskID]] = {}
 
     def begin(self, phase: Phase, total: int | None = None) -> None:
-        self._tasks[phase] = self.progress.add_task(_LABELS[phase], total=total, summary="")
+        task = self.progress.add_task(_LABELS[phase], total=total, summary="")
+        self._tasks.setdefault(phase, []).append(task)
 
     def advance(self, phase: Phase, n: int = 1) -> None:
-        if phase in self._tasks:
-            self.progress.advance(self._tasks[phase], n)
+        if self._tasks.get(phase):
+            self.progress.advance(self._tasks[phase][0], n)
 
     def matched(self, kind: Literal["digest", "alert"], n_papers: int) -> None:
         pass
 
     def end(self, phase: Phase, summary: str) -> None:
-        task = self._tasks.get(phase)
-        if task is None:
+        if not self._tasks.get(phase):
             return
+        task = self._tasks[phase].pop(0)
         if self.progress.tasks[task].total is None:  # the poll: one step, size unknown up front
             self.progress.update(task, total=1, completed=1)
         self.progress.update(task, summary=summary)

@@ -221,6 +221,26 @@ def test_progress_bars_on_a_terminal_and_lines_elsewhere() -> None:
     assert "sending" in out.getvalue() and "3/3" in out.getvalue()
 
 
+def test_item1_sources_polled_side_by_side_each_end_their_own_bar() -> None:
+    bars = RichProgress(FakeTerminal())
+    bars.begin("poll")
+    bars.begin("poll")  # the second source starts before the first is stored
+    bars.end("poll", "10 papers, 2 new")
+    bars.end("poll", "failed: deadline")
+    assert [t.finished for t in bars.progress.tasks] == [True, True]
+    assert [t.fields["summary"] for t in bars.progress.tasks] == [
+        "10 papers, 2 new",
+        "failed: deadline",
+    ]
+    bars.close()
+    lines = PlainProgress(io.StringIO())
+    lines.begin("poll")
+    lines.begin("poll")
+    lines.end("poll", "a")
+    lines.end("poll", "b")
+    assert lines.out.getvalue().count(" s\n") == 2  # each source's line has its time
+
+
 # settings and reload -------------------------------------------------------------------------
 
 
