@@ -21,6 +21,7 @@ from digestd.message import build_message
 from digestd.model import Digest, Match, Paper, Rendered, Spliced, Subscriber, SubscriberSet
 from digestd.notes import SourceActivity, empty_note
 from digestd.observe import NULL, Observer
+from digestd.redact import safe_text, secrets_of
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
 from digestd.store import Store
@@ -171,10 +172,12 @@ async def ingest_one(deps: Deps, source: Source, *, now: datetime) -> IngestRepo
     try:
         result = await source.fetch(now=now)
     except SourceError as exc:
-        deps.store.record_poll(name, at=now, ok=False, error=str(exc))
-        log.warning("poll failed source=%s transient=%s error=%s", name, exc.transient, exc)
-        deps.observer.end("poll", f"failed: {exc}")
-        return IngestReport(ok=False, error=str(exc), source=name)
+        # The text is the server's (control bytes) around our URL (credentials): cleaned once.
+        error = safe_text(str(exc), known=secrets_of(getattr(source, "url", "")))
+        deps.store.record_poll(name, at=now, ok=False, error=error)
+        log.warning("poll failed source=%s transient=%s error=%s", name, exc.transient, error)
+        deps.observer.end("poll", f"failed: {error}")
+        return IngestReport(ok=False, error=error, source=name)
     if result.not_modified:
         deps.store.record_poll(name, at=now, ok=True)
         deps.observer.end("poll", "not modified")
@@ -182,7 +185,10 @@ async def ingest_one(deps: Deps, source: Source, *, now: datetime) -> IngestRepo
         return IngestReport(ok=True, source=name, not_modified=True)
     for problem in result.problems:
         log.warning(
-            "skipped item source=%s index=%d reason=%s", name, problem.index, problem.reason
+            "skipped item source=%s index=%d reason=%s",
+            name,
+            problem.index,
+            safe_text(problem.reason),
         )
     papers = [replace(p, sources=(name,)) for p in result.papers]
     new = deps.store.record_papers(papers, seen_at=now)

@@ -23,6 +23,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 from digestd.errors import DigestdError
 from digestd.merge import merge, merge_all
 from digestd.model import Paper, Part, Spliced, Validators
+from digestd.redact import safe_text
 from digestd.webcopy import WebBody, fill_page
 
 __all__ = [
@@ -835,12 +836,17 @@ class Store:
         n_new: int = 0,
         error: str | None = None,
     ) -> int:
-        """Record one poll of `source`; returns its id."""
+        """Record one poll of `source`; returns its id.
+
+        The error is shown by `status`, in admin alerts and in empty-digest notes: it is stored
+        redacted and without control characters, whoever the caller.
+        """
+        cleaned = None if error is None else safe_text(error)
         with self._write() as db:
             cursor = db.execute(
                 "INSERT INTO polls (source, at, ok, n_items, n_new, error)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (source, _ts(at), int(ok), n_items, n_new, error),
+                (source, _ts(at), int(ok), n_items, n_new, cleaned),
             )
         return cast(int, cursor.lastrowid)
 
