@@ -101,35 +101,32 @@ def poison_feed(ids: tuple[str, ...], run: int) -> bytes:
     ).encode()
 
 
-def write_config(tmp_path: Path, sources: str, smtp_port: int, extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path, sources: list[dict[str, str]], smtp_port: int, **extra: object
+) -> Path:
+    """The settings as JSON, which YAML reads as it is (no quoting of hostile URLs to get right)."""
     (tmp_path / "subscribers.yaml").write_text(SUBSCRIBERS)
+    settings = {
+        "sources": [{**source, "timeout": "5s"} for source in sources],
+        "state": "var/digestd.sqlite3",
+        "subscribers": "subscribers.yaml",
+        "delivery": {
+            "kind": "smtp", "host": "127.0.0.1", "port": smtp_port, "security": "none",
+            "timeout": "5s", "from": "Paper Digest <digest@example.org>",
+        },
+        **extra,
+    }  # fmt: skip
     config = tmp_path / "digestd.yaml"
-    config.write_text(
-        f"""\
-sources:
-{sources}
-state: var/digestd.sqlite3
-delivery:
-  kind: smtp
-  host: 127.0.0.1
-  port: {smtp_port}
-  security: none
-  timeout: 5s
-  from: "Paper Digest <digest@example.org>"
-subscribers: subscribers.yaml
-{extra}"""
-    )
+    config.write_text(json.dumps(settings, indent=2))
     return config
 
 
-def hf_source(url: str) -> str:
-    return (
-        f"  - name: hf\n    kind: huggingface\n    url: {url}/api/daily_papers\n    timeout: 5s\n"
-    )
+def hf_source(url: str) -> dict[str, str]:
+    return {"name": "hf", "kind": "huggingface", "url": f"{url}/api/daily_papers"}
 
 
-def feed_source(url: str) -> str:
-    return f"  - name: poison\n    kind: feed\n    url: {url}\n    timeout: 5s\n"
+def feed_source(url: str) -> dict[str, str]:
+    return {"name": "poison", "kind": "feed", "url": url}
 
 
 def plain(message: EmailMessage) -> str:
@@ -148,7 +145,7 @@ def test_item9_a_feed_never_rewrites_a_hugging_face_paper(
     serve_hf(http_server, listing)
     hf, feed = hf_source(http_server.url), feed_source(f"{http_server.url}/feed.xml")
     config = write_config(
-        tmp_path, hf + feed if order == "hf-first" else feed + hf, smtp_server.port
+        tmp_path, [hf, feed] if order == "hf-first" else [feed, hf], smtp_server.port
     )
     # The feed claims what HF lists, and on the last run also P1, which HF no longer lists.
     for run, (listed, claimed) in enumerate(
@@ -209,9 +206,10 @@ def test_item11_feed_url_credentials_reach_no_log_status_check_row_or_alert(
     url = f"http://user:{PASSWORD}@{host}/feed?token={SECRET}&x=1"
     config = write_config(
         tmp_path,
-        feed_source(f'"{url}"'),
+        [feed_source(url)],
         smtp_server.port,
-        extra="admins: [admin@example.org]\nalerts:\n  source_down_after: 0s\n",
+        admins=["admin@example.org"],
+        alerts={"source_down_after": "0s"},
     )
     log = tmp_path / "daemon.log"
     with daemon(config, log) as proc:
@@ -242,7 +240,7 @@ def test_item11_escapes_in_a_source_error_reach_no_log_status_or_row(
 ) -> None:
     error = "quota exceeded \x1b[2J\x1b[31mred\x1b]0;owned\x07 \x9b1;1H\x00 done"
     http_server.respond("/api/daily_papers", json={"error": error}, times=None)
-    config = write_config(tmp_path, hf_source(http_server.url), smtp_server.port)
+    config = write_config(tmp_path, [hf_source(http_server.url)], smtp_server.port)
     result = digestd(config, "run", "--once")
     assert result.returncode == 1 and "quota exceeded" in result.stderr
     status = digestd(config, "status")
