@@ -21,6 +21,7 @@ from digestd.deliverability import check_notes
 from digestd.errors import ConfigError, DigestdError
 from digestd.logs import setup_logging
 from digestd.progress import make_progress
+from digestd.redact import safe_text
 from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
 from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
@@ -275,7 +276,7 @@ def format_sources(sources: Sequence[SourceStatus]) -> str:
             f"  {s.source}: last successful poll {when(s.last_success_at)};"
             f" last new paper {when(s.last_new_at)}"
         )
-        lines.append(line + (f"; ERROR {s.error}" if s.error else "; ok"))
+        lines.append(line + (f"; ERROR {safe_text(s.error)}" if s.error else "; ok"))
     return "\n".join(lines)
 
 
@@ -286,7 +287,11 @@ def format_status(status: StoreStatus) -> str:
         "never"
         if poll is None
         else f"{_when(poll.at)} ({poll.source}, "
-        + (f"{poll.n_items} papers, {poll.n_new} new)" if poll.ok else f"FAILED: {poll.error})")
+        + (
+            f"{poll.n_items} papers, {poll.n_new} new)"
+            if poll.ok
+            else f"FAILED: {safe_text(poll.error or '')})"  # older rows may hold anything
+        )
     )
     states = ", ".join(f"{n} {state}" for state, n in status.outbox.items() if n) or "none"
     lines = [

@@ -7,6 +7,9 @@ import logging
 import sys
 from typing import Literal
 
+from digestd.redact import redact
+from digestd.text import strip_controls
+
 __all__ = ["setup_logging"]
 
 _STD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -19,7 +22,8 @@ class _KeyValueFormatter(logging.Formatter):
             # Only the exception's type and text: a full traceback could carry locals such as secrets.
             exc = record.exc_info[1]
             line += f" exc_type={type(exc).__name__} exc={str(exc)!r}"
-        return line.replace("\n", "\\n")
+        # Every line, whoever wrote it: no credentials of a URL, no terminal escapes from a peer.
+        return strip_controls(redact(line).replace("\n", "\\n"))
 
 
 class _JsonFormatter(logging.Formatter):
@@ -27,13 +31,13 @@ class _JsonFormatter(logging.Formatter):
         event = {
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         event.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS})
         if record.exc_info:
             exc = record.exc_info[1]
             event["exc_type"] = type(exc).__name__
-            event["exc"] = str(exc)
+            event["exc"] = redact(str(exc))
         return json.dumps(event, default=str)
 
 

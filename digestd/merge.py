@@ -1,9 +1,13 @@
 """One paper, whatever the source: how two records of the same arXiv id become one.
 
 Each source knows part of the truth: Hugging Face the upvotes, comments and AI summary; arXiv the
-categories and versions. A later version's title, abstract and authors replace an earlier one's
-(a record without a version never replaces one with a version); the sources that listed the paper
-accumulate; the first sighting stays the first.
+categories and versions. The title, abstract and authors come from the record stating the newest
+arXiv version (only arXiv's API and RSS state versions; a record without one never replaces one
+with one), and between records of the same version from the more authoritative source
+(`Authority`: arXiv API > Hugging Face > arXiv RSS > generic feed; the same kind refreshes itself).
+A less authoritative record only fills what is missing, so a feed can never rewrite a paper that
+arXiv or Hugging Face listed. The sources that listed the paper accumulate; the first sighting
+stays the first.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def merge(old: Paper, new: Paper) -> Paper:
         version=max((v for v in (old.version, new.version) if v is not None), default=None),
         on_huggingface=old.on_huggingface or new.on_huggingface,
         link=new.link or old.link,
+        authority=text.authority,
     )
 
 
@@ -53,9 +58,12 @@ def merge_all(papers: Iterable[Paper]) -> list[Paper]:
 
 
 def _newer_text(old: Paper, new: Paper) -> bool:
-    if new.version is None:
-        return old.version is None  # a refresh from the same kind of source
-    return old.version is None or new.version >= old.version
+    # At equal rank the new record wins: a refresh from the same kind of source.
+    return _text_rank(new) >= _text_rank(old)
+
+
+def _text_rank(paper: Paper) -> tuple[int, int]:
+    return paper.version or 0, paper.authority
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import IntEnum
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from digestd.query import Node
 
 __all__ = [
+    "ARXIV_ID",
     "FIELDS",
+    "Authority",
     "Canonical",
     "Digest",
     "Field",
@@ -21,6 +25,7 @@ __all__ = [
     "Part",
     "Personal",
     "fill",
+    "is_arxiv_id",
     "ParseProblem",
     "ParseResult",
     "Reason",
@@ -38,6 +43,30 @@ Field = Literal["title", "abstract"]
 # Reasons that name a whole value rather than a term in a text field.
 ReasonKind = Literal["authors", "orgs", "categories", "sources"]
 FIELDS: tuple[Field, ...] = ("title", "abstract")
+
+# The one shape of an arXiv id, without its version: new style (2401.00001, 0704.0001) and old
+# style (hep-th/9901001, math.GT/0309136). Ids become URL paths in e-mails: nothing else passes.
+ARXIV_ID = r"(?:\d{4}\.\d{4,5}|[a-z]+(?:-[a-z]+)?(?:\.[A-Z]{2})?/\d{7})"
+_ARXIV_ID = re.compile(ARXIV_ID)
+
+
+def is_arxiv_id(value: str) -> bool:
+    """True for an unversioned arXiv id ('2502.60001', 'hep-th/9901001'), False for anything else."""
+    return _ARXIV_ID.fullmatch(value) is not None
+
+
+class Authority(IntEnum):
+    """How far a source's title, abstract and authors are believed (digestd.merge).
+
+    arXiv is where the text comes from; Hugging Face copies it from arXiv's API; the RSS listing is
+    arXiv's too but carries the abstract inside its description; a generic feed is anyone's claim.
+    """
+
+    UNKNOWN = 0
+    FEED = 1
+    ARXIV_RSS = 2
+    HUGGINGFACE = 3
+    ARXIV_API = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +91,12 @@ class Paper:
     version: int | None = None  # arXiv version (the N of vN) when the source says it
     on_huggingface: bool = False  # a Hugging Face listing had it: its HF page exists
     link: str | None = None  # the item's own page, for feed items that are not arXiv papers
+    authority: Authority = Authority.UNKNOWN  # of the source whose text (title…) this holds
 
     @property
     def is_arxiv(self) -> bool:
-        # Non-arXiv items get a `feed:` key; no arXiv id (new or old style) holds a colon.
-        return ":" not in self.id
+        # Non-arXiv items get a `feed:` key; an id of any other shape never becomes a link.
+        return is_arxiv_id(self.id)
 
     @property
     def primary_category(self) -> str | None:

@@ -31,6 +31,7 @@ from digestd.model import (
 )
 from digestd.notes import SourceActivity, empty_note
 from digestd.observe import NULL, Observer
+from digestd.redact import safe_text, secrets_of
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
 from digestd.store import Store
@@ -186,7 +187,10 @@ async def fetch(deps: Deps, source: Source, *, now: datetime) -> ParseResult | S
     try:
         return await source.fetch(now=now)
     except SourceError as exc:
-        return exc
+        # The text is the server's (control bytes) around our URL (credentials): cleaned once,
+        # before anything stores, logs or shows it.
+        error = safe_text(str(exc), known=secrets_of(getattr(source, "url", "")))
+        return SourceError(error, transient=exc.transient, status=exc.status)
 
 
 def record_poll(
@@ -197,10 +201,11 @@ def record_poll(
     A failed poll stores nothing and marks nothing; the error is recorded as data and logged once.
     """
     if isinstance(fetched, SourceError):
-        deps.store.record_poll(name, at=now, ok=False, error=str(fetched))
-        log.warning("poll failed source=%s transient=%s error=%s", name, fetched.transient, fetched)
-        deps.observer.end("poll", f"failed: {fetched}")
-        return IngestReport(ok=False, error=str(fetched), source=name)
+        error = str(fetched)
+        deps.store.record_poll(name, at=now, ok=False, error=error)
+        log.warning("poll failed source=%s transient=%s error=%s", name, fetched.transient, error)
+        deps.observer.end("poll", f"failed: {error}")
+        return IngestReport(ok=False, error=error, source=name)
     result = fetched
     if result.not_modified:
         deps.store.record_poll(name, at=now, ok=True)
@@ -209,7 +214,10 @@ def record_poll(
         return IngestReport(ok=True, source=name, not_modified=True)
     for problem in result.problems:
         log.warning(
-            "skipped item source=%s index=%d reason=%s", name, problem.index, problem.reason
+            "skipped item source=%s index=%d reason=%s",
+            name,
+            problem.index,
+            safe_text(problem.reason),
         )
     papers = [replace(p, sources=(name,)) for p in result.papers]
     new = deps.store.record_papers(papers, seen_at=now)

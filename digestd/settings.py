@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digestd.errors import ConfigError, ConfigProblem
+from digestd.redact import redact_url
 from digestd.rules import validate_email
 from digestd.yamlpos import load_yaml, problems_from_validation
 
@@ -323,6 +324,7 @@ class Settings(BaseSettings):
         for source in data["sources"]:
             if source.get("token") is not None:
                 source["token"] = "<redacted>"
+            source["url"] = redact_url(source["url"])  # credentials in a feed's URL
         return data
 
 

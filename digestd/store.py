@@ -22,7 +22,8 @@ from typing import Any, Literal, Self, TypeVar, cast
 
 from digestd.errors import DigestdError
 from digestd.merge import merge, merge_all
-from digestd.model import Paper, Part, Spliced, Validators
+from digestd.model import Authority, Paper, Part, Spliced, Validators
+from digestd.redact import safe_text
 from digestd.webcopy import WebBody, fill_page
 
 __all__ = [
@@ -434,6 +435,22 @@ def _migration_8(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX outbox_parts_part ON outbox_parts(part)")
 
 
+def _migration_9(db: sqlite3.Connection) -> None:
+    """Which kind of source a paper's text came from (`model.Authority`), so a feed can no longer
+    overwrite arXiv's or Hugging Face's text. Rows from before get the lowest rank their columns
+    allow: listed on HF → HF; no link (only arXiv and HF rows have none) → arXiv RSS; else a feed.
+    A version on a row a feed touched may be a feed's claim: it is forgotten, so the next arXiv
+    or HF poll rewrites the text.
+    """
+    db.execute("ALTER TABLE papers ADD COLUMN authority INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE papers SET authority = CASE WHEN on_huggingface = 1 THEN ?"
+        " WHEN link IS NULL THEN ? ELSE ? END",
+        (int(Authority.HUGGINGFACE), int(Authority.ARXIV_RSS), int(Authority.FEED)),
+    )
+    db.execute("UPDATE papers SET version = NULL WHERE link IS NOT NULL")
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -443,13 +460,14 @@ _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_6,
     _migration_7,
     _migration_8,
+    _migration_9,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _PAPER_COLUMNS = (
     "id, title, abstract, authors, upvotes, comments, organization, published_at, listed_on,"
     " ai_summary, github_repo, project_page, first_seen_at, categories, sources, version,"
-    " on_huggingface, link"
+    " on_huggingface, link, authority"
 )
 
 # The row is the merge of what every source said (digestd.merge, done before writing), so a
@@ -457,8 +475,8 @@ _PAPER_COLUMNS = (
 _UPSERT_PAPER = """
 INSERT INTO papers (id, title, abstract, authors, upvotes, comments, organization, published_at,
                     listed_on, ai_summary, github_repo, project_page, first_seen_at, updated_at,
-                    categories, sources, version, on_huggingface, link)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    categories, sources, version, on_huggingface, link, authority)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     title = excluded.title,
     abstract = excluded.abstract,
@@ -476,7 +494,8 @@ ON CONFLICT (id) DO UPDATE SET
     sources = excluded.sources,
     version = excluded.version,
     on_huggingface = excluded.on_huggingface,
-    link = excluded.link
+    link = excluded.link,
+    authority = excluded.authority
 """
 
 
@@ -501,6 +520,7 @@ def _paper_params(paper: Paper, seen: str) -> tuple[Any, ...]:
         paper.version,
         int(paper.on_huggingface),
         paper.link,
+        int(paper.authority),
     )
 
 
@@ -511,7 +531,7 @@ def _paper_from_row(row: sqlite3.Row) -> Paper:
 _PAPER_FIELDS = (
     "id", "title", "abstract", "authors", "upvotes", "comments", "organization", "published_at",
     "listed_on", "ai_summary", "github_repo", "project_page", "first_seen_at",
-    "categories", "sources", "version", "on_huggingface", "link",
+    "categories", "sources", "version", "on_huggingface", "link", "authority",
 )  # fmt: skip
 
 
@@ -537,6 +557,7 @@ def _paper_from_values(values: tuple[Any, ...]) -> Paper:
         version=row["version"],
         on_huggingface=bool(row["on_huggingface"]),
         link=row["link"],
+        authority=Authority(row["authority"]),
     )
 
 
@@ -835,12 +856,17 @@ class Store:
         n_new: int = 0,
         error: str | None = None,
     ) -> int:
-        """Record one poll of `source`; returns its id."""
+        """Record one poll of `source`; returns its id.
+
+        The error is shown by `status`, in admin alerts and in empty-digest notes: it is stored
+        redacted and without control characters, whoever the caller.
+        """
+        cleaned = None if error is None else safe_text(error)
         with self._write() as db:
             cursor = db.execute(
                 "INSERT INTO polls (source, at, ok, n_items, n_new, error)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (source, _ts(at), int(ok), n_items, n_new, error),
+                (source, _ts(at), int(ok), n_items, n_new, cleaned),
             )
         return cast(int, cursor.lastrowid)
 

@@ -15,6 +15,7 @@ __all__ = [
     "fold",
     "fold_words",
     "make_term",
+    "strip_controls",
     "tokens",
 ]
 
@@ -91,8 +92,14 @@ def collapse(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
+def strip_controls(text: str) -> str:
+    """Every C0/C1 control character (ESC, CSI, NUL, CR, LF, TAB…) and DEL of untrusted text → a
+    space: a terminal showing a log line or `digestd status` must never receive an escape."""
+    return _CONTROL.sub(" ", text)
+
+
 def clean_header(text: str, *, limit: int = 200) -> str:
     """Make untrusted text safe for a header value: no control characters or line breaks, bounded length."""
-    cleaned = collapse(_CONTROL.sub(" ", text))
+    cleaned = collapse(strip_controls(text))
     limit = max(limit, 1)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1].rstrip() + "…"

@@ -30,6 +30,7 @@ PURE = [
     "sources/xmlfeed.py",
     "sources/arxiv_xml.py",
     "sources/feed_xml.py",
+    "redact.py",
     "merge.py",
     "notes.py",
     "personal.py",

@@ -9,10 +9,10 @@ import pytest
 
 from digestd.errors import SourceError
 from digestd.merge import merge, merge_all
-from digestd.model import Paper
+from digestd.model import Authority, Paper, is_arxiv_id
 from digestd.sources.arxiv_xml import ANNOUNCE_TYPES, parse_arxiv_api, parse_arxiv_rss
 from digestd.sources.feed_xml import parse_feed
-from digestd.sources.xmlfeed import check_xml, find_arxiv_id, split_version
+from digestd.sources.xmlfeed import arxiv_id_of_url, check_xml, find_arxiv_id, split_version
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -105,7 +105,8 @@ def test_weekend_rss_without_items_is_an_empty_success() -> None:
 def test_atom_feed_identity_links_and_html_text() -> None:
     result = parse_feed(fixture("feed_atom.xml"), base_url="https://lab.example.org/feed.atom")
     arxiv, post = result.papers
-    assert (arxiv.id, arxiv.version) == ("2608.20001", 1)  # the arXiv id, not the tag: URI
+    # The arXiv id, not the tag: URI; a feed's version claim is not believed (item 9).
+    assert (arxiv.id, arxiv.version) == ("2608.20001", None)
     assert arxiv.categories == ("cs.CL",)  # "reading-group" is no arXiv category
     assert arxiv.abstract == "This week: sparse experts & the KV cache."
     assert post.id == "feed:tag:lab.example.org,2026:post-7" and not post.is_arxiv
@@ -240,3 +241,106 @@ def test_merge_all_folds_duplicates_in_one_batch() -> None:
     b = Paper(id="1", title="b", abstract="", version=2)
     c = Paper(id="2", title="c", abstract="")
     assert [(p.id, p.title) for p in merge_all([a, c, b])] == [("1", "b"), ("2", "c")]
+
+
+# Issue 12 item 9: a feed cannot rewrite a paper ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://arxiv.org/abs/2502.60001v2", ("2502.60001", 2)),
+        ("http://export.arxiv.org/abs/hep-th/9901001", ("hep-th/9901001", None)),
+        ("https://arxiv.org/pdf/2502.60001v1.pdf", ("2502.60001", 1)),
+        ("https://huggingface.co/papers/2502.60001", ("2502.60001", None)),
+        ("https://evil.example/x?arxiv.org/abs/2502.60001v10000", None),
+        ("https://evil.example/arxiv.org/abs/2502.60001", None),
+        ("https://arxiv.org.evil.example/abs/2502.60001", None),
+        ("https://arxiv.org@evil.example/abs/2502.60001", None),
+        ("https://evil.example/#arxiv.org/abs/2502.60001", None),
+        ("https://arxiv.org/abs/2502.60001/../../../evil", None),
+        ("https://arxiv.org/list/cs.LG?2502.60001", None),
+        ("https://huggingface.co/evil/papers/2502.60001", None),
+        ("javascript:arxiv.org/abs/2502.60001", None),
+    ],
+)
+def test_item9_an_arxiv_id_comes_only_from_a_papers_page_on_arxiv_or_hf(
+    url: str, expected: tuple[str, int | None] | None
+) -> None:
+    assert arxiv_id_of_url(url) == expected
+
+
+def feed_of(link: str, guid: str = "") -> bytes:
+    guid_tag = f"<guid>{guid}</guid>" if guid else ""
+    return (
+        "<?xml version='1.0'?><rss version='2.0'><channel><title>t</title><item>"
+        f"<title>Poisoned</title><link>{link}</link>{guid_tag}"
+        "<description>Poisoned abstract</description></item></channel></rss>"
+    ).encode()
+
+
+def test_item9_a_feed_item_naming_an_arxiv_url_on_its_own_host_is_its_own_item() -> None:
+    link = "https://evil.example/x?arxiv.org/abs/2502.60001v10000"
+    (item,) = parse_feed(feed_of(link)).papers
+    assert item.id == f"feed:{link}" and not item.is_arxiv and item.url == link
+    assert item.version is None and item.authority == Authority.FEED
+
+
+def test_item9_a_feed_item_on_arxiv_keeps_the_id_but_not_its_version_claim() -> None:
+    (item,) = parse_feed(feed_of("https://arxiv.org/abs/2502.60001v10000")).papers
+    assert (item.id, item.version, item.authority) == ("2502.60001", None, Authority.FEED)
+    (tagged,) = parse_feed(feed_of("https://blog.example/p/1", "oai:arXiv.org:2502.60001v3")).papers
+    assert (tagged.id, tagged.version) == ("2502.60001", None)
+
+
+REAL_TEXT = ("Real title", "Real abstract", ("Ada Lovelace",))
+
+
+def real(authority: Authority, version: int | None = None) -> Paper:
+    title, abstract, authors = REAL_TEXT
+    return Paper(
+        id="2502.60001", title=title, abstract=abstract, authors=authors, version=version,
+        authority=authority, on_huggingface=authority == Authority.HUGGINGFACE,
+    )  # fmt: skip
+
+
+POISON = Paper(
+    id="2502.60001", title="Poisoned", abstract="Poisoned abstract", authors=("Mallory",),
+    categories=("cs.CR",), authority=Authority.FEED, link="https://arxiv.org/abs/2502.60001",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "source", [Authority.ARXIV_API, Authority.HUGGINGFACE, Authority.ARXIV_RSS]
+)
+def test_item9_a_feed_never_overwrites_arxiv_or_hf_text_in_either_order(
+    source: Authority,
+) -> None:
+    version = None if source == Authority.HUGGINGFACE else 1
+    for merged in (merge(real(source, version), POISON), merge(POISON, real(source, version))):
+        assert (merged.title, merged.abstract, merged.authors) == REAL_TEXT
+        assert (merged.version, merged.authority) == (version, source)
+        assert merged.categories == ("cs.CR",)  # a lower source fills what is missing
+        assert merged.url.endswith("/2502.60001")
+
+
+def test_item9_text_follows_the_newest_arxiv_version_then_the_more_authoritative_source() -> None:
+    hf, rss2, api2, rss3 = (
+        real(Authority.HUGGINGFACE),
+        Paper(id="2502.60001", title="RSS v2", abstract="", version=2,
+              authority=Authority.ARXIV_RSS),
+        Paper(id="2502.60001", title="API v2", abstract="", version=2,
+              authority=Authority.ARXIV_API),
+        Paper(id="2502.60001", title="RSS v3", abstract="", version=3,
+              authority=Authority.ARXIV_RSS),
+    )  # fmt: skip
+    assert merge(hf, rss2).title == "RSS v2"  # arXiv's own newer text
+    assert merge(merge(hf, api2), rss2).title == "API v2"  # same version: the API's
+    assert merge(merge(api2, rss3), hf).title == "RSS v3"  # a later version
+    assert merge(merge(rss3, POISON), POISON).title == "RSS v3"
+
+
+def test_item11_a_paper_whose_id_is_no_arxiv_id_gets_no_link() -> None:
+    stored = Paper(id="a/../../../../evil", title="x", abstract="", on_huggingface=True)
+    assert not stored.is_arxiv and stored.url == "" and stored.pdf_url is None
+    assert not is_arxiv_id("2502.60001v2") and is_arxiv_id("math.GT/0309136")

@@ -374,3 +374,24 @@ def test_fuzz_any_json(value: Any) -> None:
 @given(st.lists(paper_like, max_size=5))
 def test_fuzz_item_shaped_json(items: list[Any]) -> None:
     check(json.dumps(items).encode())
+
+
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        "a/../../../../evil",
+        "2502.60001/../../x",
+        "../2502.60001",
+        "2502.60001?next=https://evil.example",
+        "2502.60001#x",
+        "evil",
+        "12345",
+        "HEP-TH/9901001",
+        "2502.60001v",
+    ],
+)
+def test_item11_an_id_of_another_shape_is_a_skipped_item_not_a_link(raw_id: str) -> None:
+    result = parse_hf_daily(encode([item(id=raw_id), item(id="2502.60002")]))
+    assert [p.id for p in result.papers] == ["2502.60002"]
+    (problem,) = result.problems
+    assert problem.index == 0 and "not an arXiv id" in problem.reason

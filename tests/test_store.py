@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from digestd.model import Paper, Part, Spliced
+from digestd.model import Authority, Paper, Part, Spliced
 from digestd.store import SCHEMA_VERSION, SchemaError, Store
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
@@ -638,6 +638,7 @@ def test_a_version_7_file_upgrades_and_its_queued_bodies_still_go_out(db_path: P
         enqueue(store, ALICE, data=b"queued before the upgrade")
         store._db.execute("DROP TABLE outbox_parts")
         store._db.execute("DROP TABLE message_parts")
+        store._db.execute("ALTER TABLE papers DROP COLUMN authority")  # migration 9's
         store._db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     with Store(db_path) as store:
         assert store.schema_version() == SCHEMA_VERSION
@@ -666,3 +667,55 @@ def test_a_long_backlog_is_pruned_over_several_calls(store: Store) -> None:
     later = T0 + timedelta(days=1)
     assert [store.prune(before=later, limit=3) for _ in range(4)] == [3, 3, 1, 0]
     assert count(store, "outbox_bodies") == 0 and count(store, "outbox") == 7
+
+
+def test_item9_a_feed_never_rewrites_the_stored_text_of_hf_or_arxiv(store: Store) -> None:
+    real = paper("2502.60001", title="Real title", authority=Authority.HUGGINGFACE)
+    claim = Paper(
+        id="2502.60001", title="Poisoned", abstract="Poisoned abstract", authors=("Mallory",),
+        authority=Authority.FEED, link="https://evil.example/x",
+    )  # fmt: skip
+    for first, then in ((real, claim), (claim, real)):
+        with Store(store.path.with_name(f"{first.authority}.sqlite3")) as one:
+            one.record_papers([first], seen_at=T0)
+            one.record_papers([then], seen_at=T0 + timedelta(hours=1))
+            (stored,) = one.get_papers(["2502.60001"])
+            assert (stored.title, stored.abstract, stored.authors) == (
+                "Real title", "Abstract of 2502.60001.", ("Ada Lovelace", "Émile Borel"),
+            )  # fmt: skip
+            assert stored.authority == Authority.HUGGINGFACE and stored.version is None
+
+
+def test_item9_a_version_8_file_forgets_version_claims_of_rows_a_feed_touched(
+    db_path: Path,
+) -> None:
+    with Store(db_path) as store:
+        store.record_papers(
+            [
+                paper("2502.60001", title="Poisoned", version=10000, on_huggingface=True,
+                      link="https://evil.example/x"),
+                paper("2502.60002", version=2),
+            ],
+            seen_at=T0,
+        )  # fmt: skip
+        store._db.execute("ALTER TABLE papers DROP COLUMN authority")
+        store._db.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+    with Store(db_path) as store:
+        poisoned, clean = store.get_papers(["2502.60001", "2502.60002"])
+        assert (poisoned.version, poisoned.authority) == (None, Authority.HUGGINGFACE)
+        assert (clean.version, clean.authority) == (2, Authority.ARXIV_RSS)
+        # The next Hugging Face listing puts the real text back.
+        store.record_papers(
+            [paper("2502.60001", title="Real", on_huggingface=True,
+                   authority=Authority.HUGGINGFACE)],
+            seen_at=T0 + timedelta(hours=1),
+        )  # fmt: skip
+        assert store.get_papers(["2502.60001"])[0].title == "Real"
+
+
+def test_item11_a_poll_error_is_stored_redacted_and_without_control_bytes(store: Store) -> None:
+    error = "GET https://u:pw@h.example/f?token=SECRET&x=1: HTTP 404 \x1b[2J\x9b1m\x07 gone"
+    store.record_poll("feed", at=T0, ok=False, error=error)
+    stored = store.last_poll("feed")
+    assert stored is not None and stored.error is not None
+    assert stored.error == "GET https://***@h.example/f?token=***&x=1: HTTP 404 [2J 1m gone"

@@ -15,7 +15,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from digestd.errors import SourceError
-from digestd.model import Paper, ParseProblem, ParseResult
+from digestd.model import Authority, Paper, ParseProblem, ParseResult
 from digestd.sources.xmlfeed import check_xml, find_arxiv_id, local, text_of, utc
 from digestd.text import collapse
 
@@ -89,6 +89,7 @@ def _api_entry(entry: ET.Element) -> Paper | str:
         published_at=_iso(text_of(_child(entry, "published"))),
         categories=_categories(terms),
         version=version,
+        authority=Authority.ARXIV_API,
     )
 
 
@@ -136,6 +137,7 @@ def _rss_item(item: ET.Element) -> tuple[Paper, str] | str:
         published_at=_rfc822(text_of(_child(item, "pubDate"))),
         categories=_categories(text_of(c) for c in item if local(c.tag) == "category"),
         version=version,
+        authority=Authority.ARXIV_RSS,
     )
     return paper, announce
 

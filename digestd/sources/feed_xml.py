@@ -2,9 +2,12 @@
 
 feedparser is lenient by design (it recovers from broken XML), so `check_xml` runs first: a feed
 that is not well-formed fails the poll instead of yielding whatever feedparser could salvage.
-An item's key is its arXiv id when its link, id or GUID names one, so the same paper from a blog
-aggregator and from arXiv is one paper; otherwise `feed:` + its GUID or link (no arXiv id holds a
-colon, so the two cannot collide).
+An item's key is its arXiv id when its link (or an alternate link) is a paper's page on arXiv or
+Hugging Face, or its id/GUID is one or an `oai:arXiv.org:`/`arXiv:` identifier, so the same paper
+from a blog aggregator and from arXiv is one paper; otherwise `feed:` + its GUID or link (no arXiv
+id holds a colon, so the two cannot collide). A feed is anyone's claim: its text ranks below every
+arXiv and Hugging Face source (`Authority.FEED`, see digestd.merge) and its version numbers are
+not believed (only arXiv's own API and listing state versions).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from typing import Any
 
 import feedparser
 
-from digestd.model import Paper, ParseProblem, ParseResult
-from digestd.sources.xmlfeed import check_xml, find_arxiv_id
+from digestd.model import Authority, Paper, ParseProblem, ParseResult
+from digestd.sources.xmlfeed import arxiv_id_of_tag, arxiv_id_of_url, check_xml
 from digestd.text import collapse
 
 __all__ = ["FEED_PREFIX", "parse_feed"]
@@ -64,12 +67,12 @@ def _entry(entry: Any) -> Paper | str:
     guid = _plain(entry.get("id"))
     title = _plain(entry.get("title"))
     links = [_http(alt.get("href")) for alt in entry.get("links", [])]
-    found = find_arxiv_id(link, guid, *links)
+    found = _arxiv_id(link, guid, links)
     if found is None and not (guid or link):
         return "item has neither a GUID nor a link"
     if not title:
         return f"item {(guid or link)[:60]!r} has no title"
-    key, version = found if found else (FEED_PREFIX + (guid or link)[:_MAX_KEY], None)
+    key = found or FEED_PREFIX + (guid or link)[:_MAX_KEY]
     tags = (_plain(tag.get("term")) for tag in entry.get("tags", []))
     return Paper(
         id=key,
@@ -78,9 +81,17 @@ def _entry(entry: Any) -> Paper | str:
         authors=_authors(entry),
         published_at=_when(entry.get("published_parsed") or entry.get("updated_parsed")),
         categories=tuple(t for t in tags if _CATEGORY.fullmatch(t)) if found else (),
-        version=version,
         link=link or None,
+        authority=Authority.FEED,
     )
+
+
+def _arxiv_id(link: str, guid: str, links: list[str]) -> str | None:
+    """The arXiv id the item's own identifiers name; its version is dropped, never believed."""
+    for found in (arxiv_id_of_url(link), arxiv_id_of_tag(guid), arxiv_id_of_url(guid)):
+        if found:
+            return found[0]
+    return next((found[0] for found in map(arxiv_id_of_url, links) if found), None)
 
 
 def _authors(entry: Any) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from digestd.errors import SourceError
-from digestd.model import Paper, ParseProblem, ParseResult
+from digestd.model import Authority, Paper, ParseProblem, ParseResult, is_arxiv_id
 from digestd.text import collapse
 
 __all__ = ["merge_results", "parse_hf_daily", "parse_page"]
@@ -35,8 +35,6 @@ _T = TypeVar("_T")
 _EXCERPT = 120
 _MAX_COUNT = 2**31 - 1
 _VERSION = re.compile(r"v\d+$")
-# arXiv ids, new style (2401.00001) and old style (hep-th/9901001); nothing that could break a URL.
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
 _URL_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f<>\"'`\\]")
 
 
@@ -166,7 +164,8 @@ def _adapt_item(item: Any) -> Paper | str:
         return _describe(exc)
     p = parsed.paper
     paper_id = _VERSION.sub("", p.id.strip())
-    if not _ID.fullmatch(paper_id):
+    # Daily Papers ids are arXiv ids (the API documents no other kind); the id becomes a link.
+    if not is_arxiv_id(paper_id):
         return f"paper.id is not an arXiv id: {p.id[:40]!r}"
     title = collapse(_text(p.title) or _text(parsed.title) or "")
     if not title:
@@ -185,6 +184,7 @@ def _adapt_item(item: Any) -> Paper | str:
         github_repo=_http_url(p.github_repo),
         project_page=_http_url(p.project_page),
         on_huggingface=True,
+        authority=Authority.HUGGINGFACE,
     )
 
 

@@ -21,6 +21,7 @@ import httpx
 
 from digestd.errors import SourceError
 from digestd.model import ParseResult, Validators
+from digestd.redact import redact_url
 from digestd.sources.huggingface import USER_AGENT
 from digestd.sources.retry import RetryLater, backoff_delay, deadline, server_wait
 
@@ -122,7 +123,11 @@ class HttpGetter:
                     ) from None
                 delay = self._delay(attempt, failure.wait)
                 log.info(
-                    "retrying source=%s url=%s error=%s in=%.1fs", self.name, url, failure, delay
+                    "retrying source=%s url=%s error=%s in=%.1fs",
+                    self.name,
+                    redact_url(url),
+                    failure,
+                    delay,
                 )
                 attempt += 1
                 await self._sleep(delay)
@@ -228,7 +233,7 @@ class FeedPoll:
     _getter: HttpGetter
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r}, name={self.name!r})"
+        return f"{type(self).__name__}({redact_url(self.url)!r}, name={self.name!r})"
 
     def parse(self, body: bytes) -> ParseResult:
         raise NotImplementedError

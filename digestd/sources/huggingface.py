@@ -18,6 +18,7 @@ import httpx
 from digestd import __version__
 from digestd.errors import SourceError
 from digestd.model import ParseProblem, ParseResult
+from digestd.redact import redact_url
 from digestd.sources.hf_json import merge_results, parse_page
 from digestd.sources.retry import RetryLater, backoff_delay, deadline, server_wait
 
@@ -90,7 +91,8 @@ class HuggingFaceSource:
     def __repr__(self) -> str:
         # Never the token: this may end up in a log line.
         return (
-            f"HuggingFaceSource({self.url!r}, name={self.name!r}, listing={self.listing!r},"
+            f"HuggingFaceSource({redact_url(self.url)!r}, name={self.name!r},"
+            f" listing={self.listing!r},"
             f" days={self.days})"
         )
 
@@ -200,7 +202,7 @@ class HuggingFaceSource:
 
     def _where(self, params: dict[str, str]) -> str:
         listing = f"date={params['date']}" if "date" in params else f"sort={params.get('sort')}"
-        return f"GET {self.url} {listing} p={params['p']}"
+        return f"GET {redact_url(self.url)} {listing} p={params['p']}"
 
     def _error(self, message: str, *, transient: bool, status: int | None = None) -> SourceError:
         return SourceError(self._scrub(message), transient=transient, status=status)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from digestd.errors import SourceError
+from digestd.model import ARXIV_ID
 from digestd.text import collapse
 
 __all__ = [
+    "arxiv_id_of_tag",
+    "arxiv_id_of_url",
     "check_xml",
     "find_arxiv_id",
     "local",
@@ -28,13 +32,16 @@ _EXCERPT = 80
 _XML_DECL = re.compile(rb"""^\s*<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _HTML_START = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html)[\s>]", re.I | re.S)
 # New style (2401.00001, 0704.0001) and old style (hep-th/9901001, math.GT/0309136), then vN.
-_ARXIV_ID = r"(?:\d{4}\.\d{4,5}|[a-z]+(?:-[a-z]+)?(?:\.[A-Z]{2})?/\d{7})"
-_VERSIONED = re.compile(rf"^({_ARXIV_ID})(?:v(\d+))?$")
+_VERSIONED = re.compile(rf"^({ARXIV_ID})(?:v(\d+))?$")
 _IN_TEXT = re.compile(
     rf"(?:arxiv\.org/(?:abs|pdf|html)/|oai:arXiv\.org:|arXiv:|huggingface\.co/papers/)"
-    rf"({_ARXIV_ID})(?:v(\d+))?",
+    rf"({ARXIV_ID})(?:v(\d+))?",
     re.IGNORECASE,
 )
+# The whole path of a paper's page on arXiv (abs, pdf, html) or on Hugging Face (papers).
+_ARXIV_PATH = re.compile(rf"/(?:abs|pdf|html)/({ARXIV_ID})(?:v(\d+))?(?:\.pdf)?/?")
+_HF_PATH = re.compile(rf"/papers/({ARXIV_ID})(?:v(\d+))?/?")
+_TAG = re.compile(rf"(?i:oai:arXiv\.org:|arXiv:)({ARXIV_ID})(?:v(\d+))?")
 _MAX_VERSION = 10_000
 
 
@@ -111,6 +118,34 @@ def find_arxiv_id(*texts: str | None) -> tuple[str, int | None] | None:
         if found:
             return found.group(1), _version(found.group(2))
     return None
+
+
+def arxiv_id_of_url(url: str | None) -> tuple[str, int | None] | None:
+    """The arXiv id (and version) of a link to a paper's own page on arXiv or Hugging Face.
+
+    Only the host decides: `https://evil.example/x?arxiv.org/abs/2502.60001` names no paper, and
+    neither does any path but the page's own (`/abs/ID`, `/pdf/ID`, `/html/ID`, `/papers/ID`).
+    """
+    try:
+        parts = urlsplit((url or "").strip())
+    except ValueError:
+        return None
+    host = (parts.hostname or "").lower()
+    if parts.scheme.lower() not in ("http", "https"):
+        return None
+    if host == "arxiv.org" or host.endswith(".arxiv.org"):
+        found = _ARXIV_PATH.fullmatch(parts.path)
+    elif host in ("huggingface.co", "www.huggingface.co"):
+        found = _HF_PATH.fullmatch(parts.path)
+    else:
+        return None
+    return (found.group(1), _version(found.group(2))) if found else None
+
+
+def arxiv_id_of_tag(value: str | None) -> tuple[str, int | None] | None:
+    """The arXiv id of a whole identifier such as `oai:arXiv.org:2502.08807v2` or `arXiv:2502.08807`."""
+    found = _TAG.fullmatch((value or "").strip())
+    return (found.group(1), _version(found.group(2))) if found else None
 
 
 def _version(digits: str | None) -> int | None:
