@@ -18,6 +18,7 @@ from rich.progress import (
     TextColumn,
 )
 
+from digestd.logs import divert
 from digestd.observe import Observer, Phase
 
 __all__ = ["PlainProgress", "RichProgress", "make_progress"]
@@ -69,6 +70,14 @@ class RichProgress:
         )
         self.progress.start()
         self._tasks: dict[Phase, TaskID] = {}
+        # A log line written straight to the terminal would land inside the bars being redrawn;
+        # printed through their console it appears above them, whole.
+        self._undivert = divert(self._print_log)
+
+    def _print_log(self, line: str) -> None:
+        self.progress.console.print(
+            line, markup=False, highlight=False, emoji=False, soft_wrap=True
+        )
 
     def begin(self, phase: Phase, total: int | None = None) -> None:
         self._tasks[phase] = self.progress.add_task(_LABELS[phase], total=total, summary="")
@@ -89,6 +98,7 @@ class RichProgress:
         self.progress.update(task, summary=summary)
 
     def close(self) -> None:
+        self._undivert()
         self.progress.stop()
 
 

@@ -335,7 +335,7 @@ class Settings(BaseSettings):
         unused = _MAILDIR_ONLY if self.delivery.kind == "smtp" else _SMTP_ONLY
         data["delivery"] = {k: v for k, v in data["delivery"].items() if k not in unused}
         data["sources"] = [_source_in_force(source) for source in data["sources"]]
-        return data
+        return {k: v for k, v in data.items() if v is not None and v != []}  # unset: not in force
 
 
 # Which keys apply to what: `digestd check` shows the settings in force, not every default.
