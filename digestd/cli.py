@@ -28,6 +28,7 @@ from digestd.deliverability import (
 )
 from digestd.delivery import DeliverReport
 from digestd.errors import ConfigError, DigestdError
+from digestd.health import source_problems
 from digestd.logs import setup_logging
 from digestd.model import Digest, Rendered
 from digestd.progress import make_progress
@@ -553,13 +554,15 @@ def format_status(status: StoreStatus) -> str:
         + (f"{poll.n_items} papers, {poll.n_new} new)" if poll.ok else f"FAILED: {poll.error})")
     )
     states = ", ".join(f"{n} {state}" for state, n in status.outbox.items() if n) or "none"
+    failing = source_problems(status.sources)
     lines = [
         f"last poll:   {last}",
         f"last ok:     {_when(status.last_success_at)}",
         f"papers:      {status.papers}",
         f"subscribers: {status.subscribers}",
         f"messages:    {states}",
-        f"problems:    {len(status.problems)}",
+        f"problems:    {len(failing) + len(status.problems)}",
+        *("  " + line for line in failing),
         *("  " + _entry(item) for item in status.problems),
         f"suspended:   {len(status.suspended)}",
         *("  " + _entry(item) for item in status.suspended),
