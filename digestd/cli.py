@@ -128,8 +128,8 @@ COMMAND_HELP = {
         Command(
             "dkim keygen",
             "make a DKIM key and print the DNS record to publish",
-            "Write a new 2048-bit RSA private key (mode 0600; an existing file is never "
-            "overwritten) and print the TXT record to publish and the settings to add.",
+            "Write a new RSA private key (2048 bits unless --bits; mode 0600; an existing file "
+            "is never overwritten) and print the TXT record to publish and the settings to add.",
             "digestd dkim keygen --selector digest2026 --domain example.org --out dkim.pem",
         ),
     )
@@ -479,7 +479,9 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     except FileExistsError:
         print(f"digestd: {out} exists; it is never overwritten (choose --out)", file=sys.stderr)
         return EXIT_RUNTIME
-    print(f"private key written to {out} (mode 0600; readable by the service only)")
+    print(
+        f"private key written to {out} (mode 0600: only its owner, who must run digestd, reads it)"
+    )
     print("publish this DNS record:")
     print(f"  {dkim_dns_record(config)}")
     print("then add to digestd.yaml under delivery:")
