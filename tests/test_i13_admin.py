@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -99,6 +100,17 @@ def test_i13_json_log_has_ts_event_and_typed_fields(tmp_path: Path) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", poll["ts"])
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Tests that call setup_logging leave the root logger as they found it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
 def test_i13_json_log_fields_keep_spaces_and_hide_secrets() -> None:
     stream = io.StringIO()
     setup_logging("info", fmt="json", stream=stream)
@@ -119,6 +131,7 @@ class FakeTerminal(io.StringIO):
         return True
 
 
+@pytest.mark.usefixtures("root_logging")
 def test_i13_log_lines_print_above_the_bars_not_through_them() -> None:
     err = io.StringIO()
     setup_logging("info", stream=err)
@@ -134,7 +147,6 @@ def test_i13_log_lines_print_above_the_bars_not_through_them() -> None:
     assert "level=warning logger=digestd.test send kind=digest outcome=deferred" in [
         line.strip() for line in lines
     ]
-    setup_logging("info")
 
 
 # check shows what is in force ----------------------------------------------------------------
