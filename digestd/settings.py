@@ -418,7 +418,7 @@ def _blame_environment(
                 where = f"environment variable {name}"
                 return ConfigProblem(where, 0, 0, problem.field, problem.message)
         # A section's own check may fail on a value the environment put in it: say so.
-        inside = [n for f, n in overrides.items() if problem.field and f.startswith(problem.field)]
+        inside = [n for f, n in overrides.items() if f.startswith(problem.field + ".")]
         if inside:
             return replace(problem, message=f"{problem.message} (set by {', '.join(inside)})")
         return problem
