@@ -8,16 +8,27 @@ added unnoticed) and both List-Unsubscribe headers, as RFC 8058 §4 requires for
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
 from digestd.errors import ConfigError, ConfigProblem
 from digestd.settings import DkimSettings, Settings
 
-__all__ = ["SIGNED_HEADERS", "check_notes", "dkim_txt_record", "load_signer"]
+__all__ = [
+    "SIGNED_HEADERS",
+    "check_notes",
+    "dkim_dns_record",
+    "dkim_txt_record",
+    "generate_dkim_key",
+    "load_signer",
+    "write_private_key",
+]
 
 SIGNED_HEADERS = (
     "From", "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
@@ -59,6 +70,40 @@ def dkim_txt_record(config: DkimSettings) -> str:
     return f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}"
 
 
+def dkim_dns_record(config: DkimSettings) -> str:
+    """The record as a zone file line, the form the README shows, `check` and `dkim keygen` print.
+
+    A TXT string holds 255 bytes at most; a 2048-bit key's record is longer, so it is split into
+    several quoted strings, which resolvers join.
+    """
+    txt = dkim_txt_record(config)
+    chunks = " ".join(f'"{txt[i : i + 255]}"' for i in range(0, len(txt), 255))
+    return f"{config.selector}._domainkey.{config.domain}. TXT {chunks}"
+
+
+def generate_dkim_key(bits: int = 2048) -> bytes:
+    """A new RSA private key, PEM (PKCS#1), as dkimpy reads it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+def write_private_key(path: Path, pem: bytes) -> None:
+    """Write a new key file readable by its owner only; an existing file is never replaced.
+
+    :raises FileExistsError: `path` exists.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: never overwrite a key in use; mode 0600 from creation, not chmod-ed afterwards.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)  # the umask may only remove bits; make it exact
+        out.write(pem)
+
+
 def check_notes(settings: Settings) -> list[str]:
     """One line per fact an operator should know before mail goes out (warnings start with '!').
 
@@ -87,8 +132,8 @@ def check_notes(settings: Settings) -> list[str]:
         d = delivery.dkim.domain.lower()
         if from_domain != d and not from_domain.endswith("." + d):
             notes.append(f"! DKIM domain {d} is not aligned with the From domain {from_domain}")
-        notes.append(f"DKIM: publish TXT {delivery.dkim.selector}._domainkey.{d}")
-        notes.append(f"  {dkim_txt_record(delivery.dkim)}")
+        notes.append("DKIM: publish this record:")
+        notes.append(f"  {dkim_dns_record(delivery.dkim)}")
     return notes
 
 

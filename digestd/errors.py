@@ -29,7 +29,8 @@ class ConfigProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
+        # Line 0: a problem with no place in a file (an environment variable, say).
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
         return (
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )

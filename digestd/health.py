@@ -8,7 +8,7 @@ event loop's thread, the only one allowed to use the store's SQLite connection.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,9 +17,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from digestd.metrics import CONTENT_TYPE, Metrics
-from digestd.store import Store
+from digestd.store import SourceStatus, Store
 
-__all__ = ["HealthProbe", "routes", "status_line"]
+__all__ = ["HealthProbe", "routes", "source_problems", "status_line"]
 
 # A poll may fail twice in a row (a blip at the source) before health says so.
 STALE_POLLS = 3
@@ -52,14 +52,31 @@ class HealthProbe:
         return [f"{what} (limit {_ago(limit)})"]
 
 
+def source_problems(sources: Sequence[SourceStatus]) -> list[str]:
+    """A line per source whose latest poll failed: what `digestd status` counts and `/healthz`
+    lists, so the two never disagree."""
+    return [
+        f"source {s.source}: last poll failed: {s.error}; last successful poll "
+        + (s.last_success_at.isoformat(timespec="seconds") if s.last_success_at else "never")
+        for s in sources
+        if s.error
+    ]
+
+
 def routes(probe: HealthProbe, metrics: Metrics) -> list[BaseRoute]:
     async def healthz(request: Request) -> Response:
         problems = probe.problems()
-        last = probe.store.last_success_at() if not problems else None
+        try:
+            last = probe.store.last_success_at()
+            failing = source_problems(probe.store.source_status())
+        except sqlite3.Error:  # already among the reasons
+            last, failing = None, []
         body = {
             "status": "unhealthy" if problems else "ok",
             "reasons": problems,
+            # Whatever the verdict: the reason may name it, and it is a fact, not a judgement.
             "last_successful_poll": last.isoformat() if last else None,
+            "failing_sources": failing,
         }
         return JSONResponse(body, status_code=503 if problems else 200)
 

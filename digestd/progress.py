@@ -18,6 +18,7 @@ from rich.progress import (
     TextColumn,
 )
 
+from digestd.logs import divert
 from digestd.observe import Observer, Phase
 
 __all__ = ["PlainProgress", "RichProgress", "make_progress"]
@@ -71,6 +72,14 @@ class RichProgress:
         self.progress.start()
         # A bar per begin; `end` closes the oldest open one (sources are polled side by side).
         self._tasks: dict[Phase, list[TaskID]] = {}
+        # A log line written straight to the terminal would land inside the bars being redrawn;
+        # printed through their console it appears above them, whole.
+        self._undivert = divert(self._print_log)
+
+    def _print_log(self, line: str) -> None:
+        self.progress.console.print(
+            line, markup=False, highlight=False, emoji=False, soft_wrap=True
+        )
 
     def begin(self, phase: Phase, total: int | None = None) -> None:
         task = self.progress.add_task(_LABELS[phase], total=total, summary="")
@@ -92,6 +101,7 @@ class RichProgress:
         self.progress.update(task, summary=summary)
 
     def close(self) -> None:
+        self._undivert()
         self.progress.stop()
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
@@ -25,7 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from digestd.errors import ConfigError, ConfigProblem
 from digestd.redact import redact_url
 from digestd.rules import validate_email
-from digestd.yamlpos import load_yaml, problems_from_validation
+from digestd.yamlpos import allowed_keys, load_yaml, problems_from_validation
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -35,6 +38,7 @@ __all__ = [
     "HttpSettings",
     "Settings",
     "SourceSettings",
+    "env_warnings",
     "load_settings",
     "format_duration",
     "parse_duration",
@@ -327,6 +331,39 @@ class Settings(BaseSettings):
             source["url"] = redact_url(source["url"])  # credentials in a feed's URL
         return data
 
+    def in_force(self) -> dict[str, Any]:
+        """`redacted()` less what the configured kinds ignore (no SMTP port for a Maildir)."""
+        data = self.redacted()
+        unused = _MAILDIR_ONLY if self.delivery.kind == "smtp" else _SMTP_ONLY
+        data["delivery"] = {k: v for k, v in data["delivery"].items() if k not in unused}
+        data["sources"] = [_source_in_force(source) for source in data["sources"]]
+        return {k: v for k, v in data.items() if v is not None and v != []}  # unset: not in force
+
+
+# Which keys apply to what: `digestd check` shows the settings in force, not every default.
+_SMTP_ONLY = frozenset(
+    {"host", "port", "security", "username", "password", "password_file", "validate_certs",
+     "timeout", "data_timeout", "max_per_connection", "connections", "rate_limit"}
+)  # fmt: skip
+_MAILDIR_ONLY = frozenset({"path"})
+_SOURCE_ANY = frozenset({"name", "kind", "url", "poll_every"})
+_HTTP_SOURCE = _SOURCE_ANY | {"timeout", "retries", "max_bytes"}
+_ARXIV = _HTTP_SOURCE | {"min_interval"}
+_SOURCE_KEYS: dict[str, frozenset[str]] = {
+    "file": _SOURCE_ANY,
+    "huggingface": _SOURCE_ANY | {"timeout", "retries", "days", "listing", "token"},
+    "arxiv": _ARXIV | {"categories", "query", "max_results", "page_size"},
+    "arxiv_rss": _ARXIV | {"categories", "announce_types"},
+    "feed": _HTTP_SOURCE,
+}
+
+
+def _source_in_force(source: dict[str, Any]) -> dict[str, Any]:
+    keys = _SOURCE_KEYS[source["kind"]]
+    if source["kind"] == "arxiv" and source.get("query"):
+        keys = keys - {"categories"}  # a raw query replaces them
+    return {k: v for k, v in source.items() if k in keys}
+
 
 def _credential(name: str) -> Path | None:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -352,10 +389,66 @@ def load_settings(path: Path) -> Settings:
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(
-            problems_from_validation(exc, marks, file=file, schema=Settings)
-        ) from None
+        problems = problems_from_validation(exc, marks, file=file, schema=Settings)
+        raise ConfigError(_blame_environment(problems, os.environ)) from None
     return _resolve_paths(settings, path.parent)
+
+
+ENV_PREFIX = "DIGESTD_"
+# Read by the command line itself, not a setting.
+_ENV_OTHER = frozenset({"DIGESTD_CONFIG"})
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """Each `DIGESTD_*` variable by the dotted field it sets (`delivery.port`)."""
+    return {
+        ".".join(name[len(ENV_PREFIX) :].lower().split("__")): name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in _ENV_OTHER
+    }
+
+
+def _blame_environment(
+    problems: list[ConfigProblem], environ: Mapping[str, str]
+) -> list[ConfigProblem]:
+    """A value the environment set is reported at its variable, not at the YAML line it replaced."""
+    overrides = _env_overrides(environ)
+
+    def source(problem: ConfigProblem) -> ConfigProblem:
+        for field, name in overrides.items():
+            if problem.field == field or problem.field.startswith((field + ".", field + "[")):
+                where = f"environment variable {name}"
+                return ConfigProblem(where, 0, 0, problem.field, problem.message)
+        # A section's own check may fail on a value the environment put in it: say so.
+        inside = [n for f, n in overrides.items() if f.startswith(problem.field + ".")]
+        if inside:
+            return replace(problem, message=f"{problem.message} (set by {', '.join(inside)})")
+        return problem
+
+    return [source(p) for p in problems]
+
+
+def env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """`DIGESTD_*` variables that set nothing (pydantic-settings ignores them without a word)."""
+    known = _env_names(())
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in _ENV_OTHER:
+            continue
+        close = difflib.get_close_matches(upper, sorted(known | _ENV_OTHER), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"! {name} is not a setting and is ignored{hint}")
+    return warnings
+
+
+def _env_names(path: tuple[str, ...]) -> set[str]:
+    """Every variable that sets a field: DIGESTD_STATE, DIGESTD_DELIVERY__PORT…"""
+    names: set[str] = set()
+    for key in allowed_keys(Settings, path):
+        names.add((ENV_PREFIX + "__".join((*path, key))).upper())
+        names |= _env_names((*path, key))
+    return names
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:

@@ -81,6 +81,7 @@ def test_preview_open_uses_the_local_browser_or_prints_the_path(tmp_path: Path) 
         "preview",
         "bob@example.org",
         "--open",
+        "--poll",  # a fresh install: preview alone only says the store is empty (issue 13)
         env={"BROWSER": f"{sys.executable} {browser} %s"},
     )
     assert result.returncode == 0, result.stderr

@@ -220,7 +220,8 @@ def test_check_notes(tmp_path: Path) -> None:
     assert configured.http.public_url == "https://d.example.org"
     notes = check_notes(configured)
     assert not any(n.startswith("!") for n in notes), notes
-    assert any(n.strip().startswith("v=DKIM1; k=rsa; p=") for n in notes)
+    assert any(n.strip().startswith(f"{DKIM.selector}._domainkey.") for n in notes)
+    assert any('TXT "v=DKIM1; k=rsa; p=' in n for n in notes)  # the README's zone-file form
     misaligned = configured.model_copy(
         update={
             "delivery": configured.delivery.model_copy(update={"sender": "D <d@other.example>"})

@@ -145,7 +145,7 @@ def test_run_once_over_http_and_smtp(
     )
     config = write_config(tmp_path, source_url=http_server.url, smtp_port=smtp_server.port)
     result = digestd(config, "run", "--once")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # refused@ failed for good (issue 13: exit 1)
     by_rcpt = {tuple(r.rcpt_tos): r for r in smtp_server.received}
     assert (
         set(by_rcpt) == {("alice@example.org",), ("bob@example.org",)}
@@ -173,7 +173,7 @@ def test_run_once_over_http_and_smtp(
 
     count = len(smtp_server.received)
     again = digestd(config, "run", "--once")
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 1, again.stderr  # refused@'s papers are owed again, refused again
     assert len(smtp_server.received) == count
 
 
