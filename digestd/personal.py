@@ -147,7 +147,11 @@ def personal_template(
         )
 
     try:
-        layout = fit_sizes(size, len(digest.matches), budget) if budget is not None else Layout()
+        layout = (
+            fit_sizes(size, len(digest.matches), budget, cap=ctx.abstract_chars)
+            if budget is not None
+            else Layout()
+        )
         template = _template(shape, layout)
         if template is None:
             raise _Unsubstitutable

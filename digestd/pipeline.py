@@ -555,7 +555,8 @@ def render_context(
     links = links or MailLinks()
     return RenderContext(
         site_name=deps.options.site_name,
-        date_label=now.strftime("%A %d %B %Y"),
+        # The reader's day: 23:00 UTC on Tuesday is Wednesday morning in Tokyo.
+        date_label=periods.date_label(now, sub.timezone if sub is not None else "UTC"),
         unsubscribe_url=links.visible_unsubscribe,
         manage_note=(
             f"You receive this because an administrator of {deps.options.site_name} subscribed "
@@ -564,6 +565,7 @@ def render_context(
         web_url=links.view_url,
         web_copy=web_copy,
         max_papers=sub.max_papers if sub is not None else None,
+        abstract_chars=sub.abstract_chars if sub is not None else None,
     )
 
 

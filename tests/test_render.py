@@ -197,7 +197,24 @@ def test_reasons_read_naturally(envs: Environments) -> None:
         Reason(2),
     )
     r = render_digest(digest(Match(paper(), reasons=reasons)), envs, CTX)
-    assert "Why it matched: “kv cache” in abstract; author “Jane Doe”; rule 3" in r.text
+    words = " ".join(r.text.split())
+    assert (
+        "Why it matched: “kv cache” in abstract; author “Jane Doe”; nothing your rule 3 excludes"
+        in words
+    )
+
+
+def test_i13_reasons_in_words(envs: Environments) -> None:
+    every = Reason(-1, field="every")
+    upvoted = (Reason(0, "≥ 20", "upvotes"), Reason(1, "< 3", "comments"))
+    r = render_digest(digest(Match(paper(), reasons=(every,))), envs, CTX)
+    assert "Why it matched: new today, most upvoted first" in r.text
+    assert "1 new paper, most upvoted first." in r.text and "matched your rules" not in r.html
+    r = render_digest(digest(Match(paper(), reasons=upvoted)), envs, CTX)
+    assert "Why it matched: ≥ 20 upvotes; < 3 comments" in " ".join(r.text.split())
+    assert "matched your rules" in r.text
+    for part in (r.text, r.html):
+        assert not re.search(r"\brule \d", part)
 
 
 def test_reasons_of_the_richer_rules_read_naturally(envs: Environments) -> None:
