@@ -201,6 +201,9 @@ class Digest:
     kind: Literal["digest", "alert"]
     matches: tuple[Match, ...]
     more: int = 0  # matched but over max_papers
+    # Those `more` papers, best first: listed by title (as the size budget allows) and whole on
+    # the web copy; they count as delivered like the rest. Empty when only the count is known.
+    rest: tuple[Match, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -469,8 +469,8 @@ def _enqueue_note(
 
 
 def digest_for(sub: Subscriber, kind: Kind, found: Sequence[Match]) -> Digest:
-    shown = tuple(found[: sub.max_papers])
-    return Digest(subscriber=sub, kind=kind, matches=shown, more=len(found) - len(shown))
+    shown, rest = tuple(found[: sub.max_papers]), tuple(found[sub.max_papers :])
+    return Digest(subscriber=sub, kind=kind, matches=shown, more=len(rest), rest=rest)
 
 
 def _job(

@@ -11,7 +11,7 @@ import functools
 import re
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -87,11 +87,13 @@ class RenderContext:
 @dataclass(frozen=True, slots=True)
 class Layout:
     """How much of each paper fits: the first `full` papers with abstracts cut at `abstract_chars`,
-    the next `listed` by title only, the rest left out (the mail says so). None: all of them."""
+    the next `listed` by title only, the rest left out (the mail says so); of the papers beyond
+    `max_papers` (`Digest.rest`), the first `beyond` titles. None: all of them."""
 
     abstract_chars: int = HTML_ABSTRACT_CHARS
     full: int | None = None
     listed: int | None = None
+    beyond: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,28 +209,45 @@ def fit(
             cache[layout] = _trial(digest, envs, ctx, layout)
         return len(cache[layout][1].encode("utf-8"))
 
-    return fit_sizes(size, len(digest.matches), budget, cap=ctx.abstract_chars)
+    return fit_sizes(
+        size, len(digest.matches), budget, cap=ctx.abstract_chars, beyond=len(digest.rest)
+    )
 
 
 def fit_sizes(
-    size: Callable[[Layout], int], n: int, budget: int, *, cap: int | None = None
+    size: Callable[[Layout], int],
+    n: int,
+    budget: int,
+    *,
+    cap: int | None = None,
+    beyond: int = 0,
 ) -> Layout:
     """`fit` over any measure of a layout's HTML bytes (`personal` measures cached templates).
 
     `cap`: the subscriber's `abstract_chars`; shorter steps only are tried (longer ones are the
-    same mail)."""
+    same mail). `beyond`: titles over `max_papers`, the first thing to give way (the web copy
+    holds them all).
+    """
+    if size(Layout()) <= budget:
+        return Layout()
+    if beyond:
+        some = _largest(lambda k: size(Layout(beyond=k)) <= budget, beyond)
+        if some is not None:
+            return Layout(beyond=some)
+    none = 0 if beyond else None  # the same layouts as without any when there are none
     steps = (chars for chars in ABSTRACT_STEPS if cap is None or chars < cap)
-    for layout in (Layout(), *(Layout(abstract_chars=chars) for chars in steps)):
+    for layout in (Layout(abstract_chars=chars, beyond=none) for chars in steps):
         if size(layout) <= budget:
             return layout
-    full = _largest(lambda k: size(Layout(abstract_chars=0, full=k)) <= budget, n)
+    zero = Layout(abstract_chars=0, beyond=none)
+    full = _largest(lambda k: size(replace(zero, full=k)) <= budget, n)
     if full is not None:
-        return Layout(abstract_chars=0, full=full)
+        return replace(zero, full=full)
     # Not even every title fits: the top papers stay whole, then as many titles as fit.
     whole = min(n, KEEP_WHOLE)
-    top = _largest(lambda k: size(Layout(abstract_chars=0, full=k, listed=0)) <= budget, whole) or 0
-    listed = _largest(lambda k: size(Layout(abstract_chars=0, full=top, listed=k)) <= budget, n)
-    return Layout(abstract_chars=0, full=top, listed=listed or 0)
+    top = _largest(lambda k: size(replace(zero, full=k, listed=0)) <= budget, whole) or 0
+    listed = _largest(lambda k: size(replace(zero, full=top, listed=k)) <= budget, n)
+    return replace(zero, full=top, listed=listed or 0)
 
 
 def _largest(fits: Callable[[int], bool], n: int) -> int | None:
@@ -253,6 +272,7 @@ def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, obj
     chars = _abstract_chars(layout, ctx)
     papers = [_cached_view(i, m, chars) for i, m in enumerate(matches[:n_full], start=1)]
     listed = [listed_view(i, m) for i, m in enumerate(rest[:n_listed], start=n_full + 1)]
+    beyond = digest.rest if layout.beyond is None else digest.rest[: layout.beyond]
     top = papers[0].title if papers else (listed[0].title if listed else "")
     return {
         "kind": digest.kind,
@@ -264,6 +284,8 @@ def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, obj
         "shortened": chars < _abstract_chars(Layout(), ctx)
         and any(len(m.paper.abstract) > chars for m in matches[:n_full]),
         "more": digest.more,
+        "beyond": [listed_view(i, m) for i, m in enumerate(beyond, start=len(matches) + 1)],
+        "beyond_left": digest.more - len(beyond),
         "total": len(matches) + digest.more,
         "max_papers": ctx.max_papers,
         "every_paper": _every_paper(matches),
