@@ -102,9 +102,8 @@ class _Shape:
 
     def __post_init__(self) -> None:
         # `_template`'s cache looks a shape up several times per message: hash its papers once.
-        key = (self.envs, self.kind, self.content, self.rest, self.more, self.ctx, self.has_name)
-        key += (self.budget,)
-        object.__setattr__(self, "_hash", hash(key))
+        key = (self.envs, self.kind, self.content, self.rest, self.more, self.ctx)
+        object.__setattr__(self, "_hash", hash((key, self.has_name, self.budget)))
 
     def __hash__(self) -> int:
         return self._hash
