@@ -16,6 +16,7 @@ from digestd.composer import Composed, MailJob, WebCopy, assemble, composer
 from digestd.delivery import DeliverReport
 from digestd.errors import SourceError
 from digestd.index import Matcher
+from digestd.latex import readable_paper
 from digestd.listmail import MailLinks, default_list_id, list_headers, mail_links
 from digestd.message import build_message
 from digestd.model import Digest, Match, Paper, Rendered, Spliced, Subscriber, SubscriberSet
@@ -209,7 +210,8 @@ def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: dateti
     queued = 0
     suspended = deps.store.suspended()
     # Paper-major: each new paper is scanned once and reaches its subscribers through the index.
-    for sub, found in matcher_for(deps).match_all(new, alerts_only=True):
+    readable = [readable_paper(p) for p in new]
+    for sub, found in matcher_for(deps).match_all(readable, alerts_only=True):
         if key(sub) in suspended:
             continue
         if found:
@@ -268,7 +270,7 @@ def _compose_all(
         for start in range(0, len(todo), _COMPOSE_BATCH):
             chunk = todo[start : start + _COMPOSE_BATCH]
             keys = [key(sub) for sub, _, _ in chunk]
-            papers = deps.store.candidates_for(keys, since=since)
+            papers = _readable(deps.store.candidates_for(keys, since=since))
             with deps.store.batch(sync=False):  # new ids are redone if lost, like composing
                 ids = deps.store.subscriber_ids(keys) if deps.options.public_url else {}
             known = _Known(ids=ids, suppressed=deps.store.suppressed_among(keys))
@@ -277,6 +279,21 @@ def _compose_all(
             totals = _add(totals, _write(deps, pending, now=now))
             pending = (batch, collect)
         return _add(totals, _write(deps, pending, now=now))
+
+
+def _readable(papers: dict[str, list[Paper]]) -> dict[str, list[Paper]]:
+    """Each subscriber's candidates with their LaTeX as text (`latex`), as rules should match
+    and readers read them. The store shares one object per paper between subscribers: each is
+    converted once."""
+    seen: dict[int, Paper] = {}
+
+    def one(paper: Paper) -> Paper:
+        found = seen.get(id(paper))
+        if found is None:
+            found = seen[id(paper)] = readable_paper(paper)
+        return found
+
+    return {k: [one(p) for p in found] for k, found in papers.items()}
 
 
 def _add(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -597,7 +614,7 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
     if sub is None:
         return None
     papers = deps.store.candidates(key(sub), since=now - deps.options.lookback)
-    found = matcher_for(deps).match(papers, sub)
+    found = matcher_for(deps).match([readable_paper(p) for p in papers], sub)
     digest = digest_for(sub, "digest", found)
     links = replace(_links(deps, sub, "<preview@localhost>"), view_url=None)  # no copy is stored
     ctx = render_context(deps, now=now, links=links, sub=sub)

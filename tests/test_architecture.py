@@ -33,6 +33,7 @@ PURE = [
     "merge.py",
     "notes.py",
     "personal.py",
+    "latex.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",
