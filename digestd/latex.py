@@ -35,6 +35,10 @@ _SCRIPT = re.compile(r"([\^_])(?:\{([^{}]*)\}|(\\[A-Za-z]+|[^\s{}\\]))")
 _SUPERSCRIPT = str.maketrans("0123456789+-=()nijkmrtx", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾ⁿⁱʲᵏᵐʳᵗˣ")
 _SUBSCRIPT = str.maketrans("0123456789+-=()aeijkmnoprstx", "₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎ₐₑᵢⱼₖₘₙₒₚᵣₛₜₓ")
 _SPACES = re.compile(r"\s+")
+# Far more than any abstract holds (arXiv caps them at 1,920 characters): a text past either is
+# shown as it is, so a hostile one costs a regex scan, not thousands of parser runs.
+_MAX_CHARS = 10_000
+_MAX_PIECES = 200
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,6 +58,8 @@ def readable_paper(paper: Paper) -> Paper:
 def readable(text: str) -> str:
     """`text` with its LaTeX as Unicode text; `text` itself when it holds none."""
     if "$" not in text and "\\" not in text:
+        return text
+    if len(text) > _MAX_CHARS or text.count("$") + text.count("\\") > 2 * _MAX_PIECES:
         return text
     out: list[str] = []
     pos = 0

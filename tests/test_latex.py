@@ -59,8 +59,9 @@ def test_i13_hostile_latex_is_bounded() -> None:
     """Thousands of dollar signs and braces: converted (or left) quickly, never an exception."""
     nasty = ("$\\frac{" * 2000) + ("}$" * 2000) + "$" * 5000 + "\\" * 5000
     start = time.perf_counter()
-    out = readable(nasty)
-    assert isinstance(out, str)
+    assert readable(nasty) == nasty  # more LaTeX than any abstract: shown as it is
+    many = r"$\frac{a}{b}$ " * 100  # within the bounds: converted, quickly
+    assert readable(many).startswith("a/b a/b")
     assert time.perf_counter() - start < 5
 
 
