@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from digestd.model import Subscriber
+from digestd.notes import SourceActivity, empty_note
 from digestd.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -205,3 +207,16 @@ def test_i13_latex_reads_as_text(run: Run) -> None:
         "α by 2 × and reach 𝒪(n²) cost on 4 × 4 grids; the <mark>mixture of experts</mark> k"
         in lena
     )
+
+
+def test_i13_empty_note_times_are_the_readers() -> None:
+    """The "nothing matched" note said "since 2026-12-01 23:00 UTC" to a reader in Tokyo."""
+    since = datetime(2026, 12, 1, 23, 0, tzinfo=UTC)
+    last = datetime(2026, 11, 30, 22, 30, tzinfo=UTC)
+    sub = Subscriber(email="mei@example.org", name="Mei", timezone="Asia/Tokyo")
+    note = empty_note(
+        sub, [SourceActivity("arxiv", 0, last_new_at=last)], since=since, site_name="Digest"
+    )
+    assert "since 2026-12-02 08:00 JST" in note.text
+    assert "last new paper 2026-12-01 07:30 JST" in note.text
+    assert "UTC" not in note.text
