@@ -22,9 +22,9 @@ from typing import Any
 
 import re2
 
-from digestd.match import PaperTokens, match_one, paper_names, rank
+from digestd.match import EVERY_PAPER, PaperTokens, match_one, paper_names, rank
 from digestd.match import match as match_naive
-from digestd.model import FIELDS, Field, Match, Paper, Reason, Rule, Subscriber, SubscriberSet, Term
+from digestd.model import FIELDS, Field, Match, Paper, Rule, Subscriber, SubscriberSet, Term
 from digestd.patterns import FoldedText, compile_pattern, pattern_spans
 from digestd.query import And, Compare, Name, NameKind, Node, Not, Or, Text
 from digestd.text import tokens
@@ -35,7 +35,6 @@ Span = tuple[int, int]
 TermKey = tuple[tuple[str, ...], bool]  # a term's folded words and whether the last is a prefix
 Trigger = Any  # a TermKey, (kind, name) or ("regex", pattern)
 
-_EVERY_PAPER = Reason(rule=-1)  # why a subscriber without rules gets a paper
 _MEMO = 4096  # scanned papers kept for subscriber-by-subscriber matching (compose, preview)
 
 
@@ -398,7 +397,7 @@ class Matcher:
             and all(a is b for a, b in zip(cached[0], papers, strict=True))
         ):
             return list(cached[1])
-        found = rank(Match(paper=p, reasons=(_EVERY_PAPER,)) for p in papers)
+        found = rank(Match(paper=p, reasons=(EVERY_PAPER,)) for p in papers)
         self._everything = (tuple(papers), found)
         return list(found)
 

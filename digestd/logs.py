@@ -141,3 +141,6 @@ def setup_logging(
     # Library chatter (apscheduler's "Added job", httpx's request lines) is not the operator's concern.
     for noisy in ("apscheduler", "httpx", "httpcore", "aiosmtplib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Malformed LaTeX in a paper is shown as it is (digestd.latex); pylatexenc's warning per parse
+    # error would put a submitter's text in the log, once per paper and subscriber batch.
+    logging.getLogger("pylatexenc").setLevel(logging.CRITICAL)

@@ -171,6 +171,11 @@ def _term_hit(ev: Evidence, term: Term, fields: Iterable[Field]) -> bool:
     return any(ev.spans(term, f) for f in fields)
 
 
+# How a comparison reads in a reason: "≥ 20 upvotes".
+_OPS = {">=": "≥ {}", "<=": "≤ {}", ">": "> {}", "<": "< {}", "=": "{}", "!=": "≠ {}"}
+EVERY_PAPER = Reason(rule=-1, field="every")  # why a subscriber without rules gets a paper
+
+
 def _eval(node: Node, ev: Evidence, fields: tuple[Field, ...], col: _Positive | None) -> bool:
     """Evaluate a query node; `col` (None under a negation) collects what hit."""
     if isinstance(node, Text):
@@ -182,7 +187,11 @@ def _eval(node: Node, ev: Evidence, fields: tuple[Field, ...], col: _Positive | 
             col.reasons.append(Reason(rule=col.index, term=shown, field=node.kind))
         return shown is not None
     if isinstance(node, Compare):
-        return node.holds(getattr(ev.paper, node.field))
+        holds = node.holds(getattr(ev.paper, node.field))
+        if holds and col is not None:
+            shown = _OPS[node.op].format(node.value)
+            col.reasons.append(Reason(rule=col.index, term=shown, field=node.field))
+        return holds
     if isinstance(node, Not):
         return not _eval(node.item, ev, fields, None)
     if isinstance(node, Or):
@@ -265,6 +274,8 @@ def rule_holds(rule: Rule, ev: Evidence, index: int = 0) -> RuleHit | None:
         names += _names_reasons(ev, "categories", rule.categories, index)
     if rule.sources:
         names += _names_reasons(ev, "sources", rule.sources, index)
+    if rule.min_upvotes is not None:
+        names.append(Reason(rule=index, term=f"≥ {rule.min_upvotes}", field="upvotes"))
     reasons = positive.reasons + names
     return RuleHit(reasons=tuple(reasons) or (Reason(rule=index),), spans=tuple(positive.spans))
 
@@ -311,7 +322,7 @@ def match_one(
             spans.extend(hit.spans)
             alert = alert or rule.alert
     if not subscriber.rules:
-        reasons.append(Reason(rule=-1))
+        reasons.append(EVERY_PAPER)
     if not reasons:
         return None
     if (subscriber.exclude or subscriber.exclude_query is not None) and excluded(subscriber, ev):

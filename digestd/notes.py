@@ -13,6 +13,7 @@ from datetime import datetime
 from markupsafe import escape
 
 from digestd.model import Rendered, Subscriber
+from digestd.periods import local_time
 from digestd.text import clean_header
 
 __all__ = ["SourceActivity", "empty_note"]
@@ -33,8 +34,8 @@ def empty_note(
 ) -> Rendered:
     """Subject, text and HTML of the note; `since` is when the period it covers began."""
     quiet = [a.name for a in activity if a.new == 0]
-    lines = [_line(a) for a in activity]
-    when = since.strftime("%Y-%m-%d %H:%M UTC")
+    lines = [_line(a, sub.timezone) for a in activity]
+    when = local_time(since, sub.timezone)  # every time shown is the reader's
     hello = f"Hello {clean_header(sub.name, limit=100)}, n" if sub.name else "N"
     intro = f"{hello}o new paper matched your rules since {when}."
     quiet_line = (
@@ -52,11 +53,11 @@ def empty_note(
     return Rendered(subject=subject, text=text, html=html)
 
 
-def _line(a: SourceActivity) -> str:
+def _line(a: SourceActivity, timezone: str) -> str:
     noun = "paper" if a.new == 1 else "papers"
     parts = [f"{a.name}: {a.new} new {noun}"]
     if a.last_new_at is not None and a.new == 0:
-        parts.append(f"last new paper {a.last_new_at.strftime('%Y-%m-%d %H:%M UTC')}")
+        parts.append(f"last new paper {local_time(a.last_new_at, timezone)}")
     if a.error:
         parts.append(f"failing: {clean_header(a.error, limit=160)}")
     return "; ".join(parts)

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
 
-__all__ = ["latest_slot", "next_slot", "period_key"]
+__all__ = ["date_label", "latest_slot", "local_time", "next_slot", "period_key"]
 
 # cronsim yields times strictly before/after its start; nudging by a microsecond makes a slot that
 # falls exactly on `now` count as already begun, and one exactly on `after` count as not yet.
@@ -37,3 +37,13 @@ def next_slot(schedule: str, timezone: str, after: datetime) -> datetime:
 def period_key(slot: datetime) -> str:
     """A stable text key for the period that starts at `slot` (minute resolution, UTC)."""
     return slot.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def local_time(at: datetime, timezone: str) -> str:
+    """`at` as the subscriber reads a time: their wall clock and zone, "2026-12-02 08:30 JST"."""
+    return at.astimezone(_zone(timezone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def date_label(at: datetime, timezone: str) -> str:
+    """The day `at` falls on for the subscriber, as a heading: "Wednesday 02 December 2026"."""
+    return at.astimezone(_zone(timezone)).strftime("%A %d %B %Y")

@@ -93,6 +93,7 @@ class _Shape:
     envs: Environments
     kind: str
     content: _Content
+    rest: _Content  # the papers beyond max_papers, listed by title
     more: int
     ctx: RenderContext  # the slot fields replaced by None or the A tokens
     has_name: bool
@@ -101,8 +102,8 @@ class _Shape:
 
     def __post_init__(self) -> None:
         # `_template`'s cache looks a shape up several times per message: hash its papers once.
-        key = (self.envs, self.kind, self.content, self.more, self.ctx, self.has_name, self.budget)
-        object.__setattr__(self, "_hash", hash(key))
+        key = (self.envs, self.kind, self.content, self.rest, self.more, self.ctx)
+        object.__setattr__(self, "_hash", hash((key, self.has_name, self.budget)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -147,7 +148,17 @@ def personal_template(
         )
 
     try:
-        layout = fit_sizes(size, len(digest.matches), budget) if budget is not None else Layout()
+        layout = (
+            fit_sizes(
+                size,
+                len(digest.matches),
+                budget,
+                cap=ctx.abstract_chars,
+                beyond=len(digest.rest),
+            )
+            if budget is not None
+            else Layout()
+        )
         template = _template(shape, layout)
         if template is None:
             raise _Unsubstitutable
@@ -222,6 +233,7 @@ def _shape(
         envs=envs,
         kind=digest.kind,
         content=_content(digest.matches),
+        rest=_content(digest.rest),
         more=digest.more,
         ctx=_tokened_ctx(ctx, values, _A),
         has_name=bool(values["name"]),
@@ -307,6 +319,7 @@ def _render(shape: _Shape, layout: Layout, tokens: _Tokens) -> tuple[str, str]:
         kind="alert" if shape.kind == "alert" else "digest",
         matches=tuple(_match(key) for key in shape.content.keys),
         more=shape.more,
+        rest=tuple(_match(key) for key in shape.rest.keys),
     )
     ctx = _tokened_ctx(shape.ctx, present, tokens)
     values, html = _trial(digest, shape.envs, ctx, layout)

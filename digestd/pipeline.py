@@ -17,6 +17,7 @@ from digestd.composer import Composed, MailJob, WebCopy, assemble, composer
 from digestd.delivery import DeliverReport
 from digestd.errors import SourceError
 from digestd.index import Matcher
+from digestd.latex import readable_paper
 from digestd.listmail import MailLinks, default_list_id, list_headers, mail_links
 from digestd.message import build_message
 from digestd.model import (
@@ -244,7 +245,8 @@ def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: dateti
     queued = 0
     suspended = deps.store.suspended()
     # Paper-major: each new paper is scanned once and reaches its subscribers through the index.
-    for sub, found in matcher_for(deps).match_all(new, alerts_only=True):
+    readable = [readable_paper(p) for p in new]
+    for sub, found in matcher_for(deps).match_all(readable, alerts_only=True):
         if key(sub) in suspended:
             continue
         if found:
@@ -303,7 +305,7 @@ def _compose_all(
         for start in range(0, len(todo), _COMPOSE_BATCH):
             chunk = todo[start : start + _COMPOSE_BATCH]
             keys = [key(sub) for sub, _, _ in chunk]
-            papers = deps.store.candidates_for(keys, since=since)
+            papers = _readable(deps.store.candidates_for(keys, since=since))
             with deps.store.batch(sync=False):  # new ids are redone if lost, like composing
                 ids = deps.store.subscriber_ids(keys) if deps.options.public_url else {}
             known = _Known(ids=ids, suppressed=deps.store.suppressed_among(keys))
@@ -312,6 +314,21 @@ def _compose_all(
             totals = _add(totals, _write(deps, pending, now=now))
             pending = (batch, collect)
         return _add(totals, _write(deps, pending, now=now))
+
+
+def _readable(papers: dict[str, list[Paper]]) -> dict[str, list[Paper]]:
+    """Each subscriber's candidates with their LaTeX as text (`latex`), as rules should match
+    and readers read them. The store shares one object per paper between subscribers: each is
+    converted once."""
+    seen: dict[int, Paper] = {}
+
+    def one(paper: Paper) -> Paper:
+        found = seen.get(id(paper))
+        if found is None:
+            found = seen[id(paper)] = readable_paper(paper)
+        return found
+
+    return {k: [one(p) for p in found] for k, found in papers.items()}
 
 
 def _add(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -504,8 +521,8 @@ def _enqueue_note(
 
 
 def digest_for(sub: Subscriber, kind: Kind, found: Sequence[Match]) -> Digest:
-    shown = tuple(found[: sub.max_papers])
-    return Digest(subscriber=sub, kind=kind, matches=shown, more=len(found) - len(shown))
+    shown, rest = tuple(found[: sub.max_papers]), tuple(found[sub.max_papers :])
+    return Digest(subscriber=sub, kind=kind, matches=shown, more=len(rest), rest=rest)
 
 
 def _job(
@@ -590,7 +607,8 @@ def render_context(
     links = links or MailLinks()
     return RenderContext(
         site_name=deps.options.site_name,
-        date_label=now.strftime("%A %d %B %Y"),
+        # The reader's day: 23:00 UTC on Tuesday is Wednesday morning in Tokyo.
+        date_label=periods.date_label(now, sub.timezone if sub is not None else "UTC"),
         unsubscribe_url=links.visible_unsubscribe,
         manage_note=(
             f"You receive this because an administrator of {deps.options.site_name} subscribed "
@@ -599,6 +617,7 @@ def render_context(
         web_url=links.view_url,
         web_copy=web_copy,
         max_papers=sub.max_papers if sub is not None else None,
+        abstract_chars=sub.abstract_chars if sub is not None else None,
     )
 
 
@@ -630,7 +649,7 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
     if sub is None:
         return None
     papers = deps.store.candidates(key(sub), since=now - deps.options.lookback)
-    found = matcher_for(deps).match(papers, sub)
+    found = matcher_for(deps).match([readable_paper(p) for p in papers], sub)
     digest = digest_for(sub, "digest", found)
     links = replace(_links(deps, sub, "<preview@localhost>"), view_url=None)  # no copy is stored
     ctx = render_context(deps, now=now, links=links, sub=sub)

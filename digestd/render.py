@@ -11,7 +11,7 @@ import functools
 import re
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -81,16 +81,19 @@ class RenderContext:
     web_url: str | None = None
     web_copy: bool = False  # rendering the page the web_url serves, not the mail
     max_papers: int | None = None  # the subscriber's cap, to explain `more`
+    abstract_chars: int | None = None  # the subscriber's choice (0: titles only); None: no cap
 
 
 @dataclass(frozen=True, slots=True)
 class Layout:
     """How much of each paper fits: the first `full` papers with abstracts cut at `abstract_chars`,
-    the next `listed` by title only, the rest left out (the mail says so). None: all of them."""
+    the next `listed` by title only, the rest left out (the mail says so); of the papers beyond
+    `max_papers` (`Digest.rest`), the first `beyond` titles. None: all of them."""
 
     abstract_chars: int = HTML_ABSTRACT_CHARS
     full: int | None = None
     listed: int | None = None
+    beyond: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class PaperView:
     abstract_html: Markup
     abstract_text: str
     why: str
+    abstract_cut: bool = False  # the abstract ends in "…": the HTML links to the whole one
 
 
 def templates_dir() -> Path:
@@ -205,22 +209,45 @@ def fit(
             cache[layout] = _trial(digest, envs, ctx, layout)
         return len(cache[layout][1].encode("utf-8"))
 
-    return fit_sizes(size, len(digest.matches), budget)
+    return fit_sizes(
+        size, len(digest.matches), budget, cap=ctx.abstract_chars, beyond=len(digest.rest)
+    )
 
 
-def fit_sizes(size: Callable[[Layout], int], n: int, budget: int) -> Layout:
-    """`fit` over any measure of a layout's HTML bytes (`personal` measures cached templates)."""
-    for layout in (Layout(), *(Layout(abstract_chars=chars) for chars in ABSTRACT_STEPS)):
+def fit_sizes(
+    size: Callable[[Layout], int],
+    n: int,
+    budget: int,
+    *,
+    cap: int | None = None,
+    beyond: int = 0,
+) -> Layout:
+    """`fit` over any measure of a layout's HTML bytes (`personal` measures cached templates).
+
+    `cap`: the subscriber's `abstract_chars`; shorter steps only are tried (longer ones are the
+    same mail). `beyond`: titles over `max_papers`, the first thing to give way (the web copy
+    holds them all).
+    """
+    if size(Layout()) <= budget:
+        return Layout()
+    if beyond:
+        some = _largest(lambda k: size(Layout(beyond=k)) <= budget, beyond)
+        if some is not None:
+            return Layout(beyond=some)
+    none = 0 if beyond else None  # the same layouts as without any when there are none
+    steps = (chars for chars in ABSTRACT_STEPS if cap is None or chars < cap)
+    for layout in (Layout(abstract_chars=chars, beyond=none) for chars in steps):
         if size(layout) <= budget:
             return layout
-    full = _largest(lambda k: size(Layout(abstract_chars=0, full=k)) <= budget, n)
+    zero = Layout(abstract_chars=0, beyond=none)
+    full = _largest(lambda k: size(replace(zero, full=k)) <= budget, n)
     if full is not None:
-        return Layout(abstract_chars=0, full=full)
+        return replace(zero, full=full)
     # Not even every title fits: the top papers stay whole, then as many titles as fit.
     whole = min(n, KEEP_WHOLE)
-    top = _largest(lambda k: size(Layout(abstract_chars=0, full=k, listed=0)) <= budget, whole) or 0
-    listed = _largest(lambda k: size(Layout(abstract_chars=0, full=top, listed=k)) <= budget, n)
-    return Layout(abstract_chars=0, full=top, listed=listed or 0)
+    top = _largest(lambda k: size(replace(zero, full=k, listed=0)) <= budget, whole) or 0
+    listed = _largest(lambda k: size(replace(zero, full=top, listed=k)) <= budget, n)
+    return replace(zero, full=top, listed=listed or 0)
 
 
 def _largest(fits: Callable[[int], bool], n: int) -> int | None:
@@ -242,10 +269,10 @@ def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, obj
     n_full = len(matches) if layout.full is None else min(layout.full, len(matches))
     rest = matches[n_full:]
     n_listed = len(rest) if layout.listed is None else min(layout.listed, len(rest))
-    papers = [
-        _cached_view(i, m, layout.abstract_chars) for i, m in enumerate(matches[:n_full], start=1)
-    ]
+    chars = _abstract_chars(layout, ctx)
+    papers = [_cached_view(i, m, chars) for i, m in enumerate(matches[:n_full], start=1)]
     listed = [listed_view(i, m) for i, m in enumerate(rest[:n_listed], start=n_full + 1)]
+    beyond = digest.rest if layout.beyond is None else digest.rest[: layout.beyond]
     top = papers[0].title if papers else (listed[0].title if listed else "")
     return {
         "kind": digest.kind,
@@ -253,17 +280,34 @@ def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, obj
         "papers": papers,
         "listed": listed,
         "left_out": len(rest) - n_listed,
-        "shortened": layout.abstract_chars < HTML_ABSTRACT_CHARS
-        and any(len(m.paper.abstract) > layout.abstract_chars for m in matches[:n_full]),
+        # Shortened to fit, beyond what the reader chose: the mail says so.
+        "shortened": chars < _abstract_chars(Layout(), ctx)
+        and any(len(m.paper.abstract) > chars for m in matches[:n_full]),
         "more": digest.more,
+        "beyond": [listed_view(i, m) for i, m in enumerate(beyond, start=len(matches) + 1)],
+        "beyond_left": digest.more - len(beyond),
         "total": len(matches) + digest.more,
         "max_papers": ctx.max_papers,
+        "every_paper": _every_paper(matches),
         "subscriber_name": clean_header(digest.subscriber.name or "", limit=100),
         "preheader": top or f"No new papers from {ctx.site_name}",
         "unsubscribe_url": safe_link(ctx.unsubscribe_url),
         "web_url": safe_url(ctx.web_url),
         "web_copy": ctx.web_copy,
     }
+
+
+def _abstract_chars(layout: Layout, ctx: RenderContext) -> int:
+    """The abstract length shown: the layout's, within the subscriber's `abstract_chars`."""
+    cap = ctx.abstract_chars
+    return layout.abstract_chars if cap is None else min(layout.abstract_chars, cap)
+
+
+def _every_paper(matches: Sequence[Match]) -> bool:
+    """A subscriber without rules: every paper came for that one reason (`match.EVERY_PAPER`)."""
+    return bool(matches) and all(
+        m.reasons and all(r.field == "every" for r in m.reasons) for m in matches
+    )
 
 
 # Thousands of subscribers get the same papers in one run: a paper's view (escaping, highlighting,
@@ -331,6 +375,7 @@ def paper_view(number: int, m: Match, *, abstract_chars: int = HTML_ABSTRACT_CHA
         abstract_html=abstract_html,
         abstract_text=abstract_text if text_chars else "",
         why=why(m.reasons),
+        abstract_cut=0 < abstract_chars < len(p.abstract),
     )
 
 
@@ -417,7 +462,9 @@ def links(github: str | None, project: str | None) -> tuple[Link, ...]:
 
 
 def why(reasons: Sequence[Reason]) -> str:
-    """'“kv cache” in title; author “Jane Doe”; rule 2', each reason once, in order."""
+    """'“kv cache” in title; author “Jane Doe”; ≥ 20 upvotes', each reason once, in order.
+
+    Always words: a reader does not know their rules by number."""
     parts: list[str] = []
     for r in reasons:
         part = _reason(r)
@@ -436,6 +483,10 @@ _NAMED = {
 
 def _reason(r: Reason) -> str:
     term = clean_header(r.term, limit=80) if r.term else None
+    if r.field == "every":
+        return "new today, most upvoted first"
+    if r.field in ("upvotes", "comments") and term:
+        return f"{term} {r.field}"
     if r.field in _NAMED:
         label = _NAMED[r.field]
         return f"{label} “{term}”" if term else label
@@ -443,7 +494,8 @@ def _reason(r: Reason) -> str:
         return f"“{term}” in {r.field}"
     if term:
         return f"“{term}”"
-    return f"rule {r.rule + 1}"
+    # A rule that names nothing it looks for (only `none:` terms): it let the paper through.
+    return f"nothing your rule {r.rule + 1} excludes"
 
 
 def shorten(text: str, limit: int) -> str:

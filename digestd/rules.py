@@ -35,6 +35,7 @@ from digestd.yamlpos import Marks, dotted, gc_paused, load_yaml, problems_from_v
 __all__ = ["load_subscribers", "summarize", "validate_email"]
 
 _DEFAULTS = Subscriber(email="")
+_ABSTRACT_CHARS_MAX = 5000  # more than any abstract: 5000 means whole
 # A fixed start: validating a cron expression must not read the clock.
 _CRON_START = datetime(2000, 1, 1)
 _LOCAL = re.compile(r"[^\s@,<>()\[\];:\\\"]+")
@@ -158,6 +159,7 @@ _Fields = Annotated[list[Literal["title", "abstract"]], Field(min_length=1)]
 _Cron = Annotated[str, AfterValidator(_check_cron)]
 _Zone = Annotated[str, AfterValidator(_check_timezone)]
 _MaxPapers = Annotated[int, Field(ge=1, le=1000)]
+_AbstractChars = Annotated[int, Field(ge=0, le=_ABSTRACT_CHARS_MAX)]
 _RULE_KEYS = (
     "any",
     "all",
@@ -256,6 +258,7 @@ class _Defaults(_RuleKeys):
     schedule: _Cron = _DEFAULTS.schedule
     timezone: _Zone = _DEFAULTS.timezone
     max_papers: _MaxPapers = _DEFAULTS.max_papers
+    abstract_chars: _AbstractChars = _DEFAULTS.abstract_chars
 
 
 class _Subscriber(_RuleKeys):
@@ -264,6 +267,7 @@ class _Subscriber(_RuleKeys):
     schedule: _Cron | None = None
     timezone: _Zone | None = None
     max_papers: _MaxPapers | None = None
+    abstract_chars: _AbstractChars | None = None
     send_empty: bool = False
 
 
@@ -373,6 +377,9 @@ def _subscriber(
         timezone=raw.timezone or defaults.timezone,
         schedule=raw.schedule or defaults.schedule,
         max_papers=raw.max_papers or defaults.max_papers,
+        abstract_chars=defaults.abstract_chars
+        if raw.abstract_chars is None
+        else raw.abstract_chars,
         rules=rules,
         exclude=_terms(exclude.terms) if exclude else (),
         exclude_query=_query(exclude.query) if exclude and exclude.query else None,
@@ -497,6 +504,9 @@ def _fast_subscriber(
         max_papers=_count(raw["max_papers"], 1, 1000)
         if "max_papers" in raw
         else defaults.max_papers,
+        abstract_chars=_count(raw["abstract_chars"], 0, _ABSTRACT_CHARS_MAX)
+        if "abstract_chars" in raw
+        else defaults.abstract_chars,
         rules=rules,
         exclude=terms,
         exclude_query=query,

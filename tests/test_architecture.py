@@ -34,6 +34,7 @@ PURE = [
     "merge.py",
     "notes.py",
     "personal.py",
+    "latex.py",
 ]
 BANNED_IMPORTS = {
     "asyncio",

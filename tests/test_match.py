@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from digestd.match import PaperTokens, match, rule_holds
+from digestd.match import EVERY_PAPER, PaperTokens, match, rule_holds
 from digestd.model import Field, Paper, Reason, Rule, Subscriber
 from digestd.text import fold_words, make_term
 
@@ -125,7 +125,7 @@ def test_reasons_name_rule_term_and_field() -> None:
         Reason(rule=1, term="hardware", field="abstract"),
         Reason(rule=2, term="accelerator", field="title"),
         Reason(rule=2, term="Mei Tanaka", field="authors"),
-        Reason(rule=3),
+        Reason(rule=3, term="≥ 5", field="upvotes"),  # issue 13: words, not "rule 4"
     )
     assert m.alert is False
 
@@ -167,7 +167,7 @@ def test_subscriber_without_rules_gets_every_paper() -> None:
     papers = [paper("a", id="1"), paper("b", id="2")]
     found = match(papers, Subscriber(email="a@example.org"))
     assert [m.paper.id for m in found] == ["1", "2"]
-    assert all(m.reasons == (Reason(rule=-1),) and not m.alert for m in found)
+    assert all(m.reasons == (EVERY_PAPER,) and not m.alert for m in found)
     assert match(papers, Subscriber(email="a@example.org"), alerts_only=True) == []
 
 

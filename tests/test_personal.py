@@ -189,3 +189,25 @@ def test_digests_sharing_match_objects_share_one_hashed_content(
     for n in range(3):  # and the bytes are still those of a full render
         d = digest_for("Ann", matches[n:])
         assert render_personal(d, envs, ctx_for(n)) == render_digest(d, envs, ctx_for(n))
+
+
+@pytest.mark.parametrize("abstract_chars", [None, 0, 120, 300])
+@pytest.mark.parametrize("budget", [None, 90_000, 20_000])
+def test_i13_reader_values_stay_byte_identical(
+    envs: Environments, matches: tuple[Match, ...], abstract_chars: int | None, budget: int | None
+) -> None:
+    """The subscriber's abstract_chars, their day and the papers beyond max_papers are part of the
+    shape: the fast path still gives the full render's bytes, and no shape serves another's."""
+    shown, rest = matches[:4], matches[4:]
+    d = Digest(
+        subscriber=Subscriber(email="reader@example.org", name="Ann"),
+        kind="digest",
+        matches=shown,
+        more=len(rest),
+        rest=rest,
+    )
+    for n, label in enumerate(["Wednesday 02 December 2026", "Tuesday 01 December 2026"]):
+        ctx = ctx_for(n, abstract_chars=abstract_chars, date_label=label, max_papers=4)
+        fast = render_personal(d, envs, ctx, budget=budget)
+        assert fast == render_digest(d, envs, ctx, budget=budget)
+        assert label in fast.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -163,7 +164,8 @@ def test_text_part_is_a_reading_version(envs: Environments) -> None:
     assert "Hello Ann, 7 new papers matched your rules." in lines
     assert "1. Sparse Attention for Long Context" in lines
     assert "2. Second Paper" in lines
-    assert "5 more papers matched beyond your limit and are not included." in lines
+    assert "5 more papers matched beyond your limit." in lines
+    assert "They are not listed here; they will not be sent again." in lines
     assert all(len(line) <= 72 for line in lines if "http" not in line)
     first_abstract = r.text.split("1. ", 1)[1].split("PDF:", 1)[0]
     assert "…" in first_abstract
@@ -197,7 +199,24 @@ def test_reasons_read_naturally(envs: Environments) -> None:
         Reason(2),
     )
     r = render_digest(digest(Match(paper(), reasons=reasons)), envs, CTX)
-    assert "Why it matched: “kv cache” in abstract; author “Jane Doe”; rule 3" in r.text
+    words = " ".join(r.text.split())
+    assert (
+        "Why it matched: “kv cache” in abstract; author “Jane Doe”; nothing your rule 3 excludes"
+        in words
+    )
+
+
+def test_i13_reasons_in_words(envs: Environments) -> None:
+    every = Reason(-1, field="every")
+    upvoted = (Reason(0, "≥ 20", "upvotes"), Reason(1, "< 3", "comments"))
+    r = render_digest(digest(Match(paper(), reasons=(every,))), envs, CTX)
+    assert "Why it matched: new today, most upvoted first" in r.text
+    assert "1 new paper, most upvoted first." in r.text and "matched your rules" not in r.html
+    r = render_digest(digest(Match(paper(), reasons=upvoted)), envs, CTX)
+    assert "Why it matched: ≥ 20 upvotes; < 3 comments" in " ".join(r.text.split())
+    assert "matched your rules" in r.text
+    for part in (r.text, r.html):
+        assert not re.search(r"\brule \d", part)
 
 
 def test_reasons_of_the_richer_rules_read_naturally(envs: Environments) -> None:
@@ -257,3 +276,29 @@ def test_broken_template_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         check_templates(make_environments(tmp_path))
     assert info.value.problems[0].line == 2
+
+
+def test_i13_papers_beyond_max_papers_are_listed_then_linked(envs: Environments) -> None:
+    shown = tuple(Match(paper(id=f"2611.{i:05d}")) for i in range(3))
+    rest = tuple(Match(paper(id=f"2612.{i:05d}", title=f"Extra {i} " * 12)) for i in range(60))
+    d = Digest(subscriber=SUB, kind="digest", matches=shown, more=len(rest), rest=rest)
+    ctx = replace(CTX, web_url="https://digest.example.org/view/v1", max_papers=3)
+    whole = render_digest(d, envs, ctx, budget=None)
+    assert all(f'href="https://huggingface.co/papers/{m.paper.id}"' in whole.html for m in rest)
+    assert "60 more papers matched beyond your limit of 3 per email" in whole.html
+    assert "And " not in whole.html and "They are" not in whole.html
+    # A budget too small for every title: the first ones stay, the rest are one link away.
+    small = len(whole.html.encode()) - 3000
+    cut = render_digest(d, envs, ctx, budget=small)
+    assert len(cut.html.encode()) <= small
+    listed = [m for m in rest if f"papers/{m.paper.id}" in cut.html]
+    assert 0 < len(listed) < len(rest) and listed == list(rest[: len(listed)])
+    left = len(rest) - len(listed)
+    assert re.search(
+        rf'And {left} more <a href="https://digest.example.org/view/v1"[^>]*>on the web copy',
+        cut.html,
+    )
+    assert f"And {left} more on the web copy of this email: https://digest" in " ".join(
+        cut.text.split()
+    )
+    assert "shortened" not in cut.html  # the abstracts of the papers shown stay as they were

@@ -129,8 +129,8 @@ def test_not_a_mapping() -> None:
 def test_unknown_key_points_at_the_key() -> None:
     text = "subscribers:\n  - email: a@example.org\n    timezon: UTC\n"
     assert problems(text) == [
-        "subs.yaml:3:5: subscribers[0].timezon: unknown key 'timezon'; allowed: email, exclude,"
-        " max_papers, name, rules, schedule, send_empty, timezone, use"
+        "subs.yaml:3:5: subscribers[0].timezon: unknown key 'timezon'; allowed: abstract_chars,"
+        " email, exclude, max_papers, name, rules, schedule, send_empty, timezone, use"
     ]
 
 
@@ -311,3 +311,16 @@ def test_twenty_thousand_subscribers_load() -> None:
     sset = load_subscribers(text, file="big.yaml")
     assert len(sset.subscribers) == 20_000
     assert sset.subscribers[-1].rules[0].any[1] == Term("topic 19999", ("topic", "19999"))
+
+
+def test_i13_abstract_chars_per_subscriber_and_default() -> None:
+    text = (
+        "defaults:\n  abstract_chars: 200\nsubscribers:\n  - email: a@example.org\n"
+        "  - email: b@example.org\n    abstract_chars: 0\n"
+    )
+    a, b = load_subscribers(text, file="subs.yaml").subscribers
+    assert (a.abstract_chars, b.abstract_chars) == (200, 0)
+    (c,) = load_subscribers("subscribers:\n  - email: c@example.org\n", file="s").subscribers
+    assert 0 < c.abstract_chars <= 400  # a few lines by default, not the whole abstract
+    bad = "subscribers:\n  - email: a@example.org\n    abstract_chars: -1\n"
+    assert problems(bad)[0].startswith("subs.yaml:3:21: subscribers[0].abstract_chars:")

@@ -13,6 +13,7 @@ import pytest
 
 from digestd.model import Digest, Match, Paper, Reason, Subscriber
 from digestd.render import RenderContext, make_environments, render_digest
+from digestd.sources.hf_json import parse_hf_daily
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -61,9 +62,56 @@ def hostile_digest() -> str:
         max_papers=40,
     )
     sub = Subscriber(email="ann@example.org", name="Ann " + "N" * 80, max_papers=40)
+    rest = tuple(matches[:12])  # the papers beyond max_papers, listed by their hostile titles
     return render_digest(
-        Digest(sub, "digest", tuple(matches), more=12), make_environments(), ctx
+        Digest(sub, "digest", tuple(matches), more=12, rest=rest), make_environments(), ctx
     ).html
+
+
+def seed_digest(abstract_chars: int | None) -> str:
+    """13 real papers of the seed listing, as a subscriber without rules gets them."""
+    data = (ROOT / "tests" / "fixtures" / "hf_daily_papers_seed.json").read_bytes()
+    papers = parse_hf_daily(data).papers[:13]
+    matches = tuple(Match(p, reasons=(Reason(-1, field="every"),)) for p in papers)
+    ctx = RenderContext(
+        site_name="Paper Digest",
+        date_label="Wednesday 02 December 2026",
+        unsubscribe_url="https://digest.example.org/unsubscribe/" + "T" * 32,
+        manage_note="You receive this because an administrator subscribed you.",
+        abstract_chars=abstract_chars,
+    )
+    sub = Subscriber(email="ann@example.org")
+    return render_digest(Digest(sub, "digest", matches), make_environments(), ctx).html
+
+
+@pytest.mark.timeout(120)
+def test_i13_a_13_paper_digest_is_short_enough_to_read(tmp_path: Path) -> None:
+    """Nearly whole abstracts made 13 papers 9,214 px tall on a desktop, 10,963 px on a phone;
+    the default abstract_chars keeps them to a few lines each."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    default = Subscriber(email="x@example.org").abstract_chars
+    heights: dict[tuple[str, int], int] = {}
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            for label, chars in (("before", None), ("after", default)):
+                page_file = tmp_path / f"seed-{label}.html"
+                page_file.write_text(seed_digest(chars), encoding="utf-8")
+                for width in (375, 800):
+                    page = browser.new_page(viewport={"width": width, "height": 900})
+                    page.goto(page_file.as_uri())
+                    heights[label, width] = page.evaluate("document.documentElement.scrollHeight")
+                    page.screenshot(
+                        path=str(ARTIFACTS / f"seed13-{label}-{width}.png"), full_page=True
+                    )
+                    page.close()
+        finally:
+            browser.close()
+    print(heights)
+    for width in (375, 800):
+        assert heights["after", width] < 0.6 * heights["before", width], heights
+    assert heights["after", 800] < 6000 and heights["after", 375] < 8000, heights
 
 
 @pytest.mark.timeout(120)

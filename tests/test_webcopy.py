@@ -11,6 +11,7 @@ import pytest
 from smtpserver import SMTPTestServer
 
 from digestd import pipeline
+from digestd.latex import readable_paper
 from digestd.pipeline import Deps, Options
 from digestd.render import make_environments, render_digest
 from digestd.rules import load_subscribers
@@ -45,9 +46,8 @@ def full_page(deps: Deps, email: str) -> str:
     message_id = pipeline.make_message_id(deps, email, "digest", f"once-{NOW.isoformat()}")
     links = pipeline._links(deps, sub, message_id)
     ctx = pipeline.render_context(deps, now=NOW, links=links, sub=sub, web_copy=True)
-    found = pipeline.matcher_for(deps).match(
-        deps.store.candidates(email, since=NOW - deps.options.lookback), sub
-    )
+    papers = deps.store.candidates(email, since=NOW - deps.options.lookback)
+    found = pipeline.matcher_for(deps).match([readable_paper(p) for p in papers], sub)
     digest = pipeline.digest_for(sub, "digest", found)
     return render_digest(digest, deps.envs, ctx, budget=None).html
 
