@@ -318,10 +318,19 @@ class Daemon:
     # -- reload ---------------------------------------------------------------------------
 
     async def _reloader(self) -> None:
+        """Serves every SIGHUP and file change: a reload that fails, however, leaves it running."""
         while True:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception as exc:  # a bug must not end reloading for the life of the process
+                log.error(
+                    "reload failed error=%s: %s; the next SIGHUP or file change is still honoured",
+                    type(exc).__name__, str(exc)[:200],
+                )  # fmt: skip
+                log.debug("reload failure", exc_info=True)
+                self.notifier.ready(self._status())
 
     async def _watch_config(self, first: Config) -> None:
         """Reload when either YAML file changes (mtime or size), checked every config_check_every."""

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from digestd.errors import ConfigError, ConfigProblem
 from digestd.rules import validate_email
-from digestd.yamlpos import load_yaml, problems_from_validation
+from digestd.yamlpos import decode, load_yaml, problems_from_validation
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -37,6 +37,7 @@ __all__ = [
     "load_settings",
     "format_duration",
     "parse_duration",
+    "read_config_text",
 ]
 
 DEFAULT_CONFIG = Path("/etc/digestd/digestd.yaml")
@@ -332,17 +333,26 @@ def _credential(name: str) -> Path | None:
     return path if path and path.is_file() else None
 
 
+def read_config_text(path: Path) -> str:
+    """An admin file's text.
+
+    :raises ConfigError: when it cannot be read, or at the first byte that is not UTF-8.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problem = ConfigProblem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")
+        raise ConfigError([problem]) from exc
+    return decode(data, file=str(path))
+
+
 def load_settings(path: Path) -> Settings:
     """Read and validate the settings file; relative paths in it are made relative to its folder.
 
     :raises ConfigError: with every problem as FILE:LINE:COLUMN: field: message.
     """
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(file, 1, 1, "", f"cannot read: {exc.strerror}")]) from exc
-    data, marks = load_yaml(text, file=file)
+    data, marks = load_yaml(read_config_text(path), file=file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
