@@ -272,7 +272,13 @@ class Daemon:
             running=lambda: bool(self.scheduler.running) and not self._stopping,
         )
         routes = health.routes(probe, self.metrics)
-        self.web = WebServer(listen, app.web_routes(self.deps, clock=utcnow, health=routes))
+        http = self.config.settings.http
+        self.web = WebServer(
+            listen,
+            app.web_routes(self.deps, clock=utcnow, health=routes),
+            request_timeout=http.request_timeout.total_seconds(),
+            max_connections=http.max_connections,
+        )
         try:
             await self.web.start()
         except OSError as exc:

@@ -205,12 +205,22 @@ class DeliverySettings(_Section):
         return parseaddr(self.sender)[1]
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be more than 0s")
+    return value
+
+
 class HttpSettings(_Section):
     listen: str | None = None  # e.g. 127.0.0.1:8025; unset: no HTTP listener
     public_url: str | None = None  # e.g. https://digest.example.org: base of links in the mail
     secret: SecretStr | None = None  # signs unsubscribe links; DIGESTD_HTTP__SECRET
     secret_file: Path | None = None  # or a file (systemd: LoadCredential=http_secret)
     view_days: int = Field(30, ge=0, description="days a web copy stays online; 0: none")
+    # A client must send each whole request within this time (slow headers are cut off), and the
+    # listener keeps at most this many connections (never more than a quarter of the file limit).
+    request_timeout: Annotated[Duration, AfterValidator(_positive)] = timedelta(seconds=10)
+    max_connections: int = Field(100, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> HttpSettings:
