@@ -34,7 +34,7 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
     b"content-length: 5\r\nconnection: close\r\n\r\nbusy\n"
 )
-# A request head longer than this is refused (h11 answers 431-like errors with a 400).
+# A request head longer than this gets a 400 (h11's default, stated so that it stays the bound).
 _MAX_HEAD = 16 * 1024
 
 

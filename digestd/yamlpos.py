@@ -279,7 +279,7 @@ class _Builder:
         # Quoted scalars without a tag are most of a subscribers file: take them directly.
         value = event.value if event.tag is None and not event.implicit[0] else self._scalar(event)
         if event.anchor:
-            self._anchors[event.anchor] = value
+            self._anchor(event.anchor, value)
         self._add(value, event.start_mark)
 
     def _on_mapping(self, event: Any) -> None:
@@ -304,8 +304,12 @@ class _Builder:
             for key, item in merged.items():
                 value.setdefault(key, item)  # type: ignore[union-attr]
         if frame.anchor:
-            self._anchors[frame.anchor] = value
+            self._anchor(frame.anchor, value)
         self._add(value, frame.mark)
+
+    def _anchor(self, name: str, value: Any) -> None:
+        self._anchors[name] = value
+        self._sizes.pop(name, None)  # a name may be anchored again, to something else
 
     def _on_alias(self, event: Any) -> None:
         if event.anchor not in self._anchors:

@@ -193,3 +193,15 @@ async def until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+def test_item10_an_anchor_named_again_is_counted_again() -> None:
+    """Anchoring a small value, aliasing it, then reusing the name for a big one must not let the
+    big one through at the small one's size."""
+    text = "a: &x 1\nb: *x\n"
+    text += "y: &y [" + ",".join(["1"] * 300) + "]\n"  # written out: 301 values
+    text += "x: &x [" + ",".join(["*y"] * 300) + "]\n"  # 90,301 values: within the bound
+    text += "c: [" + ",".join(["*x"] * 10) + "]\n"  # ten times that: not
+    with pytest.raises(ConfigError) as info:
+        load_yaml(text, file="f.yaml")
+    assert "expands the document" in problems(info)[0]
