@@ -213,6 +213,33 @@ def test_item2_a_flood_of_one_message_is_rate_limited() -> None:
     assert limit.filter(other)
 
 
+async def test_item2_failed_accepts_flood_the_log_no_more(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """asyncio's own report of accept() at the file limit, through the daemon's logging setup."""
+    setup_logging("info")
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(10_000):
+            loop.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(24, "Too many open files"),
+                }
+            )
+    finally:
+        forget_logging()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 5 and "exc='[Errno 24] Too many open files'" in lines[0], lines
+
+
+def forget_logging() -> None:
+    logging.getLogger().handlers.clear()
+    for name in ("asyncio", "uvicorn.error", "digestd.web"):
+        logger = logging.getLogger(name)
+        logger.filters[:] = [f for f in logger.filters if not isinstance(f, RateLimit)]
+
+
 def test_item2_task_group_errors_are_logged_with_the_real_cause(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -223,10 +250,7 @@ def test_item2_task_group_errors_are_logged_with_the_real_cause(
         except ExceptionGroup:
             logging.getLogger("digestd.daemon").exception("job failed job=_poll")
     finally:
-        logging.getLogger().handlers.clear()
-        for name in ("asyncio", "uvicorn.error", "digestd.web"):
-            logger = logging.getLogger(name)
-            logger.filters[:] = [f for f in logger.filters if not isinstance(f, RateLimit)]
+        forget_logging()
     line = capsys.readouterr().err
     assert "exc_type=OSError exc='unable to open db'" in line, line
     assert "sub-exception" not in line
