@@ -246,7 +246,9 @@ class Daemon:
             self._spawn(self._watchdog(every), "watchdog")
 
     def _spawn(self, body: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(body, name=name))
+        task = asyncio.create_task(body, name=name)
+        task.add_done_callback(_report_end)
+        self._tasks.append(task)
 
     async def _watchdog(self, every: float) -> None:
         """Ping from the loop itself, after a store query: a stalled loop or a dead store stops
@@ -394,6 +396,12 @@ class Daemon:
             len(changes.changed), changes.expired, added, removed,
             int(poll_every.total_seconds()),
         )  # fmt: skip
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """A background task only ends at shutdown (cancelled); any other end is said, not silent."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s stopped", task.get_name(), exc_info=exc)
 
 
 def run_daemon(

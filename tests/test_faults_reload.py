@@ -205,3 +205,25 @@ def test_item10_an_anchor_named_again_is_counted_again() -> None:
     with pytest.raises(ConfigError) as info:
         load_yaml(text, file="f.yaml")
     assert "expands the document" in problems(info)[0]
+
+
+async def test_item10_a_background_task_never_ends_silently(
+    tmp_path: Path,
+    http_server: LocalHTTPServer,
+    smtp_server: SMTPTestServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = write_config(tmp_path, source=http_server.url, smtp_port=smtp_server.port)
+    config = load_config(path)
+    deps = app.open_deps(config.settings, now=utcnow(), subscribers=config.subscribers)
+    daemon = Daemon(deps, poll_every=timedelta(minutes=30), config=config)
+
+    async def broken() -> None:
+        raise MemoryError("out of memory")
+
+    try:
+        daemon._spawn(broken(), "config-watch")
+        await until(lambda: "background task config-watch stopped" in caplog.text)
+        assert "MemoryError" in caplog.text
+    finally:
+        await app.close(deps)
