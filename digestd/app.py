@@ -10,7 +10,6 @@ from starlette.routing import BaseRoute
 
 from digestd import unsubscribe
 from digestd.deliverability import load_signer
-from digestd.errors import ConfigError, ConfigProblem
 from digestd.index import Matcher
 from digestd.listmail import normalise_list_id
 from digestd.model import SubscriberSet
@@ -18,7 +17,7 @@ from digestd.pipeline import Deps, Options
 from digestd.pipeline import register as register_subscribers
 from digestd.render import make_environments
 from digestd.rules import load_subscribers
-from digestd.settings import Settings, SourceSettings
+from digestd.settings import Settings, SourceSettings, read_config_text
 from digestd.sources import FileSource, HuggingFaceSource, Source, make_client
 from digestd.sources.arxiv import ArxivApiSource, category_query
 from digestd.sources.arxiv_rss import ArxivRssSource
@@ -45,11 +44,7 @@ __all__ = [
 
 def load_subscriber_file(path: Path) -> SubscriberSet:
     """:raises ConfigError: when the file is unreadable or invalid, with every problem positioned."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = ConfigProblem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")
-        raise ConfigError([problem]) from exc
+    text = read_config_text(path)
     # The set lives as long as the process: the collector need not rescan its millions of objects
     # (for 100,000 subscribers one full collection costs seconds, and matching triggers many).
     with gc_paused(freeze=True):

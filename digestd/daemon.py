@@ -358,7 +358,9 @@ class Daemon:
             self._spawn(self._watchdog(every), "watchdog")
 
     def _spawn(self, body: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(body, name=name))
+        task = asyncio.create_task(body, name=name)
+        task.add_done_callback(_report_end)
+        self._tasks.append(task)
 
     async def _watchdog(self, every: float) -> None:
         """Ping from the loop itself, after a store query, while jobs make progress: a stalled
@@ -407,7 +409,13 @@ class Daemon:
             running=lambda: bool(self.scheduler.running) and not self._stopping,
         )
         routes = health.routes(probe, self.metrics)
-        self.web = WebServer(listen, app.web_routes(self.deps, clock=utcnow, health=routes))
+        http = self.config.settings.http
+        self.web = WebServer(
+            listen,
+            app.web_routes(self.deps, clock=utcnow, health=routes),
+            request_timeout=http.request_timeout.total_seconds(),
+            max_connections=http.max_connections,
+        )
         try:
             await self.web.start()
         except OSError as exc:
@@ -457,10 +465,19 @@ class Daemon:
     # -- reload ---------------------------------------------------------------------------
 
     async def _reloader(self) -> None:
+        """Serves every SIGHUP and file change: a reload that fails, however, leaves it running."""
         while True:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception as exc:  # a bug must not end reloading for the life of the process
+                log.error(
+                    "reload failed error=%s: %s; the next SIGHUP or file change is still honoured",
+                    type(exc).__name__, str(exc)[:200],
+                )  # fmt: skip
+                log.debug("reload failure", exc_info=True)
+                self.notifier.ready(self._status())
 
     async def _watch_config(self, first: Config) -> None:
         """Reload when either YAML file changes (mtime or size), checked every config_check_every."""
@@ -518,6 +535,12 @@ class Daemon:
             len(changes.changed), changes.expired, added, removed,
             int(poll_every.total_seconds()),
         )  # fmt: skip
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """A background task only ends at shutdown (cancelled); any other end is said, not silent."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("background task %s stopped", task.get_name(), exc_info=exc)
 
 
 def run_daemon(

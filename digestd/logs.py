@@ -10,14 +10,15 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
 from digestd.redact import redact
 from digestd.text import strip_controls
 
-__all__ = ["divert", "setup_logging"]
+__all__ = ["RateLimit", "describe", "divert", "setup_logging"]
 
 _STD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[diouxXeEfFgGcrsa%]")
@@ -32,8 +33,8 @@ class _KeyValueFormatter(logging.Formatter):
         line = f"level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
         if record.exc_info and record.levelno >= logging.ERROR:
             # Only the exception's type and text: a full traceback could carry locals such as secrets.
-            exc = record.exc_info[1]
-            line += f" exc_type={type(exc).__name__} exc={str(exc)!r}"
+            kind, text = describe(record.exc_info[1])
+            line += f" exc_type={kind} exc={text!r}"
         # Every line, whoever wrote it: no credentials of a URL, no terminal escapes from a peer.
         return strip_controls(redact(line).replace("\n", "\\n"))
 
@@ -43,9 +44,8 @@ class _JsonFormatter(logging.Formatter):
         event, fields = _parse(record)
         extras = {k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS}
         if record.exc_info:
-            exc = record.exc_info[1]
-            extras["exc_type"] = type(exc).__name__
-            extras["exc"] = redact(str(exc))
+            kind, text = describe(record.exc_info[1])
+            extras["exc_type"], extras["exc"] = kind, redact(text)
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -102,6 +102,52 @@ def _typed(value: object, spec: str) -> object:
     return spec % (value,)
 
 
+def describe(exc: BaseException | None) -> tuple[str, str]:
+    """An exception's type and text. A task group's error says only "(1 sub-exception)": it is
+    described by the exceptions inside it, the real causes."""
+    leaves = list(_leaves(exc))
+    shown = leaves[:3]
+    kind = ",".join(dict.fromkeys(type(e).__name__ for e in shown))
+    text = "; ".join(str(e) for e in shown)
+    if len(leaves) > len(shown):
+        text += f" (and {len(leaves) - len(shown)} more)"
+    return kind, text
+
+
+def _leaves(exc: BaseException | None) -> Iterator[BaseException | None]:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+class RateLimit(logging.Filter):
+    """At most `burst` records of one kind (logger and message template) at once, then one per
+    `every` seconds; the next one let through says how many were dropped. Without it, a listener out
+    of file descriptors logs each failed accept(): hundreds of megabytes a minute."""
+
+    def __init__(
+        self, *, burst: int = 5, every: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.burst, self.every, self.clock = burst, every, clock
+        self._kinds: dict[tuple[str, object], tuple[float, float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = self.clock()
+        tokens, last, dropped = self._kinds.get(key, (float(self.burst), now, 0))
+        tokens = min(float(self.burst), tokens + (now - last) / self.every)
+        if tokens < 1:
+            self._kinds[key] = (tokens, now, dropped + 1)
+            return False
+        self._kinds[key] = (tokens - 1, now, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} similar messages suppressed)"
+        return True
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """stderr, unless a live display asked for the lines (`divert`) so they do not tear it."""
 
@@ -144,3 +190,9 @@ def setup_logging(
     # Malformed LaTeX in a paper is shown as it is (digestd.latex); pylatexenc's warning per parse
     # error would put a submitter's text in the log, once per paper and subscriber batch.
     logging.getLogger("pylatexenc").setLevel(logging.CRITICAL)
+    # What hostile HTTP clients can make repeat: asyncio's accept() errors, uvicorn's complaints
+    # about bad requests, the listener's own notes on its connection cap.
+    for flooded in ("asyncio", "uvicorn.error", "digestd.web"):
+        logger = logging.getLogger(flooded)
+        logger.filters[:] = [f for f in logger.filters if not isinstance(f, RateLimit)]
+        logger.addFilter(RateLimit())

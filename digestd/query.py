@@ -132,6 +132,9 @@ _NUMBER = re.compile(r"\d{1,9}")  # bounded: a comparison against 10**400 is a t
 _WORD_END = re.compile(r'[\s()"]')
 _SPACES = re.compile(r"\s*")
 _FIELD_PREFIX = re.compile(r"([A-Za-z]+):")
+# Parentheses and negations nest the parser's (and every evaluator's) recursion, four frames a level;
+# a real query needs a few levels, and a bound keeps a hostile one from Python's recursion limit.
+MAX_DEPTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,7 @@ class _Parser:
         self.query = query
         self.toks = _tokens(query)
         self.pos = 0
+        self.depth = 0
 
     def parse(self) -> Node:
         node = self.or_(None)
@@ -248,17 +252,26 @@ class _Parser:
 
     def unary(self, field: str | None) -> Node:
         if self.peek().kind in ("-", "NOT"):
-            self.take()
-            return Not(self.unary(field))
+            self.deeper(self.take())
+            node = Not(self.unary(field))
+            self.depth -= 1
+            return node
         return self.primary(field)
+
+    def deeper(self, tok: _Tok) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(tok, f"the query nests too deep (more than {MAX_DEPTH} levels)")
 
     def primary(self, field: str | None) -> Node:
         tok = self.take()
         if tok.kind == "(":
+            self.deeper(tok)
             node = self.or_(field)
             if self.peek().kind != ")":
                 raise self.error(self.peek(), f"missing ')' for the '(' at column {tok.column}")
             self.take()
+            self.depth -= 1
             return node
         if tok.kind == "FIELD":
             if field is not None:

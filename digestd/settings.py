@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from digestd.errors import ConfigError, ConfigProblem
 from digestd.redact import redact_url
 from digestd.rules import validate_email
-from digestd.yamlpos import allowed_keys, load_yaml, problems_from_validation
+from digestd.yamlpos import allowed_keys, decode, load_yaml, problems_from_validation
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -42,6 +42,7 @@ __all__ = [
     "load_settings",
     "format_duration",
     "parse_duration",
+    "read_config_text",
 ]
 
 DEFAULT_CONFIG = Path("/etc/digestd/digestd.yaml")
@@ -209,12 +210,22 @@ class DeliverySettings(_Section):
         return parseaddr(self.sender)[1]
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be more than 0s")
+    return value
+
+
 class HttpSettings(_Section):
     listen: str | None = None  # e.g. 127.0.0.1:8025; unset: no HTTP listener
     public_url: str | None = None  # e.g. https://digest.example.org: base of links in the mail
     secret: SecretStr | None = None  # signs unsubscribe links; DIGESTD_HTTP__SECRET
     secret_file: Path | None = None  # or a file (systemd: LoadCredential=http_secret)
     view_days: int = Field(30, ge=0, description="days a web copy stays online; 0: none")
+    # A client must send each whole request within this time (slow headers are cut off), and the
+    # listener keeps at most this many connections (never more than a quarter of the file limit).
+    request_timeout: Annotated[Duration, AfterValidator(_positive)] = timedelta(seconds=10)
+    max_connections: int = Field(100, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> HttpSettings:
@@ -371,17 +382,26 @@ def _credential(name: str) -> Path | None:
     return path if path and path.is_file() else None
 
 
+def read_config_text(path: Path) -> str:
+    """An admin file's text.
+
+    :raises ConfigError: when it cannot be read, or at the first byte that is not UTF-8.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problem = ConfigProblem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")
+        raise ConfigError([problem]) from exc
+    return decode(data, file=str(path))
+
+
 def load_settings(path: Path) -> Settings:
     """Read and validate the settings file; relative paths in it are made relative to its folder.
 
     :raises ConfigError: with every problem as FILE:LINE:COLUMN: field: message.
     """
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(file, 1, 1, "", f"cannot read: {exc.strerror}")]) from exc
-    data, marks = load_yaml(text, file=file)
+    data, marks = load_yaml(read_config_text(path), file=file)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "Marks",
     "Path",
     "allowed_keys",
+    "decode",
     "dotted",
     "gc_paused",
     "load_yaml",
@@ -66,6 +68,13 @@ _AS_TEXT = {_STR, "tag:yaml.org,2002:timestamp"}
 # pydantic's text for these names private model classes; say what the admin should write instead.
 _SHAPES = {"model_type": "a mapping", "dict_type": "a mapping", "list_type": "a list"}
 _QUOTED = re.compile(r"'([^']*)'")
+# Admin files nest a handful of levels; a bound keeps every recursive walk of the values (pydantic,
+# repr, the composer) far from Python's recursion limit.
+MAX_DEPTH = 64
+# Aliases share one value, but validation and every later walk see it expanded: "billion laughs"
+# (nine aliases of nine aliases...) turns 400 bytes into 10**9 values. Aliases may add at most one
+# value per character of the file, or this many, whichever is more.
+ALIAS_FLOOR = 100_000
 
 
 class Marks:
@@ -133,15 +142,32 @@ def _mark(node: Node | None) -> Position:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+def decode(data: bytes, *, file: str) -> str:
+    """A file's bytes as UTF-8 text.
+
+    :raises ConfigError: at the line and column of the first byte that is not UTF-8.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start].decode("utf-8")
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+        message = f"byte 0x{data[exc.start]:02x} is not UTF-8; save the file as UTF-8"
+        raise ConfigError([ConfigProblem(file, line, column, "", message)]) from None
+
+
 def load_yaml(text: str, *, file: str) -> tuple[Any, Marks]:
     """Parse one YAML document into dicts, lists and scalars; an empty document is None.
 
-    :raises ConfigError: on a syntax error, a duplicate key, a non-scalar key or an unsupported tag.
+    :raises ConfigError: on a syntax error, a duplicate key, a non-scalar key, an unsupported tag,
+        nesting deeper than MAX_DEPTH, or aliases that expand the document beyond its bound.
     """
     builder = _Builder()
     try:
         with gc_paused():
             builder.run(text)
+    except _Abort:
+        pass  # the problem that stopped the walk is in builder.problems
     except yaml.MarkedYAMLError as exc:
         raise ConfigError([_syntax_problem(exc, file)]) from None
     except yaml.YAMLError as exc:
@@ -179,6 +205,23 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, file: str) -> ConfigProblem:
     return ConfigProblem(file, line, column, "", message)
 
 
+class _Abort(Exception):
+    """Stops the event walk where going on would cost too much (too deep, an alias bomb)."""
+
+
+def _count(value: Any, limit: int) -> int:
+    """How many values `value` holds once aliases are expanded, counting no further than `limit`+1."""
+    count, todo = 0, [value]
+    while todo and count <= limit:
+        item = todo.pop()
+        count += 1
+        if item.__class__ is dict:
+            todo.extend(item.values())
+        elif item.__class__ is list:
+            todo.extend(item)
+    return count
+
+
 class _Frame:
     """An open mapping or sequence; `key` is what the next value is stored under."""
 
@@ -202,8 +245,11 @@ class _Builder:
         # Anchors are registered when complete, so an alias into its own anchor is undefined.
         self._anchors: dict[str, Any] = {}
         self._documents = 0
+        self._bound = self._budget = ALIAS_FLOOR  # values the aliases may add, and still may
+        self._sizes: dict[str, int] = {}  # expanded size of each aliased anchor
 
     def run(self, text: str) -> None:
+        self._bound = self._budget = max(ALIAS_FLOOR, len(text))
         handlers = {
             MappingStartEvent: self._on_mapping,
             SequenceStartEvent: self._on_sequence,
@@ -233,16 +279,23 @@ class _Builder:
         # Quoted scalars without a tag are most of a subscribers file: take them directly.
         value = event.value if event.tag is None and not event.implicit[0] else self._scalar(event)
         if event.anchor:
-            self._anchors[event.anchor] = value
+            self._anchor(event.anchor, value)
         self._add(value, event.start_mark)
 
     def _on_mapping(self, event: Any) -> None:
         self._check_tag(event, _MAP)
-        self._stack.append(_Frame({}, event.anchor, event.start_mark))
+        self._open(_Frame({}, event.anchor, event.start_mark))
 
     def _on_sequence(self, event: Any) -> None:
         self._check_tag(event, _SEQ)
-        self._stack.append(_Frame([], event.anchor, event.start_mark))
+        self._open(_Frame([], event.anchor, event.start_mark))
+
+    def _open(self, frame: _Frame) -> None:
+        if len(self._stack) >= MAX_DEPTH:
+            message = f"nested deeper than {MAX_DEPTH} levels"
+            self._problem(frame.mark, self._path(), message)
+            raise _Abort
+        self._stack.append(frame)
 
     def _on_end(self, event: Any) -> None:
         frame = self._stack.pop()
@@ -251,14 +304,30 @@ class _Builder:
             for key, item in merged.items():
                 value.setdefault(key, item)  # type: ignore[union-attr]
         if frame.anchor:
-            self._anchors[frame.anchor] = value
+            self._anchor(frame.anchor, value)
         self._add(value, frame.mark)
+
+    def _anchor(self, name: str, value: Any) -> None:
+        self._anchors[name] = value
+        self._sizes.pop(name, None)  # a name may be anchored again, to something else
 
     def _on_alias(self, event: Any) -> None:
         if event.anchor not in self._anchors:
             message = f"alias *{event.anchor} is undefined or refers to itself"
             self._problem(event.start_mark, self._path(), message)
-        self._add(self._anchors.get(event.anchor), event.start_mark)
+        value = self._anchors.get(event.anchor)
+        size = self._sizes.get(event.anchor)
+        if size is None:
+            size = self._sizes[event.anchor] = _count(value, self._budget)
+        self._budget -= size
+        if self._budget < 0:
+            message = (
+                f"alias *{event.anchor} expands the document beyond {self._bound:,} values"
+                " (aliases of aliases?); write the values out instead"
+            )
+            self._problem(event.start_mark, self._path(), message)
+            raise _Abort
+        self._add(value, event.start_mark)
 
     def _add(self, value: Any, mark: Any) -> None:
         if not self._stack:
@@ -396,7 +465,9 @@ def _message(err: Any, loc: Path, schema: type[pydantic.BaseModel] | None) -> st
 
 
 def _show(value: object) -> str:
-    return f"'{value}'" if isinstance(value, str) else repr(value)
+    """A value for a message, cut short: an aliased value may hold thousands of others."""
+    shown = f"'{value}'" if isinstance(value, str) else reprlib.repr(value)
+    return shown if len(shown) <= 60 else f"{shown[:57]}..."
 
 
 def allowed_keys(schema: type[pydantic.BaseModel] | None, path: Sequence[str | int]) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -64,15 +65,26 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
 
 @contextmanager
 def daemon(
-    config: Path, log: Path, *, env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()
+    config: Path,
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    max_files: int | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """The daemon running; killed at the end if the test did not stop it."""
+    """The daemon running (with RLIMIT_NOFILE set to `max_files`); killed at the end if need be."""
+
+    def limit() -> None:
+        if max_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
     with log.open("wb") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "digestd", "--config", str(config), *args, "run"],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env={**os.environ, **(env or {})},
+            preexec_fn=limit,
         )
     try:
         yield proc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from digestd.query import (
+    MAX_DEPTH,
     And,
     Compare,
     Name,
@@ -180,5 +181,9 @@ def test_caret_points_at_the_column() -> None:
 
 
 def test_deep_nesting_parses() -> None:
-    query = "(" * 200 + "a" + ")" * 200
+    """Up to MAX_DEPTH levels; deeper is a positioned error (tests/test_faults_reload.py)."""
+    query = "(" * MAX_DEPTH + "a" + ")" * MAX_DEPTH
     assert parse_query(query) == t("a")
+    with pytest.raises(QuerySyntaxError, match="too deep") as info:
+        parse_query("(" + query + ")")
+    assert info.value.column == MAX_DEPTH + 1
