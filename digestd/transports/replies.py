@@ -57,6 +57,10 @@ class ReplyReader(asyncio.Protocol):
                 await self._waiter
         return self._replies.popleft()
 
+    def pending(self) -> bool:
+        """Whether bytes or replies arrived that no `read` has asked for yet."""
+        return bool(self._replies or self._lines or self._buffer)
+
     def detach(self) -> None:
         """Give the transport back to aiosmtplib (a no-op once the connection is gone)."""
         if self._transport.get_protocol() is self and not self._transport.is_closing():

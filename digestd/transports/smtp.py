@@ -177,9 +177,6 @@ class SmtpMailer:
             phase = "rcpt"
             await client.rcpt(recipient, timeout=self.timeout)
             phase = "data"
-            start = await client.execute_command(b"DATA", timeout=self.timeout)
-            if start.code != 354:  # even a 250: the body was not asked for, so it was not sent
-                return await self._refused(client, start.code, start.message, phase)
             reader = ReplyReader(_protocol(client))
         except SMTPResponseException as exc:
             return await self._refused(client, exc.code, exc.message, phase)
@@ -188,6 +185,22 @@ class SmtpMailer:
             if phase == "mail" and not isinstance(exc, ValueError):
                 raise _Stale(Outcome("transient", None, _describe(phase, exc))) from exc
             return Outcome(_network_status(exc), None, _describe(phase, exc))
+        return await self._data(client, reader, data)
+
+    async def _data(self, client: aiosmtplib.SMTP, reader: ReplyReader, data: bytes) -> Outcome:
+        """DATA and its reply, read as strictly as the reply to the final "." (`_end_of_data`)."""
+        try:
+            reader.write(b"DATA\r\n")
+            start = await reader.read(self.timeout)
+        except _NETWORK_ERRORS as exc:
+            reader.detach()
+            client.close()
+            return Outcome("transient", None, _describe("data", exc))
+        if start.code != 354:  # even a 250: the body was not asked for, so it was not sent
+            reader.detach()
+            return await self._refused(client, start.code, start.message, "data")
+        if reader.pending():
+            return _out_of_step(client, reader)
         return await self._end_of_data(client, reader, data)
 
     async def _pipelined(
@@ -212,6 +225,8 @@ class SmtpMailer:
         refusal = _refusal(replies)
         if refusal is not None:
             return await self._refused_pipelined(client, reader, replies, refusal)
+        if reader.pending():
+            return _out_of_step(client, reader)
         return await self._end_of_data(client, reader, data)
 
     async def _end_of_data(
@@ -350,6 +365,14 @@ def _refusal(replies: list[SMTPResponse]) -> tuple[int, str, Phase] | None:
         if reply.code not in codes:
             return reply.code, reply.message, phase
     return None
+
+
+def _out_of_step(client: aiosmtplib.SMTP, reader: ReplyReader) -> Outcome:
+    """More replies than commands before the body went out: a later "250" would answer nothing
+    of ours (a relay that sent "354" and "250" at once, then hung up, has no message)."""
+    reader.detach()
+    client.close()
+    return Outcome("transient", None, "data: the relay replied before the body was sent")
 
 
 def _protocol(client: aiosmtplib.SMTP) -> SMTPProtocol:
