@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +41,8 @@ __all__ = [
     "options",
     "web_routes",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def load_subscriber_file(path: Path) -> SubscriberSet:
@@ -112,6 +115,8 @@ def make_mailer(settings: Settings) -> Mailer:
     d = settings.delivery
     if d.kind == "maildir":
         return MaildirMailer(d.path)
+    for warning in d.warnings():  # as `digestd check` says; again at every start and reload
+        log.warning("%s", warning.removeprefix("! "))
     password = settings.smtp_password() if d.username else None
     connections = [
         SmtpMailer(

@@ -341,6 +341,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             print("\n".join(f"    - {_pairs(v)}" for v in values))
         else:
             print(f"  {section}: {_pairs(values)}")
+    for warning in settings.delivery.warnings():
+        print(f"  {warning}")
     print(f"subscribers: {settings.subscribers}")
     for key, value in summary.items():
         print(f"  {key}: {value}")

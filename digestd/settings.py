@@ -203,7 +203,23 @@ class DeliverySettings(_Section):
                 "delivery.security must be starttls or tls when credentials are set "
                 "(a password is never sent over plaintext)"
             )
+        if self.kind == "smtp" and not self.username and (self.password or self.password_file):
+            # Without a username there is no AUTH: the mail would go out unauthenticated.
+            raise ValueError(
+                "a password (password, password_file or DIGESTD_DELIVERY__PASSWORD) is set but "
+                "username is not, so the password would never be used: set delivery.username, or remove the password"
+            )
         return self
+
+    def warnings(self) -> list[str]:
+        """What `digestd check` and the daemon's start-up say about these settings (start "!")."""
+        if self.kind != "smtp" or self.validate_certs:
+            return []
+        return [
+            "! delivery.validate_certs is false: the relay's TLS certificate is not checked, so "
+            "anyone on the way can pose as the relay and read the mail"
+            + (" and the SMTP password" if self.username else "")
+        ]
 
     @property
     def envelope_from(self) -> str:

@@ -1,10 +1,13 @@
 """The settings file: defaults, env overrides, positioned errors, secrets kept out of output."""
 
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from digestd.app import make_mailer
 from digestd.errors import ConfigError
 from digestd.settings import load_settings, parse_duration
 
@@ -48,7 +51,9 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_password_from_env_is_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIGESTD_DELIVERY__PASSWORD", "hunter2-secret")
-    s = load_settings(write(tmp_path, GOOD + ""))
+    s = load_settings(
+        write(tmp_path, GOOD.replace("  path: var/mail", "  path: var/mail\n  username: u"))
+    )
     assert s.smtp_password() == "hunter2-secret"
     assert "hunter2" not in repr(s)
     assert "hunter2" not in str(s.redacted())
@@ -92,6 +97,58 @@ def test_credentials_need_tls(tmp_path: Path) -> None:
         load_settings(write(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    "secret", ["  password: hunter2-secret", "  password_file: pw"], ids=["password", "file"]
+)
+def test_i11_password_without_username_is_a_positioned_error(tmp_path: Path, secret: str) -> None:
+    """Issue 12 item 11: the password was silently ignored and mail went out unauthenticated."""
+    (tmp_path / "pw").write_text("hunter2-secret\n")
+    path = write(tmp_path, GOOD.replace("  path: var/mail", f"  path: var/mail\n{secret}"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    text = str(info.value)
+    assert f"{path}:7:" in text and "delivery" in text  # the section that lacks the username
+    assert "username" in text and "never be used" in text
+    assert "hunter2" not in text
+
+
+def test_i11_password_without_username_is_fine_for_maildir(tmp_path: Path) -> None:
+    text = GOOD.replace("kind: smtp", "kind: maildir").replace(
+        "  path: var/mail", "  path: var/mail\n  password: x"
+    )
+    assert load_settings(write(tmp_path, text)).delivery.kind == "maildir"
+
+
+def check(config: Path) -> subprocess.CompletedProcess[str]:
+    (config.parent / "subscribers.yaml").write_text("subscribers:\n  - email: a@example.org\n")
+    cmd = [sys.executable, "-m", "digestd", "--config", str(config), "check"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=50)
+
+
+def test_i11_check_warns_when_certificates_are_not_checked(tmp_path: Path) -> None:
+    text = GOOD.replace("  path: var/mail", "  path: var/mail\n  validate_certs: false")
+    result = check(write(tmp_path, text))
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    (warning,) = [line for line in lines if line.startswith("!") and "validate_certs" in line]
+    assert "validate_certs is false" in warning and "not checked" in warning
+    quiet = check(write(tmp_path, GOOD))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "not checked" not in quiet.stdout
+
+
+def test_i11_check_reports_a_password_without_username(tmp_path: Path) -> None:
+    result = check(
+        write(
+            tmp_path,
+            GOOD.replace("  path: var/mail", "  path: var/mail\n  password: hunter2-secret"),
+        )
+    )
+    assert result.returncode == 2
+    assert f"{tmp_path / 'digestd.yaml'}:7:" in result.stderr and "username" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
 def test_yaml_syntax_error_is_positioned(tmp_path: Path) -> None:
     path = write(tmp_path, "source:\n  kind: [huggingface\n")
     with pytest.raises(ConfigError) as info:
@@ -131,3 +188,11 @@ def test_readme_configuration_block_validates(tmp_path: Path) -> None:
     (tmp_path / "smtp_password").write_text("x")
     settings = load_settings(write(tmp_path, block))
     assert settings.delivery.username == "digest"
+
+
+def test_i11_unchecked_certificates_are_logged_at_every_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = GOOD.replace("  path: var/mail", "  path: var/mail\n  validate_certs: false")
+    make_mailer(load_settings(write(tmp_path, text)))
+    assert "validate_certs is false" in caplog.text and "! " not in caplog.text

@@ -251,6 +251,16 @@ def test_password_is_kept_out_of_the_repr() -> None:
         (552, "end_of_data", "permanent"),
         (535, "connect", "transient"),
         (999, "data", "transient"),
+        # Issue 12 item 4: a yes where another yes was due is a protocol error, never "sent".
+        (250, "data", "transient"),
+        (252, "rcpt", "transient"),
+        (251, "mail", "transient"),
+        (250, "connect", "transient"),
+        # Item 5: after the final ".", only 250, 4xx and 5xx are clear; the rest is in doubt.
+        (251, "end_of_data", "in_doubt"),
+        (354, "end_of_data", "in_doubt"),
+        (-1, "end_of_data", "in_doubt"),
+        (451, "end_of_data", "transient"),
     ],
 )
 def test_classify_reply(code: int, phase: str, status: str) -> None:

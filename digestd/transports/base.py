@@ -6,7 +6,7 @@ from typing import Literal, Protocol
 
 from digestd.model import Outcome, OutcomeStatus
 
-__all__ = ["Mailer", "Phase", "classify_reply"]
+__all__ = ["Mailer", "Phase", "classify_reply", "is_refusal"]
 
 Phase = Literal["connect", "mail", "rcpt", "data", "end_of_data"]
 
@@ -25,15 +25,23 @@ class Mailer(Protocol):
 
 
 def classify_reply(code: int, phase: Phase) -> OutcomeStatus:
-    """2xx sent, 4xx transient, 5xx permanent; 552 on RCPT is transient (RFC 5321 §4.5.3.1.10).
+    """What a reply that ends a transaction means: only 250 after the body is "sent".
 
-    Failures while connecting (greeting, EHLO, STARTTLS, AUTH) are the relay's or the operator's
-    problem, never the recipient's, so they are transient whatever the code.
+    4xx is transient, 5xx permanent; 552 on RCPT is transient (RFC 5321 §4.5.3.1.10). Failures
+    while connecting (greeting, EHLO, STARTTLS, AUTH) are the relay's or the operator's problem,
+    never the recipient's, so they are transient whatever the code. Any other code (a 2xx or 3xx
+    where another go-ahead was due, a malformed one) is a protocol error: transient before the
+    final "." (nothing was handed over), `in_doubt` after it (the relay may have the message).
     """
-    if 200 <= code < 300:
+    if phase == "end_of_data" and code == 250:
         return "sent"
     if phase == "connect" or 400 <= code < 500 or (phase == "rcpt" and code == 552):
         return "transient"
     if 500 <= code < 600:
         return "permanent"
-    return "transient"  # a malformed or unexpected code: try again later rather than lose mail
+    return "in_doubt" if phase == "end_of_data" else "transient"
+
+
+def is_refusal(code: int) -> bool:
+    """A 4xx or 5xx: the relay understood and said no, so the connection is still in step."""
+    return 400 <= code < 600

@@ -11,6 +11,7 @@ aiosmtplib's protocol afterwards; connection loss is passed on to it, so the cli
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 
 from aiosmtplib import SMTPResponseException, SMTPServerDisconnected
@@ -21,6 +22,7 @@ __all__ = ["ReplyReader"]
 
 _MAX_LINE = 8192  # as aiosmtplib: a longer reply line is a broken or hostile server
 _MAX_REPLY_LINES = 1000  # a multiline reply longer than this is no reply
+_REPLY_LINE = re.compile(rb"([2-5][0-9]{2})(?:[ -]|\r?\n)")
 
 
 class ReplyReader(asyncio.Protocol):
@@ -34,6 +36,7 @@ class ReplyReader(asyncio.Protocol):
         self._transport: asyncio.WriteTransport = transport  # type: ignore[assignment]
         self._buffer = bytearray()
         self._lines: list[bytes] = []
+        self._code: int | None = None  # of the multiline reply being read
         self._replies: deque[SMTPResponse] = deque()
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -53,6 +56,10 @@ class ReplyReader(asyncio.Protocol):
                 self._waiter = asyncio.get_running_loop().create_future()
                 await self._waiter
         return self._replies.popleft()
+
+    def pending(self) -> bool:
+        """Whether bytes or replies arrived that no `read` has asked for yet."""
+        return bool(self._replies or self._lines or self._buffer)
 
     def detach(self) -> None:
         """Give the transport back to aiosmtplib (a no-op once the connection is gone)."""
@@ -85,15 +92,13 @@ class ReplyReader(asyncio.Protocol):
             start = end + 1
             if len(line) > _MAX_LINE:
                 raise SMTPResponseException(-1, "Response too long")
-            try:
-                code = int(line[:3])
-            except ValueError:
-                raise SMTPResponseException(-1, "Malformed SMTP response line") from None
+            code = _code(line, self._code)
             self._lines.append(line[4:].strip(b" \t\r\n"))
+            self._code = code
             if line[3:4] != b"-":
                 message = b"\n".join(self._lines).decode("utf-8", "surrogateescape")
                 self._replies.append(SMTPResponse(code, message))
-                self._lines = []
+                self._lines, self._code = [], None
         del self._buffer[:start]
         if len(self._buffer) > _MAX_LINE or len(self._lines) > _MAX_REPLY_LINES:
             raise SMTPResponseException(-1, "Response too long")
@@ -106,3 +111,16 @@ class ReplyReader(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+def _code(line: bytes, previous: int | None) -> int:
+    """The reply code of `line`: three digits, then a space, "-" or the line's end (RFC 5321
+    §4.2), and the same on every line of a multiline reply; anything else is no reply at all.
+
+    Taken leniently (as `int(line[:3])` would: "+25", "2_5", "2500 ok"), a garbled reply to the
+    final "." could read as a 250.
+    """
+    found = _REPLY_LINE.match(line)
+    if found is None or (previous is not None and int(found[1]) != previous):
+        raise SMTPResponseException(-1, "Malformed SMTP response line")
+    return int(found[1])

@@ -26,7 +26,7 @@ from aiosmtplib.response import SMTPResponse
 
 from digestd.message import check_address
 from digestd.model import Canonical, Outcome
-from digestd.transports.base import Phase, classify_reply
+from digestd.transports.base import Phase, classify_reply, is_refusal
 from digestd.transports.replies import ReplyReader
 
 __all__ = ["Security", "SmtpMailer"]
@@ -177,21 +177,31 @@ class SmtpMailer:
             phase = "rcpt"
             await client.rcpt(recipient, timeout=self.timeout)
             phase = "data"
-            start = await client.execute_command(b"DATA", timeout=self.timeout)
-            if start.code != 354:
-                return await self._refused(client, start.code, start.message, phase)
-            phase = await self._write_content(client, data)
-            reply = await _protocol(client).read_response(timeout=self.data_timeout)
+            reader = ReplyReader(_protocol(client))
         except SMTPResponseException as exc:
             return await self._refused(client, exc.code, exc.message, phase)
         except _NETWORK_ERRORS as exc:
             client.close()
             if phase == "mail" and not isinstance(exc, ValueError):
                 raise _Stale(Outcome("transient", None, _describe(phase, exc))) from exc
-            return Outcome(_network_status(phase, exc), None, _describe(phase, exc))
-        if reply.code != 250:
-            return await self._refused(client, reply.code, reply.message, phase)
-        return Outcome("sent", reply.code, _reply(reply.message))
+            return Outcome(_network_status(exc), None, _describe(phase, exc))
+        return await self._data(client, reader, data)
+
+    async def _data(self, client: aiosmtplib.SMTP, reader: ReplyReader, data: bytes) -> Outcome:
+        """DATA and its reply, read as strictly as the reply to the final "." (`_end_of_data`)."""
+        try:
+            reader.write(b"DATA\r\n")
+            start = await reader.read(self.timeout)
+        except _NETWORK_ERRORS as exc:
+            reader.detach()
+            client.close()
+            return Outcome("transient", None, _describe("data", exc))
+        if start.code != 354:  # even a 250: the body was not asked for, so it was not sent
+            reader.detach()
+            return await self._refused(client, start.code, start.message, "data")
+        if reader.pending():
+            return _out_of_step(client, reader)
+        return await self._end_of_data(client, reader, data)
 
     async def _pipelined(
         self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
@@ -215,6 +225,18 @@ class SmtpMailer:
         refusal = _refusal(replies)
         if refusal is not None:
             return await self._refused_pipelined(client, reader, replies, refusal)
+        if reader.pending():
+            return _out_of_step(client, reader)
+        return await self._end_of_data(client, reader, data)
+
+    async def _end_of_data(
+        self, client: aiosmtplib.SMTP, reader: ReplyReader, data: bytes
+    ) -> Outcome:
+        """The body, its final "." and the reply, read strictly (`ReplyReader`) on both paths.
+
+        From the moment the body is written the relay may queue the message: a reply that is
+        neither 250 nor a 4xx/5xx refusal, an unreadable one or none at all leaves it in doubt.
+        """
         try:
             reader.write(_smtp_body(data))
             reply = await reader.read(self.data_timeout)
@@ -254,7 +276,7 @@ class SmtpMailer:
         refusal: tuple[int, str, Phase],
     ) -> Outcome:
         code, message, phase = refusal
-        if replies[2].code == 354:
+        if replies[2].code == 354 and is_refusal(replies[1].code):
             # RFC 2920 says DATA fails without a valid recipient; a server that opened it anyway
             # gets an empty message to no one, so the connection is back in step.
             try:
@@ -262,26 +284,30 @@ class SmtpMailer:
                 await reader.read(self.timeout)
             except _NETWORK_ERRORS:
                 client.close()
+        elif replies[2].code == 354:
+            # The recipient may stand (RCPT said some 2xx): a "." would deliver an empty message
+            # to them. Hanging up mid-DATA aborts the transaction (RFC 5321 §3.3).
+            client.close()
         reader.detach()
         return await self._refused(client, code, message, phase)
-
-    async def _write_content(self, client: aiosmtplib.SMTP, data: bytes) -> Phase:
-        """Dot-stuffed body and the final "."; after this, a failure leaves the message in doubt."""
-        _protocol(client).write(_smtp_body(data))
-        return "end_of_data"
 
     async def _refused(
         self, client: aiosmtplib.SMTP, code: int, message: str, phase: Phase
     ) -> Outcome:
-        """A 4xx/5xx reply: reset the transaction so the connection serves the next message."""
-        if code == 421:  # the server is closing the channel (RFC 5321 §3.8)
+        """A reply other than the go-ahead: its outcome; RSET so the connection serves the next.
+
+        Only after a 4xx/5xx is the server known to be in step with us; after anything else (a
+        250 to DATA, garbage, an over-long line) the connection is closed, never reused.
+        """
+        if code == 421 or not is_refusal(code):  # 421: the server is closing (RFC 5321 §3.8)
             client.close()
         else:
             try:
                 await client.rset(timeout=self.timeout)
             except _NETWORK_ERRORS:
                 client.close()
-        return Outcome(classify_reply(code, phase), code, _reply(message))
+        known = code if 200 <= code < 600 else None  # aiosmtplib's -1: no code at all
+        return Outcome(classify_reply(code, phase), known, _reply(message))
 
     async def _quit(self) -> None:
         client, self._client = self._client, None
@@ -341,16 +367,23 @@ def _refusal(replies: list[SMTPResponse]) -> tuple[int, str, Phase] | None:
     return None
 
 
+def _out_of_step(client: aiosmtplib.SMTP, reader: ReplyReader) -> Outcome:
+    """More replies than commands before the body went out: a later "250" would answer nothing
+    of ours (a relay that sent "354" and "250" at once, then hung up, has no message)."""
+    reader.detach()
+    client.close()
+    return Outcome("transient", None, "data: the relay replied before the body was sent")
+
+
 def _protocol(client: aiosmtplib.SMTP) -> SMTPProtocol:
     if client.protocol is None:
         raise SMTPServerDisconnected("Connection lost")
     return client.protocol
 
 
-def _network_status(phase: Phase, exc: Exception) -> Literal["transient", "permanent", "in_doubt"]:
-    if phase == "end_of_data":
-        return "in_doubt"
-    # aiosmtplib refuses control characters in MAIL/RCPT arguments: that address will never work.
+def _network_status(exc: Exception) -> Literal["transient", "permanent"]:
+    """Before the body: aiosmtplib refuses control characters in MAIL/RCPT arguments (ValueError),
+    and that address will never work; anything else is worth another try."""
     return "permanent" if isinstance(exc, ValueError) else "transient"
 
 
