@@ -33,6 +33,7 @@ __all__ = [
     "OutboxRow",
     "OutboxState",
     "AlertState",
+    "LedgerConflict",
     "PollInfo",
     "SchemaError",
     "SourceStatus",
@@ -78,6 +79,13 @@ class SchemaError(DigestdError):
     """The database was written by a newer digestd than this one."""
 
     hint = "upgrade digestd, or point it at another database file"
+
+
+class LedgerConflict(DigestdError):
+    """A message would carry a paper the ledger already gave to another message of the same
+    subscriber (another process composed it meanwhile): the message is not queued."""
+
+    hint = "the paper goes out in the message that reserved it first"
 
 
 @dataclass(frozen=True, slots=True)
@@ -961,15 +969,16 @@ class Store:
         and claims hand out the whole message (`Canonical` if it was marked so).
         `compressed`: `data` is the message zlib-compressed; claims hand out the plain bytes.
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
-        Papers already reserved for the subscriber keep their old reservation.
 
         :raises ValueError: `data` is None but `paper_ids` is not empty.
+        :raises LedgerConflict: a paper is already reserved for the subscriber by another
+            message; nothing of this one is kept (inside a `batch`, the rest of it is).
         """
         ids = list(dict.fromkeys(paper_ids))
         if data is None and ids:
             raise ValueError("an empty outbox row (data=None) cannot carry papers")
         key, stamp = _email_key(subscriber), _ts(at)
-        with self._write() as db:
+        with self._one_message() as db:
             # Not RETURNING: it doubles the cost of this insert (~25 µs, the most of any here).
             cursor = db.execute(
                 """INSERT INTO outbox (subscriber, kind, period, message_id, sender, data, n_papers,
@@ -985,12 +994,41 @@ class Store:
             outbox_id = cast(int, cursor.lastrowid)
             if data is not None:
                 self._queue_body(db, outbox_id, data, compressed=compressed)
+            self._reserve(db, key, ids, outbox_id)
+        return outbox_id
+
+    @staticmethod
+    def _reserve(db: sqlite3.Connection, key: str, ids: Sequence[str], outbox_id: int) -> None:
+        # A plain INSERT: the primary key (subscriber, paper_id) is what stops a second message
+        # from carrying a paper, e.g. one composed by a concurrent process from an older snapshot.
+        try:
             db.executemany(
-                "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, outbox_id)"
-                " VALUES (?, ?, ?)",
+                "INSERT INTO deliveries (subscriber, paper_id, outbox_id) VALUES (?, ?, ?)",
                 ((key, paper_id, outbox_id) for paper_id in ids),
             )
-        return outbox_id
+        except sqlite3.IntegrityError:
+            raise LedgerConflict(
+                f"a paper of this message is already reserved for the subscriber (outbox id"
+                f" {outbox_id} not queued)"
+            ) from None
+
+    @contextmanager
+    def _one_message(self) -> Iterator[sqlite3.Connection]:
+        """`_write`, but inside a `batch` a savepoint: a failed message leaves the batch's others."""
+        if not self._batching:
+            with self._write() as db:
+                yield db
+            return
+        written = set(self._written)
+        self._db.execute("SAVEPOINT one_message")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK TO one_message")
+            self._db.execute("RELEASE one_message")
+            self._written = written  # the shared bytes it inserted are gone with it
+            raise
+        self._db.execute("RELEASE one_message")
 
     def _queue_body(
         self, db: sqlite3.Connection, outbox_id: int, data: bytes | Spliced, *, compressed: bool

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from digestd.model import Paper, Part, Spliced
-from digestd.store import SCHEMA_VERSION, SchemaError, Store
+from digestd.store import SCHEMA_VERSION, LedgerConflict, SchemaError, Store
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
 ALICE = "alice@example.org"
@@ -46,7 +46,7 @@ def enqueue(
     *,
     period: str = "2025-03-10",
     kind: str = "digest",
-    ids: tuple[str, ...] = ("2503.00001",),
+    ids: tuple[str, ...] | None = None,  # default: a paper of this message's own
     data: bytes | None = b"message bytes",
     at: datetime = T0,
     expires_at: datetime | None = None,
@@ -58,7 +58,7 @@ def enqueue(
         message_id=f"<{subscriber}.{kind}.{period}@digestd.test>",
         sender="digestd@example.org",
         data=data,
-        paper_ids=ids,
+        paper_ids=ids if ids is not None else (f"2503.{kind}.{period}",),
         at=at,
         expires_at=expires_at,
     )
@@ -280,12 +280,42 @@ def test_enqueue_unique_per_subscriber_kind_period(store: Store) -> None:
     assert not store.has_period(ALICE, "alert", "2025-03-10")
 
 
-def test_enqueue_skips_papers_already_reserved(store: Store) -> None:
+def test_item8_conflicting_reservation_aborts_the_message(store: Store) -> None:
+    """A paper already in another message for this subscriber: this message is not queued at
+    all (row, body, parts, reservations), instead of going out carrying the paper a second time."""
     store.record_papers([paper("a"), paper("b")], seen_at=T0)
     first = enqueue(store, ids=("a",))
-    second = enqueue(store, period="2025-03-11", ids=("a", "b"))
+    with pytest.raises(LedgerConflict, match="already reserved"):
+        enqueue(store, period="2025-03-11", ids=("a", "b"))
     owners = dict(store._db.execute("SELECT paper_id, outbox_id FROM deliveries").fetchall())
-    assert owners == {"a": first, "b": second}
+    assert owners == {"a": first}
+    assert not store.has_period(ALICE, "digest", "2025-03-11")
+    assert store.pending_count() == 1
+    assert store._db.execute("SELECT COUNT(*) FROM outbox_bodies").fetchone()[0] == 1
+
+
+def test_item8_conflict_in_a_batch_rolls_back_only_that_message(store: Store) -> None:
+    """Composing queues a batch in one transaction: the conflicting message goes, the rest stay,
+    and a shared part the aborted message brought is written again by the next one."""
+    store.record_papers([paper("a"), paper("b")], seen_at=T0)
+    enqueue(store, ids=("a",))
+    part = Part("k" * 64, b"shared part bytes")
+    spliced = Spliced(b"own", ((0, part),))
+    with store.batch():
+        with pytest.raises(LedgerConflict):
+            store.enqueue(
+                subscriber=ALICE, kind="digest", period="p2", message_id="<x@t>",
+                sender="s@t", data=spliced, paper_ids=["b", "a"], at=T0,
+            )  # fmt: skip
+        bob = store.enqueue(
+            subscriber=BOB, kind="digest", period="p2", message_id="<y@t>",
+            sender="s@t", data=spliced, paper_ids=["a"], at=T0,
+        )  # fmt: skip
+    assert bob is not None
+    assert not store.has_period(ALICE, "digest", "p2")
+    claimed = {row.id: row.data for row in store.claim_due(now=T0 + timedelta(days=1))}
+    assert claimed[bob] == b"shared part bytes" + b"own"
+    assert store._db.execute("SELECT COUNT(*) FROM message_parts").fetchone()[0] == 1
 
 
 def test_enqueue_empty_period(store: Store) -> None:
