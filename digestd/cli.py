@@ -23,6 +23,7 @@ from digestd.logs import setup_logging
 from digestd.progress import make_progress
 from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
+from digestd.runlock import EXIT_LOCKED, StateLocked, run_lock
 from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
 from digestd.store import SourceStatus, Store, StoreStatus
 
@@ -51,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the daemon in the foreground (or once, with --once)")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground (or once, with --once)",
+        description="Run the pipeline: poll, compose, send. One run per state file: while one"
+        f" runs, another `run` or `run --once` on the same file exits {EXIT_LOCKED}.",
+    )
     run.add_argument(
         "--once",
         action="store_true",
@@ -96,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(config_path(args.config))
         return COMMANDS[args.command](settings, args)
+    except StateLocked as exc:
+        print(f"digestd: {exc} ({exc.hint})", file=sys.stderr)
+        return EXIT_LOCKED
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -115,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    with run_lock(settings.state):  # one pipeline per state file, released however we exit
+        return _run(settings, args)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
     deps = app.open_deps(settings, now=utcnow())
     if args.once:
         return asyncio.run(_run_once(deps, settings))
