@@ -4,13 +4,19 @@ read-only, full. The real CLI and daemon as subprocesses against aiosmtpd; outco
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from daemonproc import daemon, http_get, http_port, item, wait_for
+from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
+from test_service import Listing, to, write_config
 
 from digestd.runlock import EXIT_LOCKED
 
@@ -86,3 +92,103 @@ def test_item8_two_run_once_at_the_same_time_send_each_digest_once(
     again = finish(run_once(config))
     assert again[0] == 0, again
     assert len(smtp_server.received) == recipients
+
+
+# -- item 7: the state file deleted or replaced under the running daemon ----------------------
+
+OPS = "ops@example.org"
+READERS = ("alice@example.org", "bob@example.org")
+
+
+def daemon_config(tmp: Path, http_server: LocalHTTPServer, smtp_port: int) -> Path:
+    extra = f"http:\n  listen: 127.0.0.1:0\nadmins: [{OPS}]\n"
+    return write_config(tmp, source=http_server.url, smtp_port=smtp_port, extra=extra)
+
+
+def first_alerts_then_lose_the_file(
+    tmp: Path, server: SMTPTestServer, log: Path, lose: Callable[[Path], None]
+) -> int:
+    """The daemon alerted both readers of paper 1; `lose` the file; /healthz says so within a
+    tick. Returns the HTTP port."""
+    port = http_port(log)
+    wait_for(lambda: all(to(server, r) for r in READERS), what="for the first alerts")
+    wait_for(lambda: http_get(port, "/healthz")[0] == 200, what="for health")
+    lose(tmp / "var" / "digestd.sqlite3")
+    wait_for(lambda: http_get(port, "/healthz")[0] == 503, timeout=5, what="for 503")
+    return port
+
+
+def nothing_more_is_done(log: Path, http_server: LocalHTTPServer, server: SMTPTestServer) -> None:
+    """Several poll ticks go by refused: no poll reaches the source, no reader gets mail."""
+    polls = len(http_server.requests_to("/api/daily_papers"))
+    skipped = log.read_text().count("job skipped")
+    wait_for(lambda: log.read_text().count("job skipped") >= skipped + 3, what="for 3 ticks")
+    assert len(http_server.requests_to("/api/daily_papers")) == polls
+    assert all(len(to(server, r)) == 1 for r in READERS)
+
+
+def each_paper_once(server: SMTPTestServer) -> None:
+    for reader in READERS:
+        got = to(server, reader)
+        assert len(got) == 2, (reader, [m["Subject"] for m in got])
+        assert len({str(m["Message-ID"]) for m in got}) == 2
+
+
+def test_item7_deleted_state_file_stops_work_alerts_and_is_rescued(
+    tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SMTPTestServer
+) -> None:
+    listing = Listing(http_server, [item("2611.00001", "KV cache tricks")])
+    config = daemon_config(tmp_path, http_server, smtp_server.port)
+    log = tmp_path / "daemon.log"
+    with daemon(config, log, args=("--log-level", "debug")) as proc:
+        port = first_alerts_then_lose_the_file(tmp_path, smtp_server, log, Path.unlink)
+        reasons = json.loads(http_get(port, "/healthz")[1])["reasons"]
+        assert "was deleted" in reasons[0], reasons
+        wait_for(lambda: to(smtp_server, OPS), what="for the admin alert")
+        listing.items.append(item("2611.00002", "More KV cache tricks"))
+        nothing_more_is_done(log, http_server, smtp_server)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    (alert,) = to(smtp_server, OPS)
+    assert "PROBLEM: the state file" in str(alert["Subject"])
+    assert "was deleted" in alert.get_body(("plain",)).get_content()
+    # The daemon saved what it had; put back, the next start goes on where it stopped.
+    (rescued,) = (tmp_path / "var").glob("digestd.sqlite3.rescued-*")
+    rescued.rename(tmp_path / "var" / "digestd.sqlite3")
+    with daemon(config, log) as proc:
+        wait_for(lambda: all(len(to(smtp_server, r)) == 2 for r in READERS), what="paper 2")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    each_paper_once(smtp_server)
+    assert len(to(smtp_server, OPS)) == 1
+
+
+def test_item7_replaced_state_file_stops_work_until_the_original_is_back(
+    tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SMTPTestServer
+) -> None:
+    listing = Listing(http_server, [item("2611.00001", "KV cache tricks")])
+    config = daemon_config(tmp_path, http_server, smtp_server.port)
+    log = tmp_path / "daemon.log"
+    aside = tmp_path / "var" / "moved-away.sqlite3"
+
+    def replace(state: Path) -> None:
+        state.rename(aside)
+        sqlite3.connect(state).close()  # an empty database under the old name
+
+    with daemon(config, log, args=("--log-level", "debug")) as proc:
+        port = first_alerts_then_lose_the_file(tmp_path, smtp_server, log, replace)
+        reasons = json.loads(http_get(port, "/healthz")[1])["reasons"]
+        assert "was replaced" in reasons[0], reasons
+        listing.items.append(item("2611.00002", "More KV cache tricks"))
+        nothing_more_is_done(log, http_server, smtp_server)
+        wait_for(lambda: to(smtp_server, OPS), what="for the admin alert")
+        aside.rename(tmp_path / "var" / "digestd.sqlite3")  # the original is back: work resumes
+        wait_for(lambda: all(len(to(smtp_server, r)) == 2 for r in READERS), what="paper 2")
+        wait_for(lambda: http_get(port, "/healthz")[0] == 200, what="for health")
+        wait_for(lambda: len(to(smtp_server, OPS)) == 2, what="for the recovery mail")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    each_paper_once(smtp_server)
+    problem, recovered = to(smtp_server, OPS)
+    assert "was replaced" in problem.get_body(("plain",)).get_content()
+    assert "RECOVERED" in str(recovered["Subject"])
