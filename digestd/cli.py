@@ -256,11 +256,14 @@ def cmd_unsubscribe(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
-        lifted = store.unsuppress(args.email)
+        lifted = store.unsuppress(args.email, at=utcnow())
     if not lifted:
         print(f"digestd: {args.email} is not unsubscribed", file=sys.stderr)
         return EXIT_RUNTIME
-    print(f"{args.email} receives mail again from the next digest on")
+    print(
+        f"{args.email} receives mail again from the next digest on"
+        " (unsubscribe links in earlier mails no longer act)"
+    )
     return 0
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import secrets
 import sqlite3
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +39,7 @@ __all__ = [
     "PollInfo",
     "SchemaError",
     "SourceStatus",
+    "StateFileMoved",
     "Store",
     "StoreStatus",
     "Suppression",
@@ -79,6 +82,12 @@ class SchemaError(DigestdError):
     """The database was written by a newer digestd than this one."""
 
     hint = "upgrade digestd, or point it at another database file"
+
+
+class StateFileMoved(DigestdError):
+    """The state file this connection uses no longer has its name (deleted, or replaced)."""
+
+    hint = "put the original file back, or restore the rescued copy, then restart digestd"
 
 
 class LedgerConflict(DigestdError):
@@ -208,6 +217,14 @@ def _dt(text: str) -> datetime:
 
 def _opt_dt(text: str | None) -> datetime | None:
     return None if text is None else _dt(text)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None for an in-memory database."""
+    if str(path) == ":memory:":
+        return None
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def _email_key(email: str) -> str:
@@ -442,6 +459,19 @@ def _migration_8(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX outbox_parts_part ON outbox_parts(part)")
 
 
+def _migration_9(db: sqlite3.Connection) -> None:
+    """Resubscribing retires the address's id: links made before it (in mails read before the
+    unsubscribe) name a retired id and do nothing; the next mail carries a new id (AUTOINCREMENT
+    never gives an id twice). Kept to tell such a link apart from a forged one."""
+    db.execute(
+        """CREATE TABLE retired_subscriber_ids (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL,
+            retired_at TEXT NOT NULL
+        )"""
+    )
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -451,6 +481,7 @@ _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_6,
     _migration_7,
     _migration_8,
+    _migration_9,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -615,12 +646,23 @@ def _problem_from_row(row: sqlite3.Row) -> OutboxProblem:
 class Store:
     """One connection to the digestd database; not thread-safe, meant for the event loop thread."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, same_as: Store | None = None) -> None:
+        """Open (and create, unless `same_as`) the database at `path`.
+
+        `same_as`: a second connection to the very file `same_as` has open; never creates one.
+        :raises StateFileMoved: with `same_as`, another file (or none) now has the name.
+        """
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: the sqlite3 module must not open transactions behind our back;
         # `_write` issues BEGIN IMMEDIATE so the write lock is taken up front (no upgrade deadlock).
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db = self._connect(same_as)
+        # Which file this is: a file deleted or replaced under a running daemon keeps being
+        # written through the open descriptor while new connections get another (`moved`).
+        self.identity = _identity(self.path)
+        if same_as is not None and self.identity != same_as.identity:
+            self._db.close()
+            raise StateFileMoved(same_as.moved() or f"the state file {self.path} was replaced")
         self._db.row_factory = sqlite3.Row
         self._secret: bytes | None = None
         self._batching = False
@@ -634,6 +676,41 @@ class Store:
             raise
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def _connect(self, same_as: Store | None) -> sqlite3.Connection:
+        if same_as is None or str(self.path) == ":memory:":
+            return sqlite3.connect(self.path, isolation_level=None)
+        # mode=rw: a second connection must never create an empty database under the name.
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=rw"
+        try:
+            return sqlite3.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.OperationalError:
+            raise StateFileMoved(f"the state file {self.path} was deleted") from None
+
+    def moved(self) -> str | None:
+        """Why the name no longer leads to this connection's file (deleted, replaced), or None."""
+        if self.identity is None:
+            return None
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            return f"the state file {self.path} was deleted"
+        except OSError as exc:
+            return f"the state file {self.path} cannot be checked: {exc.strerror}"
+        if now != self.identity:
+            return f"the state file {self.path} was replaced by another file"
+        return None
+
+    def rescue(self, at: datetime) -> Path:
+        """A consistent copy of this connection's database next to its old name, for a file
+        deleted or replaced under us: what only our open descriptor still reaches."""
+        target = self.path.with_name(f"{self.path.name}.rescued-{at.strftime('%Y%m%dT%H%M%SZ')}")
+        copy = sqlite3.connect(target)
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()
+        return target
 
     def _configure(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -1626,11 +1703,30 @@ class Store:
             )
         return cursor.rowcount == 1
 
-    def unsuppress(self, email: str) -> bool:
-        """Lift a suppression; False when there was none."""
+    def unsuppress(self, email: str, *, at: datetime) -> bool:
+        """Lift a suppression; False when there was none.
+
+        The address's id is retired with it, so that the unsubscribe links of the mails before
+        (one of which was used to leave) cannot unsubscribe it again; see `_migration_9`.
+        """
+        key = _email_key(email)
         with self._write() as db:
-            cursor = db.execute("DELETE FROM suppressions WHERE email = ?", (_email_key(email),))
+            cursor = db.execute("DELETE FROM suppressions WHERE email = ?", (key,))
+            if cursor.rowcount == 1:
+                db.execute(
+                    "INSERT INTO retired_subscriber_ids (id, email, retired_at)"
+                    " SELECT id, email, ? FROM subscriber_ids WHERE email = ?",
+                    (_ts(at), key),
+                )
+                db.execute("DELETE FROM subscriber_ids WHERE email = ?", (key,))
         return cursor.rowcount == 1
+
+    def retired_email(self, subscriber_id: int) -> str | None:
+        """The address a retired id (`unsuppress`) was made for, or None."""
+        return cast(
+            "str | None",
+            self._scalar("SELECT email FROM retired_subscriber_ids WHERE id = ?", (subscriber_id,)),
+        )
 
     def is_suppressed(self, email: str) -> bool:
         row = self._db.execute(
