@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 import tempfile
 import traceback
@@ -25,7 +26,7 @@ from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
 from digestd.runlock import EXIT_LOCKED, StateLocked, run_lock
 from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
-from digestd.store import SourceStatus, Store, StoreStatus
+from digestd.store import SourceStatus, Store, StoreStatus, explain, probe
 
 __all__ = ["main"]
 
@@ -99,8 +100,10 @@ def config_path(arg: Path | None) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, fmt=args.log_format)
+    state = Path("the state file")
     try:
         settings = load_settings(config_path(args.config))
+        state = settings.state
         return COMMANDS[args.command](settings, args)
     except StateLocked as exc:
         print(f"digestd: {exc} ({exc.hint})", file=sys.stderr)
@@ -114,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"digestd: {exc}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
+        return EXIT_RUNTIME
+    except sqlite3.DatabaseError as exc:
+        # Read-only, full disk, missing directory: one line that says what to do, no traceback.
+        if args.debug:
+            traceback.print_exc()
+        print(f"digestd: {explain(state, exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
@@ -187,6 +196,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print("deliverability:")
     for note in notes:
         print(f"  {note}")
+    print(f"state:       {settings.state} ({probe(settings.state)})")  # a run must write there
     print("ok")
     return 0
 

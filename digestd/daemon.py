@@ -22,7 +22,7 @@ from digestd.pipeline import Deps
 from digestd.reload import Changes, Config, apply_config, load_config
 from digestd.sdnotify import Notifier
 from digestd.settings import format_duration
-from digestd.store import AlertState
+from digestd.store import AlertState, explain
 from digestd.web import WebServer
 
 __all__ = ["CronSimTrigger", "Daemon", "utcnow"]
@@ -189,6 +189,9 @@ class Daemon:
                 return
             try:
                 await body()
+            except sqlite3.OperationalError as exc:  # read-only, full: what to do, not where
+                log.error("job failed job=%s error=%s", getattr(body, "__name__", "?"),
+                          explain(self.deps.store.path, exc))  # fmt: skip
             except Exception:
                 log.exception("job failed job=%s", getattr(body, "__name__", "?"))
             self._publish_status()

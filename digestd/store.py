@@ -40,6 +40,8 @@ __all__ = [
     "SchemaError",
     "SourceStatus",
     "StateFileMoved",
+    "explain",
+    "probe",
     "Store",
     "StoreStatus",
     "Suppression",
@@ -217,6 +219,55 @@ def _dt(text: str) -> datetime:
 
 def _opt_dt(text: str | None) -> datetime | None:
     return None if text is None else _dt(text)
+
+
+# What to do about an SQLite error a person can fix, by a word of its message.
+_HINTS = (
+    ("readonly", "make it, its -wal and -shm files and its directory writable by the user"
+     " digestd runs as"),
+    ("disk is full", "free space on its file system; what was queued before is kept and sent"
+     " by the next run"),
+    ("unable to open", "check that its directory exists and is writable by the user digestd"
+     " runs as"),
+    ("locked", "another program holds it locked; digestd tries again at the next run"),
+    ("not a database", "the file is not a digestd database: check the `state` setting"),
+    ("malformed", "the file is damaged: restore it from a backup"),
+)  # fmt: skip
+
+
+def explain(path: Path, exc: sqlite3.Error | OSError) -> str:
+    """One line for a person: what is wrong with the state file at `path`, what to do."""
+    text = str(exc) if isinstance(exc, sqlite3.Error) else (exc.strerror or str(exc))
+    hint = next((h for word, h in _HINTS if word in text.lower()), "")
+    return f"the state file {path}: {text}" + (f" ({hint})" if hint else "")
+
+
+def probe(path: Path) -> str:
+    """Whether digestd can run on the state file at `path`, changing nothing: a write in a
+    transaction that is rolled back. Returns what it found.
+
+    :raises sqlite3.Error: the file cannot be written (read-only, full, not a database…).
+    :raises OSError: it does not exist and cannot be created.
+    """
+    if not path.exists():
+        parent = next(p for p in (path.parent, *path.parents) if p.exists())
+        if not os.access(parent, os.W_OK):
+            raise sqlite3.OperationalError(f"unable to open database file (in {parent})")
+        return "not created yet"
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("CREATE TABLE digestd_probe (x)")  # SQLite refuses the write here, if at all
+        db.execute("ROLLBACK")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        row = None
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = row[0] if row else "0"
+    finally:
+        db.close()
+    return f"writable, schema version {version}"
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -795,7 +846,10 @@ class Store:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A full disk or an I/O error may have rolled it back already; a failing ROLLBACK
+            # would hide the error that says why.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
@@ -1101,8 +1155,9 @@ class Store:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK TO one_message")
-            self._db.execute("RELEASE one_message")
+            if self._db.in_transaction:  # else SQLite rolled it all back (SQLITE_FULL, IOERR)
+                self._db.execute("ROLLBACK TO one_message")
+                self._db.execute("RELEASE one_message")
             self._written = written  # the shared bytes it inserted are gone with it
             raise
         self._db.execute("RELEASE one_message")

@@ -4,6 +4,8 @@ read-only, full. The real CLI and daemon as subprocesses against aiosmtpd; outco
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +20,9 @@ from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
 from test_service import Listing, to, write_config
 
+from digestd import cli
 from digestd.runlock import EXIT_LOCKED
+from digestd.store import Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,3 +196,65 @@ def test_item7_replaced_state_file_stops_work_until_the_original_is_back(
     problem, recovered = to(smtp_server, OPS)
     assert "was replaced" in problem.get_body(("plain",)).get_content()
     assert "RECOVERED" in str(recovered["Subject"])
+
+
+# -- item 11: a read-only state file, a full disk ----------------------------------------------
+
+
+def as_unprivileged(cmd: list[str]) -> list[str]:
+    """`cmd` without root's power to write any file (CAP_DAC_OVERRIDE), when run as root."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only file is writable")
+    return ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", *cmd]
+
+
+def test_item11_read_only_state_file_gives_one_clear_line_and_fails(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    config = write_setup(tmp_path, smtp_server.port, 3)
+    state = tmp_path / "var" / "state.sqlite3"
+    Store(state).close()
+    state.chmod(0o444)
+    digestd = as_unprivileged([sys.executable, "-m", "digestd", "--config", str(config)])
+    for command in (["check"], ["run", "--once"], ["unsubscribe", "r1@example.org"]):
+        done = subprocess.run([*digestd, *command], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        (line,) = done.stderr.splitlines()
+        assert line.startswith(f"digestd: the state file {state}: attempt to write a readonly"), (
+            line
+        )
+        assert "writable by the user digestd runs as" in line
+    assert smtp_server.received == []
+    # Reading needs no write: `status` still shows what the file holds.
+    done = subprocess.run([*digestd, "status"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "messages:    none" in done.stdout, done
+
+
+def test_item11_full_disk_gives_one_clear_line_and_loses_nothing(
+    tmp_path: Path,
+    smtp_server: SMTPTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No peer fills the disk on cue: SQLite's own page limit gives the very error (SQLITE_FULL)."""
+    config = write_setup(tmp_path, smtp_server.port, 40)
+    Store(tmp_path / "var" / "state.sqlite3").close()
+    configure = Store._configure
+
+    def small_disk(store: Store) -> None:
+        configure(store)
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages + 1}")
+
+    monkeypatch.setattr(Store, "_configure", small_disk)
+    assert cli.main(["--config", str(config), "run", "--once"]) == 1
+    err = capsys.readouterr().err
+    assert "digestd: the state file" in err and "database or disk is full" in err, err
+    assert "free space" in err and "Traceback" not in err
+    monkeypatch.undo()
+    again = finish(run_once(config))  # space again: every reader gets the digest, once
+    assert again[0] == 0, again
+    got = per_recipient(smtp_server)
+    assert len(got) == 40 and all(len(ids) == 1 for ids in got.values())
