@@ -18,6 +18,8 @@ import pytest
 from daemonproc import daemon, http_get, http_port, item, wait_for
 from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
+from test_crash import setup
+from test_delivery_faults import per_recipient
 from test_service import Listing, to, write_config
 
 from digestd import cli
@@ -25,33 +27,6 @@ from digestd.runlock import EXIT_LOCKED
 from digestd.store import Store
 
 pytestmark = pytest.mark.timeout(60)
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def write_setup(tmp: Path, port: int, recipients: int, *, extra: str = "") -> Path:
-    items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())[:3]
-    (tmp / "papers.json").write_text(json.dumps(items))
-    lines = ["defaults:\n  max_papers: 3\nsubscribers:"]
-    lines += [f"  - email: r{i}@example.org" for i in range(recipients)]
-    (tmp / "subscribers.yaml").write_text("\n".join(lines) + "\n")
-    config = tmp / "digestd.yaml"
-    config.write_text(
-        f"""\
-source: {{kind: file, url: papers.json}}
-state: var/state.sqlite3
-delivery:
-  kind: smtp
-  host: 127.0.0.1
-  port: {port}
-  security: none
-  timeout: 5s
-  from: "Paper Digest <digest@example.org>"
-subscribers: subscribers.yaml
-lookback: 3650d
-{extra}"""
-    )
-    return config
 
 
 def run_once(config: Path, *args: str) -> subprocess.Popen[str]:
@@ -68,20 +43,12 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def per_recipient(server: SMTPTestServer) -> dict[str, list[str]]:
-    got: dict[str, list[str]] = {}
-    for received in server.received:
-        (rcpt,) = received.rcpt_tos
-        got.setdefault(rcpt, []).append(str(received.message["Message-ID"]))
-    return got
-
-
 def test_item8_two_run_once_at_the_same_time_send_each_digest_once(
     tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:
     recipients = 150
     smtp_server.handler.stall_data = 0.01  # ~1.5 s of sending: the two runs overlap for sure
-    config = write_setup(tmp_path, smtp_server.port, recipients)
+    config = setup(tmp_path, smtp_server.port, recipients)
     first, second = run_once(config), run_once(config)
     results = [finish(p) for p in (first, second)]
     codes = sorted(code for code, _, _ in results)
@@ -104,9 +71,12 @@ OPS = "ops@example.org"
 READERS = ("alice@example.org", "bob@example.org")
 
 
-def daemon_config(tmp: Path, http_server: LocalHTTPServer, smtp_port: int) -> Path:
+def scene(tmp: Path, http_server: LocalHTTPServer, smtp_port: int) -> tuple[Listing, Path, Path]:
+    """The source lists paper 1 (both readers want alerts); (listing, config, daemon log)."""
+    listing = Listing(http_server, [item("2611.00001", "KV cache tricks")])
     extra = f"http:\n  listen: 127.0.0.1:0\nadmins: [{OPS}]\n"
-    return write_config(tmp, source=http_server.url, smtp_port=smtp_port, extra=extra)
+    config = write_config(tmp, source=http_server.url, smtp_port=smtp_port, extra=extra)
+    return listing, config, tmp / "daemon.log"
 
 
 def first_alerts_then_lose_the_file(
@@ -141,9 +111,7 @@ def each_paper_once(server: SMTPTestServer) -> None:
 def test_item7_deleted_state_file_stops_work_alerts_and_is_rescued(
     tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SMTPTestServer
 ) -> None:
-    listing = Listing(http_server, [item("2611.00001", "KV cache tricks")])
-    config = daemon_config(tmp_path, http_server, smtp_server.port)
-    log = tmp_path / "daemon.log"
+    listing, config, log = scene(tmp_path, http_server, smtp_server.port)
     with daemon(config, log, args=("--log-level", "debug")) as proc:
         port = first_alerts_then_lose_the_file(tmp_path, smtp_server, log, Path.unlink)
         reasons = json.loads(http_get(port, "/healthz")[1])["reasons"]
@@ -170,9 +138,7 @@ def test_item7_deleted_state_file_stops_work_alerts_and_is_rescued(
 def test_item7_replaced_state_file_stops_work_until_the_original_is_back(
     tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SMTPTestServer
 ) -> None:
-    listing = Listing(http_server, [item("2611.00001", "KV cache tricks")])
-    config = daemon_config(tmp_path, http_server, smtp_server.port)
-    log = tmp_path / "daemon.log"
+    listing, config, log = scene(tmp_path, http_server, smtp_server.port)
     aside = tmp_path / "var" / "moved-away.sqlite3"
 
     def replace(state: Path) -> None:
@@ -213,12 +179,12 @@ def as_unprivileged(cmd: list[str]) -> list[str]:
 def test_item11_read_only_state_file_gives_one_clear_line_and_fails(
     tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:
-    config = write_setup(tmp_path, smtp_server.port, 3)
-    state = tmp_path / "var" / "state.sqlite3"
+    config = setup(tmp_path, smtp_server.port, 3)
+    state = tmp_path / "state.sqlite3"
     Store(state).close()
     state.chmod(0o444)
     digestd = as_unprivileged([sys.executable, "-m", "digestd", "--config", str(config)])
-    for command in (["check"], ["run", "--once"], ["unsubscribe", "r1@example.org"]):
+    for command in (["check"], ["run", "--once"], ["unsubscribe", "c1@example.org"]):
         done = subprocess.run([*digestd, *command], capture_output=True, text=True, timeout=30)
         assert done.returncode == 1, (command, done.stdout, done.stderr)
         (line,) = done.stderr.splitlines()
@@ -239,8 +205,8 @@ def test_item11_full_disk_gives_one_clear_line_and_loses_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """No peer fills the disk on cue: SQLite's own page limit gives the very error (SQLITE_FULL)."""
-    config = write_setup(tmp_path, smtp_server.port, 40)
-    Store(tmp_path / "var" / "state.sqlite3").close()
+    config = setup(tmp_path, smtp_server.port, 40)
+    Store(tmp_path / "state.sqlite3").close()
     configure = Store._configure
 
     def small_disk(store: Store) -> None:
@@ -258,3 +224,33 @@ def test_item11_full_disk_gives_one_clear_line_and_loses_nothing(
     assert again[0] == 0, again
     got = per_recipient(smtp_server)
     assert len(got) == 40 and all(len(ids) == 1 for ids in got.values())
+
+
+def test_item8_a_killed_holder_leaves_no_stale_lock(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    smtp_server.handler.stall_data = 0.05  # the first run is still sending when it is killed
+    config = setup(tmp_path, smtp_server.port, 60)
+    lock = tmp_path / "state.sqlite3.lock"
+    first = run_once(config)
+    wait_for(lambda: len(smtp_server.received) >= 5, what="for the first run to send")
+    assert lock.read_text().strip() == str(first.pid)
+    first.send_signal(signal.SIGKILL)
+    finish(first)
+    again = finish(run_once(config))
+    assert again[0] == 0, again
+    got = per_recipient(smtp_server)
+    assert len(got) == 60 and all(len(set(ids)) == 1 for ids in got.values())
+
+
+def test_item8_run_once_beside_the_daemon_is_refused(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    config = setup(tmp_path, smtp_server.port, 2)
+    log = tmp_path / "daemon.log"
+    with daemon(config, log) as proc:
+        wait_for(lambda: "started subscribers=" in log.read_text(), what="for the daemon")
+        code, _, err = finish(run_once(config))
+        assert code == EXIT_LOCKED and f"(pid {proc.pid})" in err, err
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
