@@ -75,6 +75,7 @@ _STATUS_PROBLEMS = 20
 # How long (ms) to wait for another connection's write lock before "database is locked".
 _BUSY_TIMEOUT_MS = 5000
 _PRUNE_ROWS = 20_000  # outbox rows one prune looks at: a day's run of a large list
+_PROBE_WAIT = 0.5  # s `probe` waits for another writer before calling the file in use
 _PART_CACHE = 64  # shared message parts kept in memory: a few per shape, a few shapes per run
 
 _T = TypeVar("_T")
@@ -255,9 +256,16 @@ def probe(path: Path) -> str:
             raise sqlite3.OperationalError(f"unable to open database file (in {parent})")
         return "not created yet"
     uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"
-    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_PROBE_WAIT)
     try:
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            # A running daemon holds the write lock: it writes there, so the file is writable
+            # (`check` before a reload must not fail on that).
+            return "in use by a running digestd"
         db.execute("CREATE TABLE digestd_probe (x)")  # SQLite refuses the write here, if at all
         db.execute("ROLLBACK")
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}

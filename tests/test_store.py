@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from digestd.model import Paper, Part, Spliced
-from digestd.store import SCHEMA_VERSION, LedgerConflict, SchemaError, Store
+from digestd.store import SCHEMA_VERSION, LedgerConflict, SchemaError, Store, probe
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
 ALICE = "alice@example.org"
@@ -697,3 +697,16 @@ def test_a_long_backlog_is_pruned_over_several_calls(store: Store) -> None:
     later = T0 + timedelta(days=1)
     assert [store.prune(before=later, limit=3) for _ in range(4)] == [3, 3, 1, 0]
     assert count(store, "outbox_bodies") == 0 and count(store, "outbox") == 7
+
+
+def test_item11_probe_says_whether_a_run_could_write(db_path: Path) -> None:
+    assert probe(db_path) == "not created yet" and not db_path.exists()
+    with Store(db_path) as store:
+        assert probe(db_path) == f"writable, schema version {SCHEMA_VERSION}"
+        # A daemon in the middle of a write: `check` before a reload must not fail on it.
+        store._db.execute("BEGIN IMMEDIATE")
+        assert probe(db_path) == "in use by a running digestd"
+        store._db.execute("ROLLBACK")
+    db_path.write_bytes(b"not a database, but long enough to have a header" * 4)
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        probe(db_path)
