@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from digestd.model import Paper, Part, Spliced
-from digestd.store import SCHEMA_VERSION, LedgerConflict, SchemaError, Store, probe
+from digestd.store import (
+    SCHEMA_VERSION,
+    LedgerConflict,
+    SchemaError,
+    StateFileMoved,
+    Store,
+    probe,
+)
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
 ALICE = "alice@example.org"
@@ -710,3 +717,23 @@ def test_item11_probe_says_whether_a_run_could_write(db_path: Path) -> None:
     db_path.write_bytes(b"not a database, but long enough to have a header" * 4)
     with pytest.raises(sqlite3.DatabaseError, match="not a database"):
         probe(db_path)
+
+
+def test_item7_a_second_connection_opens_the_same_file_or_none(db_path: Path) -> None:
+    with Store(db_path) as store:
+        secret = store.secret()
+        assert store.moved() is None
+        Store(db_path, same_as=store).close()
+        db_path.rename(db_path.with_name("aside"))
+        assert store.moved() == f"the state file {db_path} was deleted"
+        with pytest.raises(StateFileMoved, match="was deleted"):
+            Store(db_path, same_as=store)
+        assert not db_path.exists()  # no empty database made under the name
+        sqlite3.connect(db_path).close()
+        assert store.moved() == f"the state file {db_path} was replaced by another file"
+        with pytest.raises(StateFileMoved, match="was replaced"):
+            Store(db_path, same_as=store)
+        rescued = store.rescue(T0)
+        assert rescued.name == "digestd.sqlite3.rescued-20250310T070000Z"
+        with Store(rescued) as copy:
+            assert copy.schema_version() == SCHEMA_VERSION and copy.secret() == secret
