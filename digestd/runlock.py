@@ -18,7 +18,7 @@ from pathlib import Path
 
 from digestd.errors import DigestdError
 
-__all__ = ["EXIT_LOCKED", "StateLocked", "lock_path", "run_lock"]
+__all__ = ["EXIT_LOCKED", "LockUnavailable", "StateLocked", "lock_path", "run_lock"]
 
 # sysexits.h EX_CANTCREAT: the state file cannot be taken for writing (75, EX_TEMPFAIL, already
 # means "messages remain queued"). systemd's Restart=on-failure retries it like any failure.
@@ -29,6 +29,12 @@ class StateLocked(DigestdError):
     """Another `digestd run` holds the state file."""
 
     hint = "one run per state file: wait for it to finish, or stop it first"
+
+
+class LockUnavailable(DigestdError):
+    """The lock file cannot be created or opened (a read-only directory, say)."""
+
+    hint = "the state file's directory must be writable by the user digestd runs as"
 
 
 def lock_path(state: Path) -> Path:
@@ -42,9 +48,12 @@ def run_lock(state: Path) -> Iterator[None]:
         yield
         return
     path = lock_path(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_CLOEXEC: a compose worker (spawned: fork + exec) must not inherit and outlive the lock.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_CLOEXEC: a compose worker (spawned: fork + exec) must not inherit and outlive it.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise LockUnavailable(f"the run lock {path}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -196,6 +196,17 @@ def test_item11_read_only_state_file_gives_one_clear_line_and_fails(
     # Reading needs no write: `status` still shows what the file holds.
     done = subprocess.run([*digestd, "status"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "messages:    none" in done.stdout, done
+    # A read-only directory: not even the run lock can be made there.
+    state.chmod(0o644)
+    Path(f"{state}.lock").unlink()  # left by the runs above
+    tmp_path.chmod(0o555)
+    try:
+        done = subprocess.run([*digestd, "run", "--once"], capture_output=True, text=True)
+    finally:
+        tmp_path.chmod(0o755)
+    assert done.returncode == 1, done
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"digestd: the run lock {state}.lock: Permission denied"), line
 
 
 def test_item11_full_disk_gives_one_clear_line_and_loses_nothing(
