@@ -236,9 +236,9 @@ _HINTS = (
 )  # fmt: skip
 
 
-def explain(path: Path, exc: sqlite3.Error | OSError) -> str:
+def explain(path: Path, exc: sqlite3.Error) -> str:
     """One line for a person: what is wrong with the state file at `path`, what to do."""
-    text = str(exc) if isinstance(exc, sqlite3.Error) else (exc.strerror or str(exc))
+    text = str(exc)
     hint = next((h for word, h in _HINTS if word in text.lower()), "")
     return f"the state file {path}: {text}" + (f" ({hint})" if hint else "")
 
