@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "source"
 DELIVERY = "delivery"
+STATE = "state"  # the state file was deleted or replaced: kept in memory (`tell`), not the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,11 @@ class AdminAlerts:
         if new != old:
             self.store.save_alert_state(new, at=now)
 
+    async def tell(self, state: AlertState, mailer: Mailer, *, now: datetime) -> bool:
+        """Mail the admins about `state` without reading or writing the store (which may be the
+        problem); True when one of them got it, or when there is nobody to tell."""
+        return not self.policy.admins or await self._mail(state, mailer, now=now)
+
     async def _mail(self, state: AlertState, mailer: Mailer, *, now: datetime) -> bool:
         """Tell every admin; True when at least one of them got it."""
         rendered = compose(state, self.policy, now=now)
@@ -139,6 +145,13 @@ def compose(state: AlertState, policy: AlertPolicy, *, now: datetime) -> Rendere
         problem = "the paper source keeps failing"
         fixed = "the paper source answers again"
         hint = "Check the source URL, the network and `digestd status`. Nothing is lost: the next good poll catches up."
+    elif state.name == STATE:
+        problem = "the state file was deleted or replaced; digestd stopped composing and sending"
+        fixed = "the state file is back; digestd composes and sends again"
+        hint = (
+            "Put the original file back under its name (digestd resumes by itself), or stop"
+            " digestd, restore the rescued copy named in its log, and start it again."
+        )
     else:
         problem = f"deliveries keep failing ({policy.delivery_failures}+ attempts in a row)"
         fixed = "the relay accepts mail again"

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 import tempfile
 import traceback
@@ -35,6 +36,7 @@ from digestd.progress import make_progress
 from digestd.redact import safe_text
 from digestd.render import check_templates, make_environments
 from digestd.rules import summarize
+from digestd.runlock import EXIT_LOCKED, StateLocked, run_lock
 from digestd.settings import (
     DEFAULT_CONFIG,
     DkimSettings,
@@ -42,7 +44,7 @@ from digestd.settings import (
     env_warnings,
     load_settings,
 )
-from digestd.store import SourceStatus, Store, StoreStatus
+from digestd.store import SourceStatus, Store, StoreStatus, explain, probe
 
 __all__ = ["main"]
 
@@ -60,6 +62,7 @@ exit codes:
   0   done (run --once: every message sent)
   1   an error, e.g. a poll or a message failed (run --once), an address is unknown
   2   the settings, subscribers or templates are invalid
+  73  run: another digestd run holds the state file (one pipeline per state file)
   75  run --once: messages remain queued or deferred; the next run or the daemon retries them
 """
 
@@ -82,7 +85,8 @@ COMMAND_HELP = {
             "run the daemon in the foreground (or once, with --once)",
             "Poll every source on its own interval, send each subscriber's digest at their cron "
             "time and retry deferred mail, until SIGTERM; SIGHUP reloads both files. With --once: "
-            "poll, queue and send everything owed now, then exit.",
+            "poll, queue and send everything owed now, then exit. One run per state file: while "
+            f"one runs, another `run` or `run --once` on the same file exits {EXIT_LOCKED}.",
             "digestd run --once --config /etc/digestd/digestd.yaml",
         ),
         Command(
@@ -243,8 +247,12 @@ def config_path(arg: Path | None) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, fmt=args.log_format)
+    where = _StatePath()  # filled once the settings are read: SQLite errors name the file
     try:
-        return _dispatch(args)
+        return _dispatch(args, where)
+    except StateLocked as exc:
+        print(f"digestd: {exc} ({exc.hint})", file=sys.stderr)
+        return EXIT_LOCKED
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -255,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"digestd: {exc}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
         return EXIT_RUNTIME
+    except sqlite3.DatabaseError as exc:
+        # Read-only, full disk, missing directory: one line that says what to do, no traceback.
+        if args.debug:
+            traceback.print_exc()
+        print(f"digestd: {explain(where.path, exc)}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -263,14 +277,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+@dataclass(slots=True)
+class _StatePath:
+    path: Path = Path("the state file")
+
+
+def _dispatch(args: argparse.Namespace, where: _StatePath) -> int:
     if args.command == "dkim":
         return cmd_dkim_keygen(args)  # needs the settings only for a default
     settings = load_settings(config_path(args.config))
+    where.path = settings.state
     return COMMANDS[args.command](settings, args)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    with run_lock(settings.state):  # one pipeline per state file, released however we exit
+        return _run(settings, args)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
     deps = app.open_deps(settings, now=utcnow())
     if args.once:
         return asyncio.run(_run_once(deps, settings))
@@ -350,6 +375,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     for note in notes:
         print(f"  {note}")
     _print_section("environment:", env_warnings(os.environ))
+    print(f"state:       {settings.state} ({probe(settings.state)})")  # a run must write there
     print("ok")
     return 0
 
@@ -512,11 +538,14 @@ def _unknown(settings: Settings, email: str) -> bool:
 
 def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
-        lifted = store.unsuppress(args.email)
+        lifted = store.unsuppress(args.email, at=utcnow())
     if not lifted:
         print(f"digestd: {args.email} is not unsubscribed", file=sys.stderr)
         return EXIT_RUNTIME
-    print(f"{args.email} receives mail again from the next digest on")
+    print(
+        f"{args.email} receives mail again from the next digest on"
+        " (unsubscribe links in earlier mails no longer act)"
+    )
     return 0
 
 

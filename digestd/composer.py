@@ -15,6 +15,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -191,7 +193,7 @@ def composer(envs: Environments, n_due: int) -> Iterator[Composer]:
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init,
-        initargs=(dirs[0] if dirs else None,),
+        initargs=(dirs[0] if dirs else None, os.getpid()),
     )
     try:
         yield Composer(envs, pool, workers)
@@ -219,13 +221,34 @@ def template_dirs(envs: Environments) -> list[Path] | None:
 
 
 _ENVS: Environments | None = None
+_PARENT_CHECK = 0.5  # seconds between checks that the main process still lives
 
 
-def _init(extra_dir: Path | None) -> None:
+def _init(extra_dir: Path | None, parent: int) -> None:
     global _ENVS
     # The main process decides when to stop (Ctrl-C reaches the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _leave_with(parent)
     _ENVS = make_environments(extra_dir)
+
+
+def _leave_with(parent: int) -> None:
+    """Exit once `parent` is gone (kill -9, out of memory): an idle worker would wait for work
+    for ever, as it holds the task queue's write end itself and so never sees EOF.
+
+    A thread watching the parent id, not prctl(PR_SET_PDEATHSIG): that fires when the parent
+    *thread* that started the worker ends, which a pool started from a short-lived thread would
+    take for the parent's death.
+    """
+    if os.getppid() != parent:  # gone before we got here
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is adopted by init (or a subreaper)
+        time.sleep(_PARENT_CHECK)
+    os._exit(1)  # nothing to save: the main process writes the outbox, not us
 
 
 def _ready() -> bool:

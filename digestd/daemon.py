@@ -16,7 +16,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from digestd import app, health, periods, pipeline
-from digestd.alerts import AdminAlerts, AlertPolicy
+from digestd.alerts import STATE, AdminAlerts, AlertPolicy
 from digestd.errors import ConfigError, DigestdError, SourceError
 from digestd.metrics import MeteredMailer, Metrics
 from digestd.model import Outcome, ParseResult
@@ -25,6 +25,7 @@ from digestd.reload import Changes, Config, apply_config, load_config
 from digestd.sdnotify import Notifier
 from digestd.settings import format_duration
 from digestd.sources.base import Source
+from digestd.store import AlertState, explain
 from digestd.web import WebServer
 
 __all__ = ["CronSimTrigger", "Daemon", "utcnow"]
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 RETRY_TICK = timedelta(seconds=60)
 # Without a configuration file: how long a stop waits for the job in flight (delivery.timeout's default).
 STOP_WITHIN = timedelta(seconds=30)
+# How often the state file is checked to still be the one open (one stat): the longest a deleted
+# or replaced file goes unnoticed by /healthz readers and admins (jobs check before they start).
+STATE_CHECK = 1.0
 
 
 def utcnow() -> datetime:
@@ -95,7 +99,15 @@ class Daemon:
         self.stop_within, self.stuck_after = _bounds(config, stuck_after)
         self._stop = asyncio.Event()
         self._stopping = False
-        deps.stopping = lambda: self._stopping
+        # A drain stops between two messages when the state file goes (its outcomes would be
+        # written to a file nobody will read again).
+        deps.stopping = lambda: self._stopping or self._check_state() is not None
+        self._lost: str | None = None  # why the state file is not ours any more
+        self._lost_since: datetime | None = None
+        self._rescued: str | None = None
+        self._last_loss = ""  # the reason, still told in the "back" mail
+        self._told_lost = False  # what the admins were last told about it
+        self._next_tell = self.started_at
         self.scheduler = AsyncIOScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -188,6 +200,11 @@ class Daemon:
             async with self._lock:
                 if self._stopping:
                     return
+                if self._check_state() is not None:
+                    log.debug(
+                        "job skipped job=%s reason=state file lost", getattr(body, "__name__", "?")
+                    )
+                    return
                 await self._hold(body)
                 self._publish_status()
         except asyncio.CancelledError:
@@ -203,6 +220,8 @@ class Daemon:
         self._progressed()
         try:
             await body()
+        except sqlite3.OperationalError as exc:  # read-only, full: what to do, not where
+            log.error("job failed job=%s error=%s", name, explain(self.deps.store.path, exc))
         except Exception:
             log.exception("job failed job=%s", name)
         except asyncio.CancelledError:
@@ -259,6 +278,9 @@ class Daemon:
         """Fetch outside the work lock (bounded by the source's deadline), then store under it."""
         source = next((s for s in self.deps.all_sources() if s.name == name), None)
         if source is None:
+            return
+        if self._check_state() is not None:  # nowhere to store what the fetch would bring
+            log.debug("job skipped job=poll source=%s reason=state file lost", name)
             return
         now = utcnow()
         fetched = await self._fetch(source, now)
@@ -343,6 +365,8 @@ class Daemon:
     # -- service: status, watchdog, HTTP, alerts, catch-up --------------------------------
 
     def _status(self) -> str:
+        if self._lost is not None:
+            return f"STOPPED: {self._lost}"
         return health.status_line(self.deps.store, now=utcnow())
 
     def _publish_status(self) -> None:
@@ -351,6 +375,7 @@ class Daemon:
 
     def _background(self) -> None:
         self._spawn(self._reloader(), "reloader")
+        self._spawn(self._watch_state(), "state-watch")
         if self.config is not None:
             self._spawn(self._watch_config(self.config), "config-watch")
         every = self.notifier.watchdog_interval()
@@ -396,6 +421,68 @@ class Daemon:
             f"job={self._holder_job} has held the work lock {idle:.0f}s without finishing"
             f" a message (bound {format_duration(self.stuck_after)})"
         )
+
+    # -- the state file deleted or replaced under us --------------------------------------
+
+    def _check_state(self) -> str | None:
+        """Why the state file is no longer the one open (None: it is); acts on each change."""
+        reason = self.deps.store.moved()
+        if reason == self._lost:
+            return reason
+        if reason is None:
+            log.warning(
+                "state file back path=%s; composing and sending resume", self.deps.store.path
+            )
+        elif self._lost is None:
+            log.error("%s; composing and sending stopped until it is back or a restart", reason)
+            self._lost_since, self._last_loss = utcnow(), reason
+            self._rescue()
+        self._lost = reason
+        if self.notifier.enabled:
+            self.notifier.status(self._status())
+        return reason
+
+    def _rescue(self) -> None:
+        """Copy out what only our open descriptor still reaches: the queue, the ledger, all."""
+        try:
+            path = self.deps.store.rescue(utcnow())
+        except (OSError, sqlite3.Error) as exc:
+            self._rescued = None
+            log.error("state file not rescued error=%s", exc)
+            return
+        self._rescued = str(path)
+        log.error(
+            "state file rescued copy=%s (to go on from it: stop digestd, move it to %s, start)",
+            path, self.deps.store.path,
+        )  # fmt: skip
+
+    async def _watch_state(self) -> None:
+        while True:
+            self._check_state()
+            await self._tell_admins()
+            await asyncio.sleep(STATE_CHECK)
+
+    async def _tell_admins(self) -> None:
+        """One mail when the file goes, one when it is back; kept in memory, as the store is
+        what is in question (a restart on a restored file has nothing left to tell)."""
+        lost = self._lost is not None
+        now = utcnow()
+        if lost == self._told_lost or now < self._next_tell:
+            return
+        detail = self._last_loss
+        if self._rescued:
+            detail += f". A copy of the file as digestd last had it: {self._rescued}"
+        state = AlertState(STATE, firing=lost, since=self._lost_since, detail=detail)
+        async with self._lock:  # the mailer's connections are not shared with a job's sends
+            try:
+                told = await self.alerts.tell(state, self._raw_mailer, now=now)
+            except Exception as exc:  # the watch must go on: retried at the next tick
+                log.error("admin alert failed alert=%s error=%s", STATE, exc)
+                told = False
+        if told:
+            self._told_lost = lost
+        else:
+            self._next_tell = now + RETRY_TICK
 
     async def _start_web(self) -> None:
         listen = self.config.settings.http.listen if self.config else None

@@ -76,7 +76,8 @@ class _Side:
 
     def _open(self) -> Store:
         if self.side is None:
-            self.side = Store(self.store.path)
+            # The very file the store has open: never a new empty one made under a lost name.
+            self.side = Store(self.store.path, same_as=self.store)
         return self.side
 
     async def aclose(self) -> None:

@@ -37,6 +37,9 @@ class HealthProbe:
 
     def problems(self) -> list[str]:
         """Why the daemon is unhealthy; empty when it is healthy."""
+        moved = self.store.moved()
+        if moved is not None:
+            return [f"{moved}; composing and sending are stopped"]
         if not self.running():
             return ["the scheduler is not running (starting or stopping)"]
         try:

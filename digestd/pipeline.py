@@ -35,7 +35,7 @@ from digestd.observe import NULL, Observer
 from digestd.redact import safe_text, secrets_of
 from digestd.render import Environments, RenderContext, render_digest
 from digestd.sources.base import Source
-from digestd.store import Store
+from digestd.store import LedgerConflict, Store
 from digestd.transports.base import Mailer
 
 __all__ = [
@@ -469,17 +469,23 @@ def _enqueue(
     data = None
     if composed is not None:
         data = _signed(deps.sign, composed.message) if deps.sign else composed.message
-    row = deps.store.enqueue(
-        subscriber=key(sub),
-        kind=kind,
-        period=period,
-        message_id=message_id,
-        sender=deps.options.envelope_from,
-        data=data,
-        paper_ids=[m.paper.id for m in found],
-        at=now,
-        expires_at=expires,
-    )
+    try:
+        row = deps.store.enqueue(
+            subscriber=key(sub),
+            kind=kind,
+            period=period,
+            message_id=message_id,
+            sender=deps.options.envelope_from,
+            data=data,
+            paper_ids=[m.paper.id for m in found],
+            at=now,
+            expires_at=expires,
+        )
+    except LedgerConflict as exc:
+        # Another message got there first (a concurrent run): this one is dropped, the papers
+        # it would have repeated are already on their way; the rest of the batch goes on.
+        log.warning("not queued kind=%s period=%s reason=%s", kind, period, exc)
+        return False
     if row is not None and composed is not None and composed.web is not None:
         _save_web_copy(deps, sub, composed.web, links=links, now=now)
     return row is not None

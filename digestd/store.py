@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import secrets
 import sqlite3
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,9 +36,13 @@ __all__ = [
     "OutboxRow",
     "OutboxState",
     "AlertState",
+    "LedgerConflict",
     "PollInfo",
     "SchemaError",
     "SourceStatus",
+    "StateFileMoved",
+    "explain",
+    "probe",
     "Store",
     "StoreStatus",
     "Suppression",
@@ -70,6 +76,7 @@ _STATUS_PROBLEMS = 20
 # How long (ms) to wait for another connection's write lock before "database is locked".
 _BUSY_TIMEOUT_MS = 5000
 _PRUNE_ROWS = 20_000  # outbox rows one prune looks at: a day's run of a large list
+_PROBE_WAIT = 0.5  # s `probe` waits for another writer before calling the file in use
 _PART_CACHE = 64  # shared message parts kept in memory: a few per shape, a few shapes per run
 
 _T = TypeVar("_T")
@@ -79,6 +86,19 @@ class SchemaError(DigestdError):
     """The database was written by a newer digestd than this one."""
 
     hint = "upgrade digestd, or point it at another database file"
+
+
+class StateFileMoved(DigestdError):
+    """The state file this connection uses no longer has its name (deleted, or replaced)."""
+
+    hint = "put the original file back, or restore the rescued copy, then restart digestd"
+
+
+class LedgerConflict(DigestdError):
+    """A message would carry a paper the ledger already gave to another message of the same
+    subscriber (another process composed it meanwhile): the message is not queued."""
+
+    hint = "the paper goes out in the message that reserved it first"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +221,70 @@ def _dt(text: str) -> datetime:
 
 def _opt_dt(text: str | None) -> datetime | None:
     return None if text is None else _dt(text)
+
+
+# What to do about an SQLite error a person can fix, by a word of its message.
+_HINTS = (
+    ("readonly", "make it, its -wal and -shm files and its directory writable by the user"
+     " digestd runs as"),
+    ("disk is full", "free space on its file system; what was queued before is kept and sent"
+     " by the next run"),
+    ("unable to open", "check that its directory exists and is writable by the user digestd"
+     " runs as"),
+    ("locked", "another program holds it locked; digestd tries again at the next run"),
+    ("not a database", "the file is not a digestd database: check the `state` setting"),
+    ("malformed", "the file is damaged: restore it from a backup"),
+)  # fmt: skip
+
+
+def explain(path: Path, exc: sqlite3.Error) -> str:
+    """One line for a person: what is wrong with the state file at `path`, what to do."""
+    text = str(exc)
+    hint = next((h for word, h in _HINTS if word in text.lower()), "")
+    return f"the state file {path}: {text}" + (f" ({hint})" if hint else "")
+
+
+def probe(path: Path) -> str:
+    """Whether digestd can run on the state file at `path`, changing nothing: a write in a
+    transaction that is rolled back. Returns what it found.
+
+    :raises sqlite3.Error: the file cannot be written (read-only, full, not a database…).
+    :raises OSError: it does not exist and cannot be created.
+    """
+    if not path.exists():
+        parent = next(p for p in (path.parent, *path.parents) if p.exists())
+        if not os.access(parent, os.W_OK):
+            raise sqlite3.OperationalError(f"unable to open database file (in {parent})")
+        return "not created yet"
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_PROBE_WAIT)
+    try:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            # A running daemon holds the write lock: it writes there, so the file is writable
+            # (`check` before a reload must not fail on that).
+            return "in use by a running digestd"
+        db.execute("CREATE TABLE digestd_probe (x)")  # SQLite refuses the write here, if at all
+        db.execute("ROLLBACK")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        row = None
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = row[0] if row else "0"
+    finally:
+        db.close()
+    return f"writable, schema version {version}"
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None for an in-memory database."""
+    if str(path) == ":memory:":
+        return None
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def _email_key(email: str) -> str:
@@ -451,6 +535,19 @@ def _migration_9(db: sqlite3.Connection) -> None:
     db.execute("UPDATE papers SET version = NULL WHERE link IS NOT NULL")
 
 
+def _migration_10(db: sqlite3.Connection) -> None:
+    """Resubscribing retires the address's id: links made before it (in mails read before the
+    unsubscribe) name a retired id and do nothing; the next mail carries a new id (AUTOINCREMENT
+    never gives an id twice). Kept to tell such a link apart from a forged one."""
+    db.execute(
+        """CREATE TABLE retired_subscriber_ids (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL,
+            retired_at TEXT NOT NULL
+        )"""
+    )
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -461,6 +558,7 @@ _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_7,
     _migration_8,
     _migration_9,
+    _migration_10,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -628,12 +726,23 @@ def _problem_from_row(row: sqlite3.Row) -> OutboxProblem:
 class Store:
     """One connection to the digestd database; not thread-safe, meant for the event loop thread."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, same_as: Store | None = None) -> None:
+        """Open (and create, unless `same_as`) the database at `path`.
+
+        `same_as`: a second connection to the very file `same_as` has open; never creates one.
+        :raises StateFileMoved: with `same_as`, another file (or none) now has the name.
+        """
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: the sqlite3 module must not open transactions behind our back;
         # `_write` issues BEGIN IMMEDIATE so the write lock is taken up front (no upgrade deadlock).
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db = self._connect(same_as)
+        # Which file this is: a file deleted or replaced under a running daemon keeps being
+        # written through the open descriptor while new connections get another (`moved`).
+        self.identity = _identity(self.path)
+        if same_as is not None and self.identity != same_as.identity:
+            self._db.close()
+            raise StateFileMoved(same_as.moved() or f"the state file {self.path} was replaced")
         self._db.row_factory = sqlite3.Row
         self._secret: bytes | None = None
         self._batching = False
@@ -647,6 +756,41 @@ class Store:
             raise
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def _connect(self, same_as: Store | None) -> sqlite3.Connection:
+        if same_as is None or str(self.path) == ":memory:":
+            return sqlite3.connect(self.path, isolation_level=None)
+        # mode=rw: a second connection must never create an empty database under the name.
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=rw"
+        try:
+            return sqlite3.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.OperationalError:
+            raise StateFileMoved(f"the state file {self.path} was deleted") from None
+
+    def moved(self) -> str | None:
+        """Why the name no longer leads to this connection's file (deleted, replaced), or None."""
+        if self.identity is None:
+            return None
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            return f"the state file {self.path} was deleted"
+        except OSError as exc:
+            return f"the state file {self.path} cannot be checked: {exc.strerror}"
+        if now != self.identity:
+            return f"the state file {self.path} was replaced by another file"
+        return None
+
+    def rescue(self, at: datetime) -> Path:
+        """A consistent copy of this connection's database next to its old name, for a file
+        deleted or replaced under us: what only our open descriptor still reaches."""
+        target = self.path.with_name(f"{self.path.name}.rescued-{at.strftime('%Y%m%dT%H%M%SZ')}")
+        copy = sqlite3.connect(target)
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()
+        return target
 
     def _configure(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -731,7 +875,10 @@ class Store:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A full disk or an I/O error may have rolled it back already; a failing ROLLBACK
+            # would hide the error that says why.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
@@ -987,9 +1134,10 @@ class Store:
         and claims hand out the whole message (`Canonical` if it was marked so).
         `compressed`: `data` is the message zlib-compressed; claims hand out the plain bytes.
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
-        Papers already reserved for the subscriber keep their old reservation.
 
         :raises ValueError: `data` is None but `paper_ids` is not empty.
+        :raises LedgerConflict: a paper is already reserved for the subscriber by another
+            message; nothing of this one is kept (inside a `batch`, the rest of it is).
         """
         ids = list(dict.fromkeys(paper_ids))
         if data is None and ids:
@@ -1011,11 +1159,17 @@ class Store:
             outbox_id = cast(int, cursor.lastrowid)
             if data is not None:
                 self._queue_body(db, outbox_id, data, compressed=compressed)
-            db.executemany(
+            reserved = db.executemany(
                 "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, outbox_id)"
                 " VALUES (?, ?, ?)",
                 ((key, paper_id, outbox_id) for paper_id in ids),
-            )
+            ).rowcount
+            if reserved != len(ids):
+                # Another message carries one of them (e.g. a concurrent process composed from
+                # an older snapshot): this one goes, with its body, parts and reservations (the
+                # foreign keys cascade). Costs nothing when there is no conflict.
+                db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+                raise LedgerConflict("a paper of this message is already reserved by another")
         return outbox_id
 
     def _queue_body(
@@ -1614,11 +1768,30 @@ class Store:
             )
         return cursor.rowcount == 1
 
-    def unsuppress(self, email: str) -> bool:
-        """Lift a suppression; False when there was none."""
+    def unsuppress(self, email: str, *, at: datetime) -> bool:
+        """Lift a suppression; False when there was none.
+
+        The address's id is retired with it, so that the unsubscribe links of the mails before
+        (one of which was used to leave) cannot unsubscribe it again; see `_migration_10`.
+        """
+        key = _email_key(email)
         with self._write() as db:
-            cursor = db.execute("DELETE FROM suppressions WHERE email = ?", (_email_key(email),))
+            cursor = db.execute("DELETE FROM suppressions WHERE email = ?", (key,))
+            if cursor.rowcount == 1:
+                db.execute(
+                    "INSERT INTO retired_subscriber_ids (id, email, retired_at)"
+                    " SELECT id, email, ? FROM subscriber_ids WHERE email = ?",
+                    (_ts(at), key),
+                )
+                db.execute("DELETE FROM subscriber_ids WHERE email = ?", (key,))
         return cursor.rowcount == 1
+
+    def retired_email(self, subscriber_id: int) -> str | None:
+        """The address a retired id (`unsuppress`) was made for, or None."""
+        return cast(
+            "str | None",
+            self._scalar("SELECT email FROM retired_subscriber_ids WHERE id = ?", (subscriber_id,)),
+        )
 
     def is_suppressed(self, email: str) -> bool:
         row = self._db.execute(

@@ -87,21 +87,28 @@ class _Pages:
         self.contact = contact
         self.clock = clock
 
-    def who(self, token: str) -> tuple[int, str] | None:
-        """(id, address) this token was made for, or None when it is forged or altered."""
+    def who(self, token: str) -> tuple[int, str] | Response:
+        """(id, address) this token was made for, or the page to answer: forged or altered, or
+        made before the address resubscribed (its id is retired: the link does nothing)."""
         parsed = tokens.parse_unsubscribe(token)
         if parsed is None:
-            return None
+            return _invalid(self.site_name, self.contact)
         email = self.store.subscriber_email(parsed.subscriber_id)
+        current = email is not None
+        if not current:
+            email = self.store.retired_email(parsed.subscriber_id)
         # Verify even when the id is unknown so timing does not tell ids apart.
-        ok = parsed.verify(self.key, email or "")
-        return (parsed.subscriber_id, email) if ok and email is not None else None
+        if not parsed.verify(self.key, email or "") or email is None:
+            return _invalid(self.site_name, self.contact)
+        if not current:
+            return _stale(self.site_name, self.contact)
+        return parsed.subscriber_id, email
 
     async def confirm(self, request: Request) -> Response:
         """GET: a page with a button; it never unsubscribes (scanners GET every link)."""
         found = self.who(request.path_params["token"])
-        if found is None:
-            return _invalid(self.site_name, self.contact)
+        if isinstance(found, Response):
+            return found
         email = found[1]
         if self.store.is_suppressed(email):
             return _done(self.site_name, self.contact, email)
@@ -120,9 +127,13 @@ class _Pages:
             if size > MAX_BODY:
                 return _page("Request too large", Markup(""), status=413)
         found = self.who(request.path_params["token"])
-        if found is None:
-            return _invalid(self.site_name, self.contact)
+        if isinstance(found, Response):
+            return found
         sub_id, email = found
+        if self.store.moved() is not None:
+            # It would be written to a file nobody reads again: the client should retry.
+            body = Markup("<p>We cannot record this right now. Please try again later.</p>")
+            return _page("Try again later", body, status=503, retry=True)
         if self.store.suppress(email, at=self.clock(), via="one-click"):
             log.info("unsubscribed subscriber_id=%d via=one-click", sub_id)
         return _done(self.site_name, self.contact, email)
@@ -162,6 +173,16 @@ def _invalid(site_name: str, contact: str) -> Response:
     return _page("Link not valid", body, status=404)
 
 
-def _page(title: str, body: Markup, *, status: int = 200) -> Response:
+def _stale(site_name: str, contact: str) -> Response:
+    body = Markup(
+        "<p>This unsubscribe link is out of date: it comes from an email sent before you"
+        " subscribed again, and it no longer does anything.</p>"
+        "<p>To leave {site}, use the link in your latest email, or write to {contact}.</p>"
+    ).format(site=site_name, contact=contact)
+    return _page("Link out of date", body, status=410)
+
+
+def _page(title: str, body: Markup, *, status: int = 200, retry: bool = False) -> Response:
     html = _PAGE.format(title=escape(title), body=body)
-    return HTMLResponse(html, status_code=status, headers=_HEADERS)
+    headers = {**_HEADERS, "Retry-After": "300"} if retry else _HEADERS
+    return HTMLResponse(html, status_code=status, headers=headers)

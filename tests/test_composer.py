@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import zlib
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+from daemonproc import wait_for
 
 from digestd import composer as composer_module
 from digestd.composer import Composer, MailJob, WebCopy, assemble, composer, template_dirs
@@ -134,3 +138,55 @@ def test_template_dirs_rebuild_what_make_environments_was_given(tmp_path: Path) 
         html=jinja2.Environment(loader=loader), text=jinja2.Environment(loader=loader)
     )
     assert template_dirs(odd) is None
+
+
+def _children(pid: int) -> list[int]:
+    """The compose workers (and the resource tracker) `pid` spawned, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"multiprocessing" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not Path("/proc").is_dir(), reason="needs workers")
+def test_item11_workers_exit_when_the_run_is_killed_mid_compose(tmp_path: Path) -> None:
+    """kill -9 of `run --once` while composing: its workers must not live on (PPID 1) for ever."""
+    items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())
+    (tmp_path / "papers.json").write_text(json.dumps(items))
+    lines = ["subscribers:", *(f"  - email: w{i}@example.org" for i in range(3000))]
+    (tmp_path / "subscribers.yaml").write_text("\n".join(lines) + "\n")
+    (tmp_path / "digestd.yaml").write_text(
+        "source: {kind: file, url: papers.json}\nstate: state.sqlite3\nlookback: 3650d\n"
+        "delivery: {kind: maildir, path: mail, from: 'Digest <d@example.org>'}\n"
+        "subscribers: subscribers.yaml\n"
+    )
+    cmd = [sys.executable, "-m", "digestd", "--config", str(tmp_path / "digestd.yaml")]
+    proc = subprocess.Popen([*cmd, "run", "--once"], stdout=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        wait_for(lambda: len(_children(proc.pid)) >= 2, what="for the compose workers")
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        wait_for(lambda: not any(_alive(w) for w in workers), timeout=10, what="workers to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:  # the ones this test started, if they outlived it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

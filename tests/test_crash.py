@@ -28,11 +28,11 @@ CONNECTIONS = 2
 KILLS = int(os.environ.get("DIGESTD_CRASH_KILLS", "5"))
 
 
-def setup(tmp_path: Path, port: int) -> Path:
+def setup(tmp_path: Path, port: int, recipients: int = RECIPIENTS) -> Path:
     items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())[:3]
     (tmp_path / "papers.json").write_text(json.dumps(items))
     lines = ["defaults:\n  max_papers: 3\nsubscribers:"]
-    lines += [f"  - email: c{i}@example.org" for i in range(RECIPIENTS)]
+    lines += [f"  - email: c{i}@example.org" for i in range(recipients)]
     (tmp_path / "subscribers.yaml").write_text("\n".join(lines) + "\n")
     config = tmp_path / "digestd.yaml"
     config.write_text(

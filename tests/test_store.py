@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from digestd.model import Authority, Paper, Part, Spliced
-from digestd.store import SCHEMA_VERSION, SchemaError, Store
+from digestd.store import (
+    SCHEMA_VERSION,
+    LedgerConflict,
+    SchemaError,
+    StateFileMoved,
+    Store,
+    probe,
+)
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
 ALICE = "alice@example.org"
@@ -46,7 +53,7 @@ def enqueue(
     *,
     period: str = "2025-03-10",
     kind: str = "digest",
-    ids: tuple[str, ...] = ("2503.00001",),
+    ids: tuple[str, ...] | None = None,  # default: a paper of this message's own
     data: bytes | None = b"message bytes",
     at: datetime = T0,
     expires_at: datetime | None = None,
@@ -58,7 +65,7 @@ def enqueue(
         message_id=f"<{subscriber}.{kind}.{period}@digestd.test>",
         sender="digestd@example.org",
         data=data,
-        paper_ids=ids,
+        paper_ids=ids if ids is not None else (f"2503.{kind}.{period}",),
         at=at,
         expires_at=expires_at,
     )
@@ -280,12 +287,42 @@ def test_enqueue_unique_per_subscriber_kind_period(store: Store) -> None:
     assert not store.has_period(ALICE, "alert", "2025-03-10")
 
 
-def test_enqueue_skips_papers_already_reserved(store: Store) -> None:
+def test_item8_conflicting_reservation_aborts_the_message(store: Store) -> None:
+    """A paper already in another message for this subscriber: this message is not queued at
+    all (row, body, parts, reservations), instead of going out carrying the paper a second time."""
     store.record_papers([paper("a"), paper("b")], seen_at=T0)
     first = enqueue(store, ids=("a",))
-    second = enqueue(store, period="2025-03-11", ids=("a", "b"))
+    with pytest.raises(LedgerConflict, match="already reserved"):
+        enqueue(store, period="2025-03-11", ids=("a", "b"))
     owners = dict(store._db.execute("SELECT paper_id, outbox_id FROM deliveries").fetchall())
-    assert owners == {"a": first, "b": second}
+    assert owners == {"a": first}
+    assert not store.has_period(ALICE, "digest", "2025-03-11")
+    assert store.pending_count() == 1
+    assert store._db.execute("SELECT COUNT(*) FROM outbox_bodies").fetchone()[0] == 1
+
+
+def test_item8_conflict_in_a_batch_rolls_back_only_that_message(store: Store) -> None:
+    """Composing queues a batch in one transaction: the conflicting message goes, the rest stay,
+    and a shared part the aborted message brought is written again by the next one."""
+    store.record_papers([paper("a"), paper("b")], seen_at=T0)
+    enqueue(store, ids=("a",))
+    part = Part("k" * 64, b"shared part bytes")
+    spliced = Spliced(b"own", ((0, part),))
+    with store.batch():
+        with pytest.raises(LedgerConflict):
+            store.enqueue(
+                subscriber=ALICE, kind="digest", period="p2", message_id="<x@t>",
+                sender="s@t", data=spliced, paper_ids=["b", "a"], at=T0,
+            )  # fmt: skip
+        bob = store.enqueue(
+            subscriber=BOB, kind="digest", period="p2", message_id="<y@t>",
+            sender="s@t", data=spliced, paper_ids=["a"], at=T0,
+        )  # fmt: skip
+    assert bob is not None
+    assert not store.has_period(ALICE, "digest", "p2")
+    claimed = {row.id: row.data for row in store.claim_due(now=T0 + timedelta(days=1))}
+    assert claimed[bob] == b"shared part bytes" + b"own"
+    assert store._db.execute("SELECT COUNT(*) FROM message_parts").fetchone()[0] == 1
 
 
 def test_enqueue_empty_period(store: Store) -> None:
@@ -639,6 +676,7 @@ def test_a_version_7_file_upgrades_and_its_queued_bodies_still_go_out(db_path: P
         store._db.execute("DROP TABLE outbox_parts")
         store._db.execute("DROP TABLE message_parts")
         store._db.execute("ALTER TABLE papers DROP COLUMN authority")  # migration 9's
+        store._db.execute("DROP TABLE retired_subscriber_ids")  # migration 10's
         store._db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     with Store(db_path) as store:
         assert store.schema_version() == SCHEMA_VERSION
@@ -699,6 +737,7 @@ def test_item9_a_version_8_file_forgets_version_claims_of_rows_a_feed_touched(
             seen_at=T0,
         )  # fmt: skip
         store._db.execute("ALTER TABLE papers DROP COLUMN authority")
+        store._db.execute("DROP TABLE retired_subscriber_ids")  # migration 10's
         store._db.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
     with Store(db_path) as store:
         poisoned, clean = store.get_papers(["2502.60001", "2502.60002"])
@@ -719,3 +758,36 @@ def test_item11_a_poll_error_is_stored_redacted_and_without_control_bytes(store:
     stored = store.last_poll("feed")
     assert stored is not None and stored.error is not None
     assert stored.error == "GET https://***@h.example/f?token=***&x=1: HTTP 404 [2J 1m gone"
+
+
+def test_item11_probe_says_whether_a_run_could_write(db_path: Path) -> None:
+    assert probe(db_path) == "not created yet" and not db_path.exists()
+    with Store(db_path) as store:
+        assert probe(db_path) == f"writable, schema version {SCHEMA_VERSION}"
+        # A daemon in the middle of a write: `check` before a reload must not fail on it.
+        store._db.execute("BEGIN IMMEDIATE")
+        assert probe(db_path) == "in use by a running digestd"
+        store._db.execute("ROLLBACK")
+    db_path.write_bytes(b"not a database, but long enough to have a header" * 4)
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        probe(db_path)
+
+
+def test_item7_a_second_connection_opens_the_same_file_or_none(db_path: Path) -> None:
+    with Store(db_path) as store:
+        secret = store.secret()
+        assert store.moved() is None
+        Store(db_path, same_as=store).close()
+        db_path.rename(db_path.with_name("aside"))
+        assert store.moved() == f"the state file {db_path} was deleted"
+        with pytest.raises(StateFileMoved, match="was deleted"):
+            Store(db_path, same_as=store)
+        assert not db_path.exists()  # no empty database made under the name
+        sqlite3.connect(db_path).close()
+        assert store.moved() == f"the state file {db_path} was replaced by another file"
+        with pytest.raises(StateFileMoved, match="was replaced"):
+            Store(db_path, same_as=store)
+        rescued = store.rescue(T0)
+        assert rescued.name == "digestd.sqlite3.rescued-20250310T070000Z"
+        with Store(rescued) as copy:
+            assert copy.schema_version() == SCHEMA_VERSION and copy.secret() == secret

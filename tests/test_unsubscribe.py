@@ -78,11 +78,13 @@ async def site(
         deps.store.close()
 
 
-async def first_digest(deps: Deps, smtp: SMTPTestServer, email: str) -> tuple[str, str]:
+async def first_digest(
+    deps: Deps, smtp: SMTPTestServer, email: str, now: datetime = NOW
+) -> tuple[str, str]:
     """Send everyone their digest; return (unsubscribe path, view path) from `email`'s message."""
-    await pipeline.ingest(deps, now=NOW)
-    pipeline.compose(deps, now=NOW, once=True)
-    await pipeline.deliver_due(deps, now=NOW, clock=lambda: NOW)
+    await pipeline.ingest(deps, now=now)
+    pipeline.compose(deps, now=now, once=True)
+    await pipeline.deliver_due(deps, now=now, clock=lambda: now)
     msg = next(r.message for r in smtp.received if r.rcpt_tos == [email])
     unsub = re.search(
         r"<https://digest\.example\.org(/unsubscribe/[^>]+)>", msg["List-Unsubscribe"]
@@ -211,7 +213,7 @@ async def test_suppressed_address_gets_nothing_more_even_queued_mail(
         assert ["alice@example.org"] not in rcpts and rcpts.count(["bob@example.org"]) == 2
 
         # Lifted by the admin: the next digest reaches her again.
-        assert reloaded.store.unsuppress("alice@example.org")
+        assert reloaded.store.unsuppress("alice@example.org", at=again)
         back = again + timedelta(minutes=1)
         pipeline.compose(reloaded, now=back, once=True)
         await pipeline.deliver_due(reloaded, now=back, clock=lambda: back)
@@ -248,3 +250,45 @@ async def test_web_copy_is_stored_compressed(
     assert stored is not None
     html = zlib.decompress(stored)
     assert len(stored) * 3 < len(html)
+
+
+async def test_item7_unsubscribe_on_a_moved_state_file_asks_to_retry(
+    site: tuple[Deps, httpx.AsyncClient, Clock], smtp_server: SMTPTestServer, tmp_path: Path
+) -> None:
+    """A click while the state file is away would be written where nobody reads it again."""
+    deps, client, _ = site
+    path, _ = await first_digest(deps, smtp_server, "alice@example.org")
+    aside = tmp_path / "aside.sqlite3"
+    deps.store.path.rename(aside)
+    reply = await client.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert reply.status_code == 503 and reply.headers["retry-after"] == "300"
+    aside.rename(deps.store.path)
+    assert not deps.store.is_suppressed("alice@example.org")
+    assert (await client.post(path, data={"List-Unsubscribe": "One-Click"})).status_code == 200
+    assert deps.store.is_suppressed("alice@example.org")
+
+
+async def test_item11_unsubscribe_link_older_than_a_resubscribe_does_nothing(
+    site: tuple[Deps, httpx.AsyncClient, Clock], smtp_server: SMTPTestServer
+) -> None:
+    deps, client, clock = site
+    old, _ = await first_digest(deps, smtp_server, "alice@example.org")
+    assert (await client.post(old, data={"List-Unsubscribe": "One-Click"})).status_code == 200
+    assert deps.store.unsuppress("alice@example.org", at=NOW + timedelta(hours=1))
+    # The link from before the resubscribe: a page that says so, and she stays subscribed.
+    for reply in (await client.post(old), await client.get(old)):
+        assert reply.status_code == 410, reply.text
+        assert "out of date" in reply.text and "<form" not in reply.text
+    assert not deps.store.is_suppressed("alice@example.org")
+    # Her next mail carries a new link, which works.
+    later = NOW + timedelta(days=1)
+    clock.now = later
+    smtp_server.received.clear()
+    items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())
+    for i, entry in enumerate(items):
+        entry["paper"]["id"] = f"2612.{i:05d}"
+    (Path(deps.store.path).parent / "papers.json").write_text(json.dumps(items))
+    new, _ = await first_digest(deps, smtp_server, "alice@example.org", later)
+    assert new != old
+    assert (await client.post(new, data={"List-Unsubscribe": "One-Click"})).status_code == 200
+    assert deps.store.is_suppressed("alice@example.org")
