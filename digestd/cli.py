@@ -18,12 +18,12 @@ from pathlib import Path
 from digestd import __version__, app, pipeline, reload
 from digestd.daemon import run_daemon, utcnow
 from digestd.deliverability import check_notes
-from digestd.errors import ConfigError, DigestdError
+from digestd.errors import ConfigError, ConfigProblem, DigestdError
 from digestd.logs import setup_logging
 from digestd.progress import make_progress
 from digestd.render import check_templates, make_environments
-from digestd.rules import summarize
-from digestd.settings import DEFAULT_CONFIG, Settings, load_settings
+from digestd.rules import address_notes, subscriber_address_paths, summarize
+from digestd.settings import DEFAULT_CONFIG, Settings, load_settings, settings_address_paths
 from digestd.store import SourceStatus, Store, StoreStatus
 
 __all__ = ["main"]
@@ -173,8 +173,23 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print("deliverability:")
     for note in notes:
         print(f"  {note}")
+    addresses = _address_notes(config_path(args.config), settings.subscribers)
+    if addresses:
+        print("addresses:")
+        print("\n".join(f"  {note}" for note in addresses))
     print("ok")
     return 0
+
+
+def _address_notes(config: Path, subscribers: Path) -> list[ConfigProblem]:
+    """Single-label domains and IDN rewrites in both files (both loaded fine already)."""
+    files = ((config, settings_address_paths), (subscribers, subscriber_address_paths))
+    return [
+        note
+        for path, paths in files
+        if path.is_file()
+        for note in address_notes(path.read_text(encoding="utf-8"), file=str(path), paths=paths)
+    ]
 
 
 def _pairs(values: object) -> str:
