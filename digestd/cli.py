@@ -134,6 +134,7 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
     try:
         now = utcnow()
         deps.store.recover(now=now)
+        owed = pipeline.queue_owed_alerts(deps, now=now)  # a poll before a crash still owes them
         ingest = await pipeline.ingest(deps, now=now)
         composed = pipeline.compose(deps, now=now, once=True)
         sent = await pipeline.deliver_due(deps, now=utcnow(), clock=utcnow)
@@ -142,7 +143,7 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
         await app.close(deps)
     print(
         f"polled {ingest.n_items} papers ({ingest.n_new} new); "
-        f"queued {ingest.n_alerts} alert(s) and {composed.n_queued} digest(s); "
+        f"queued {owed + ingest.n_alerts} alert(s) and {composed.n_queued} digest(s); "
         f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}"
     )
     if settings.delivery.kind == "maildir" and sent.sent:

@@ -105,6 +105,7 @@ class Daemon:
         self._background()
         self.notifier.ready(self._status())
         self._log_overdue()
+        await self._guarded(self._owed_alerts)  # a poll that committed before a crash: its alerts
         await self._guarded(self._digests)  # a digest missed while down goes out once, now
         await self._stop.wait()
         await self._shutdown()
@@ -206,6 +207,9 @@ class Daemon:
             await self._deliver()
 
         return _poll
+
+    async def _owed_alerts(self) -> None:
+        pipeline.queue_owed_alerts(self.deps, now=utcnow())
 
     async def _digests(self) -> None:
         pipeline.compose(self.deps, now=utcnow())

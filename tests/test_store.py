@@ -638,6 +638,7 @@ def test_a_version_7_file_upgrades_and_its_queued_bodies_still_go_out(db_path: P
         enqueue(store, ALICE, data=b"queued before the upgrade")
         store._db.execute("DROP TABLE outbox_parts")
         store._db.execute("DROP TABLE message_parts")
+        store._db.execute("DROP TABLE alerts_owed")  # migration 9
         store._db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     with Store(db_path) as store:
         assert store.schema_version() == SCHEMA_VERSION
