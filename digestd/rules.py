@@ -335,7 +335,7 @@ def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProb
         email = entry.get("email") if isinstance(entry, dict) else None
         if not isinstance(email, str):
             continue
-        key = email.casefold()
+        key = email.casefold() if email.isascii() else _sent_as(email).casefold()
         if key not in first:
             first[key] = i
             continue
@@ -344,6 +344,14 @@ def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProb
         message = f"duplicate email '{email}' (first at line {line})"
         problems.append(ConfigProblem(file, *marks.position(path), dotted(path), message))
     return problems
+
+
+def _sent_as(email: str) -> str:
+    """The address as mail carries it (`bücher.de` and `xn--bcher-kva.de` are one subscriber)."""
+    try:
+        return check_address(email)
+    except ValueError:
+        return email  # refused at its own position
 
 
 def _subscriber(

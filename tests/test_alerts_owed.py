@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from daemonproc import daemon, wait_for
 from smtpserver import SMTPTestServer
 
 from digestd import index, pipeline
@@ -91,7 +94,7 @@ def kinds_by_rcpt(server: SMTPTestServer) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def smtp() -> object:
+def smtp() -> Iterator[SMTPTestServer]:
     server = SMTPTestServer().start()
     yield server
     server.stop()
@@ -179,6 +182,23 @@ def test_item6_exception_after_the_poll_commits_leaves_the_alerts_owed(
     assert len(smtp.received) == len(GOOD)
 
 
+def test_item6_the_daemon_queues_owed_alerts_at_start_up(
+    tmp_path: Path, smtp: SMTPTestServer
+) -> None:
+    config = write_files(tmp_path, smtp.port, GOOD)
+    assert digestd(config, "run", "--once", fault=True).returncode != 0
+    (tmp_path / "papers.json").unlink()  # the daemon's own polls fail: only start-up can send them
+    log = tmp_path / "daemon.log"
+    with daemon(config, log) as proc:
+        wait_for(lambda: len(smtp.received) >= len(GOOD), what="the owed alerts")
+        wait_for(lambda: "poll failed" in log.read_text(), what="the failed poll")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    got = kinds_by_rcpt(smtp)
+    assert set(got) == set(GOOD)
+    assert all(ids == [ids[0]] and ids[0].startswith("<alert.poll-1.") for ids in got.values())
+
+
 def in_process(tmp_path: Path, server: SMTPTestServer, emails: list[str]) -> Deps:
     """Subscribers built directly, not loaded: the only way an address the loader refuses gets in."""
     items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())[:3]
@@ -221,60 +241,55 @@ async def test_item6_one_unbuildable_address_is_its_own_recorded_error(
     deps.store.close()
 
 
-async def fail_after_commit(deps: Deps, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ingest with matching alerts raising, i.e. an error right after the poll's commit."""
+@pytest.fixture
+async def owing(
+    tmp_path: Path, smtp: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Deps]:
+    """A store whose only poll committed its papers, then failed: its alerts are owed."""
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("injected after the poll's commit")
 
+    deps = in_process(tmp_path, smtp, GOOD)
+    pipeline.register(deps, now=NOW)
     with monkeypatch.context() as patch:
         patch.setattr(index.Matcher, "match_all", boom)
         with pytest.raises(RuntimeError, match="injected"):
             await pipeline.ingest(deps, now=NOW)
     assert [len(o.paper_ids) for o in deps.store.owed_alerts()] == [3]
+    yield deps
+    await deps.mailer.aclose()
+    deps.store.close()
 
 
 async def test_item6_owed_alerts_expire_after_alert_ttl_into_the_digest(
-    tmp_path: Path, smtp: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
+    owing: Deps, smtp: SMTPTestServer
 ) -> None:
-    deps = in_process(tmp_path, smtp, GOOD)
-    pipeline.register(deps, now=NOW)
-    await fail_after_commit(deps, monkeypatch)
-    late = NOW + deps.options.alert_ttl + timedelta(seconds=1)
-    assert pipeline.queue_owed_alerts(deps, now=late) == 0
-    assert deps.store.owed_alerts() == []
-    assert pipeline.compose(deps, now=late, once=True).n_queued == len(GOOD)
-    await pipeline.deliver_due(deps, now=late, clock=lambda: late)
+    late = NOW + owing.options.alert_ttl + timedelta(seconds=1)
+    assert pipeline.queue_owed_alerts(owing, now=late) == 0
+    assert owing.store.owed_alerts() == []
+    assert pipeline.compose(owing, now=late, once=True).n_queued == len(GOOD)
+    await pipeline.deliver_due(owing, now=late, clock=lambda: late)
     got = kinds_by_rcpt(smtp)
     assert set(got) == set(GOOD) and all(ids[0].startswith("<digest.") for ids in got.values())
-    await deps.mailer.aclose()
-    deps.store.close()
 
 
 async def test_item6_owed_alerts_skip_papers_a_digest_reserved_first(
-    tmp_path: Path, smtp: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
+    owing: Deps, smtp: SMTPTestServer
 ) -> None:
-    deps = in_process(tmp_path, smtp, GOOD)
-    pipeline.register(deps, now=NOW)
-    await fail_after_commit(deps, monkeypatch)
-    assert pipeline.compose(deps, now=NOW, once=True).n_queued == len(GOOD)
-    assert pipeline.queue_owed_alerts(deps, now=NOW) == 0  # every paper went into a digest
-    assert deps.store.owed_alerts() == []
-    await pipeline.deliver_due(deps, now=NOW, clock=lambda: NOW)
+    assert pipeline.compose(owing, now=NOW, once=True).n_queued == len(GOOD)
+    assert pipeline.queue_owed_alerts(owing, now=NOW) == 0  # every paper went into a digest
+    assert owing.store.owed_alerts() == []
+    await pipeline.deliver_due(owing, now=NOW, clock=lambda: NOW)
     assert sorted(r for m in smtp.received for r in m.rcpt_tos) == sorted(GOOD)
-    await deps.mailer.aclose()
-    deps.store.close()
 
 
 async def test_item6_owed_alerts_are_queued_once_however_often_asked(
-    tmp_path: Path, smtp: SMTPTestServer, monkeypatch: pytest.MonkeyPatch
+    owing: Deps, smtp: SMTPTestServer
 ) -> None:
-    deps = in_process(tmp_path, smtp, GOOD)
-    pipeline.register(deps, now=NOW)
-    await fail_after_commit(deps, monkeypatch)
-    assert pipeline.queue_owed_alerts(deps, now=NOW) == len(GOOD)
-    assert pipeline.queue_owed_alerts(deps, now=NOW) == 0
-    await pipeline.deliver_due(deps, now=NOW, clock=lambda: NOW)
+    assert pipeline.queue_owed_alerts(owing, now=NOW) == len(GOOD)
+    assert pipeline.queue_owed_alerts(owing, now=NOW) == 0
+    await pipeline.deliver_due(owing, now=NOW, clock=lambda: NOW)
     assert sorted(r for m in smtp.received for r in m.rcpt_tos) == sorted(GOOD)
-    await deps.mailer.aclose()
-    deps.store.close()
+    got = kinds_by_rcpt(smtp)
+    assert all(ids[0].startswith("<alert.poll-1.") for ids in got.values())

@@ -206,6 +206,14 @@ def test_i13_addresses_the_builder_refuses_are_refused_with_position(email: str,
         check_address(email)
 
 
+def test_i13_an_idn_address_and_its_a_labels_are_one_subscriber() -> None:
+    text = "subscribers:\n  - email: a@b\u00fccher.de\n  - email: A@XN--BCHER-KVA.de\n"
+    assert problems(text) == [
+        "subs.yaml:3:12: subscribers[1].email: duplicate email 'A@XN--BCHER-KVA.de'"
+        " (first at line 2)"
+    ]
+
+
 def test_i13_loaded_address_is_what_the_message_carries() -> None:
     sset = load_subscribers("subscribers:\n  - email: a@bücher.de\n", file="subs.yaml")
     (sub,) = sset.subscribers
