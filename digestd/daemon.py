@@ -105,8 +105,7 @@ class Daemon:
         self._background()
         self.notifier.ready(self._status())
         self._log_overdue()
-        await self._guarded(self._owed_alerts)  # a poll that committed before a crash: its alerts
-        await self._guarded(self._digests)  # a digest missed while down goes out once, now
+        await self._guarded(self._catch_up)
         await self._stop.wait()
         await self._shutdown()
         return 0
@@ -208,8 +207,11 @@ class Daemon:
 
         return _poll
 
-    async def _owed_alerts(self) -> None:
+    async def _catch_up(self) -> None:
+        """At start-up: the alerts a poll committed before a crash still owes, then the digests
+        missed while down, each once."""
         pipeline.queue_owed_alerts(self.deps, now=utcnow())
+        await self._digests()
 
     async def _digests(self) -> None:
         pipeline.compose(self.deps, now=utcnow())
