@@ -28,14 +28,14 @@ from digestd.deliverability import (
     write_private_key,
 )
 from digestd.delivery import DeliverReport
-from digestd.errors import ConfigError, DigestdError
+from digestd.errors import ConfigError, ConfigProblem, DigestdError
 from digestd.health import source_problems
 from digestd.logs import setup_logging
 from digestd.model import Digest, Rendered
 from digestd.progress import make_progress
 from digestd.redact import safe_text
 from digestd.render import check_templates, make_environments
-from digestd.rules import summarize
+from digestd.rules import address_notes, subscriber_address_paths, summarize
 from digestd.runlock import EXIT_LOCKED, StateLocked, run_lock
 from digestd.settings import (
     DEFAULT_CONFIG,
@@ -43,6 +43,7 @@ from digestd.settings import (
     Settings,
     env_warnings,
     load_settings,
+    settings_address_paths,
 )
 from digestd.store import SourceStatus, Store, StoreStatus, explain, probe
 
@@ -315,6 +316,7 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
     try:
         now = utcnow()
         deps.store.recover(now=now)
+        owed = pipeline.queue_owed_alerts(deps, now=now)  # a poll before a crash still owes them
         ingest = await pipeline.ingest(deps, now=now)
         composed = pipeline.compose(deps, now=now, once=True)
         sent = await pipeline.deliver_due(deps, now=utcnow(), clock=utcnow)
@@ -324,7 +326,7 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
         await app.close(deps)
     print(
         f"polled {ingest.n_items} papers ({ingest.n_new} new); "
-        f"queued {ingest.n_alerts} alert(s) and {composed.n_queued} digest(s); "
+        f"queued {owed + ingest.n_alerts} alert(s) and {composed.n_queued} digest(s); "
         f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}"
     )
     if settings.delivery.kind == "maildir" and sent.sent:
@@ -374,6 +376,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print("deliverability:")
     for note in notes:
         print(f"  {note}")
+    _print_section(
+        "addresses:",
+        [str(n) for n in _address_notes(config_path(args.config), settings.subscribers)],
+    )
     _print_section("environment:", env_warnings(os.environ))
     print(f"state:       {settings.state} ({probe(settings.state)})")  # a run must write there
     print("ok")
@@ -385,6 +391,17 @@ def _print_section(title: str, lines: Sequence[str]) -> None:
     if lines:
         print(title)
         print("\n".join(f"  {line}" for line in lines))
+
+
+def _address_notes(config: Path, subscribers: Path) -> list[ConfigProblem]:
+    """Single-label domains and IDN rewrites in both files (both loaded fine already)."""
+    files = ((config, settings_address_paths), (subscribers, subscriber_address_paths))
+    return [
+        note
+        for path, paths in files
+        if path.is_file()
+        for note in address_notes(path.read_text(encoding="utf-8"), file=str(path), paths=paths)
+    ]
 
 
 def _pairs(values: object) -> str:

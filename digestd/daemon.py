@@ -133,8 +133,9 @@ class Daemon:
         self._background()
         self.notifier.ready(self._status())
         self._log_overdue()
-        # A digest missed while down goes out once, now; a task, so a stop can bound it like a job.
-        self._spawn(self._guarded(self._digests), "catch-up")
+        # Owed alerts, then a digest missed while down, once, now; a task, so a stop can bound it
+        # like a job.
+        self._spawn(self._guarded(self._catch_up), "catch-up")
         await self._stop.wait()
         await self._shutdown()
         return 0
@@ -312,6 +313,12 @@ class Daemon:
             return None
         finally:
             self._fetches.discard(task)
+
+    async def _catch_up(self) -> None:
+        """At start-up: the alerts a poll committed before a crash still owes, then the digests
+        missed while down, each once."""
+        pipeline.queue_owed_alerts(self.deps, now=utcnow())
+        await self._digests()
 
     async def _digests(self) -> None:
         pipeline.compose(self.deps, now=utcnow())

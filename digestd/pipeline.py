@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from digestd.errors import SourceError
 from digestd.index import Matcher
 from digestd.latex import readable_paper
 from digestd.listmail import MailLinks, default_list_id, list_headers, mail_links
-from digestd.message import build_message
+from digestd.message import build_message, check_address
 from digestd.model import (
     Digest,
     Match,
@@ -51,6 +52,7 @@ __all__ = [
     "ingest",
     "overdue",
     "preview",
+    "queue_owed_alerts",
     "record_poll",
 ]
 
@@ -221,11 +223,16 @@ def record_poll(
             safe_text(problem.reason),
         )
     papers = [replace(p, sources=(name,)) for p in result.papers]
-    new = deps.store.record_papers(papers, seen_at=now)
-    # Only now: a 304 on the next poll must never hide papers that were not stored.
-    deps.store.save_validators(result.validators, at=now)
-    poll_id = deps.store.record_poll(name, at=now, ok=True, n_items=len(papers), n_new=len(new))
-    n_alerts = _queue_alerts(deps, new, poll_id=poll_id, now=now)
+    # One transaction: the papers, the validators (a 304 next time must never hide papers that
+    # were not stored), the poll and the alerts it owes. Whatever fails after this commit, the
+    # alerts stay owed until `queue_owed_alerts` has queued them.
+    with deps.store.batch():
+        new = deps.store.record_papers(papers, seen_at=now)
+        deps.store.save_validators(result.validators, at=now)
+        poll_id = deps.store.record_poll(name, at=now, ok=True, n_items=len(papers), n_new=len(new))
+        if new:
+            deps.store.owe_alerts(poll_id, [p.id for p in new], at=now)
+    n_alerts = queue_owed_alerts(deps, now=now)
     log.info(
         "poll ok source=%s n_items=%d n_new=%d n_alerts=%d",
         name,
@@ -239,29 +246,92 @@ def record_poll(
     )
 
 
-def _queue_alerts(deps: Deps, new: Sequence[Paper], *, poll_id: int, now: datetime) -> int:
+def queue_owed_alerts(deps: Deps, *, now: datetime) -> int:
+    """Queue every alert a committed poll still owes (after each poll, at start-up, `run --once`).
+
+    Each poll's alerts are queued in the transaction that settles them, so they are queued once
+    however often this runs or crashes; past `alert_ttl` they are dropped unsent and their papers
+    go into the digests. Returns the number of alerts queued.
+    """
+    queued = 0
+    for owed in deps.store.owed_alerts():
+        expires = owed.at + deps.options.alert_ttl
+        papers = deps.store.get_papers(owed.paper_ids) if expires > now else []
+        with deps.store.batch(sync=False):  # lost with a crash: then owed still, and redone
+            if expires > now:
+                queued += _queue_alerts(
+                    deps, papers, poll_id=owed.poll_id, now=now, expires=expires
+                )
+            else:
+                log.warning(
+                    "alerts expired unsent poll=%d n_papers=%d", owed.poll_id, len(owed.paper_ids)
+                )
+            deps.store.settle_alerts(owed.poll_id)
+    return queued
+
+
+def _queue_alerts(
+    deps: Deps, new: Sequence[Paper], *, poll_id: int, now: datetime, expires: datetime
+) -> int:
     if not new:
         return 0
-    queued = 0
     suspended = deps.store.suspended()
-    # Paper-major: each new paper is scanned once and reaches its subscribers through the index.
+    # Paper-major: each new paper is scanned once and reaches its subscribers through the index;
+    # matched on the text the reader sees (LaTeX as Unicode).
     readable = [readable_paper(p) for p in new]
-    for sub, found in matcher_for(deps).match_all(readable, alerts_only=True):
-        if key(sub) in suspended:
-            continue
-        if found:
-            deps.observer.matched("alert", len(found))
-        if found and _enqueue(
-            deps,
-            sub,
-            "alert",
-            f"poll-{poll_id}",
-            found,
-            now=now,
-            expires=now + deps.options.alert_ttl,
-        ):
-            queued += 1
+    matched = [
+        (sub, found)
+        for sub, found in matcher_for(deps).match_all(readable, alerts_only=True)
+        if found and key(sub) not in suspended
+    ]
+    # A paper reserved already (a digest composed before these owed alerts were queued) is not
+    # sent again: at most once per subscriber.
+    reserved = deps.store.reserved_among((key(s) for s, _ in matched), [p.id for p in new])
+    queued = 0
+    for sub, found in matched:
+        fresh = [m for m in found if (key(sub), m.paper.id) not in reserved]
+        if fresh:
+            deps.observer.matched("alert", len(fresh))
+            queued += _enqueue_alert(deps, sub, f"poll-{poll_id}", fresh, now=now, expires=expires)
     return queued
+
+
+def _enqueue_alert(
+    deps: Deps,
+    sub: Subscriber,
+    period: str,
+    found: Sequence[Match],
+    *,
+    now: datetime,
+    expires: datetime,
+) -> bool:
+    """Build and queue one alert; a message that cannot be built is that subscriber's recorded
+    failure (its papers stay unreserved), never the others'."""
+    try:
+        return _enqueue(deps, sub, "alert", period, found, now=now, expires=expires)
+    except sqlite3.Error:
+        raise  # the store's, not the subscriber's: the batch rolls back and the alerts stay owed
+    except Exception as exc:  # anything building this one subscriber's message
+        _unbuilt(deps, sub, "alert", period, exc, now=now)
+        return False
+
+
+def _unbuilt(
+    deps: Deps, sub: Subscriber, kind: Kind, period: str, exc: Exception, *, now: datetime
+) -> None:
+    """Log (without the address, as delivery does) and record, for `digestd status`, a message
+    that could not be built."""
+    log.error(
+        "cannot build message kind=%s period=%s error=%s (see digestd status)",
+        kind,
+        period,
+        type(exc).__name__,
+    )
+    deps.store.record_unbuilt(
+        subscriber=key(sub), kind=kind, period=period,
+        message_id=make_message_id(deps, key(sub), kind, period),
+        sender=deps.options.envelope_from, error=f"cannot build the message: {exc}", at=now,
+    )  # fmt: skip
 
 
 def compose(
@@ -347,6 +417,7 @@ class _Prepared:
     message_id: str = ""
     links: MailLinks = field(default_factory=MailLinks)
     job: MailJob | None = None  # None: a note, an empty digest or a suppressed address
+    error: Exception | None = None  # the message cannot be built: recorded, nothing reserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +440,13 @@ def _prepare(
 ) -> _Prepared:
     found = matcher_for(deps).match(papers, sub)
     item = _Prepared(sub, period, expires, found, suppressed=key(sub) in known.suppressed)
+    try:
+        # The address is the one input of the builder that is each subscriber's own: checked
+        # here, so one bad address is that subscriber's error, not the whole batch's.
+        check_address(sub.email)
+    except ValueError as exc:
+        item.error = exc
+        return item
     if found and not item.suppressed:
         item.message_id = make_message_id(deps, key(sub), "digest", period)
         item.links = _links(deps, sub, item.message_id, sub_id=known.ids.get(key(sub)))
@@ -394,6 +472,8 @@ def _write(deps: Deps, pending: _Batch, *, now: datetime) -> tuple[int, int, int
             sub, found = item.sub, item.found
             if item.suppressed:
                 pass
+            elif item.error is not None:
+                _unbuilt(deps, sub, "digest", item.period, item.error, now=now)
             elif not found and sub.send_empty:
                 n_queued += _enqueue_note(deps, sub, item.period, now=now, expires=item.expires)
             else:

@@ -6,8 +6,7 @@ duplicate addresses, and the one-screen summary `digestd check` prints.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -25,6 +24,7 @@ from pydantic import (
 )
 
 from digestd.errors import ConfigError, ConfigProblem
+from digestd.message import address_warning, check_address, parse_mailbox
 from digestd.model import FIELDS, Rule, Subscriber, SubscriberSet, Term
 from digestd.patterns import compile_pattern
 from digestd.query import Node, QuerySyntaxError, caret, fold_name, parse_query, shared_term
@@ -32,39 +32,27 @@ from digestd.quickyaml import quick_load
 from digestd.text import fold_words
 from digestd.yamlpos import Marks, dotted, gc_paused, load_yaml, problems_from_validation
 
-__all__ = ["load_subscribers", "summarize", "validate_email"]
+__all__ = [
+    "address_notes",
+    "load_subscribers",
+    "subscriber_address_paths",
+    "summarize",
+    "validate_email",
+]
 
 _DEFAULTS = Subscriber(email="")
 _ABSTRACT_CHARS_MAX = 5000  # more than any abstract: 5000 means whole
 # A fixed start: validating a cron expression must not read the clock.
 _CRON_START = datetime(2000, 1, 1)
-_LOCAL = re.compile(r"[^\s@,<>()\[\];:\\\"]+")
-_LABEL = re.compile(r"[^\W_](?:(?:[^\W_]|-)*[^\W_])?")
-_TLD = re.compile(r"[^\W\d_]{2,}|xn--[a-z0-9-]+", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def validate_email(value: str) -> str:
-    """Accept exactly one plain address `local@domain.tld`; the error says what is wrong."""
-    if len(value) > 254:
-        raise ValueError(
-            f"'{value[:40]}…' is not a valid email address (longer than 254 characters)"
-        )
-    if _CONTROL.search(value) or not _plain_address(value):
-        raise ValueError(f"'{value}' is not a valid email address (expected one local@domain.tld)")
-    return value
+    """The address as mail will carry it (IDN domains as A-labels): the mail builder's own check,
+    so a file that loads never holds an address the builder refuses.
 
-
-def _plain_address(value: str) -> bool:
-    local, at, domain = value.rpartition("@")
-    if not at or len(local) > 64 or not _LOCAL.fullmatch(local):
-        return False
-    labels = domain.split(".")
-    return (
-        len(labels) >= 2
-        and all(_LABEL.fullmatch(label) for label in labels)
-        and bool(_TLD.fullmatch(labels[-1]))
-    )
+    :raises ValueError: saying what is wrong.
+    """
+    return check_address(value)
 
 
 @lru_cache(maxsize=4096)
@@ -351,7 +339,7 @@ def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProb
         email = entry.get("email") if isinstance(entry, dict) else None
         if not isinstance(email, str):
             continue
-        key = email.casefold()
+        key = email.casefold() if email.isascii() else _sent_as(email).casefold()
         if key not in first:
             first[key] = i
             continue
@@ -360,6 +348,14 @@ def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProb
         message = f"duplicate email '{email}' (first at line {line})"
         problems.append(ConfigProblem(file, *marks.position(path), dotted(path), message))
     return problems
+
+
+def _sent_as(email: str) -> str:
+    """The address as mail carries it (`bücher.de` and `xn--bcher-kva.de` are one subscriber)."""
+    try:
+        return check_address(email)
+    except ValueError:
+        return email  # refused at its own position
 
 
 def _subscriber(
@@ -606,3 +602,50 @@ def summarize(sset: SubscriberSet) -> dict[str, int]:
         "regex rules": sum(1 for s in subs for r in s.rules if r.regex),
         "with exclusions": sum(1 for s in subs if s.exclude or s.exclude_query is not None),
     }
+
+
+YamlPath = tuple[str | int, ...]
+
+
+def subscriber_address_paths(data: object) -> list[YamlPath]:
+    """Where the subscribers file holds addresses: every `subscribers[i].email`."""
+    subs = data.get("subscribers") if isinstance(data, dict) else None
+    return [("subscribers", i, "email") for i in range(len(subs))] if isinstance(subs, list) else []
+
+
+def address_notes(
+    text: str, *, file: str, paths: Callable[[object], Iterable[YamlPath]]
+) -> list[ConfigProblem]:
+    """What `digestd check` says of the addresses it accepted, at their positions: a single-label
+    domain that only a relay on the network can route, an IDN domain sent as its A-labels.
+
+    `paths` names where the file holds addresses ("addr" or "Name <addr>"); a refused one is left
+    to the loader's error.
+    """
+    data, marks = load_yaml(text, file=file)
+    notes: list[ConfigProblem] = []
+    for path in paths(data):
+        raw = _value_at(data, path)
+        if not isinstance(raw, str):
+            continue
+        try:
+            sent = parse_mailbox(raw)[1]
+        except ValueError:
+            continue
+        where = (file, *marks.position(path), dotted(path))
+        if sent != raw.strip().removesuffix(">").rpartition("<")[2].strip():
+            notes.append(ConfigProblem(*where, f"sent as {sent!r} (IDNA A-labels)"))
+        if (warning := address_warning(sent)) is not None:
+            notes.append(ConfigProblem(*where, f"warning: {warning}"))
+    return notes
+
+
+def _value_at(data: object, path: YamlPath) -> object:
+    for step in path:
+        if isinstance(step, int) and isinstance(data, list) and step < len(data):
+            data = data[step]
+        elif isinstance(step, str) and isinstance(data, dict):
+            data = data.get(step)
+        else:
+            return None
+    return data

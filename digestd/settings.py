@@ -8,7 +8,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digestd.errors import ConfigError, ConfigProblem
+from digestd.message import parse_mailbox
 from digestd.redact import redact_url
 from digestd.rules import validate_email
 from digestd.yamlpos import allowed_keys, decode, load_yaml, problems_from_validation
@@ -161,12 +161,36 @@ class DkimSettings(_Section):
     key_file: Path  # PEM RSA private key (PKCS#1 or PKCS#8), 1024 bits at least, 2048 advised
 
 
+def validate_mailbox(value: str) -> str:
+    """`delivery.from` as the mail builder reads it ("addr" or "Name <addr>"); an IDN domain is
+    rewritten to its A-labels, the name kept as written.
+
+    :raises ValueError: the builder would refuse it.
+    """
+    name, addr = parse_mailbox(value)
+    if addr == value.strip().removesuffix(">").rpartition("<")[2].strip():
+        return value
+    if not name:
+        return addr
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{addr}>'
+
+
+def settings_address_paths(data: object) -> list[tuple[str | int, ...]]:
+    """Where the settings file holds addresses (for `rules.address_notes`)."""
+    paths: list[tuple[str | int, ...]] = [("delivery", "from"), ("delivery", "unsubscribe_mailto")]
+    admins = data.get("admins") if isinstance(data, dict) else None
+    return paths + ([("admins", i) for i in range(len(admins))] if isinstance(admins, list) else [])
+
+
 class DeliverySettings(_Section):
     kind: Literal["smtp", "maildir"] = "smtp"
     host: str = "localhost"
     port: int = Field(25, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "starttls"
-    sender: str = Field("Paper Digest <digest@localhost>", alias="from")
+    sender: Annotated[str, AfterValidator(validate_mailbox)] = Field(
+        "Paper Digest <digest@localhost>", alias="from"
+    )
     username: str | None = None
     password: SecretStr | None = None  # prefer DIGESTD_DELIVERY__PASSWORD or password_file
     password_file: Path | None = None
@@ -190,14 +214,11 @@ class DeliverySettings(_Section):
     list_id: str | None = Field(None, pattern=r"^[^<>]*<[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+>$")
     # A mailto List-Unsubscribe next to the HTTPS one; without http.public_url it is the only one
     # (and defaults to the From address).
-    unsubscribe_mailto: str | None = Field(None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    unsubscribe_mailto: Annotated[str, AfterValidator(validate_email)] | None = None
     dkim: DkimSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DeliverySettings:
-        _, addr = parseaddr(self.sender)
-        if "@" not in addr:
-            raise ValueError(f"delivery.from {self.sender!r} has no valid address")
         if self.kind == "smtp" and self.username and self.security == "none":
             raise ValueError(
                 "delivery.security must be starttls or tls when credentials are set "
@@ -223,7 +244,7 @@ class DeliverySettings(_Section):
 
     @property
     def envelope_from(self) -> str:
-        return parseaddr(self.sender)[1]
+        return parse_mailbox(self.sender)[1]
 
 
 def _positive(value: timedelta) -> timedelta:

@@ -192,6 +192,15 @@ class StoreStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class OwedAlerts:
+    """One committed poll whose alerts are not queued yet."""
+
+    poll_id: int
+    at: datetime  # when the poll ran: alerts expire `alert_ttl` after it
+    paper_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Suppression:
     """An address that asked to receive nothing more (`via`: one-click, admin…)."""
 
@@ -548,6 +557,20 @@ def _migration_10(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_11(db: sqlite3.Connection) -> None:
+    """The alerts a poll owes: written in the poll's own transaction, with its papers, and deleted in
+    the one that queues those alerts, so a crash or an error in between leaves them owed, not
+    forgotten (issue 12 item 6). `paper_ids`: a JSON list, the poll's new papers.
+    """
+    db.execute(
+        """CREATE TABLE alerts_owed (
+            poll_id INTEGER PRIMARY KEY REFERENCES polls(id),
+            at TEXT NOT NULL,
+            paper_ids TEXT NOT NULL
+        )"""
+    )
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -559,6 +582,7 @@ _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_8,
     _migration_9,
     _migration_10,
+    _migration_11,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1199,6 +1223,73 @@ class Store:
         if key not in self._written:
             db.execute(sql, params)
             self._written.add(key)
+
+    def record_unbuilt(
+        self,
+        *,
+        subscriber: str,
+        kind: OutboxKind,
+        period: str,
+        message_id: str,
+        sender: str,
+        error: str,
+        at: datetime,
+    ) -> bool:
+        """Record a message that could not be built as failed, with `error` as its reply, so that
+        `digestd status` shows it; it reserves no paper. False when (subscriber, kind, period)
+        exists already."""
+        stamp = _ts(at)
+        with self._write() as db:
+            cursor = db.execute(
+                """INSERT INTO outbox (subscriber, kind, period, message_id, sender, data, n_papers,
+                                       state, attempts, next_attempt_at, last_reply, created_at,
+                                       updated_at)
+                   VALUES (?, ?, ?, ?, ?, NULL, 0, 'failed', 0, ?, ?, ?, ?)
+                   ON CONFLICT (subscriber, kind, period) DO NOTHING""",
+                (_email_key(subscriber), kind, period, message_id, sender, stamp, error[:500],
+                 stamp, stamp),
+            )  # fmt: skip
+        return cursor.rowcount == 1
+
+    # -- alerts owed -----------------------------------------------------------------------
+
+    def owe_alerts(self, poll_id: int, paper_ids: Sequence[str], *, at: datetime) -> None:
+        """Note that poll `poll_id`'s new papers still owe their alerts (join the poll's batch)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO alerts_owed (poll_id, at, paper_ids) VALUES (?, ?, ?)",
+                (poll_id, _ts(at), json.dumps(list(paper_ids))),
+            )
+
+    def owed_alerts(self) -> list[OwedAlerts]:
+        """Every poll whose alerts are still owed, oldest first."""
+        rows = self._db.execute("SELECT poll_id, at, paper_ids FROM alerts_owed ORDER BY poll_id")
+        return [OwedAlerts(r[0], _dt(r[1]), tuple(json.loads(r[2]))) for r in rows]
+
+    def settle_alerts(self, poll_id: int) -> None:
+        """The poll's alerts are queued (or expired): join the batch that queued them."""
+        with self._write() as db:
+            db.execute("DELETE FROM alerts_owed WHERE poll_id = ?", (poll_id,))
+
+    def reserved_among(
+        self, subscribers: Iterable[str], paper_ids: Sequence[str]
+    ) -> set[tuple[str, str]]:
+        """(subscriber, paper id) for each of these papers already reserved for these subscribers
+        (a primary-key lookup per pair, whatever the size of the ledger)."""
+        keys = list(dict.fromkeys(_email_key(s) for s in subscribers))
+        papers = json.dumps(list(paper_ids))
+        found: set[tuple[str, str]] = set()
+        for chunk in _chunks(keys):
+            found.update(
+                (row[0], row[1])
+                for row in self._db.execute(
+                    f"SELECT subscriber, paper_id FROM deliveries"
+                    f" WHERE subscriber IN ({_marks(len(chunk))})"
+                    " AND paper_id IN (SELECT value FROM json_each(?))",
+                    (*chunk, papers),
+                )
+            )
+        return found
 
     def last_digest_at(self, subscriber: str) -> datetime | None:
         """When the subscriber's latest digest (or empty period) was composed."""

@@ -26,12 +26,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 RECIPIENTS = 2000
 CONNECTIONS = 2
 KILLS = int(os.environ.get("DIGESTD_CRASH_KILLS", "5"))
+# The alerts scenario owes every recipient one alert per run: fewer, so 20 kills stay in minutes.
+ALERT_RECIPIENTS = 400
 
 
-def setup(tmp_path: Path, port: int, recipients: int = RECIPIENTS) -> Path:
+def setup(tmp_path: Path, port: int, *, alerts: bool = False, recipients: int = RECIPIENTS) -> Path:
     items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())[:3]
     (tmp_path / "papers.json").write_text(json.dumps(items))
-    lines = ["defaults:\n  max_papers: 3\nsubscribers:"]
+    rules = "\n  rules:\n    - min_upvotes: 0\n      alert: true" if alerts else ""
+    lines = [f"defaults:\n  max_papers: 3{rules}\nsubscribers:"]
     lines += [f"  - email: c{i}@example.org" for i in range(recipients)]
     (tmp_path / "subscribers.yaml").write_text("\n".join(lines) + "\n")
     config = tmp_path / "digestd.yaml"
@@ -79,6 +82,44 @@ def kill_somewhere(
     return False
 
 
+def count_rows(state: Path, sql: str) -> int:
+    """A count read while the daemon may be writing (WAL: readers never block it); 0 before the
+    file or its tables exist."""
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as db:
+            return int(db.execute(sql).fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def kill_after_poll(
+    proc: subprocess.Popen[bytes], server: SMTPTestServer, state: Path, rng: random.Random
+) -> bool:
+    """SIGKILL somewhere between a poll's commit and the delivery of its alerts: a while after this
+    run's poll committed, a while after start (while the owed alerts are queued), or after some
+    alerts arrived. False if the run ended first."""
+    polls = count_rows(state, "SELECT count(*) FROM polls")
+    how = rng.randrange(3)
+    started = time.monotonic()
+    delay = rng.uniform(0.0, 1.0) if how == 0 else rng.uniform(0.3, 3.0)
+    target = len(server.received) + rng.randint(1, ALERT_RECIPIENTS) if how == 2 else None
+    committed_at = None if how == 0 else started
+    while proc.poll() is None:
+        now = time.monotonic()
+        if committed_at is None and count_rows(state, "SELECT count(*) FROM polls") > polls:
+            committed_at = now
+        if target is not None:
+            due = len(server.received) >= target
+        else:
+            due = committed_at is not None and now >= committed_at + delay
+        if due:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def sent_rows(state: Path) -> dict[str, int]:
     with sqlite3.connect(state) as db:
         return dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
@@ -116,3 +157,62 @@ def test_kill_9_anywhere_loses_nothing_and_duplicates_only_in_doubt(tmp_path: Pa
     assert states.get("sent") == RECIPIENTS
     assert not {"queued", "sending", "deferred", "in_doubt", "failed"} & set(states)
     print(f"kills={kills} duplicates={extra} received={len(server.received)}")
+
+
+def new_papers(tmp_path: Path, run: int) -> None:
+    """Three papers no earlier run listed: every run's poll commits papers that owe alerts."""
+    items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())[:3]
+    for k, item in enumerate(items):
+        item["paper"]["id"] = f"2611.{run * 10 + k:05d}"
+    (tmp_path / "papers.json").write_text(json.dumps(items))
+
+
+@pytest.mark.timeout(600)
+def test_item6_kill_9_after_the_poll_commits_every_alert_arrives_once(tmp_path: Path) -> None:
+    """Issue 12 item 6: every alert a committed poll owes arrives, once or as a same-Message-ID
+    duplicate, however the runs between the poll and the delivery are killed. Each run lists new
+    papers, so each kill lands after a commit that owes alerts of its own."""
+    server = SMTPTestServer().start()
+    state = tmp_path / "state.sqlite3"
+    try:
+        config = setup(tmp_path, server.port, alerts=True, recipients=ALERT_RECIPIENTS)
+        rng = random.Random(int(os.environ.get("DIGESTD_CRASH_SEED", "4")))
+        kills = owed_at_kill = 0
+        for run in range(KILLS * 3):
+            if kills >= KILLS:
+                break
+            new_papers(tmp_path, run)
+            proc = start(config)
+            if kill_after_poll(proc, server, state, rng):
+                kills += 1
+                owed_at_kill += count_rows(state, "SELECT count(*) FROM alerts_owed") > 0
+            else:
+                assert proc.returncode == 0, (tmp_path / "digestd.log").read_text()
+        final = start(config)
+        assert final.wait(timeout=300) == 0, (tmp_path / "digestd.log").read_text()
+    finally:
+        server.stop()
+    with sqlite3.connect(state) as db:
+        polls = {f"poll-{i}" for (i,) in db.execute("SELECT id FROM polls WHERE n_new > 0")}
+        states = dict(
+            db.execute("SELECT state, count(*) FROM outbox WHERE kind = 'alert' GROUP BY state")
+        )
+        assert db.execute("SELECT count(*) FROM alerts_owed").fetchone() == (0,)
+    assert states == {"sent": ALERT_RECIPIENTS * len(polls)}
+    by_rcpt: dict[str, list[str]] = {}
+    for got in server.received:
+        (rcpt,) = got.rcpt_tos
+        by_rcpt.setdefault(rcpt, []).append(str(got.message["Message-ID"]))
+    assert len(by_rcpt) == ALERT_RECIPIENTS, "lost alerts"
+    for rcpt, ids in by_rcpt.items():  # each poll's alert, and nothing else (no digest, no loss)
+        assert {i.split(".")[1] for i in ids} == polls, (rcpt, ids)
+    # A duplicate is a resend of one message: the same Message-ID, never a second one per poll.
+    periods = [(r, i.split(".")[1]) for r, ids in by_rcpt.items() for i in ids]
+    distinct = {(r, i) for r, ids in by_rcpt.items() for i in ids}
+    assert len({(r, p) for r, p in periods}) == len(distinct), "a resend changed Message-ID"
+    extra = len(periods) - len(distinct)
+    assert extra <= kills * CONNECTIONS
+    print(
+        f"polls={len(polls)} kills={kills} (with alerts owed: {owed_at_kill}) duplicates={extra}"
+        f" received={len(server.received)}"
+    )

@@ -48,7 +48,7 @@ def test_item8_two_run_once_at_the_same_time_send_each_digest_once(
 ) -> None:
     recipients = 150
     smtp_server.handler.stall_data = 0.01  # ~1.5 s of sending: the two runs overlap for sure
-    config = setup(tmp_path, smtp_server.port, recipients)
+    config = setup(tmp_path, smtp_server.port, recipients=recipients)
     first, second = run_once(config), run_once(config)
     results = [finish(p) for p in (first, second)]
     codes = sorted(code for code, _, _ in results)
@@ -179,7 +179,7 @@ def as_unprivileged(cmd: list[str]) -> list[str]:
 def test_item11_read_only_state_file_gives_one_clear_line_and_fails(
     tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:
-    config = setup(tmp_path, smtp_server.port, 3)
+    config = setup(tmp_path, smtp_server.port, recipients=3)
     state = tmp_path / "state.sqlite3"
     Store(state).close()
     state.chmod(0o444)
@@ -216,7 +216,7 @@ def test_item11_full_disk_gives_one_clear_line_and_loses_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """No peer fills the disk on cue: SQLite's own page limit gives the very error (SQLITE_FULL)."""
-    config = setup(tmp_path, smtp_server.port, 40)
+    config = setup(tmp_path, smtp_server.port, recipients=40)
     Store(tmp_path / "state.sqlite3").close()
     configure = Store._configure
 
@@ -241,7 +241,7 @@ def test_item8_a_killed_holder_leaves_no_stale_lock(
     tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:
     smtp_server.handler.stall_data = 0.05  # the first run is still sending when it is killed
-    config = setup(tmp_path, smtp_server.port, 60)
+    config = setup(tmp_path, smtp_server.port, recipients=60)
     lock = tmp_path / "state.sqlite3.lock"
     first = run_once(config)
     wait_for(lambda: len(smtp_server.received) >= 5, what="for the first run to send")
@@ -257,7 +257,7 @@ def test_item8_a_killed_holder_leaves_no_stale_lock(
 def test_item8_run_once_beside_the_daemon_is_refused(
     tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:
-    config = setup(tmp_path, smtp_server.port, 2)
+    config = setup(tmp_path, smtp_server.port, recipients=2)
     log = tmp_path / "daemon.log"
     with daemon(config, log) as proc:
         wait_for(lambda: "started subscribers=" in log.read_text(), what="for the daemon")

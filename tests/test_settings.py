@@ -196,3 +196,33 @@ def test_i11_unchecked_certificates_are_logged_at_every_start(
     text = GOOD.replace("  path: var/mail", "  path: var/mail\n  validate_certs: false")
     make_mailer(load_settings(write(tmp_path, text)))
     assert "validate_certs is false" in caplog.text and "! " not in caplog.text
+
+
+def test_i13_every_settings_address_is_checked_as_the_builder_does(tmp_path: Path) -> None:
+    text = GOOD.replace('"Paper Digest <digest@example.org>"', '"Paper Digest digest@example.org"')
+    text = text.replace(
+        "  path: var/mail\n", "  path: var/mail\n  unsubscribe_mailto: \u00e5@example.org\n"
+    )
+    text += 'admins: [ops@example.org, "r\u200boot@example.org"]\n'
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    found = [str(p).split(": ", 1)[1] for p in info.value.problems]
+    assert [f.split(":")[0] for f in found] == [
+        "delivery.from",
+        "delivery.unsubscribe_mailto",
+        "admins[1]",
+    ], found
+    assert "(expected one local@domain)" in found[0]
+    assert "needs SMTPUTF8" in found[1]
+    assert "U+200B" in found[2]
+    lines = [p.line for p in info.value.problems]
+    assert lines == [11, 13, 15], lines
+
+
+def test_i13_idn_sender_is_sent_as_a_labels(tmp_path: Path) -> None:
+    text = GOOD.replace("digest@example.org", "digest@b\u00fccher.de")
+    text += "admins: [root@localhost]\n"
+    s = load_settings(write(tmp_path, text))
+    assert s.delivery.sender == '"Paper Digest" <digest@xn--bcher-kva.de>'
+    assert s.delivery.envelope_from == "digest@xn--bcher-kva.de"
+    assert s.admins == ["root@localhost"]

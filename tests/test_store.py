@@ -677,6 +677,7 @@ def test_a_version_7_file_upgrades_and_its_queued_bodies_still_go_out(db_path: P
         store._db.execute("DROP TABLE message_parts")
         store._db.execute("ALTER TABLE papers DROP COLUMN authority")  # migration 9's
         store._db.execute("DROP TABLE retired_subscriber_ids")  # migration 10's
+        store._db.execute("DROP TABLE alerts_owed")  # migration 11's
         store._db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     with Store(db_path) as store:
         assert store.schema_version() == SCHEMA_VERSION
@@ -738,6 +739,7 @@ def test_item9_a_version_8_file_forgets_version_claims_of_rows_a_feed_touched(
         )  # fmt: skip
         store._db.execute("ALTER TABLE papers DROP COLUMN authority")
         store._db.execute("DROP TABLE retired_subscriber_ids")  # migration 10's
+        store._db.execute("DROP TABLE alerts_owed")  # migration 11's
         store._db.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
     with Store(db_path) as store:
         poisoned, clean = store.get_papers(["2502.60001", "2502.60002"])
