@@ -28,10 +28,10 @@ from array import array
 from datetime import UTC, datetime
 from pathlib import Path
 
-from digestd.app import load_subscriber_file
-from digestd.index import Matcher
-from digestd.match import match, rank
-from digestd.model import Match
+from digestd.core.model import Match
+from digestd.rules.matcher import Matcher
+from digestd.rules.reference import match, rank
+from digestd.service.wiring import load_subscriber_file
 from digestd.sources.file import FileSource
 
 

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from test_budget import CTX, SUB, papers
 
-from digestd.model import Digest
-from digestd.render import make_environments, render_digest
+from digestd.core.model import Digest
+from digestd.mail.render import make_environments, render_digest
 
 
 def median_seconds(work: Callable[[], object], repeat: int) -> float:

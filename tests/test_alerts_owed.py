@@ -21,13 +21,14 @@ import pytest
 from daemonproc import daemon, wait_for
 from smtpserver import SMTPTestServer
 
-from digestd import index, pipeline
-from digestd.model import Rule, Subscriber, SubscriberSet
-from digestd.pipeline import Deps, Options
-from digestd.render import make_environments
+from digestd.core.model import Rule, Subscriber, SubscriberSet
+from digestd.deliver.transports.smtp import SmtpMailer
+from digestd.mail.render import make_environments
+from digestd.pipeline import flow as pipeline
+from digestd.pipeline.flow import Deps, Options
+from digestd.rules import matcher as index
 from digestd.sources import FileSource
-from digestd.store import Store
-from digestd.transports.smtp import SmtpMailer
+from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOOD = ["alice@example.org", "bob@example.org", "carol@example.org"]
@@ -36,7 +37,7 @@ NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 # A fault no peer can produce, injected after the poll's commit: matching alerts raises.
 FAULT = """\
 import runpy, sys
-from digestd import index
+from digestd.rules import matcher as index
 def boom(*args, **kwargs):
     raise RuntimeError("injected: the process dies after the poll's commit")
 index.Matcher.match_all = boom

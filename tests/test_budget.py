@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from digestd.model import Digest, Match, Paper, Reason, Subscriber
-from digestd.render import (
+from digestd.core.model import Digest, Match, Paper, Reason, Subscriber
+from digestd.mail.render import (
     HTML_BUDGET,
     Environments,
     RenderContext,

@@ -17,12 +17,12 @@ import jinja2
 import pytest
 from daemonproc import wait_for
 
-from digestd import composer as composer_module
-from digestd.composer import Composer, MailJob, WebCopy, assemble, composer, template_dirs
-from digestd.model import Digest, Match, Reason, Subscriber
-from digestd.render import Environments, RenderContext, make_environments, templates_dir
+from digestd.core.model import Digest, Match, Reason, Subscriber
+from digestd.mail import workers as composer_module
+from digestd.mail.render import Environments, RenderContext, make_environments, templates_dir
+from digestd.mail.webcopy import fill_page
+from digestd.mail.workers import Composer, MailJob, WebCopy, assemble, composer, template_dirs
 from digestd.sources.hf_json import parse_hf_daily
-from digestd.webcopy import fill_page
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)

@@ -13,17 +13,18 @@ import dkim
 import pytest
 from smtpserver import SMTPTestServer
 
-from digestd import pipeline, tokens
-from digestd.deliverability import check_notes, dkim_txt_record, load_signer
-from digestd.errors import ConfigError
-from digestd.listmail import default_list_id, list_headers, mail_links, normalise_list_id
-from digestd.pipeline import Deps, Options
-from digestd.render import make_environments
-from digestd.rules import load_subscribers
-from digestd.settings import DkimSettings, Settings
+from digestd.config.settings import DkimSettings, Settings
+from digestd.core.errors import ConfigError
+from digestd.deliver.transports.smtp import SmtpMailer
+from digestd.mail import linktokens as tokens
+from digestd.mail.dkim import check_notes, dkim_txt_record, load_signer
+from digestd.mail.listheaders import default_list_id, list_headers, mail_links, normalise_list_id
+from digestd.mail.render import make_environments
+from digestd.pipeline import flow as pipeline
+from digestd.pipeline.flow import Deps, Options
+from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
-from digestd.store import Store
-from digestd.transports.smtp import SmtpMailer
+from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KEY = FIXTURES / "dkim_test_key.pem"  # a throw-away 2048-bit key made for these tests only

@@ -18,17 +18,17 @@ from typing import Any
 import pytest
 from smtpserver import SMTPTestServer
 
-from digestd import pipeline
-from digestd.cli import main as cli_main
-from digestd.delivery import DeliverReport, _Claimer, _Committer
-from digestd.model import Outcome
-from digestd.pipeline import Deps, Options
-from digestd.render import make_environments
-from digestd.rules import load_subscribers
+from digestd.cli.main import main as cli_main
+from digestd.core.model import Outcome
+from digestd.deliver.drain import DeliverReport, _Claimer, _Committer
+from digestd.deliver.transports.pool import MailerPool, RateLimiter
+from digestd.deliver.transports.smtp import SmtpMailer
+from digestd.mail.render import make_environments
+from digestd.pipeline import flow as pipeline
+from digestd.pipeline.flow import Deps, Options
+from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
-from digestd.store import Store
-from digestd.transports.pool import MailerPool, RateLimiter
-from digestd.transports.smtp import SmtpMailer
+from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday

@@ -276,7 +276,10 @@ def test_daemon_finishes_the_send_in_flight_on_sigterm(
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
-    assert "stopping signal=SIGTERM" in text and "level=info logger=digestd.daemon stopped" in text
+    assert (
+        "stopping signal=SIGTERM" in text
+        and "level=info logger=digestd.service.daemon stopped" in text
+    )
     assert "store closed" in text
     # The last connection closed cleanly: SQLite checkpointed and removed the write-ahead log.
     assert not (tmp_path / "var" / "digestd.sqlite3-wal").exists()

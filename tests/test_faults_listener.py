@@ -26,8 +26,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from test_service import Listing, to, write_config
 
-from digestd.logs import RateLimit, setup_logging
-from digestd.web import WebServer, connection_cap
+from digestd.service.logs import RateLimit, setup_logging
+from digestd.service.web import WebServer, connection_cap
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -235,7 +235,7 @@ async def test_item2_failed_accepts_flood_the_log_no_more(
 
 def forget_logging() -> None:
     logging.getLogger().handlers.clear()
-    for name in ("asyncio", "uvicorn.error", "digestd.web"):
+    for name in ("asyncio", "uvicorn.error", "digestd.service.web"):
         logger = logging.getLogger(name)
         logger.filters[:] = [f for f in logger.filters if not isinstance(f, RateLimit)]
 
@@ -248,7 +248,7 @@ def test_item2_task_group_errors_are_logged_with_the_real_cause(
         try:
             raise ExceptionGroup("unhandled errors in a TaskGroup", [OSError("unable to open db")])
         except ExceptionGroup:
-            logging.getLogger("digestd.daemon").exception("job failed job=_poll")
+            logging.getLogger("digestd.service.daemon").exception("job failed job=_poll")
     finally:
         forget_logging()
     line = capsys.readouterr().err

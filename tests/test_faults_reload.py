@@ -20,13 +20,13 @@ from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
 from test_service import SUBSCRIBERS, Listing, to, write_config
 
-from digestd import app
-from digestd.daemon import Daemon, utcnow
-from digestd.errors import ConfigError
-from digestd.query import QuerySyntaxError, parse_query
-from digestd.reload import Config, load_config
-from digestd.settings import load_settings
-from digestd.yamlpos import load_yaml
+from digestd.config.positions import load_yaml
+from digestd.config.settings import load_settings
+from digestd.core.errors import ConfigError
+from digestd.rules.query import QuerySyntaxError, parse_query
+from digestd.service import wiring as app
+from digestd.service.daemon import Daemon, utcnow
+from digestd.service.reload import Config, load_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -173,13 +173,13 @@ async def test_item10_an_unexpected_reload_failure_leaves_the_reloader_alive(
     def blow_up(path: Path) -> Config:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr("digestd.daemon.load_config", blow_up)
+    monkeypatch.setattr("digestd.service.daemon.load_config", blow_up)
     caplog.set_level(logging.INFO, logger="digestd")
     reloader = asyncio.create_task(daemon._reloader())
     try:
         daemon.request_reload()
         await until(lambda: "reload failed error=RecursionError" in caplog.text)
-        monkeypatch.setattr("digestd.daemon.load_config", load_config)
+        monkeypatch.setattr("digestd.service.daemon.load_config", load_config)
         path.with_name("subscribers.yaml").write_text(SUBSCRIBERS.split("  - email: bob")[0])
         daemon.request_reload()
         await until(lambda: "reloaded subscribers=1" in caplog.text)

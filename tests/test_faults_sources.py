@@ -28,9 +28,9 @@ from smtpserver import SMTPTestServer
 from test_multi_source import close, make_deps
 from test_service import Listing
 
-from digestd.daemon import Daemon
-from digestd.errors import SourceError
-from digestd.sdnotify import Notifier
+from digestd.core.errors import SourceError
+from digestd.service.daemon import Daemon
+from digestd.service.sdnotify import Notifier
 from digestd.sources import HuggingFaceSource, make_client
 from digestd.sources.http import HttpGetter
 

@@ -22,9 +22,9 @@ from test_crash import setup
 from test_delivery_faults import per_recipient
 from test_service import Listing, to, write_config
 
-from digestd import cli
-from digestd.runlock import EXIT_LOCKED
-from digestd.store import Store
+from digestd.cli import main as cli
+from digestd.store.runlock import EXIT_LOCKED
+from digestd.store.sqlite import Store
 
 pytestmark = pytest.mark.timeout(60)
 

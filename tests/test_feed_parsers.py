@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from digestd.errors import SourceError
-from digestd.merge import merge, merge_all
-from digestd.model import Authority, Paper, is_arxiv_id
+from digestd.core.errors import SourceError
+from digestd.core.merge import merge, merge_all
+from digestd.core.model import Authority, Paper, is_arxiv_id
 from digestd.sources.arxiv_xml import ANNOUNCE_TYPES, parse_arxiv_api, parse_arxiv_rss
 from digestd.sources.feed_xml import parse_feed
 from digestd.sources.xmlfeed import arxiv_id_of_url, check_xml, find_arxiv_id, split_version

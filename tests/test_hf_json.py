@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from digestd.errors import SourceError
-from digestd.model import ParseResult
+from digestd.core.errors import SourceError
+from digestd.core.model import ParseResult
 from digestd.sources.hf_json import merge_results, parse_hf_daily, parse_page
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -24,11 +24,11 @@ from smtpserver import SMTPTestServer
 from starlette.applications import Starlette
 from test_e2e import ROOT, digestd, seed_items, serve_listing, write_config
 
-from digestd.health import HealthProbe, routes
-from digestd.logs import setup_logging
-from digestd.metrics import Metrics
-from digestd.progress import RichProgress
-from digestd.store import Store
+from digestd.cli.progress import RichProgress
+from digestd.service.health import HealthProbe, routes
+from digestd.service.logs import setup_logging
+from digestd.service.metrics import Metrics
+from digestd.store.sqlite import Store
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 EVERYONE = ("alice@example.org", "bob@example.org", "refused@example.org")

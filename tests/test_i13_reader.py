@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from digestd.model import Subscriber
-from digestd.notes import SourceActivity, empty_note
-from digestd.store import Store
+from digestd.core.model import Subscriber
+from digestd.mail.empty_note import SourceActivity, empty_note
+from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from digestd.index import Matcher, TermIndex, query_trigger, rule_trigger
-from digestd.match import match
-from digestd.model import Paper, Rule, Subscriber, SubscriberSet
-from digestd.query import And, Compare, Name, Node, Not, Or, Text, parse_query
-from digestd.rules import load_subscribers
-from digestd.text import fold_words, make_term
+from digestd.core.model import Paper, Rule, Subscriber, SubscriberSet
+from digestd.core.text import fold_words, make_term
+from digestd.rules.matcher import Matcher, TermIndex, query_trigger, rule_trigger
+from digestd.rules.query import And, Compare, Name, Node, Not, Or, Text, parse_query
+from digestd.rules.reference import match
+from digestd.rules.subscribers import load_subscribers
 
 WORDS = ["kv", "cache", "caches", "fpga", "llm", "llms", "moe", "survey", "Étude", "etude", "a"]
 AUTHORS = ["Tri Dao", "Mei Tanaka", "Anika García"]
@@ -222,7 +222,7 @@ def test_fast_matcher_agrees_with_the_reference(sset: SubscriberSet, found: list
 def test_pipeline_keeps_one_index_per_subscriber_set() -> None:
     from typing import Any
 
-    from digestd.pipeline import Deps, Options, matcher_for
+    from digestd.pipeline.flow import Deps, Options, matcher_for
 
     unused: Any = None
     deps = Deps(

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from digestd.latex import readable, readable_paper
-from digestd.model import Digest, Match, Paper, Subscriber
-from digestd.render import RenderContext, make_environments, render_digest
+from digestd.core.latex import readable, readable_paper
+from digestd.core.model import Digest, Match, Paper, Subscriber
+from digestd.mail.render import RenderContext, make_environments, render_digest
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from digestd.match import EVERY_PAPER, PaperTokens, match, rule_holds
-from digestd.model import Field, Paper, Reason, Rule, Subscriber
-from digestd.text import fold_words, make_term
+from digestd.core.model import Field, Paper, Reason, Rule, Subscriber
+from digestd.core.text import fold_words, make_term
+from digestd.rules.reference import EVERY_PAPER, PaperTokens, match, rule_holds
 
 
 def paper(

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from digestd.match import PaperTokens, match, rule_holds, score
-from digestd.model import Match, Paper, Reason, Rule, Subscriber
-from digestd.query import parse_query
-from digestd.rules import load_subscribers
-from digestd.text import make_term
+from digestd.core.model import Match, Paper, Reason, Rule, Subscriber
+from digestd.core.text import make_term
+from digestd.rules.query import parse_query
+from digestd.rules.reference import PaperTokens, match, rule_holds, score
+from digestd.rules.subscribers import load_subscribers
 
 
 def paper(

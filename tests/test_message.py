@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digestd.message import build_message, encode_words, parse_mailbox
-from digestd.model import Canonical, Rendered
+from digestd.core.model import Canonical, Rendered
+from digestd.mail.mime import build_message, encode_words, parse_mailbox
 
 DATE = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
 HOSTILE = [
@@ -206,8 +206,8 @@ def is_canonical(data: bytes) -> bool:
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from([b"a", b".", b"\r\n", b"\n", b"\r", b"=2E", b" "]), max_size=40))
 def test_canonical_bytes_are_exactly_those_the_sender_would_not_change(pieces: list[bytes]) -> None:
-    from digestd.model import Canonical
-    from digestd.transports.smtp import _smtp_body
+    from digestd.core.model import Canonical
+    from digestd.deliver.transports.smtp import _smtp_body
 
     data = b"".join(pieces)
     if is_canonical(data):

@@ -16,19 +16,20 @@ from pathlib import Path
 import pytest
 from httpserver import LocalHTTPServer, Reply
 
-from digestd import cli, pipeline
-from digestd.errors import ConfigError
-from digestd.pipeline import Deps, Options
-from digestd.render import make_environments
-from digestd.rules import load_subscribers
-from digestd.settings import Settings, load_settings
+from digestd.cli import main as cli
+from digestd.config.settings import Settings, load_settings
+from digestd.core.errors import ConfigError
+from digestd.deliver.transports.maildir import MaildirMailer
+from digestd.mail.render import make_environments
+from digestd.pipeline import flow as pipeline
+from digestd.pipeline.flow import Deps, Options
+from digestd.rules.subscribers import load_subscribers
 from digestd.sources import HuggingFaceSource, Source, make_client
 from digestd.sources.arxiv import ArxivApiSource
 from digestd.sources.arxiv_rss import ArxivRssSource
 from digestd.sources.feed import FeedSource
 from digestd.sources.http import HttpGetter
-from digestd.store import Store
-from digestd.transports.maildir import MaildirMailer
+from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = datetime(2026, 8, 12, 9, 0, tzinfo=UTC)
@@ -302,7 +303,7 @@ delivery: {{kind: maildir, path: mail, from: "D <d@example.org>"}}
     )
     (tmp_path / "subscribers.yaml").write_text(EVERYTHING)
     settings = load_settings(config)
-    from digestd import app
+    from digestd.service import wiring as app
 
     deps = app.open_deps(settings, now=NOW)
     try:
@@ -376,7 +377,7 @@ def test_bad_sources_settings(tmp_path: Path, yaml: str, message: str) -> None:
 async def test_daemon_schedules_each_source_at_its_own_interval(
     tmp_path: Path, http_server: LocalHTTPServer
 ) -> None:
-    from digestd.daemon import Daemon
+    from digestd.service.daemon import Daemon
 
     deps = make_deps(tmp_path, http_server)
     try:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from digestd.periods import latest_slot, next_slot, period_key
+from digestd.core.periods import latest_slot, next_slot, period_key
 
 WEEKDAYS_7 = "0 7 * * mon-fri"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from digestd import personal
-from digestd.model import Digest, Match, Paper, Reason, Subscriber
-from digestd.personal import is_plain, render_personal
-from digestd.render import Environments, RenderContext, make_environments, render_digest
+from digestd.core.model import Digest, Match, Paper, Reason, Subscriber
+from digestd.mail import shapes as personal
+from digestd.mail.render import Environments, RenderContext, make_environments, render_digest
+from digestd.mail.shapes import is_plain, render_personal
 from digestd.sources.hf_json import parse_hf_daily
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from digestd import pipeline
-from digestd.pipeline import Deps, Options
-from digestd.render import make_environments
-from digestd.rules import load_subscribers
+from digestd.deliver.transports.maildir import MaildirMailer
+from digestd.mail.render import make_environments
+from digestd.pipeline import flow as pipeline
+from digestd.pipeline.flow import Deps, Options
+from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
-from digestd.store import Store
-from digestd.transports.maildir import MaildirMailer
+from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MON_0600 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from test_message import is_canonical
 
-from digestd import message
-from digestd.model import Canonical, Digest, Match, Rendered, Subscriber
-from digestd.personal import render_personal
-from digestd.render import RenderContext, make_environments
+from digestd.core.model import Canonical, Digest, Match, Rendered, Subscriber
+from digestd.mail import mime as message
+from digestd.mail.render import RenderContext, make_environments
+from digestd.mail.shapes import render_personal
 from digestd.sources.hf_json import parse_hf_daily
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -120,8 +120,8 @@ def test_rewrap_by_line_equals_rewrap_by_unit(seed: int) -> None:
 def test_a_message_from_its_template_is_the_message_from_the_filled_text(
     name: str | None, web: str | None
 ) -> None:
-    from digestd.model import Personal
-    from digestd.personal import personal_template, render_personal
+    from digestd.core.model import Personal
+    from digestd.mail.shapes import personal_template, render_personal
 
     papers = parse_hf_daily((FIXTURES / "hf_daily_papers_seed.json").read_bytes()).papers[:10]
     envs = make_environments()

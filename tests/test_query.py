@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from digestd.query import (
+from digestd.core.text import make_term
+from digestd.rules.query import (
     MAX_DEPTH,
     And,
     Compare,
@@ -17,7 +18,6 @@ from digestd.query import (
     caret,
     parse_query,
 )
-from digestd.text import make_term
 
 
 def t(text: str, *fields: str) -> Text:

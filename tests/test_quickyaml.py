@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digestd import rules
-from digestd.errors import ConfigError
-from digestd.quickyaml import quick_load
-from digestd.rules import _validate, load_subscribers
-from digestd.yamlpos import load_yaml
+from digestd.config.fastyaml import quick_load
+from digestd.config.positions import load_yaml
+from digestd.core.errors import ConfigError
+from digestd.rules import subscribers as rules
+from digestd.rules.subscribers import _validate, load_subscribers
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from digestd.logs import _JsonFormatter, _KeyValueFormatter
-from digestd.redact import redact, redact_url, safe_text, secrets_of
-from digestd.settings import Settings
+from digestd.config.settings import Settings
+from digestd.core.redact import redact, redact_url, safe_text, secrets_of
+from digestd.service.logs import _JsonFormatter, _KeyValueFormatter
 
 URL = "https://user:pw@host.example/feed?token=SECRET&x=1"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from digestd.errors import ConfigError
-from digestd.model import Digest, Match, Paper, Reason, Subscriber
-from digestd.render import (
+from digestd.core.errors import ConfigError
+from digestd.core.model import Digest, Match, Paper, Reason, Subscriber
+from digestd.mail.render import (
     Environments,
     RenderContext,
     check_templates,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from digestd.errors import ConfigError
-from digestd.message import check_address
-from digestd.model import FIELDS, Rule, Subscriber, Term
-from digestd.rules import load_subscribers, summarize, validate_email
+from digestd.core.errors import ConfigError
+from digestd.core.model import FIELDS, Rule, Subscriber, Term
+from digestd.mail.mime import check_address
+from digestd.rules.subscribers import load_subscribers, summarize, validate_email
 
 EXAMPLE = """\
 defaults:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from digestd.errors import ConfigError
-from digestd.model import Rule, Term
-from digestd.query import And, Compare, Name, Or, Text
-from digestd.rules import _validate, load_subscribers
-from digestd.text import make_term
-from digestd.yamlpos import load_yaml
+from digestd.config.positions import load_yaml
+from digestd.core.errors import ConfigError
+from digestd.core.model import Rule, Term
+from digestd.core.text import make_term
+from digestd.rules.query import And, Compare, Name, Or, Text
+from digestd.rules.subscribers import _validate, load_subscribers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -242,7 +242,7 @@ def write_config(tmp_path: Path, subscribers: str) -> Path:
 def test_check_prints_the_query_error_with_a_caret(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from digestd.cli import main
+    from digestd.cli.main import main
 
     bad = one_rule("query: 'fpga OR (a b'") + "    use: [missing]\n"
     config = write_config(tmp_path, bad)
@@ -262,7 +262,7 @@ def test_check_prints_the_query_error_with_a_caret(
 def test_check_accepts_the_richer_language(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from digestd.cli import main
+    from digestd.cli.main import main
 
     config = write_config(tmp_path, RULE_SETS)
     assert main(["--config", str(config), "check"]) == 0

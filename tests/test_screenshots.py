@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from digestd.model import Digest, Match, Paper, Reason, Subscriber
-from digestd.render import RenderContext, make_environments, render_digest
+from digestd.core.model import Digest, Match, Paper, Reason, Subscriber
+from digestd.mail.render import RenderContext, make_environments, render_digest
 from digestd.sources.hf_json import parse_hf_daily
 
 ROOT = Path(__file__).resolve().parent.parent

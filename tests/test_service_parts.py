@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from digestd.alerts import AdminAlerts, AlertPolicy
-from digestd.errors import ConfigError
-from digestd.health import HealthProbe, status_line
-from digestd.model import Outcome
-from digestd.progress import PlainProgress, RichProgress, make_progress
-from digestd.reload import load_config
-from digestd.sdnotify import Notifier
-from digestd.settings import load_settings
-from digestd.store import AlertState, Store
+from digestd.cli.progress import PlainProgress, RichProgress, make_progress
+from digestd.config.settings import load_settings
+from digestd.core.errors import ConfigError
+from digestd.core.model import Outcome
+from digestd.service.admin_alerts import AdminAlerts, AlertPolicy
+from digestd.service.health import HealthProbe, status_line
+from digestd.service.reload import load_config
+from digestd.service.sdnotify import Notifier
+from digestd.store.sqlite import AlertState, Store
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 

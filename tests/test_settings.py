@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from digestd.app import make_mailer
-from digestd.errors import ConfigError
-from digestd.settings import load_settings, parse_duration
+from digestd.config.settings import load_settings, parse_duration
+from digestd.core.errors import ConfigError
+from digestd.service.wiring import make_mailer
 
 GOOD = """\
 source:

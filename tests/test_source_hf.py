@@ -15,7 +15,7 @@ import pytest
 from httpserver import LocalHTTPServer, Reply
 
 from digestd import __version__
-from digestd.errors import SourceError
+from digestd.core.errors import SourceError
 from digestd.sources import FileSource, HuggingFaceSource, Source, make_client, parse_hf_daily
 
 FIXTURES = Path(__file__).parent / "fixtures"

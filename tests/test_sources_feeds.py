@@ -11,8 +11,8 @@ import httpx
 import pytest
 from httpserver import LocalHTTPServer, Reply
 
-from digestd.errors import SourceError
-from digestd.model import Validators
+from digestd.core.errors import SourceError
+from digestd.core.model import Validators
 from digestd.sources import HuggingFaceSource, make_client
 from digestd.sources.arxiv import ArxivApiSource, category_query
 from digestd.sources.arxiv_rss import ArxivRssSource

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from digestd.model import Canonical, Part, Spliced
-from digestd.pipeline import _signed
+from digestd.core.model import Canonical, Part, Spliced
+from digestd.pipeline.flow import _signed
 
 A, B = Part("a", b"AAAA"), Part("b", b"BB")
 

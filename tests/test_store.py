@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from digestd.model import Authority, Paper, Part, Spliced
-from digestd.store import (
+from digestd.core.model import Authority, Paper, Part, Spliced
+from digestd.store.sqlite import (
     SCHEMA_VERSION,
     LedgerConflict,
     SchemaError,
@@ -557,7 +557,7 @@ def test_a_claim_without_bodies_is_completed_by_another_connection(
 
 
 def test_canonical_bodies_come_back_marked(store: Store) -> None:
-    from digestd.model import Canonical
+    from digestd.core.model import Canonical
 
     enqueue(store, ALICE, data=b"x\r\n")
     store.enqueue(
@@ -609,7 +609,7 @@ def test_shared_parts_are_stored_once_and_claimed_spliced_back(store: Store, db_
     assert count(store, "message_parts") == 2
     own = store._db.execute("SELECT MAX(LENGTH(data)) FROM outbox_bodies").fetchone()[0]
     assert own < 100  # each message's own bytes only
-    from digestd.model import Canonical
+    from digestd.core.model import Canonical
 
     claimed = store.claim_due(now=T0, limit=10)
     assert [row.data for row in claimed] == [spliced(a.encode()).whole() for a in who[:10]]

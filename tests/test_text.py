@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from digestd.model import Term
-from digestd.text import clean_header, collapse, find_term, fold, fold_words, make_term, tokens
+from digestd.core.model import Term
+from digestd.core.text import clean_header, collapse, find_term, fold, fold_words, make_term, tokens
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from smtpserver import SMTPTestServer
 
-from digestd.message import build_message
-from digestd.model import Rendered
-from digestd.transports.base import classify_reply
-from digestd.transports.maildir import MaildirMailer
-from digestd.transports.smtp import SmtpMailer
+from digestd.core.model import Rendered
+from digestd.deliver.transports.base import classify_reply
+from digestd.deliver.transports.maildir import MaildirMailer
+from digestd.deliver.transports.smtp import SmtpMailer
+from digestd.mail.mime import build_message
 
 SENDER = "digest@example.org"
 RCPT = "ann@example.org"

@@ -13,14 +13,15 @@ import httpx
 import pytest
 from smtpserver import SMTPTestServer
 
-from digestd import app, pipeline
-from digestd.pipeline import Deps, Options
-from digestd.render import make_environments
-from digestd.rules import load_subscribers
+from digestd.deliver.transports.smtp import SmtpMailer
+from digestd.mail.render import make_environments
+from digestd.pipeline import flow as pipeline
+from digestd.pipeline.flow import Deps, Options
+from digestd.rules.subscribers import load_subscribers
+from digestd.service import wiring as app
+from digestd.service.web import WebServer
 from digestd.sources import FileSource
-from digestd.store import Store
-from digestd.transports.smtp import SmtpMailer
-from digestd.web import WebServer
+from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from digestd.web import WebServer, parse_listen
+from digestd.service.web import WebServer, parse_listen
 
 
 async def hello(request: Request) -> PlainTextResponse:

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from smtpserver import SMTPTestServer
 
-from digestd import pipeline
-from digestd.latex import readable_paper
-from digestd.pipeline import Deps, Options
-from digestd.render import make_environments, render_digest
-from digestd.rules import load_subscribers
+from digestd.core.latex import readable_paper
+from digestd.deliver.transports.smtp import SmtpMailer
+from digestd.mail.render import make_environments, render_digest
+from digestd.mail.webcopy import body_for, fill_page
+from digestd.pipeline import flow as pipeline
+from digestd.pipeline.flow import Deps, Options
+from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
-from digestd.store import Store
-from digestd.transports.smtp import SmtpMailer
-from digestd.webcopy import body_for, fill_page
+from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)

@@ -7,8 +7,8 @@ from typing import Literal
 import pydantic
 import pytest
 
-from digestd.errors import ConfigError
-from digestd.yamlpos import allowed_keys, dotted, load_yaml, problems_from_validation
+from digestd.config.positions import allowed_keys, dotted, load_yaml, problems_from_validation
+from digestd.core.errors import ConfigError
 
 DOC = """\
 name: demo

@@ -11,8 +11,8 @@ from datetime import datetime
 
 import httpx
 
-from digestd.errors import SourceError
-from digestd.model import ParseProblem, ParseResult, Validators
+from digestd.core.errors import SourceError
+from digestd.core.model import ParseProblem, ParseResult, Validators
 from digestd.sources.arxiv_xml import ApiPage, parse_arxiv_api
 from digestd.sources.http import HttpGetter
 

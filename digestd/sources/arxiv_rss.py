@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from digestd.model import ParseResult
+from digestd.core.model import ParseResult
 from digestd.sources.arxiv_xml import parse_arxiv_rss
 from digestd.sources.http import FeedPoll, HttpGetter
 

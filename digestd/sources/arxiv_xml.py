@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-from digestd.errors import SourceError
-from digestd.model import Authority, Paper, ParseProblem, ParseResult
+from digestd.core.errors import SourceError
+from digestd.core.model import Authority, Paper, ParseProblem, ParseResult
+from digestd.core.text import collapse
 from digestd.sources.xmlfeed import check_xml, find_arxiv_id, local, text_of, utc
-from digestd.text import collapse
 
 __all__ = ["ANNOUNCE_TYPES", "ApiPage", "parse_arxiv_api", "parse_arxiv_rss"]
 

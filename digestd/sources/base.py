@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from digestd.model import ParseResult
+from digestd.core.model import ParseResult
 
 __all__ = ["Source"]
 

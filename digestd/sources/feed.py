@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from digestd.model import ParseResult
+from digestd.core.model import ParseResult
 from digestd.sources.feed_xml import parse_feed
 from digestd.sources.http import FeedPoll, HttpGetter
 

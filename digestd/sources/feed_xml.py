@@ -6,7 +6,7 @@ An item's key is its arXiv id when its link (or an alternate link) is a paper's 
 Hugging Face, or its id/GUID is one or an `oai:arXiv.org:`/`arXiv:` identifier, so the same paper
 from a blog aggregator and from arXiv is one paper; otherwise `feed:` + its GUID or link (no arXiv
 id holds a colon, so the two cannot collide). A feed is anyone's claim: its text ranks below every
-arXiv and Hugging Face source (`Authority.FEED`, see digestd.merge) and its version numbers are
+arXiv and Hugging Face source (`Authority.FEED`, see digestd.core.merge) and its version numbers are
 not believed (only arXiv's own API and listing state versions).
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 
 import feedparser
 
-from digestd.model import Authority, Paper, ParseProblem, ParseResult
+from digestd.core.model import Authority, Paper, ParseProblem, ParseResult
+from digestd.core.text import collapse
 from digestd.sources.xmlfeed import arxiv_id_of_tag, arxiv_id_of_url, check_xml
-from digestd.text import collapse
 
 __all__ = ["FEED_PREFIX", "parse_feed"]
 

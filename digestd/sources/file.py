@@ -6,8 +6,8 @@ import asyncio
 from datetime import datetime
 from pathlib import Path
 
-from digestd.errors import SourceError
-from digestd.model import ParseResult
+from digestd.core.errors import SourceError
+from digestd.core.model import ParseResult
 from digestd.sources.hf_json import parse_hf_daily
 
 __all__ = ["FileSource"]

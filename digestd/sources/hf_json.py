@@ -23,9 +23,9 @@ from pydantic import (
     WrapValidator,
 )
 
-from digestd.errors import SourceError
-from digestd.model import Authority, Paper, ParseProblem, ParseResult, is_arxiv_id
-from digestd.text import collapse
+from digestd.core.errors import SourceError
+from digestd.core.model import Authority, Paper, ParseProblem, ParseResult, is_arxiv_id
+from digestd.core.text import collapse
 
 __all__ = ["merge_results", "parse_hf_daily", "parse_page"]
 

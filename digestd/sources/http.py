@@ -19,9 +19,9 @@ from typing import NoReturn, Protocol
 
 import httpx
 
-from digestd.errors import SourceError
-from digestd.model import ParseResult, Validators
-from digestd.redact import redact_url
+from digestd.core.errors import SourceError
+from digestd.core.model import ParseResult, Validators
+from digestd.core.redact import redact_url
 from digestd.sources.huggingface import USER_AGENT
 from digestd.sources.retry import RetryLater, backoff_delay, deadline, server_wait
 

@@ -16,9 +16,9 @@ from typing import Literal, NoReturn
 import httpx
 
 from digestd import __version__
-from digestd.errors import SourceError
-from digestd.model import ParseProblem, ParseResult
-from digestd.redact import redact_url
+from digestd.core.errors import SourceError
+from digestd.core.model import ParseProblem, ParseResult
+from digestd.core.redact import redact_url
 from digestd.sources.hf_json import merge_results, parse_page
 from digestd.sources.retry import RetryLater, backoff_delay, deadline, server_wait
 

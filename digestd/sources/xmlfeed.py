@@ -13,9 +13,9 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from digestd.errors import SourceError
-from digestd.model import ARXIV_ID
-from digestd.text import collapse
+from digestd.core.errors import SourceError
+from digestd.core.model import ARXIV_ID
+from digestd.core.text import collapse
 
 __all__ = [
     "arxiv_id_of_tag",

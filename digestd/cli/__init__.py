@@ -1,0 +1,1 @@
+"""The command line: `digestd run|check|preview|status|…`, and the progress display of `run --once`."""

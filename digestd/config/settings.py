@@ -1,0 +1,548 @@
+"""The settings file: YAML read with positions, validated by pydantic-settings, `DIGESTD_*` env on top."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from digestd.config.positions import allowed_keys, decode, load_yaml, problems_from_validation
+from digestd.core.errors import ConfigError, ConfigProblem
+from digestd.core.redact import redact_url
+from digestd.mail.mime import parse_mailbox
+from digestd.rules.subscribers import validate_email
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "AlertSettings",
+    "DeliverySettings",
+    "DkimSettings",
+    "HttpSettings",
+    "Settings",
+    "SourceSettings",
+    "env_warnings",
+    "load_settings",
+    "format_duration",
+    "parse_duration",
+    "read_config_text",
+]
+
+DEFAULT_CONFIG = Path("/etc/digestd/digestd.yaml")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> timedelta:
+    """'30m', '1h30m', '7d', '90s' or a number of seconds → timedelta.
+
+    :raises ValueError: for anything else, naming the accepted forms.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    text = str(value).strip().replace(" ", "")
+    parts = _DURATION.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{value!r} is not a duration; use forms like 90s, 30m, 1h30m, 7d")
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+def format_duration(delta: timedelta) -> str:
+    """3h12m, 2d4h, 45s: the inverse of `parse_duration`, short enough for logs and `digestd check`."""
+    seconds = int(delta.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+SourceKind = Literal["huggingface", "file", "arxiv", "arxiv_rss", "feed"]
+HF_URL = "https://huggingface.co/api/daily_papers"
+# Where each kind polls unless `url` says otherwise (`feed` has no sensible default).
+_DEFAULT_URLS: dict[str, str] = {
+    "huggingface": HF_URL,
+    "arxiv": "https://export.arxiv.org/api/query",
+    "arxiv_rss": "https://rss.arxiv.org/rss/",
+}
+AnnounceType = Literal["new", "cross", "replace", "replace-cross"]
+
+
+def _digest_types() -> list[AnnounceType]:
+    return ["new", "cross"]  # replacements are papers already announced
+
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_CATEGORY = r"^[A-Za-z-]+(\.[A-Za-z-]+)?$"
+
+
+class SourceSettings(_Section):
+    """One source; `name` defaults to its kind. Options unused by a kind are ignored."""
+
+    name: Annotated[str, Field(pattern=_NAME)] | None = None
+    kind: SourceKind = "huggingface"
+    url: str = HF_URL
+    poll_every: Duration = timedelta(minutes=30)
+    days: int = Field(
+        2, ge=1, le=14, description="listing days fetched per poll (today, yesterday…)"
+    )
+    listing: Literal["daily", "trending"] = (
+        "daily"  # huggingface: sort=trending brings older papers
+    )
+    timeout: Duration = timedelta(seconds=30)
+    token: SecretStr | None = (
+        None  # Hugging Face token: raises the rate limit; DIGESTD_SOURCE__TOKEN
+    )
+    retries: int = Field(3, ge=0, le=10, description="retries of a failed request within a poll")
+    # arxiv / arxiv_rss
+    categories: list[Annotated[str, Field(pattern=_CATEGORY)]] = Field(default_factory=list)
+    query: str | None = None  # arxiv: a raw search_query, instead of the categories
+    max_results: int = Field(200, ge=1, le=30000)
+    page_size: int = Field(100, ge=1, le=2000)
+    announce_types: list[AnnounceType] = Field(default_factory=_digest_types, min_length=1)
+    # arxiv's terms: one request every 3 s, shared by every arxiv and arxiv_rss source
+    min_interval: Duration = timedelta(seconds=3)
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="a larger reply fails the poll")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> SourceSettings:
+        if "url" not in self.model_fields_set and self.kind in _DEFAULT_URLS:
+            self.url = _DEFAULT_URLS[self.kind]
+        if self.kind == "feed" and "url" not in self.model_fields_set:
+            raise ValueError("a feed source needs a url")
+        if self.kind == "arxiv" and not (self.categories or self.query):
+            raise ValueError("an arxiv source needs categories or a query")
+        if self.kind == "arxiv_rss" and not self.categories:
+            raise ValueError("an arxiv_rss source needs categories")
+        if self.name is None:
+            self.name = self.kind
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.name or self.kind
+
+
+class DkimSettings(_Section):
+    """DKIM signing at enqueue time: publish the key at `{selector}._domainkey.{domain}`."""
+
+    selector: str = Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+    domain: str = Field(pattern=r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$")
+    key_file: Path  # PEM RSA private key (PKCS#1 or PKCS#8), 1024 bits at least, 2048 advised
+
+
+def validate_mailbox(value: str) -> str:
+    """`delivery.from` as the mail builder reads it ("addr" or "Name <addr>"); an IDN domain is
+    rewritten to its A-labels, the name kept as written.
+
+    :raises ValueError: the builder would refuse it.
+    """
+    name, addr = parse_mailbox(value)
+    if addr == value.strip().removesuffix(">").rpartition("<")[2].strip():
+        return value
+    if not name:
+        return addr
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{addr}>'
+
+
+def settings_address_paths(data: object) -> list[tuple[str | int, ...]]:
+    """Where the settings file holds addresses (for `rules.address_notes`)."""
+    paths: list[tuple[str | int, ...]] = [("delivery", "from"), ("delivery", "unsubscribe_mailto")]
+    admins = data.get("admins") if isinstance(data, dict) else None
+    return paths + ([("admins", i) for i in range(len(admins))] if isinstance(admins, list) else [])
+
+
+class DeliverySettings(_Section):
+    kind: Literal["smtp", "maildir"] = "smtp"
+    host: str = "localhost"
+    port: int = Field(25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    sender: Annotated[str, AfterValidator(validate_mailbox)] = Field(
+        "Paper Digest <digest@localhost>", alias="from"
+    )
+    username: str | None = None
+    password: SecretStr | None = None  # prefer DIGESTD_DELIVERY__PASSWORD or password_file
+    password_file: Path | None = None
+    validate_certs: bool = True
+    timeout: Duration = timedelta(seconds=30)
+    data_timeout: Duration = timedelta(minutes=10)  # RFC 5321 §4.5.3.2: end of DATA may take long
+    max_per_connection: int = Field(100, ge=1)
+    max_attempts: int = Field(8, ge=1, description="tries before a message is failed")
+    connections: int = Field(1, ge=1, le=64, description="SMTP connections used in parallel")
+    rate_limit: float = Field(
+        0, ge=0, description="messages per second over all connections; 0: none"
+    )
+    suspend_after: int = Field(
+        3, ge=1, description="consecutive hard failures (5xx) after which an address is suspended"
+    )
+    keep_days: int = Field(
+        7, ge=0, description="days a sent, failed or expired message's bytes are kept; rows stay"
+    )
+    path: Path = Path("var/mail")
+    # RFC 2919, e.g. "Paper Digest <paper-digest.example.org>"; default: site_name <digestd.DOMAIN>
+    list_id: str | None = Field(None, pattern=r"^[^<>]*<[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+>$")
+    # A mailto List-Unsubscribe next to the HTTPS one; without http.public_url it is the only one
+    # (and defaults to the From address).
+    unsubscribe_mailto: Annotated[str, AfterValidator(validate_email)] | None = None
+    dkim: DkimSettings | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DeliverySettings:
+        if self.kind == "smtp" and self.username and self.security == "none":
+            raise ValueError(
+                "delivery.security must be starttls or tls when credentials are set "
+                "(a password is never sent over plaintext)"
+            )
+        if self.kind == "smtp" and not self.username and (self.password or self.password_file):
+            # Without a username there is no AUTH: the mail would go out unauthenticated.
+            raise ValueError(
+                "a password (password, password_file or DIGESTD_DELIVERY__PASSWORD) is set but "
+                "username is not, so the password would never be used: set delivery.username, or remove the password"
+            )
+        return self
+
+    def warnings(self) -> list[str]:
+        """What `digestd check` and the daemon's start-up say about these settings (start "!")."""
+        if self.kind != "smtp" or self.validate_certs:
+            return []
+        return [
+            "! delivery.validate_certs is false: the relay's TLS certificate is not checked, so "
+            "anyone on the way can pose as the relay and read the mail"
+            + (" and the SMTP password" if self.username else "")
+        ]
+
+    @property
+    def envelope_from(self) -> str:
+        return parse_mailbox(self.sender)[1]
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be more than 0s")
+    return value
+
+
+class HttpSettings(_Section):
+    listen: str | None = None  # e.g. 127.0.0.1:8025; unset: no HTTP listener
+    public_url: str | None = None  # e.g. https://digest.example.org: base of links in the mail
+    secret: SecretStr | None = None  # signs unsubscribe links; DIGESTD_HTTP__SECRET
+    secret_file: Path | None = None  # or a file (systemd: LoadCredential=http_secret)
+    view_days: int = Field(30, ge=0, description="days a web copy stays online; 0: none")
+    # A client must send each whole request within this time (slow headers are cut off), and the
+    # listener keeps at most this many connections (never more than a quarter of the file limit).
+    request_timeout: Annotated[Duration, AfterValidator(_positive)] = timedelta(seconds=10)
+    max_connections: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpSettings:
+        url = self.public_url
+        if url is not None:
+            if not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s?#]*)?", url):
+                raise ValueError(f"http.public_url {url!r} must be an http(s) URL without ?query")
+            self.public_url = url.rstrip("/")
+        return self
+
+
+class AlertSettings(_Section):
+    """When the admins get mail: one when a problem starts, one when it is over."""
+
+    source_down_after: Duration = timedelta(hours=2)  # polls failing for this long
+    delivery_failures: int = Field(5, ge=1)  # this many sends in a row not accepted
+
+
+class Settings(BaseSettings):
+    """Everything an admin sets; built once by the shell and passed down as values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIGESTD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    sources: list[SourceSettings] | None = Field(None, min_length=1)
+    state: Path = Path("var/digestd.sqlite3")
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    subscribers: Path = Path("subscribers.yaml")
+    lookback: Duration = Field(timedelta(days=7), description="how far back a digest looks")
+    site_name: str = "Paper Digest"
+    max_late: Duration | None = None  # a missed digest older than this is skipped, not sent late
+    templates: Path | None = None
+    # Addresses that get one mail when the source or delivery breaks down, and one when it recovers.
+    admins: list[Annotated[str, AfterValidator(validate_email)]] = Field(default_factory=list)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    # How often the daemon looks at both files' mtimes to reload by itself; 0 turns it off (SIGHUP
+    # still reloads).
+    config_check_every: Duration = timedelta(seconds=5)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _one_way_to_name_sources(self) -> Settings:
+        if self.sources is not None and "source" in self.model_fields_set:
+            raise ValueError("set either source (one) or sources (a list), not both")
+        names = [s.key for s in self.all_sources()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(twice)}")
+        return self
+
+    def all_sources(self) -> list[SourceSettings]:
+        """The configured sources: the `sources` list, or the single `source`."""
+        return list(self.sources) if self.sources is not None else [self.source]
+
+    def smtp_password(self) -> str | None:
+        """The SMTP password from the environment, `password_file`, or systemd's credential."""
+        d = self.delivery
+        if d.password is not None:
+            return d.password.get_secret_value()
+        path = d.password_file or _credential("smtp_password")
+        return path.read_text(encoding="utf-8").strip() if path else None
+
+    def http_secret(self) -> bytes | None:
+        """The link-signing secret from the environment, `secret_file` or systemd's credential.
+
+        :raises ConfigError: when it is shorter than 16 bytes (forgeable) or unreadable.
+        """
+        h = self.http
+        if h.secret is not None:
+            value = h.secret.get_secret_value().encode()
+        else:
+            path = h.secret_file or _credential("http_secret")
+            if path is None:
+                return None
+            try:
+                value = path.read_bytes().strip()
+            except OSError as exc:
+                problem = ConfigProblem(str(path), 1, 1, "http.secret_file", str(exc.strerror))
+                raise ConfigError([problem]) from None
+        if len(value) < 16:
+            problem = ConfigProblem("<settings>", 1, 1, "http.secret", "use 16 bytes or more")
+            raise ConfigError([problem])
+        return value
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings for display, secrets shown as <redacted>."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for section, key in (("delivery", "password"), ("source", "token"), ("http", "secret")):
+            if data[section].get(key) is not None:
+                data[section][key] = "<redacted>"
+        # One list, whichever form the file used: what will actually be polled.
+        data.pop("source", None)
+        data["sources"] = [s.model_dump(mode="json") for s in self.all_sources()]
+        for source in data["sources"]:
+            if source.get("token") is not None:
+                source["token"] = "<redacted>"
+            source["url"] = redact_url(source["url"])  # credentials in a feed's URL
+        return data
+
+    def in_force(self) -> dict[str, Any]:
+        """`redacted()` less what the configured kinds ignore (no SMTP port for a Maildir)."""
+        data = self.redacted()
+        unused = _MAILDIR_ONLY if self.delivery.kind == "smtp" else _SMTP_ONLY
+        data["delivery"] = {k: v for k, v in data["delivery"].items() if k not in unused}
+        data["sources"] = [_source_in_force(source) for source in data["sources"]]
+        return {k: v for k, v in data.items() if v is not None and v != []}  # unset: not in force
+
+
+# Which keys apply to what: `digestd check` shows the settings in force, not every default.
+_SMTP_ONLY = frozenset(
+    {"host", "port", "security", "username", "password", "password_file", "validate_certs",
+     "timeout", "data_timeout", "max_per_connection", "connections", "rate_limit"}
+)  # fmt: skip
+_MAILDIR_ONLY = frozenset({"path"})
+_SOURCE_ANY = frozenset({"name", "kind", "url", "poll_every"})
+_HTTP_SOURCE = _SOURCE_ANY | {"timeout", "retries", "max_bytes"}
+_ARXIV = _HTTP_SOURCE | {"min_interval"}
+_SOURCE_KEYS: dict[str, frozenset[str]] = {
+    "file": _SOURCE_ANY,
+    "huggingface": _SOURCE_ANY | {"timeout", "retries", "days", "listing", "token"},
+    "arxiv": _ARXIV | {"categories", "query", "max_results", "page_size"},
+    "arxiv_rss": _ARXIV | {"categories", "announce_types"},
+    "feed": _HTTP_SOURCE,
+}
+
+
+def _source_in_force(source: dict[str, Any]) -> dict[str, Any]:
+    keys = _SOURCE_KEYS[source["kind"]]
+    if source["kind"] == "arxiv" and source.get("query"):
+        keys = keys - {"categories"}  # a raw query replaces them
+    return {k: v for k, v in source.items() if k in keys}
+
+
+def _credential(name: str) -> Path | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(directory, name) if directory else None
+    return path if path and path.is_file() else None
+
+
+def read_config_text(path: Path) -> str:
+    """An admin file's text.
+
+    :raises ConfigError: when it cannot be read, or at the first byte that is not UTF-8.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problem = ConfigProblem(str(path), 1, 1, "", f"cannot read: {exc.strerror}")
+        raise ConfigError([problem]) from exc
+    return decode(data, file=str(path))
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate the settings file; relative paths in it are made relative to its folder.
+
+    :raises ConfigError: with every problem as FILE:LINE:COLUMN: field: message.
+    """
+    file = str(path)
+    data, marks = load_yaml(read_config_text(path), file=file)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(file, 1, 1, "", "the settings file must be a mapping")])
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        problems = problems_from_validation(exc, marks, file=file, schema=Settings)
+        raise ConfigError(_blame_environment(problems, os.environ)) from None
+    return _resolve_paths(settings, path.parent)
+
+
+ENV_PREFIX = "DIGESTD_"
+# Read by the command line itself, not a setting.
+_ENV_OTHER = frozenset({"DIGESTD_CONFIG"})
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """Each `DIGESTD_*` variable by the dotted field it sets (`delivery.port`)."""
+    return {
+        ".".join(name[len(ENV_PREFIX) :].lower().split("__")): name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in _ENV_OTHER
+    }
+
+
+def _blame_environment(
+    problems: list[ConfigProblem], environ: Mapping[str, str]
+) -> list[ConfigProblem]:
+    """A value the environment set is reported at its variable, not at the YAML line it replaced."""
+    overrides = _env_overrides(environ)
+
+    def source(problem: ConfigProblem) -> ConfigProblem:
+        for field, name in overrides.items():
+            if problem.field == field or problem.field.startswith((field + ".", field + "[")):
+                where = f"environment variable {name}"
+                return ConfigProblem(where, 0, 0, problem.field, problem.message)
+        # A section's own check may fail on a value the environment put in it: say so.
+        inside = [n for f, n in overrides.items() if f.startswith(problem.field + ".")]
+        if inside:
+            return replace(problem, message=f"{problem.message} (set by {', '.join(inside)})")
+        return problem
+
+    return [source(p) for p in problems]
+
+
+def env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """`DIGESTD_*` variables that set nothing (pydantic-settings ignores them without a word)."""
+    known = _env_names(())
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in _ENV_OTHER:
+            continue
+        close = difflib.get_close_matches(upper, sorted(known | _ENV_OTHER), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"! {name} is not a setting and is ignored{hint}")
+    return warnings
+
+
+def _env_names(path: tuple[str, ...]) -> set[str]:
+    """Every variable that sets a field: DIGESTD_STATE, DIGESTD_DELIVERY__PORT…"""
+    names: set[str] = set()
+    for key in allowed_keys(Settings, path):
+        names.add((ENV_PREFIX + "__".join((*path, key))).upper())
+        names |= _env_names((*path, key))
+    return names
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def rel(p: Path) -> Path:
+        return p if p.is_absolute() else Path(os.path.normpath(base / p))
+
+    delivery = settings.delivery.model_copy(
+        update={
+            "path": rel(settings.delivery.path),
+            "password_file": rel(settings.delivery.password_file)
+            if settings.delivery.password_file
+            else None,
+        }
+    )
+    if settings.delivery.dkim is not None:
+        dkim = settings.delivery.dkim
+        dkim = dkim.model_copy(update={"key_file": rel(dkim.key_file)})
+        delivery = delivery.model_copy(update={"dkim": dkim})
+    http = settings.http
+    if http.secret_file is not None:
+        http = http.model_copy(update={"secret_file": rel(http.secret_file)})
+
+    def file_url(source: SourceSettings) -> SourceSettings:
+        if source.kind == "file" and "://" not in source.url:
+            return source.model_copy(update={"url": str(rel(Path(source.url)))})
+        return source
+
+    source = file_url(settings.source)
+    sources = [file_url(s) for s in settings.sources] if settings.sources is not None else None
+    return settings.model_copy(
+        update={
+            "state": rel(settings.state),
+            "subscribers": rel(settings.subscribers),
+            "templates": rel(settings.templates) if settings.templates else None,
+            "delivery": delivery,
+            "source": source,
+            "http": http,
+            "sources": sources,
+        }
+    )

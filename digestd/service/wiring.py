@@ -1,0 +1,212 @@
+"""Wiring for the shells: settings in, a ready `Deps` out (store opened, source, mailer, templates, rules)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from starlette.routing import BaseRoute
+
+from digestd.config.positions import gc_paused
+from digestd.config.settings import Settings, SourceSettings, read_config_text
+from digestd.core.model import SubscriberSet
+from digestd.deliver.transports.base import Mailer
+from digestd.deliver.transports.maildir import MaildirMailer
+from digestd.deliver.transports.pool import MailerPool
+from digestd.deliver.transports.smtp import SmtpMailer
+from digestd.mail.dkim import load_signer
+from digestd.mail.listheaders import normalise_list_id
+from digestd.mail.render import make_environments
+from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline.flow import register as register_subscribers
+from digestd.rules.matcher import Matcher
+from digestd.rules.subscribers import load_subscribers
+from digestd.service import routes as unsubscribe
+from digestd.sources import FileSource, HuggingFaceSource, Source, make_client
+from digestd.sources.arxiv import ArxivApiSource, category_query
+from digestd.sources.arxiv_rss import ArxivRssSource
+from digestd.sources.feed import FeedSource
+from digestd.sources.http import HttpGetter, Throttle, ValidatorStore
+from digestd.store.sqlite import Store
+
+__all__ = [
+    "close",
+    "load_subscriber_file",
+    "make_mailer",
+    "make_source",
+    "make_sources",
+    "open_deps",
+    "options",
+    "web_routes",
+]
+
+log = logging.getLogger(__name__)
+
+
+def load_subscriber_file(path: Path) -> SubscriberSet:
+    """:raises ConfigError: when the file is unreadable or invalid, with every problem positioned."""
+    text = read_config_text(path)
+    # The set lives as long as the process: the collector need not rescan its millions of objects
+    # (for 100,000 subscribers one full collection costs seconds, and matching triggers many).
+    with gc_paused(freeze=True):
+        return load_subscribers(text, file=str(path))
+
+
+def make_source(settings: Settings) -> Source:
+    """The first configured source (callers that know of one source only)."""
+    return _one_source(settings.all_sources()[0], None, {})
+
+
+def make_sources(settings: Settings, cache: ValidatorStore | None = None) -> list[Source]:
+    """Every configured source; arXiv's sources share one throttle (its terms count them together)."""
+    throttles: dict[float, Throttle] = {}
+    return [_one_source(src, cache, throttles) for src in settings.all_sources()]
+
+
+def _one_source(
+    src: SourceSettings, cache: ValidatorStore | None, throttles: dict[float, Throttle]
+) -> Source:
+    name = src.key
+    if src.kind == "file":
+        return FileSource(Path(src.url), name=name)
+    client = make_client(timeout=src.timeout.total_seconds())
+    if src.kind == "huggingface":
+        token = src.token.get_secret_value() if src.token else None
+        return HuggingFaceSource(
+            src.url,
+            client,
+            name=name,
+            days=src.days,
+            token=token,
+            listing=src.listing,
+            retries=src.retries,
+            deadline=src.timeout.total_seconds(),
+        )
+    throttle = None
+    if src.kind in ("arxiv", "arxiv_rss"):
+        interval = src.min_interval.total_seconds()
+        throttle = throttles.setdefault(interval, Throttle(interval))
+    getter = HttpGetter(
+        client,
+        name=name,
+        retries=src.retries,
+        max_body=src.max_bytes,
+        deadline=src.timeout.total_seconds(),
+        throttle=throttle,
+        cache=cache,
+    )
+    if src.kind == "arxiv":
+        query = src.query or category_query(src.categories)
+        return ArxivApiSource(
+            getter, query=query, url=src.url, name=name,
+            page_size=src.page_size, max_results=src.max_results,
+        )  # fmt: skip
+    if src.kind == "arxiv_rss":
+        return ArxivRssSource(
+            getter, categories=src.categories, announce_types=src.announce_types,
+            base_url=src.url, name=name,
+        )  # fmt: skip
+    return FeedSource(getter, url=src.url, name=name)
+
+
+def make_mailer(settings: Settings) -> Mailer:
+    d = settings.delivery
+    if d.kind == "maildir":
+        return MaildirMailer(d.path)
+    for warning in d.warnings():  # as `digestd check` says; again at every start and reload
+        log.warning("%s", warning.removeprefix("! "))
+    password = settings.smtp_password() if d.username else None
+    connections = [
+        SmtpMailer(
+            d.host,
+            d.port,
+            security=d.security,
+            username=d.username,
+            password=password,
+            timeout=d.timeout.total_seconds(),
+            data_timeout=d.data_timeout.total_seconds(),
+            validate_certs=d.validate_certs,
+            max_per_connection=d.max_per_connection,
+        )
+        for _ in range(d.connections)
+    ]
+    if len(connections) == 1 and not d.rate_limit:
+        return connections[0]
+    return MailerPool(connections, rate_limit=d.rate_limit)
+
+
+def options(settings: Settings) -> Options:
+    return Options(
+        sender=settings.delivery.sender,
+        site_name=settings.site_name,
+        lookback=settings.lookback,
+        max_late=settings.max_late,
+        max_attempts=settings.delivery.max_attempts,
+        public_url=settings.http.public_url,
+        list_id=normalise_list_id(settings.delivery.list_id) if settings.delivery.list_id else None,
+        unsubscribe_mailto=settings.delivery.unsubscribe_mailto,
+        view_days=settings.http.view_days,
+        secret=settings.http_secret(),
+        # A Maildir is one local writer: parallel senders would only interleave file writes.
+        connections=settings.delivery.connections if settings.delivery.kind == "smtp" else 1,
+        suspend_after=settings.delivery.suspend_after,
+        keep_days=settings.delivery.keep_days,
+    )
+
+
+def open_deps(
+    settings: Settings,
+    *,
+    now: datetime,
+    subscribers: SubscriberSet | None = None,
+    register: bool = True,
+) -> Deps:
+    """Validate the subscribers and templates first, then open the store: bad config touches no state."""
+    subs = subscribers if subscribers is not None else load_subscriber_file(settings.subscribers)
+    envs = make_environments(settings.templates)
+    opts = options(settings)
+    sign = load_signer(settings.delivery.dkim) if settings.delivery.dkim else None
+    store = Store(settings.state)
+    sources = make_sources(settings, cache=store)
+    deps = Deps(
+        store=store,
+        source=sources[0],
+        sources=tuple(sources),
+        mailer=make_mailer(settings),
+        subscribers=subs,
+        envs=envs,
+        options=opts,
+        sign=sign,
+        matcher=Matcher.build(subs),
+    )
+    if register:
+        register_subscribers(deps, now=now)
+    return deps
+
+
+async def close(deps: Deps) -> None:
+    await deps.mailer.aclose()
+    for source in deps.all_sources():
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    deps.store.close()
+
+
+def web_routes(
+    deps: Deps,
+    *,
+    clock: Callable[[], datetime],
+    health: Sequence[BaseRoute] = (),
+) -> list[BaseRoute]:
+    """Every route of the daemon's HTTP listener (`http.listen`); each feature adds its own here."""
+    pages = unsubscribe.routes(
+        deps.store,
+        secret=deps.options.secret or deps.store.secret(),
+        site_name=deps.options.site_name,
+        contact=deps.options.envelope_from,
+        clock=clock,
+    )
+    return [*health, *pages]
