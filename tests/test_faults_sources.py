@@ -216,7 +216,8 @@ def test_item1_run_once_with_a_trickling_source_finishes(
 @pytest.mark.parametrize("where", ["body", "headers"])
 async def test_item1_every_source_request_has_a_whole_request_deadline(where: str) -> None:
     peer = Trickler(where, every=0.05)
-    hf = HuggingFaceSource(peer.url, make_client(5.0), retries=0, deadline=0.5)
+    hf_getter = HttpGetter(make_client(5.0), name="hf", retries=0, deadline=0.5)
+    hf = HuggingFaceSource(hf_getter, url=peer.url)
     getter = HttpGetter(make_client(5.0), name="feed", retries=0, deadline=0.5)
     try:
         for fetch in (lambda: hf.fetch(now=datetime.now(UTC)), lambda: getter.get(peer.url)):

@@ -61,8 +61,7 @@ def sources(server: LocalHTTPServer, store: Store) -> tuple[Source, ...]:
         return HttpGetter(make_client(5.0), name=name, sleep=no_sleep, cache=store)
 
     return (
-        HuggingFaceSource(server.url + "/api/daily_papers", make_client(5.0), name="hf",
-                          sleep=no_sleep),
+        HuggingFaceSource(get("hf"), url=server.url + "/api/daily_papers", name="hf"),
         ArxivApiSource(get("arxiv-cs"), query="cat:cs.LG", url=server.url + "/api/query",
                        name="arxiv-cs"),
         ArxivRssSource(get("arxiv-rss"), categories=["cs.LG"], base_url=server.url + "/rss/",

@@ -16,7 +16,15 @@ from httpserver import LocalHTTPServer, Reply
 
 from digestd import __version__
 from digestd.core.errors import SourceError
-from digestd.sources import FileSource, HuggingFaceSource, Source, make_client, parse_hf_daily
+from digestd.sources import (
+    FileSource,
+    HttpGetter,
+    HuggingFaceSource,
+    Source,
+    make_client,
+    parse_hf_daily,
+)
+from digestd.sources.huggingface import HF_ACCEPT, HF_MAX_BODY
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "hf_daily_papers_real_sample.json"
@@ -63,10 +71,21 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
+GETTER_OPTIONS = frozenset({"retries", "backoff", "max_wait", "deadline", "token", "sleep"})
+
+
+def hf(url: str, client: httpx.AsyncClient, **kw: Any) -> HuggingFaceSource:
+    """A Hugging Face source on its own `HttpGetter`; `kw` holds options of either."""
+    http = {k: v for k, v in kw.items() if k in GETTER_OPTIONS}
+    own = {k: v for k, v in kw.items() if k not in GETTER_OPTIONS}
+    getter = HttpGetter(client, name="huggingface", accept=HF_ACCEPT, max_body=HF_MAX_BODY, **http)
+    return HuggingFaceSource(getter, url=url, **own)
+
+
 def source(
     server: LocalHTTPServer, client: httpx.AsyncClient, sleeps: Sleeps, **kw: Any
 ) -> HuggingFaceSource:
-    return HuggingFaceSource(server.url + PATH, client, sleep=sleeps, **kw)
+    return hf(server.url + PATH, client, sleep=sleeps, **kw)
 
 
 def by_date(pages: Mapping[str, list[bytes]]) -> Any:
@@ -328,7 +347,7 @@ async def test_other_4xx_fail_at_once(
 async def test_timeout_is_retried_then_fails(http_server: LocalHTTPServer, sleeps: Sleeps) -> None:
     http_server.route(PATH, http_server.stall())
     async with make_client(timeout=0.2) as quick:
-        src = HuggingFaceSource(http_server.url + PATH, quick, sleep=sleeps, retries=1)
+        src = hf(http_server.url + PATH, quick, sleep=sleeps, retries=1)
         with pytest.raises(SourceError) as info:
             await src.fetch(now=NOW)
     assert info.value.transient is True and info.value.status is None
@@ -341,7 +360,7 @@ async def test_connection_refused_is_transient(client: httpx.AsyncClient, sleeps
     url = closed.url + PATH
     closed.close()
     with pytest.raises(SourceError) as info:
-        await HuggingFaceSource(url, client, sleep=sleeps, retries=2).fetch(now=NOW)
+        await hf(url, client, sleep=sleeps, retries=2).fetch(now=NOW)
     assert info.value.transient is True
     assert "connection failed" in str(info.value)
     assert len(sleeps.delays) == 2
@@ -395,7 +414,7 @@ async def test_body_cut_short_of_content_length_is_retried(
 
 def test_limit_over_100_is_refused(client: httpx.AsyncClient) -> None:
     with pytest.raises(ValueError, match="limit"):
-        HuggingFaceSource("http://127.0.0.1:1/x", client, limit=101)
+        hf("http://127.0.0.1:1/x", client, limit=101)
 
 
 async def test_make_client_verifies_tls() -> None:

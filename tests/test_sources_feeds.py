@@ -245,7 +245,7 @@ async def test_hf_trending_asks_sort_trending_without_a_date(
 ) -> None:
     http_server.respond("/api/daily_papers", body=(FIXTURES / "hf_trending.json").read_bytes())
     src = HuggingFaceSource(
-        http_server.url + "/api/daily_papers", client, listing="trending", sleep=clock.sleep
+        getter(client, clock), url=http_server.url + "/api/daily_papers", listing="trending"
     )
     result = await src.fetch(now=NOW)
     (request,) = http_server.requests_to("/api/daily_papers")

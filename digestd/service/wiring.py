@@ -29,13 +29,13 @@ from digestd.sources.arxiv import ArxivApiSource, category_query
 from digestd.sources.arxiv_rss import ArxivRssSource
 from digestd.sources.feed import FeedSource
 from digestd.sources.http import HttpGetter, Throttle, ValidatorStore
+from digestd.sources.huggingface import HF_ACCEPT, HF_MAX_BODY
 from digestd.store.sqlite import Store
 
 __all__ = [
     "close",
     "load_subscriber_file",
     "make_mailer",
-    "make_source",
     "make_sources",
     "open_deps",
     "options",
@@ -54,11 +54,6 @@ def load_subscriber_file(path: Path) -> SubscriberSet:
         return load_subscribers(text, file=str(path))
 
 
-def make_source(settings: Settings) -> Source:
-    """The first configured source (callers that know of one source only)."""
-    return _one_source(settings.all_sources()[0], None, {})
-
-
 def make_sources(settings: Settings, cache: ValidatorStore | None = None) -> list[Source]:
     """Every configured source; arXiv's sources share one throttle (its terms count them together)."""
     throttles: dict[float, Throttle] = {}
@@ -71,32 +66,9 @@ def _one_source(
     name = src.key
     if src.kind == "file":
         return FileSource(Path(src.url), name=name)
-    client = make_client(timeout=src.timeout.total_seconds())
+    getter = _getter(src, cache, throttles)
     if src.kind == "huggingface":
-        token = src.token.get_secret_value() if src.token else None
-        return HuggingFaceSource(
-            src.url,
-            client,
-            name=name,
-            days=src.days,
-            token=token,
-            listing=src.listing,
-            retries=src.retries,
-            deadline=src.timeout.total_seconds(),
-        )
-    throttle = None
-    if src.kind in ("arxiv", "arxiv_rss"):
-        interval = src.min_interval.total_seconds()
-        throttle = throttles.setdefault(interval, Throttle(interval))
-    getter = HttpGetter(
-        client,
-        name=name,
-        retries=src.retries,
-        max_body=src.max_bytes,
-        deadline=src.timeout.total_seconds(),
-        throttle=throttle,
-        cache=cache,
-    )
+        return HuggingFaceSource(getter, url=src.url, name=name, days=src.days, listing=src.listing)
     if src.kind == "arxiv":
         query = src.query or category_query(src.categories)
         return ArxivApiSource(
@@ -109,6 +81,28 @@ def _one_source(
             base_url=src.url, name=name,
         )  # fmt: skip
     return FeedSource(getter, url=src.url, name=name)
+
+
+def _getter(
+    src: SourceSettings, cache: ValidatorStore | None, throttles: dict[float, Throttle]
+) -> HttpGetter:
+    """The source's HTTP client; arXiv's kinds share a throttle, Hugging Face sends its token."""
+    seconds = src.timeout.total_seconds()
+    client = make_client(timeout=seconds)
+    if src.kind == "huggingface":
+        token = src.token.get_secret_value() if src.token else None
+        return HttpGetter(
+            client, name=src.key, retries=src.retries, deadline=seconds,
+            accept=HF_ACCEPT, token=token, max_body=HF_MAX_BODY,
+        )  # fmt: skip
+    throttle = None
+    if src.kind in ("arxiv", "arxiv_rss"):
+        interval = src.min_interval.total_seconds()
+        throttle = throttles.setdefault(interval, Throttle(interval))
+    return HttpGetter(
+        client, name=src.key, retries=src.retries, deadline=seconds,
+        max_body=src.max_bytes, throttle=throttle, cache=cache,
+    )  # fmt: skip
 
 
 def make_mailer(settings: Settings) -> Mailer:

@@ -70,7 +70,7 @@ class ArxivApiSource:
         validators: tuple[Validators, ...] = ()
         for start in range(0, self.max_results, self.page_size):
             url = self.page_url(start)
-            reply = await self._getter.get(url, conditional=start == 0)
+            reply = await self._getter.get(url, now=now, conditional=start == 0)
             if reply.not_modified:
                 return ParseResult(papers=(), not_modified=True)
             if start == 0 and reply.validators is not None:
@@ -78,7 +78,9 @@ class ArxivApiSource:
             try:
                 page = parse_arxiv_api(reply.body)
             except SourceError as exc:
-                raise SourceError(f"GET {url}: {exc}", transient=exc.transient) from None
+                raise self._getter.failure(
+                    url, f"GET {url}: {exc}", transient=exc.transient
+                ) from None
             pages.append(page)
             if page.entries < self.page_size or (
                 page.total is not None and start + page.entries >= page.total

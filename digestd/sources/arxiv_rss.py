@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from digestd.core.model import ParseResult
 from digestd.sources.arxiv_xml import parse_arxiv_rss
-from digestd.sources.http import FeedPoll, HttpGetter
+from digestd.sources.feed import FeedPoll
+from digestd.sources.http import HttpGetter
 
 __all__ = ["ARXIV_RSS", "ArxivRssSource"]
 

@@ -1,9 +1,15 @@
-"""The HTTP side shared by the feed sources: conditional GETs, a politeness throttle, retries, a size cap.
+"""The one HTTP client of every source: retries, the server's wait, conditional GETs, caps, throttle.
 
 `HttpGetter.get` returns a whole body, a "not modified", or raises `SourceError`; it never returns
-part of a body. Validators (ETag, Last-Modified) are read from a `ValidatorStore` (the SQLite store)
-and handed back with the body: the pipeline saves them only once the papers are stored, so a crash
-between the two can never turn the next poll into a 304 that hides papers never stored.
+part of a body. Every source that speaks HTTP (Hugging Face, arXiv API and RSS, any feed) is a thin
+client on it, so each gains the same behaviour: 429 and 5xx retried after the server's `RateLimit`
+or `Retry-After` (seconds or an HTTP date, capped at `max_wait`), jittered backoff otherwise; a
+whole-request deadline; a size cap; an optional throttle; and no secret (a bearer token, URL
+credentials, secret query parameters) in any error or log line.
+
+Validators (ETag, Last-Modified) are read from a `ValidatorStore` (the SQLite store) and handed
+back with the body: the pipeline saves them only once the papers are stored, so a crash between
+the two can never turn the next poll into a 304 that hides papers never stored.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,19 +25,42 @@ from typing import NoReturn, Protocol
 
 import httpx
 
+from digestd import __version__
 from digestd.core.errors import SourceError
-from digestd.core.model import ParseResult, Validators
-from digestd.core.redact import redact_url
-from digestd.sources.huggingface import USER_AGENT
+from digestd.core.model import Validators
+from digestd.core.redact import redact, secrets_of
 from digestd.sources.retry import RetryLater, backoff_delay, deadline, server_wait
 
-__all__ = ["FeedPoll", "HttpGetter", "Reply", "Throttle", "ValidatorStore"]
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "FEED_ACCEPT",
+    "USER_AGENT",
+    "HttpGetter",
+    "Reply",
+    "Throttle",
+    "ValidatorStore",
+    "make_client",
+]
 
 log = logging.getLogger(__name__)
 
+USER_AGENT = f"digestd/{__version__} (+https://github.com/digestd/digestd)"
+FEED_ACCEPT = "application/atom+xml, application/rss+xml, application/xml;q=0.9, */*;q=0.5"
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
+Params = Mapping[str, str]
+
+
+def make_client(timeout: float = 30.0) -> httpx.AsyncClient:
+    """The HTTP client: TLS verified, redirects followed (httpx drops auth across origins)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        verify=True,
+        follow_redirects=True,
+        max_redirects=5,
+    )
 
 
 class ValidatorStore(Protocol):
@@ -74,6 +103,18 @@ class Reply:
     not_modified: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One logical GET: where, what it is called in errors, the secrets its errors must not show."""
+
+    url: str
+    params: Params | None
+    label: str
+    known: frozenset[str]
+    now: datetime | None
+    validators: Validators | None
+
+
 class HttpGetter:
     """GETs for one source: descriptive User-Agent, retries with jittered backoff, capped bodies."""
 
@@ -82,7 +123,8 @@ class HttpGetter:
         client: httpx.AsyncClient,
         *,
         name: str,
-        accept: str = "application/atom+xml, application/rss+xml, application/xml;q=0.9, */*;q=0.5",
+        accept: str = FEED_ACCEPT,
+        token: str | None = None,
         retries: int = 3,
         backoff: float = 1.0,
         max_wait: float = 60.0,
@@ -92,6 +134,8 @@ class HttpGetter:
         throttle: Throttle | None = None,
         cache: ValidatorStore | None = None,
     ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
         self.name = name
         self.retries = retries
         self.backoff = backoff
@@ -102,104 +146,149 @@ class HttpGetter:
         self._client = client
         self._sleep = sleep
         self._throttle = throttle
+        self._token = token or None
         self._headers = {"User-Agent": USER_AGENT, "Accept": accept}
+        if self._token:
+            self._headers["Authorization"] = f"Bearer {self._token}"
+
+    def __repr__(self) -> str:
+        # Never the token: this may end up in a log line.
+        return f"HttpGetter(name={self.name!r}, token={'***' if self._token else None})"
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def get(self, url: str, *, conditional: bool = True) -> Reply:
-        """The body of `url`, retried; with `conditional`, a 304 when the server's copy is unchanged."""
-        known = self.cache.get_validators(url) if conditional and self.cache else None
+    async def get(
+        self,
+        url: str,
+        *,
+        params: Params | None = None,
+        now: datetime | None = None,
+        conditional: bool = True,
+        label: str | None = None,
+    ) -> Reply:
+        """The body of `url` (with `params`), retried; with `conditional`, a 304 when unchanged.
+
+        `now` measures a `Retry-After` date (without it a date is not honoured); `label` names
+        the request in errors (default `GET <url>`).
+        """
+        request = _Request(
+            url=url,
+            params=params,
+            label=label or f"GET {url}",
+            known=self._secrets(url),
+            now=now,
+            validators=self.cache.get_validators(url) if conditional and self.cache else None,
+        )
+        return await self._retrying(request)
+
+    def failure(
+        self, url: str, message: str, *, transient: bool, status: int | None = None
+    ) -> SourceError:
+        """A `SourceError` about `url` with every secret this getter knows of masked."""
+        return SourceError(
+            redact(message, known=self._secrets(url)), transient=transient, status=status
+        )
+
+    def _secrets(self, url: str) -> frozenset[str]:
+        # A hostile or echoing server could quote our Authorization header or URL back at us.
+        return frozenset(secrets_of(url) | ({self._token} if self._token else set()))
+
+    async def _retrying(self, request: _Request) -> Reply:
         attempt = 0
         while True:
             try:
-                return await self._attempt(url, known)
+                return await self._attempt(request)
             except RetryLater as failure:
                 if attempt >= self.retries:
-                    raise SourceError(
-                        f"GET {url}: {failure} (gave up after {attempt + 1} attempts)",
-                        transient=True,
-                        status=failure.status,
-                    ) from None
-                delay = self._delay(attempt, failure.wait)
+                    raise self._gave_up(request, failure, attempt + 1) from None
+                delay = backoff_delay(
+                    attempt, failure.wait, backoff=self.backoff, max_wait=self.max_wait
+                )
                 log.info(
-                    "retrying source=%s url=%s error=%s in=%.1fs",
+                    "retrying source=%s %s error=%s in=%.1fs",
                     self.name,
-                    redact_url(url),
-                    failure,
+                    redact(request.label, known=request.known),
+                    redact(str(failure), known=request.known),
                     delay,
                 )
                 attempt += 1
                 await self._sleep(delay)
 
-    async def _attempt(self, url: str, known: Validators | None) -> Reply:
-        headers = dict(self._headers)
-        if known is not None and known.etag:
-            headers["If-None-Match"] = known.etag
-        if known is not None and known.last_modified:
-            headers["If-Modified-Since"] = known.last_modified
-        if self._throttle is None:
-            return await self._timed(url, headers, known)
-        async with self._throttle.slot():
-            return await self._timed(url, headers, known)
+    def _gave_up(self, request: _Request, failure: RetryLater, attempts: int) -> SourceError:
+        message = f"{request.label}: {failure} (gave up after {attempts} attempts)"
+        return self.failure(request.url, message, transient=True, status=failure.status)
 
-    async def _timed(self, url: str, headers: dict[str, str], known: Validators | None) -> Reply:
+    async def _attempt(self, request: _Request) -> Reply:
+        if self._throttle is None:
+            return await self._timed(request)
+        async with self._throttle.slot():
+            return await self._timed(request)
+
+    async def _timed(self, request: _Request) -> Reply:
         # Inside the throttle's slot: waiting for our turn does not count against the server.
         async with deadline(self.deadline):
-            return await self._request(url, headers, known)
+            return await self._request(request)
 
-    async def _request(self, url: str, headers: dict[str, str], known: Validators | None) -> Reply:
+    async def _request(self, request: _Request) -> Reply:
         try:
-            async with self._client.stream("GET", url, headers=headers) as response:
+            async with self._client.stream(
+                "GET", request.url, params=request.params, headers=self._conditional(request)
+            ) as response:
                 status = response.status_code
                 if status == 200:
-                    body = await self._read(response, url)
-                    return Reply(body=body, validators=_validators(url, response))
-                if status == 304 and known is not None:
-                    return Reply(body=b"", validators=known, not_modified=True)
+                    body = await self._read(response, request)
+                    return Reply(body=body, validators=_validators(request.url, response))
+                if status == 304 and request.validators is not None:
+                    return Reply(body=b"", validators=request.validators, not_modified=True)
                 excerpt = await _head(response)
         except httpx.TimeoutException as exc:
             raise RetryLater(f"timed out ({type(exc).__name__})") from None
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
             raise RetryLater(f"connection failed ({type(exc).__name__}: {exc})") from None
         except httpx.HTTPError as exc:
-            raise SourceError(f"GET {url}: {type(exc).__name__}: {exc}", transient=False) from None
-        self._refuse(response, excerpt, url)
+            # A bad URL, an unsupported scheme, a redirect loop: retrying will not help.
+            message = f"{request.label}: {type(exc).__name__}: {exc}"
+            raise self.failure(request.url, message, transient=False) from None
+        self._refuse(response, excerpt, request)
 
-    async def _read(self, response: httpx.Response, url: str) -> bytes:
+    def _conditional(self, request: _Request) -> dict[str, str]:
+        headers = dict(self._headers)
+        known = request.validators
+        if known is not None and known.etag:
+            headers["If-None-Match"] = known.etag
+        if known is not None and known.last_modified:
+            headers["If-Modified-Since"] = known.last_modified
+        return headers
+
+    async def _read(self, response: httpx.Response, request: _Request) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_body:
-            raise self._too_big(url)
+            raise self._too_big(request)
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > self.max_body:
-                raise self._too_big(url)
+                raise self._too_big(request)
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _too_big(self, url: str) -> SourceError:
-        return SourceError(
-            f"GET {url}: reply larger than max_bytes={self.max_body}; not a feed this size?",
-            transient=False,
+    def _too_big(self, request: _Request) -> SourceError:
+        message = (
+            f"{request.label}: reply larger than max_bytes={self.max_body} (the cap on one reply)"
         )
+        return self.failure(request.url, message, transient=False)
 
-    def _refuse(self, response: httpx.Response, excerpt: bytes, url: str) -> NoReturn:
+    def _refuse(self, response: httpx.Response, excerpt: bytes, request: _Request) -> NoReturn:
         status = response.status_code
-        if status == 429:
-            raise RetryLater("HTTP 429 rate limited", status=429, wait=server_wait(response))
-        if status >= 500:
-            raise RetryLater(f"HTTP {status}", status=status, wait=server_wait(response))
+        if status == 429 or status >= 500:
+            wait = server_wait(response, request.now)
+            reason = "HTTP 429 rate limited" if status == 429 else f"HTTP {status}"
+            raise RetryLater(reason, status=status, wait=wait)
         body = excerpt.decode("utf-8", "replace")
-        raise SourceError(
-            f"GET {url}: HTTP {status} {response.reason_phrase}: {body!r}",
-            transient=False,
-            status=status,
-        )
-
-    def _delay(self, attempt: int, wait: float | None) -> float:
-        return backoff_delay(attempt, wait, backoff=self.backoff, max_wait=self.max_wait)
+        message = f"{request.label}: HTTP {status} {response.reason_phrase}: {body!r}"
+        raise self.failure(request.url, message, transient=False, status=status)
 
 
 async def _head(response: httpx.Response, limit: int = 4096) -> bytes:
@@ -219,35 +308,3 @@ def _validators(url: str, response: httpx.Response) -> Validators | None:
     if not etag and not modified:
         return None
     return Validators(url=url, etag=etag or None, last_modified=modified or None)
-
-
-class FeedPoll:
-    """One conditional GET of `url` per poll, its body parsed by `parse`: the shape every XML source shares.
-
-    A 304 is a successful poll with nothing new; a parse failure names the URL; the validators of the
-    reply travel with the papers so the store saves them only once the papers are stored.
-    """
-
-    name: str
-    url: str
-    _getter: HttpGetter
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({redact_url(self.url)!r}, name={self.name!r})"
-
-    def parse(self, body: bytes) -> ParseResult:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        await self._getter.aclose()
-
-    async def fetch(self, *, now: datetime) -> ParseResult:
-        reply = await self._getter.get(self.url)
-        if reply.not_modified:
-            return ParseResult(papers=(), not_modified=True)
-        try:
-            result = self.parse(reply.body)
-        except SourceError as exc:
-            raise SourceError(f"GET {self.url}: {exc}", transient=exc.transient) from None
-        validators = (reply.validators,) if reply.validators else ()
-        return ParseResult(papers=result.papers, problems=result.problems, validators=validators)
