@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,16 +86,16 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def build(kind: str, server: LocalHTTPServer, client: httpx.AsyncClient, **kw: Any) -> Polled:
-    """A `kind` source whose URL carries `SECRET` as its password (HF also sends `TOKEN`)."""
+    """A `kind` source whose URL carries `SECRET` as its password; Hugging Face sends `TOKEN`
+    instead (credentials in the URL would replace its Authorization header)."""
     sleeps = Sleeps()
-    base = server.url.replace("http://", f"http://reader:{SECRET}@")
+    base = with_password(server.url)
+    source: Source
     if kind == "huggingface":
         getter = HttpGetter(client, name=kind, accept=HF_ACCEPT, token=TOKEN, sleep=sleeps, **kw)
-        return Polled(
-            kind, HuggingFaceSource(getter, url=base + PATHS[kind], days=1), PATHS[kind], sleeps
-        )
+        source = HuggingFaceSource(getter, url=server.url + PATHS[kind], days=1)
+        return Polled(kind, source, PATHS[kind], sleeps)
     getter = HttpGetter(client, name=kind, sleep=sleeps, **kw)
-    source: Source
     if kind == "arxiv":
         source = ArxivApiSource(getter, query="cat:cs.LG", url=base + PATHS[kind])
     elif kind == "arxiv_rss":
@@ -100,6 +103,10 @@ def build(kind: str, server: LocalHTTPServer, client: httpx.AsyncClient, **kw: A
     else:
         source = FeedSource(getter, url=base + PATHS[kind])
     return Polled(kind, source, PATHS[kind], sleeps)
+
+
+def with_password(url: str) -> str:
+    return url.replace("http://", f"http://reader:{SECRET}@")
 
 
 def http_date(when: datetime) -> str:
@@ -111,12 +118,12 @@ def echo_password(path: str, query: dict[str, str], headers: Mapping[str, str]) 
     auth = headers.get("authorization", "")
     basic = auth.removeprefix("Basic ")
     said = base64.b64decode(basic).decode() if basic != auth else auth
-    return 401, {}, f"bad credentials: {said} / {SECRET}".encode()
+    return 401, {}, f"bad credentials: {said}".encode()
 
 
 def held(kind: str) -> tuple[str, ...]:
-    """The secrets a source of `kind` holds (only Hugging Face sends a token)."""
-    return (SECRET, TOKEN) if kind == "huggingface" else (SECRET,)
+    """The secrets a source of `kind` holds: Hugging Face its token, the others a URL password."""
+    return (TOKEN,) if kind == "huggingface" else (SECRET,)
 
 
 # Retry-After as seconds or a date, on 429 and 5xx, capped ---------------------------------------
@@ -210,7 +217,8 @@ async def test_i14_secrets_scrubbed_from_retries_and_their_log_lines(
     assert len(retries) == 2
     for text in (str(info.value), *retries):
         assert all(secret not in text for secret in held(kind)), text
-        assert "://***@127.0.0.1" in text, text  # the URL is still named, its userinfo masked
+        masked = "http://127.0.0.1" if kind == "huggingface" else "http://***@127.0.0.1"
+        assert masked in text, text  # the URL is still named, its userinfo masked
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -254,3 +262,66 @@ async def test_i14_conditional_get_for_every_xml_source(
     second = await polled.fetch()
     assert second.not_modified and not second.papers
     assert http_server.requests_to(polled.path)[-1].headers["if-none-match"] == '"v1"'
+
+
+# End to end: `run --once` and `status` with four hostile peers ---------------------------------
+
+
+def test_i14_run_once_every_source_kind_keeps_its_secrets(
+    tmp_path: Path, http_server: LocalHTTPServer, smtp_server: Any
+) -> None:
+    """Each kind's server echoes the credentials it got; nothing of them reaches any output."""
+    for path in PATHS.values():
+        http_server.route(path, echo_password)
+    config = write_run_config(tmp_path, http_server.url, smtp_server.port)
+    run = [sys.executable, "-m", "digestd", "--config", str(config)]
+    once = subprocess.run([*run, "run", "--once"], capture_output=True, text=True, timeout=30)
+    status = subprocess.run([*run, "status"], capture_output=True, text=True, timeout=30)
+    assert once.returncode == 1, once.stderr  # four failed polls, each said so
+    with sqlite3.connect(tmp_path / "var" / "digestd.sqlite3") as db:
+        errors = dict(db.execute("SELECT source, error FROM polls WHERE ok = 0").fetchall())
+    assert sorted(errors) == sorted(KINDS)
+    for kind, error in errors.items():
+        assert "HTTP 401" in error and "bad credentials" in error, (kind, error)
+    for text in (once.stdout, once.stderr, status.stdout, status.stderr, *errors.values()):
+        assert SECRET not in text and TOKEN not in text and "Traceback" not in text, text
+    auth = [r.headers.get("authorization", "") for r in http_server.requests]
+    assert f"Bearer {TOKEN}" in auth  # the token was sent, only never shown
+
+
+def write_run_config(tmp: Path, server: str, smtp_port: int) -> Path:
+    base = with_password(server)
+    (tmp / "subscribers.yaml").write_text(
+        'subscribers:\n  - email: alice@example.org\n    rules:\n      - any: ["kv cache"]\n'
+    )
+    config = tmp / "digestd.yaml"
+    config.write_text(
+        f"""\
+sources:
+  - kind: huggingface
+    url: {server}{PATHS["huggingface"]}
+    token: {TOKEN}
+    retries: 0
+  - kind: arxiv
+    url: {base}{PATHS["arxiv"]}
+    categories: [cs.LG]
+    retries: 0
+    min_interval: 0s
+  - kind: arxiv_rss
+    url: {base}/rss/
+    categories: [cs.LG]
+    retries: 0
+    min_interval: 0s
+  - kind: feed
+    url: {base}{PATHS["feed"]}
+    retries: 0
+state: var/digestd.sqlite3
+delivery:
+  host: 127.0.0.1
+  port: {smtp_port}
+  security: none
+  from: "Paper Digest <digest@example.org>"
+subscribers: subscribers.yaml
+"""
+    )
+    return config
