@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from httpserver import LocalHTTPServer, Reply
+from test_service import write_config
 
 from digestd.core.errors import SourceError
 from digestd.core.model import Validators
@@ -290,13 +291,11 @@ def test_i14_run_once_every_source_kind_keeps_its_secrets(
 
 
 def write_run_config(tmp: Path, server: str, smtp_port: int) -> Path:
+    """test_service's config with its one source replaced by one source of every HTTP kind."""
+    subscribers = 'subscribers:\n  - email: alice@example.org\n    rules:\n      - any: ["kv"]\n'
+    config = write_config(tmp, source=server, smtp_port=smtp_port, subscribers=subscribers)
     base = with_password(server)
-    (tmp / "subscribers.yaml").write_text(
-        'subscribers:\n  - email: alice@example.org\n    rules:\n      - any: ["kv cache"]\n'
-    )
-    config = tmp / "digestd.yaml"
-    config.write_text(
-        f"""\
+    sources = f"""\
 sources:
   - kind: huggingface
     url: {server}{PATHS["huggingface"]}
@@ -315,13 +314,6 @@ sources:
   - kind: feed
     url: {base}{PATHS["feed"]}
     retries: 0
-state: var/digestd.sqlite3
-delivery:
-  host: 127.0.0.1
-  port: {smtp_port}
-  security: none
-  from: "Paper Digest <digest@example.org>"
-subscribers: subscribers.yaml
 """
-    )
+    config.write_text(sources + "state:" + config.read_text().split("state:", 1)[1])
     return config
