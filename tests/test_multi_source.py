@@ -387,7 +387,9 @@ async def test_daemon_schedules_each_source_at_its_own_interval(
             intervals={"arxiv-cs": timedelta(hours=6), "arxiv-rss": timedelta(hours=2)},
         )
         daemon._schedule()
-        jobs = {j.id: getattr(j.trigger, "interval", None) for j in daemon.scheduler.get_jobs()}
+        jobs = {
+            j.id: getattr(j.trigger, "interval", None) for j in daemon.schedule.scheduler.get_jobs()
+        }
         assert jobs["poll hf"] == timedelta(minutes=30)
         assert jobs["poll arxiv-cs"] == timedelta(hours=6)
         assert jobs["poll arxiv-rss"] == timedelta(hours=2)

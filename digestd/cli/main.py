@@ -44,7 +44,8 @@ from digestd.pipeline import flow as pipeline
 from digestd.rules.subscribers import address_notes, subscriber_address_paths, summarize
 from digestd.service import reload
 from digestd.service import wiring as app
-from digestd.service.daemon import run_daemon, utcnow
+from digestd.service.clock import utcnow
+from digestd.service.daemon import run_daemon
 from digestd.service.health import source_problems
 from digestd.service.logs import setup_logging
 from digestd.store.runlock import EXIT_LOCKED, StateLocked, run_lock
