@@ -25,7 +25,8 @@ from digestd.config.settings import load_settings
 from digestd.core.errors import ConfigError
 from digestd.rules.query import QuerySyntaxError, parse_query
 from digestd.service import wiring as app
-from digestd.service.daemon import Daemon, utcnow
+from digestd.service.clock import utcnow
+from digestd.service.daemon import Daemon
 from digestd.service.reload import Config, load_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -173,13 +174,13 @@ async def test_item10_an_unexpected_reload_failure_leaves_the_reloader_alive(
     def blow_up(path: Path) -> Config:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr("digestd.service.daemon.load_config", blow_up)
+    monkeypatch.setattr("digestd.service.reloader.load_config", blow_up)
     caplog.set_level(logging.INFO, logger="digestd")
-    reloader = asyncio.create_task(daemon._reloader())
+    reloader = asyncio.create_task(daemon.reloader.serve())
     try:
         daemon.request_reload()
         await until(lambda: "reload failed error=RecursionError" in caplog.text)
-        monkeypatch.setattr("digestd.service.daemon.load_config", load_config)
+        monkeypatch.setattr("digestd.service.reloader.load_config", load_config)
         path.with_name("subscribers.yaml").write_text(SUBSCRIBERS.split("  - email: bob")[0])
         daemon.request_reload()
         await until(lambda: "reloaded subscribers=1" in caplog.text)

@@ -252,7 +252,7 @@ async def test_item1_the_watchdog_stops_pinging_while_a_job_is_stuck(
         daemon._background()
         await asyncio.sleep(0.3)
         assert len(notify.having("WATCHDOG")) >= 3  # pings while nothing is stuck
-        job = asyncio.create_task(daemon._guarded(stuck))
+        job = asyncio.create_task(daemon.work_lock.run(stuck))
         await asyncio.sleep(1.3)  # past stuck_after: the pings stop…
         before = len(notify.having("WATCHDOG"))
         await asyncio.sleep(0.4)

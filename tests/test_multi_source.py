@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from httpserver import LocalHTTPServer, Reply
 
-from digestd.cli import main as cli
+from digestd.cli.status import cmd_status
 from digestd.config.settings import Settings, load_settings
 from digestd.core.errors import ConfigError
 from digestd.deliver.transports.maildir import MaildirMailer
@@ -310,7 +310,7 @@ delivery: {{kind: maildir, path: mail, from: "D <d@example.org>"}}
     finally:
         await app.close(deps)
     # cmd_status, not cli.main: main would replace the root log handlers for the whole session.
-    assert cli.cmd_status(settings, argparse.Namespace()) == 0
+    assert cmd_status(settings, argparse.Namespace()) == 0
     out = capsys.readouterr().out
     assert (
         "  hf: last successful poll 2026-08-12 09:00 UTC; last new paper 2026-08-12 09:00 UTC; ok"
@@ -386,7 +386,9 @@ async def test_daemon_schedules_each_source_at_its_own_interval(
             intervals={"arxiv-cs": timedelta(hours=6), "arxiv-rss": timedelta(hours=2)},
         )
         daemon._schedule()
-        jobs = {j.id: getattr(j.trigger, "interval", None) for j in daemon.scheduler.get_jobs()}
+        jobs = {
+            j.id: getattr(j.trigger, "interval", None) for j in daemon.schedule.scheduler.get_jobs()
+        }
         assert jobs["poll hf"] == timedelta(minutes=30)
         assert jobs["poll arxiv-cs"] == timedelta(hours=6)
         assert jobs["poll arxiv-rss"] == timedelta(hours=2)

@@ -205,7 +205,7 @@ def test_sighup_with_a_bad_config_keeps_the_old_one_and_keeps_serving(
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload refused n_errors=2" in log.read_text(), what="for the refusal")
         text = log.read_text()
-        assert f"level=error logger=digestd.service.daemon reload refused: {subs}:2:" in text
+        assert f"level=error logger=digestd.service.reloader reload refused: {subs}:2:" in text
         assert "subscribers[0].email" in text and "Mars/Olympus" in text
         assert proc.poll() is None
         assert http_get(port, "/healthz")[0] == 200

@@ -1,0 +1,128 @@
+"""What the daemon's jobs do: poll a source (fetch outside the work lock, store under it), compose
+due digests, deliver what is due, and catch up at start-up; each is a pipeline call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from digestd.core.errors import SourceError
+from digestd.core.model import ParseResult
+from digestd.deliver.transports.base import Mailer
+from digestd.pipeline import flow as pipeline
+from digestd.pipeline.flow import Deps
+from digestd.service.admin_alerts import AdminAlerts
+from digestd.service.clock import utcnow
+from digestd.service.metrics import Metrics
+from digestd.service.worklock import WorkLock
+from digestd.sources.base import Source
+
+__all__ = ["Jobs"]
+
+log = logging.getLogger(__name__)
+
+
+class Jobs:
+    """The bodies the scheduler runs under the work lock.
+
+    A poll fetches outside the lock (one poll per source at a time) and takes the lock only to
+    store what it fetched: a slow source delays nobody but itself, and a stop cancels its fetch.
+    """
+
+    def __init__(
+        self,
+        deps: Deps,
+        lock: WorkLock,
+        *,
+        metrics: Metrics,
+        alerts: AdminAlerts,
+        alert_mailer: Callable[[], Mailer],
+        stopping: Callable[[], bool],
+        state_lost: Callable[[], str | None],
+    ) -> None:
+        self.deps = deps
+        self._lock = lock
+        self._metrics = metrics
+        self._alerts = alerts
+        self._alert_mailer = alert_mailer  # the bare mailer: alerts are not counted as digests
+        self._stopping = stopping
+        self._state_lost = state_lost
+        self._polling: set[str] = set()  # sources whose poll is under way
+        self._fetches: set[asyncio.Task[ParseResult | SourceError]] = set()
+
+    def poller(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def poll() -> None:
+            if name in self._polling or self._stopping():
+                log.debug("poll skipped source=%s: the previous poll is still running", name)
+                return
+            self._polling.add(name)
+            try:
+                await self._poll(name)
+            finally:
+                self._polling.discard(name)
+
+        return poll
+
+    async def _poll(self, name: str) -> None:
+        """Fetch outside the work lock (bounded by the source's deadline), then store under it."""
+        source = next((s for s in self.deps.all_sources() if s.name == name), None)
+        if source is None:
+            return
+        if self._state_lost() is not None:  # nowhere to store what the fetch would bring
+            log.debug("job skipped job=poll source=%s reason=state file lost", name)
+            return
+        now = utcnow()
+        fetched = await self._fetch(source, now)
+        if fetched is None:
+            return
+
+        async def _store_poll() -> None:
+            report = pipeline.record_poll(self.deps, name, fetched, now=now)
+            self._metrics.poll(report.ok)
+            await self._check_alerts()
+            await self.deliver()
+
+        await self._lock.run(_store_poll)
+
+    async def _fetch(self, source: Source, now: datetime) -> ParseResult | SourceError | None:
+        """The source's reply, or None when a stop cancelled the fetch or the fetch had a bug."""
+        task = asyncio.create_task(pipeline.fetch(self.deps, source, now=now))
+        self._fetches.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this job itself is cancelled, not just its fetch
+            log.info("poll cancelled by the stop source=%s", source.name)
+            return None
+        except Exception:
+            log.exception("job failed job=poll source=%s", source.name)
+            return None
+        finally:
+            self._fetches.discard(task)
+
+    def cancel_fetches(self) -> None:
+        """At a stop: fetches hold nothing, so they are cut rather than waited for."""
+        for fetch in list(self._fetches):
+            fetch.cancel()
+
+    async def catch_up(self) -> None:
+        """At start-up: the alerts a poll committed before a crash still owes, then the digests
+        missed while down, each once."""
+        pipeline.queue_owed_alerts(self.deps, now=utcnow())
+        await self.digests()
+
+    async def digests(self) -> None:
+        pipeline.compose(self.deps, now=utcnow())
+        await self.deliver()
+
+    async def deliver(self) -> None:
+        report = await pipeline.deliver_due(self.deps, now=utcnow(), clock=utcnow)
+        if report.sent or report.deferred or report.failed:
+            await self._check_alerts()
+
+    async def _check_alerts(self) -> None:
+        await self._alerts.check(self._alert_mailer(), now=utcnow())
