@@ -47,8 +47,9 @@ from digestd.service import wiring as app
 from digestd.service.daemon import run_daemon, utcnow
 from digestd.service.health import source_problems
 from digestd.service.logs import setup_logging
+from digestd.store.protocols import SourceStatus, StoreStatus
 from digestd.store.runlock import EXIT_LOCKED, StateLocked, run_lock
-from digestd.store.sqlite import SourceStatus, Store, StoreStatus, explain, probe
+from digestd.store.sqlite import Store, explain, probe
 
 __all__ = ["main"]
 
@@ -318,12 +319,12 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
     progress = deps.observer = make_progress(sys.stdout)
     try:
         now = utcnow()
-        deps.store.recover(now=now)
+        deps.store.outbox.recover(now=now)
         owed = pipeline.queue_owed_alerts(deps, now=now)  # a poll before a crash still owes them
         ingest = await pipeline.ingest(deps, now=now)
         composed = pipeline.compose(deps, now=now, once=True)
         sent = await pipeline.deliver_due(deps, now=utcnow(), clock=utcnow)
-        pending = deps.store.pending_count()
+        pending = deps.store.outbox.pending_count()
     finally:
         progress.close()
         await app.close(deps)
@@ -450,7 +451,7 @@ async def _preview(
             report = await pipeline.ingest(deps, now=utcnow())
             if not report.ok:
                 print(f"digestd: the poll failed: {report.error}", file=sys.stderr)
-        if deps.store.paper_count() == 0:
+        if deps.store.papers.count() == 0:
             print(_empty_store_hint(None, email), file=sys.stderr)
         return pipeline.preview(deps, email, now=utcnow())
     finally:
@@ -469,8 +470,12 @@ def _empty_store_hint(settings: Settings | None, email: str) -> str:
 def _audience_notes(settings: Settings, email: str) -> list[str]:
     """Why EMAIL would get nothing now, whatever the preview shows."""
     with Store(settings.state) as store:
-        suppressed = store.is_suppressed(email)
-        suspended = [s for s in store.suspensions() if s.email == email.lower() and s.suspended_at]
+        suppressed = store.subscribers.is_suppressed(email)
+        suspended = [
+            s
+            for s in store.subscribers.suspensions()
+            if s.email == email.lower() and s.suspended_at
+        ]
     notes = []
     if suppressed:
         notes.append(
@@ -501,8 +506,8 @@ def _open_in_browser(path: Path) -> bool:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     names = [src.key for src in settings.all_sources()]
     with Store(settings.state) as store:
-        status = replace(store.status(), sources=store.source_status(names))
-        suppressed = store.suppressions()
+        status = replace(store.status(), sources=store.polls.source_status(names))
+        suppressed = store.subscribers.suppressions()
     print(f"state:       {settings.state}")
     print(format_status(status))
     print(format_sources(status.sources))
@@ -547,7 +552,7 @@ def cmd_unsubscribe(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_RUNTIME
     with Store(settings.state) as store:
-        new = store.suppress(args.email, at=utcnow(), via="admin")
+        new = store.subscribers.suppress(args.email, at=utcnow(), via="admin")
     print(f"{args.email} " + ("will receive nothing more" if new else "was already unsubscribed"))
     return EXIT_OK
 
@@ -558,7 +563,7 @@ def _unknown(settings: Settings, email: str) -> bool:
 
 def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
-        lifted = store.unsuppress(args.email, at=utcnow())
+        lifted = store.subscribers.unsuppress(args.email, at=utcnow())
     if not lifted:
         print(f"digestd: {args.email} is not unsubscribed", file=sys.stderr)
         return EXIT_RUNTIME
@@ -571,7 +576,7 @@ def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_unsuspend(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
-        lifted = store.unsuspend(args.email)
+        lifted = store.subscribers.unsuspend(args.email)
     if lifted is None or lifted.suspended_at is None:
         print(f"digestd: {args.email} is not suspended", file=sys.stderr)
         return EXIT_RUNTIME
