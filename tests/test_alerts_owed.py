@@ -236,7 +236,7 @@ async def test_item6_one_unbuildable_address_is_its_own_recorded_error(
     assert all("not ASCII" in (p.last_reply or "") for p in problems)
     assert composed.n_queued == 0
     # Its papers were not reserved: nothing is lost for it once the address is fixed.
-    assert len(deps.store.candidates(bad, since=NOW - timedelta(days=1))) == 3
+    assert len(deps.store.papers.candidates(bad, since=NOW - timedelta(days=1))) == 3
     assert sum("cannot build" in r.message for r in caplog.records) == 2
     await deps.mailer.aclose()
     deps.store.close()
@@ -257,7 +257,7 @@ async def owing(
         patch.setattr(index.Matcher, "match_all", boom)
         with pytest.raises(RuntimeError, match="injected"):
             await pipeline.ingest(deps, now=NOW)
-    assert [len(o.paper_ids) for o in deps.store.owed_alerts()] == [3]
+    assert [len(o.paper_ids) for o in deps.store.polls.owed_alerts()] == [3]
     yield deps
     await deps.mailer.aclose()
     deps.store.close()
@@ -268,7 +268,7 @@ async def test_item6_owed_alerts_expire_after_alert_ttl_into_the_digest(
 ) -> None:
     late = NOW + owing.options.alert_ttl + timedelta(seconds=1)
     assert pipeline.queue_owed_alerts(owing, now=late) == 0
-    assert owing.store.owed_alerts() == []
+    assert owing.store.polls.owed_alerts() == []
     assert pipeline.compose(owing, now=late, once=True).n_queued == len(GOOD)
     await pipeline.deliver_due(owing, now=late, clock=lambda: late)
     got = kinds_by_rcpt(smtp)
@@ -280,7 +280,7 @@ async def test_item6_owed_alerts_skip_papers_a_digest_reserved_first(
 ) -> None:
     assert pipeline.compose(owing, now=NOW, once=True).n_queued == len(GOOD)
     assert pipeline.queue_owed_alerts(owing, now=NOW) == 0  # every paper went into a digest
-    assert owing.store.owed_alerts() == []
+    assert owing.store.polls.owed_alerts() == []
     await pipeline.deliver_due(owing, now=NOW, clock=lambda: NOW)
     assert sorted(r for m in smtp.received for r in m.rcpt_tos) == sorted(GOOD)
 

@@ -277,7 +277,7 @@ async def test_the_empty_note_is_signed_and_digests_stay_spliced_when_signed(
     await deps.mailer.aclose()
     assert report.sent == 3
     # The two digests were signed and queued spliced: their shared runs are stored once.
-    assert deps.store._db.execute("SELECT COUNT(*) FROM message_parts").fetchone()[0] > 0
+    assert deps.store.db.conn.execute("SELECT COUNT(*) FROM message_parts").fetchone()[0] > 0
     (note,) = [r for r in smtp_server.received if "carol@" in str(r.message["To"])]
     assert note.content.startswith(b"DKIM-Signature:")
     assert dkim.verify(note.content, dnsfunc=dns_for(dkim_txt_record(DKIM)))

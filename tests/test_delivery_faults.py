@@ -20,7 +20,7 @@ from smtpserver import SMTPTestServer
 
 from digestd.cli.main import main as cli_main
 from digestd.core.model import Outcome
-from digestd.deliver.drain import DeliverReport, _Claimer, _Committer
+from digestd.deliver.drain import DeliverReport, _Claimer, _Committer, suspend_after
 from digestd.deliver.transports.pool import MailerPool, RateLimiter
 from digestd.deliver.transports.smtp import SmtpMailer
 from digestd.mail.render import make_environments
@@ -29,6 +29,7 @@ from digestd.pipeline.flow import Deps, Options
 from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
+from digestd.store.sqlite.outbox import SqliteOutbox
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday
@@ -202,7 +203,7 @@ async def test_deferred_digest_expires_when_its_next_period_comes(
     await pipeline.ingest(deps, now=T0)
     pipeline.compose(deps, now=slot)
     assert (await pipeline.deliver_due(deps, now=slot, clock=lambda: slot)).deferred == 1
-    reserved = deps.store.candidates("r0@example.org", since=T0 - timedelta(days=30))
+    reserved = deps.store.papers.candidates("r0@example.org", since=T0 - timedelta(days=30))
     assert reserved == []
     tuesday = slot + timedelta(days=1)  # the next period began: no stale Monday digest
     smtp_server.handler.rcpt_replies.clear()
@@ -249,7 +250,7 @@ async def test_hard_failures_suspend_the_address_until_lifted(
     assert cli_main(["--config", str(config), "unsuspend", "r1@example.org"]) == 1
     assert "not suspended" in capsys.readouterr().err
     with Store(tmp_path / "state.sqlite3") as store:
-        assert store.suspended() == set()
+        assert store.subscribers.suspended() == set()
     await deps.mailer.aclose()
 
 
@@ -261,18 +262,20 @@ def _papers(day: int) -> list[object]:
 async def test_a_success_resets_the_strikes(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
         for period, outcome in enumerate(["fail", "fail", "sent", "fail", "fail"]):
-            store.enqueue(
+            store.outbox.enqueue(
                 subscriber="a@example.org", kind="digest", period=str(period),
                 message_id=f"<{period}@x>", sender="d@example.org", data=b"m",
                 paper_ids=[], at=T0,
             )  # fmt: skip
-            (row,) = store.claim_due(now=T0)
+            (row,) = store.outbox.claim_due(now=T0)
             if outcome == "sent":
-                store.mark_sent(row.id, at=T0, code=250, reply="ok")
+                store.outbox.mark_sent(row.id, at=T0, code=250, reply="ok")
             else:
-                store.mark_failed(row.id, at=T0, code=550, reply="no", suspend_after=3)
-        assert store.suspended() == set()
-        assert [s.failures for s in store.suspensions()] == [2]
+                store.outbox.mark_failed(
+                    row.id, at=T0, code=550, reply="no", suspend=suspend_after(3)
+                )
+        assert store.subscribers.suspended() == set()
+        assert [s.failures for s in store.subscribers.suspensions()] == [2]
 
 
 async def test_parallel_connections_send_each_message_once(
@@ -300,7 +303,7 @@ async def test_stop_finishes_in_flight_and_gives_unsent_claims_back(
     sent.append(report.sent)
     assert report.sent == len(smtp_server.received) >= 3
     assert states(deps) == {"sent": report.sent, "queued": 10 - report.sent}
-    rows = deps.store._db.execute("SELECT attempts FROM outbox WHERE state = 'queued'")
+    rows = deps.store.db.conn.execute("SELECT attempts FROM outbox WHERE state = 'queued'")
     assert {r[0] for r in rows} == {0}  # never tried: the claim was given back
     await deps.mailer.aclose()
 
@@ -308,7 +311,7 @@ async def test_stop_finishes_in_flight_and_gives_unsent_claims_back(
 def queue_plain(store: Store, n: int) -> None:
     """`n` tiny messages due at T0, to u0@… u{n-1}@example.org."""
     for i in range(n):
-        store.enqueue(
+        store.outbox.enqueue(
             subscriber=f"u{i}@example.org", kind="digest", period="p",
             message_id=f"<{i}@x>", sender="d@example.org", data=b"m", paper_ids=[], at=T0,
         )  # fmt: skip
@@ -390,10 +393,10 @@ async def test_rows_whose_bytes_cannot_be_read_go_back_to_the_queue(
     with Store(tmp_path / "s.sqlite3") as store:
         queue_plain(store, 3)
 
-        def unreadable(self: Store, rows: object) -> None:
+        def unreadable(self: SqliteOutbox, rows: object) -> None:
             raise OSError("disk I/O error")
 
-        monkeypatch.setattr(Store, "with_bodies", unreadable)
+        monkeypatch.setattr(SqliteOutbox, "with_bodies", unreadable)
         deps: Any = SimpleNamespace(store=store)
         committer = _Committer(deps, DeliverReport())
         claimer = _Claimer(committer, now=T0, batch=8)

@@ -24,7 +24,7 @@ from test_service import Listing, to, write_config
 
 from digestd.cli import main as cli
 from digestd.store.runlock import EXIT_LOCKED
-from digestd.store.sqlite import Store
+from digestd.store.sqlite import Database, Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -218,14 +218,14 @@ def test_item11_full_disk_gives_one_clear_line_and_loses_nothing(
     """No peer fills the disk on cue: SQLite's own page limit gives the very error (SQLITE_FULL)."""
     config = setup(tmp_path, smtp_server.port, recipients=40)
     Store(tmp_path / "state.sqlite3").close()
-    configure = Store._configure
+    configure = Database._configure
 
-    def small_disk(store: Store) -> None:
-        configure(store)
-        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
-        store._db.execute(f"PRAGMA max_page_count = {pages + 1}")
+    def small_disk(db: Database) -> None:
+        configure(db)
+        pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+        db.conn.execute(f"PRAGMA max_page_count = {pages + 1}")
 
-    monkeypatch.setattr(Store, "_configure", small_disk)
+    monkeypatch.setattr(Database, "_configure", small_disk)
     assert cli.main(["--config", str(config), "run", "--once"]) == 1
     err = capsys.readouterr().err
     assert "digestd: the state file" in err and "database or disk is full" in err, err

@@ -224,7 +224,7 @@ def test_i13_status_counts_a_failing_source_as_a_problem(
 
 async def test_i13_healthz_names_the_last_successful_poll_its_reason_names(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
-    store.record_poll("hf", at=T0, ok=True)
+    store.polls.record("hf", at=T0, ok=True)
     now = T0 + timedelta(hours=3)
     probe = HealthProbe(store, lambda: now, T0, lambda: timedelta(minutes=30), lambda: True)
     app = Starlette(routes=routes(probe, Metrics(store)))

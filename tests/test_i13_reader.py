@@ -24,6 +24,7 @@ import pytest
 
 from digestd.core.model import Subscriber
 from digestd.mail.empty_note import SourceActivity, empty_note
+from digestd.service.routes import web_page
 from digestd.store.sqlite import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -83,7 +84,7 @@ class Run:
         url = re.search(r'href="(https://digest\.example\.org/view/[^"]+)"', self.part(who, "html"))
         assert url is not None, "no web-copy link"
         with Store(self.root / "var" / "digestd.sqlite3") as store:
-            page = store.web_page(url.group(1).rsplit("/", 1)[1], now=datetime.now(UTC))
+            page = web_page(store, url.group(1).rsplit("/", 1)[1], now=datetime.now(UTC))
         assert isinstance(page, str)
         return page
 

@@ -58,7 +58,7 @@ def serve_all(server: LocalHTTPServer, *, skip: tuple[str, ...] = ()) -> None:
 
 def sources(server: LocalHTTPServer, store: Store) -> tuple[Source, ...]:
     def get(name: str) -> HttpGetter:
-        return HttpGetter(make_client(5.0), name=name, sleep=no_sleep, cache=store)
+        return HttpGetter(make_client(5.0), name=name, sleep=no_sleep, cache=store.polls)
 
     return (
         HuggingFaceSource(get("hf"), url=server.url + "/api/daily_papers", name="hf"),
@@ -130,7 +130,7 @@ async def test_one_paper_whatever_the_source_and_never_twice(
         assert report.ok and report.n_new == 0
         assert await send(deps, later + timedelta(hours=1)) == 0
 
-        merged = deps.store.get_papers(["2608.09888"])[0]
+        merged = deps.store.papers.get(["2608.09888"])[0]
         assert merged.upvotes == 781  # from Hugging Face, not zeroed by arXiv
         assert merged.categories == ("cs.LG", "cs.AI")  # from arXiv
         assert merged.version == 3 and merged.title.endswith("Third Take")  # newest version
@@ -199,9 +199,11 @@ async def test_a_malformed_feed_fails_only_its_source(
         failures = [r for r in caplog.records if "poll failed" in r.getMessage()]
         assert len(failures) == 1 and "source=bad" in failures[0].getMessage()
         assert reason in failures[0].getMessage()
-        assert not any(p.sources == ("bad",) for p in deps.store.candidates("x@y.org", since=NOW))
-        assert deps.store.paper_count() == 4 + 2 + 1 + 1  # hf, arxiv, rss (cross), blog post
-        (bad_status,) = [s for s in deps.store.source_status(["bad"]) if s.source == "bad"]
+        assert not any(
+            p.sources == ("bad",) for p in deps.store.papers.candidates("x@y.org", since=NOW)
+        )
+        assert deps.store.papers.count() == 4 + 2 + 1 + 1  # hf, arxiv, rss (cross), blog post
+        (bad_status,) = [s for s in deps.store.polls.source_status(["bad"]) if s.source == "bad"]
         assert bad_status.error is not None and reason in bad_status.error
         assert bad_status.last_success_at is None
     finally:
@@ -224,13 +226,13 @@ async def test_a_304_stores_nothing_new_and_counts_as_a_successful_poll(
         first = await pipeline.ingest(deps, now=NOW, only=["arxiv-rss"])
         assert first.n_new == 3
         url = http_server.url + "/rss/cs.LG"
-        validators = deps.store.get_validators(url)
+        validators = deps.store.polls.get_validators(url)
         assert validators is not None and validators.etag == '"day-1"'
         second = await pipeline.ingest(deps, now=NOW + timedelta(hours=1), only=["arxiv-rss"])
         (one,) = second.per_source
         assert one.ok and one.not_modified and one.n_items == 0
-        assert deps.store.paper_count() == 3
-        (status,) = deps.store.source_status(["arxiv-rss"])
+        assert deps.store.papers.count() == 3
+        (status,) = deps.store.polls.source_status(["arxiv-rss"])
         assert status.last_success_at == NOW + timedelta(hours=1)
         assert status.last_new_at == NOW
     finally:
@@ -244,7 +246,7 @@ async def test_validators_are_not_saved_when_the_poll_fails(
     deps = make_deps(tmp_path, http_server)
     try:
         assert not (await pipeline.ingest(deps, now=NOW, only=["arxiv-rss"])).ok
-        assert deps.store.get_validators(http_server.url + "/rss/cs.LG") is None
+        assert deps.store.polls.get_validators(http_server.url + "/rss/cs.LG") is None
     finally:
         await close(deps)
 
@@ -415,7 +417,7 @@ async def test_an_unsubscribed_address_gets_no_empty_note(
     subs = "subscribers:\n  - email: quiet@example.org\n    send_empty: true\n    rules:\n"
     subs += "      - any: [zebrafish]\n"
     deps = make_deps(tmp_path, http_server, subs)
-    deps.store.suppress("quiet@example.org", at=NOW, via="test")
+    deps.store.subscribers.suppress("quiet@example.org", at=NOW, via="test")
     try:
         await pipeline.ingest(deps, now=NOW)
         assert await send(deps, NOW) == 0

@@ -150,7 +150,7 @@ async def test_failed_poll_stores_nothing(tmp_path: Path) -> None:
     deps.source = FileSource(bad)
     report = await pipeline.ingest(deps, now=MON_0600)
     assert not report.ok and report.error
-    assert deps.store.paper_count() == 0
+    assert deps.store.papers.count() == 0
     status = deps.store.status()
     assert status.last_poll is not None and not status.last_poll.ok
 
@@ -168,7 +168,7 @@ async def test_sent_bytes_are_dropped_after_keep_days_and_the_ledger_stays(tmp_p
     deps = make_deps(tmp_path, now=MON_0600)
     await pipeline.ingest(deps, now=MON_0600)
     assert (await cycle(deps, MON_0600 + timedelta(hours=1))).sent == 2
-    db = deps.store._db
+    db = deps.store.db.conn
 
     def count(table: str) -> int:
         return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])

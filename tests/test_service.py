@@ -311,7 +311,7 @@ def test_catch_up_is_logged_and_max_late_is_honoured(
     now = datetime.now(UTC)
     (tmp_path / "var").mkdir()
     with Store(tmp_path / "var" / "digestd.sqlite3") as store:  # subscribed three days ago
-        store.register_subscribers(
+        store.subscribers.register(
             ["alice@example.org", "bob@example.org"], at=now - timedelta(days=3)
         )
     config = write_config(tmp_path, source=http_server.url, smtp_port=smtp_server.port)

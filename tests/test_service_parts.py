@@ -22,7 +22,8 @@ from digestd.service.admin_alerts import AdminAlerts, AlertPolicy
 from digestd.service.health import HealthProbe, status_line
 from digestd.service.reload import load_config
 from digestd.service.sdnotify import Notifier
-from digestd.store.sqlite import AlertState, Store
+from digestd.store.protocols import AlertState
+from digestd.store.sqlite import Store
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
@@ -100,15 +101,15 @@ POLICY = AlertPolicy(
 async def test_source_alert_once_per_outage_and_once_on_recovery(store: Store) -> None:
     mailer = RecordingMailer()
     alerts = AdminAlerts(store, POLICY, lambda: T0)
-    store.record_poll("hf", at=T0, ok=True)
+    store.polls.record("hf", at=T0, ok=True)
     for minutes in range(30, 300, 30):  # fails from T0+30m on
         at = T0 + timedelta(minutes=minutes)
-        store.record_poll("hf", at=at, ok=False, error="HTTP 500")
+        store.polls.record("hf", at=at, ok=False, error="HTTP 500")
         await alerts.check(mailer, now=at)
     assert len(mailer.sent) == 2  # one mail, to each admin, once past 2 h
     assert b"PROBLEM: the paper source keeps failing" in mailer.sent[0][2]
     assert b"HTTP 500" in mailer.sent[0][2]
-    store.record_poll("hf", at=T0 + timedelta(hours=5), ok=True)
+    store.polls.record("hf", at=T0 + timedelta(hours=5), ok=True)
     await alerts.check(mailer, now=T0 + timedelta(hours=5))
     await alerts.check(mailer, now=T0 + timedelta(hours=6))
     assert len(mailer.sent) == 4 and b"RECOVERED" in mailer.sent[-1][2]
@@ -117,17 +118,17 @@ async def test_source_alert_once_per_outage_and_once_on_recovery(store: Store) -
 async def test_a_lost_alert_is_retried_and_a_restart_remembers(store: Store) -> None:
     mailer = RecordingMailer()
     mailer.outcome = Outcome("transient", None, "connect: refused")
-    store.record_poll("hf", at=T0, ok=False, error="timeout")
+    store.polls.record("hf", at=T0, ok=False, error="timeout")
     now = T0 + timedelta(hours=3)
     await AdminAlerts(store, POLICY, lambda: now).check(mailer, now=now)
-    assert store.alert_state("source") == AlertState(
+    assert store.alerts.state("source") == AlertState(
         "source", firing=True, notified=False, since=T0, detail="timeout"
     )
     mailer.outcome = Outcome("sent", 250, "ok")
     await AdminAlerts(store, POLICY, lambda: now).check(mailer, now=now)  # a new process
     await AdminAlerts(store, POLICY, lambda: now).check(mailer, now=now)
     assert len(mailer.sent) == 4  # 2 failed attempts, then 2 delivered, then nothing more
-    assert store.alert_state("source").notified
+    assert store.alerts.state("source").notified
 
 
 async def test_delivery_alert_after_a_streak_of_failures(store: Store) -> None:
@@ -154,7 +155,7 @@ async def test_without_admins_nothing_is_sent_or_owed(store: Store) -> None:
     alerts = AdminAlerts(store, AlertPolicy(delivery_failures=1), lambda: T0)
     alerts.record(Outcome("transient", None, "refused"))
     await alerts.check(mailer, now=T0)
-    assert mailer.sent == [] and store.alert_state("delivery").notified
+    assert mailer.sent == [] and store.alerts.state("delivery").notified
 
 
 # store additions -----------------------------------------------------------------------------
@@ -162,25 +163,25 @@ async def test_without_admins_nothing_is_sent_or_owed(store: Store) -> None:
 
 def test_expire_except_drops_unsent_mail_of_removed_subscribers(store: Store) -> None:
     for who in ("a@example.org", "b@example.org"):
-        store.enqueue(
+        store.outbox.enqueue(
             subscriber=who, kind="digest", period="p", message_id=f"<{who}>",
             sender="d@example.org", data=b"x", paper_ids=["1"], at=T0,
         )  # fmt: skip
-    assert store.expire_except(["A@example.org"], at=T0, reason="subscriber removed") == 1
-    assert [r.subscriber for r in store.claim_due(now=T0)] == ["a@example.org"]
-    assert store.candidates("b@example.org", since=T0) == []  # no paper stored; ledger freed
+    assert store.outbox.expire_except(["A@example.org"], at=T0, reason="subscriber removed") == 1
+    assert [r.subscriber for r in store.outbox.claim_due(now=T0)] == ["a@example.org"]
+    assert store.papers.candidates("b@example.org", since=T0) == []  # no paper stored; ledger freed
     assert store.status().outbox["expired"] == 1
 
 
 def test_source_down_since_is_the_first_failure_after_the_last_success(store: Store) -> None:
-    assert store.source_down_since() is None
-    store.record_poll("hf", at=T0, ok=False, error="x")
-    assert store.source_down_since() == T0
-    store.record_poll("hf", at=T0 + timedelta(hours=1), ok=True)
-    assert store.source_down_since() is None
-    store.record_poll("hf", at=T0 + timedelta(hours=2), ok=False, error="x")
-    store.record_poll("hf", at=T0 + timedelta(hours=3), ok=False, error="x")
-    assert store.source_down_since() == T0 + timedelta(hours=2)
+    assert store.polls.down_since() is None
+    store.polls.record("hf", at=T0, ok=False, error="x")
+    assert store.polls.down_since() == T0
+    store.polls.record("hf", at=T0 + timedelta(hours=1), ok=True)
+    assert store.polls.down_since() is None
+    store.polls.record("hf", at=T0 + timedelta(hours=2), ok=False, error="x")
+    store.polls.record("hf", at=T0 + timedelta(hours=3), ok=False, error="x")
+    assert store.polls.down_since() == T0 + timedelta(hours=2)
 
 
 # health and status ---------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def test_source_down_since_is_the_first_failure_after_the_last_success(store: St
 def test_status_line_and_health_reasons(store: Store) -> None:
     now = T0 + timedelta(minutes=2)
     assert status_line(store, now=now) == "not polled yet, 0 papers, 0 queued"
-    store.record_poll("hf", at=T0, ok=True)
+    store.polls.record("hf", at=T0, ok=True)
     assert status_line(store, now=now) == "polled 2 min ago, 0 papers, 0 queued"
     probe = HealthProbe(store, lambda: now, T0, lambda: timedelta(seconds=30), lambda: True)
     assert probe.problems() == ["last successful poll 2 min ago (limit 90 s)"]
@@ -197,7 +198,7 @@ def test_status_line_and_health_reasons(store: Store) -> None:
     assert probe.problems() == []
     probe.running = lambda: False
     assert "not running" in probe.problems()[0]
-    store.record_poll("hf", at=now, ok=False, error="x")
+    store.polls.record("hf", at=now, ok=False, error="x")
     assert status_line(store, now=now).startswith("poll failing since 0 s ago")
 
 
@@ -280,7 +281,7 @@ def test_idle_memory_bench_prints_one_json_line() -> None:
 async def test_admin_alerts_are_signed_like_the_digests(store: Store) -> None:
     mailer = RecordingMailer()
     policy = replace(POLICY, sign=lambda data: b"DKIM-Signature: v=1; test\r\n" + data)
-    store.record_poll("hf", at=T0, ok=False, error="HTTP 500")
+    store.polls.record("hf", at=T0, ok=False, error="HTTP 500")
     await AdminAlerts(store, policy, lambda: T0).check(mailer, now=T0 + timedelta(hours=3))
     assert len(mailer.sent) == 2
     assert all(data.startswith(b"DKIM-Signature: v=1; test\r\nFrom:") for *_, data in mailer.sent)

@@ -118,8 +118,8 @@ async def test_one_click_post_unsubscribes_at_once(
     assert "a••••@example.org" in reply.text and "alice@" not in reply.text
     # Durable at once: another connection to the file sees it before anything else happens.
     with Store(deps.store.path) as other:
-        assert [s.email for s in other.suppressions()] == ["alice@example.org"]
-        assert other.suppressions()[0].via == "one-click"
+        assert [s.email for s in other.subscribers.suppressions()] == ["alice@example.org"]
+        assert other.subscribers.suppressions()[0].via == "one-click"
 
 
 async def test_get_shows_a_button_and_never_unsubscribes(
@@ -133,7 +133,7 @@ async def test_get_shows_a_button_and_never_unsubscribes(
         assert '<form method="post">' in page.text and "<button" in page.text
         head = await client.head(path)
         assert head.status_code == 200
-    assert not deps.store.is_suppressed("alice@example.org")
+    assert not deps.store.subscribers.is_suppressed("alice@example.org")
     assert "form-action 'self'" in page.headers["content-security-policy"]
 
 
@@ -150,7 +150,7 @@ async def test_forged_and_altered_tokens_are_refused(
             reply = await client.request(method, f"/unsubscribe/{bad}", data={"a": "b"})
             assert reply.status_code == 404, (bad, method)
             assert "not valid" in reply.text
-    assert deps.store.suppressions() == []
+    assert deps.store.subscribers.suppressions() == []
 
 
 async def test_replayed_post_is_idempotent(
@@ -163,7 +163,7 @@ async def test_replayed_post_is_idempotent(
     again = await client.post(path, data={"List-Unsubscribe": "One-Click"})
     assert_plain_200(first)
     assert_plain_200(again)
-    suppressed = deps.store.suppressions()
+    suppressed = deps.store.subscribers.suppressions()
     assert [(s.email, s.at) for s in suppressed] == [("bob@example.org", NOW)]  # the first stays
     assert "will receive nothing more" in (await client.get(path)).text
 
@@ -175,7 +175,7 @@ async def test_oversized_body_is_refused(
     path, _ = await first_digest(deps, smtp_server, "alice@example.org")
     reply = await client.post(path, content=b"x" * (70 * 1024))
     assert reply.status_code == 413
-    assert not deps.store.is_suppressed("alice@example.org")
+    assert not deps.store.subscribers.is_suppressed("alice@example.org")
 
 
 async def test_suppressed_address_gets_nothing_more_even_queued_mail(
@@ -201,7 +201,7 @@ async def test_suppressed_address_gets_nothing_more_even_queued_mail(
     deps.store.close()
     reloaded = make_deps(tmp_path, smtp_server)
     try:
-        assert reloaded.store.is_suppressed("alice@example.org")
+        assert reloaded.store.subscribers.is_suppressed("alice@example.org")
         (tmp_path / "papers.json").write_text(
             json.dumps([{**it, "paper": {**it["paper"], "id": "2613." + it["paper"]["id"][5:]}}
                         for it in items])
@@ -214,7 +214,7 @@ async def test_suppressed_address_gets_nothing_more_even_queued_mail(
         assert ["alice@example.org"] not in rcpts and rcpts.count(["bob@example.org"]) == 2
 
         # Lifted by the admin: the next digest reaches her again.
-        assert reloaded.store.unsuppress("alice@example.org", at=again)
+        assert reloaded.store.subscribers.unsuppress("alice@example.org", at=again)
         back = again + timedelta(minutes=1)
         pipeline.compose(reloaded, now=back, once=True)
         await pipeline.deliver_due(reloaded, now=back, clock=lambda: back)
@@ -239,7 +239,7 @@ async def test_view_in_browser_serves_the_whole_digest_until_it_expires(
         assert (await client.get(bad)).status_code == 404
     clock.now = NOW + timedelta(days=30, seconds=1)
     assert (await client.get(view)).status_code == 404
-    assert deps.store.prune_web_copies(now=clock.now) == 2
+    assert deps.store.webcopies.prune(now=clock.now) == 2
 
 
 async def test_web_copy_is_stored_compressed(
@@ -247,7 +247,9 @@ async def test_web_copy_is_stored_compressed(
 ) -> None:
     deps, _, _ = site
     _, view = await first_digest(deps, smtp_server, "bob@example.org")
-    stored = deps.store.web_copy(view.rsplit("/", 1)[1], now=NOW)
+    copy = deps.store.webcopies.find(view.rsplit("/", 1)[1], now=NOW)
+    assert copy is not None
+    stored = copy.whole if copy.whole is not None else copy.template
     assert stored is not None
     html = zlib.decompress(stored)
     assert len(stored) * 3 < len(html)
@@ -264,9 +266,9 @@ async def test_item7_unsubscribe_on_a_moved_state_file_asks_to_retry(
     reply = await client.post(path, data={"List-Unsubscribe": "One-Click"})
     assert reply.status_code == 503 and reply.headers["retry-after"] == "300"
     aside.rename(deps.store.path)
-    assert not deps.store.is_suppressed("alice@example.org")
+    assert not deps.store.subscribers.is_suppressed("alice@example.org")
     assert (await client.post(path, data={"List-Unsubscribe": "One-Click"})).status_code == 200
-    assert deps.store.is_suppressed("alice@example.org")
+    assert deps.store.subscribers.is_suppressed("alice@example.org")
 
 
 async def test_item11_unsubscribe_link_older_than_a_resubscribe_does_nothing(
@@ -275,12 +277,12 @@ async def test_item11_unsubscribe_link_older_than_a_resubscribe_does_nothing(
     deps, client, clock = site
     old, _ = await first_digest(deps, smtp_server, "alice@example.org")
     assert (await client.post(old, data={"List-Unsubscribe": "One-Click"})).status_code == 200
-    assert deps.store.unsuppress("alice@example.org", at=NOW + timedelta(hours=1))
+    assert deps.store.subscribers.unsuppress("alice@example.org", at=NOW + timedelta(hours=1))
     # The link from before the resubscribe: a page that says so, and she stays subscribed.
     for reply in (await client.post(old), await client.get(old)):
         assert reply.status_code == 410, reply.text
         assert "out of date" in reply.text and "<form" not in reply.text
-    assert not deps.store.is_suppressed("alice@example.org")
+    assert not deps.store.subscribers.is_suppressed("alice@example.org")
     # Her next mail carries a new link, which works.
     later = NOW + timedelta(days=1)
     clock.now = later
@@ -292,4 +294,4 @@ async def test_item11_unsubscribe_link_older_than_a_resubscribe_does_nothing(
     new, _ = await first_digest(deps, smtp_server, "alice@example.org", later)
     assert new != old
     assert (await client.post(new, data={"List-Unsubscribe": "One-Click"})).status_code == 200
-    assert deps.store.is_suppressed("alice@example.org")
+    assert deps.store.subscribers.is_suppressed("alice@example.org")

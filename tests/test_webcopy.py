@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from digestd.mail.webcopy import body_for, fill_page
 from digestd.pipeline import flow as pipeline
 from digestd.pipeline.flow import Deps, Options
 from digestd.rules.subscribers import load_subscribers
+from digestd.service.routes import web_page
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
 
@@ -46,7 +46,7 @@ def full_page(deps: Deps, email: str) -> str:
     message_id = pipeline.make_message_id(deps, email, "digest", f"once-{NOW.isoformat()}")
     links = pipeline._links(deps, sub, message_id)
     ctx = pipeline.render_context(deps, now=NOW, links=links, sub=sub, web_copy=True)
-    papers = deps.store.candidates(email, since=NOW - deps.options.lookback)
+    papers = deps.store.papers.candidates(email, since=NOW - deps.options.lookback)
     found = pipeline.matcher_for(deps).match([readable_paper(p) for p in papers], sub)
     digest = pipeline.digest_for(sub, "digest", found)
     return render_digest(digest, deps.envs, ctx, budget=None).html
@@ -78,13 +78,13 @@ async def test_each_copy_is_the_full_render_and_plain_ones_share_one_body(
         pipeline.compose(deps, now=NOW, once=True)
         pages = {}
         for email in emails:
-            page = deps.store.web_page(copy_token(deps, email), now=NOW)
+            page = web_page(deps.store, copy_token(deps, email), now=NOW)
             assert page is not None
-            pages[email] = page if isinstance(page, str) else zlib.decompress(page).decode()
+            pages[email] = page
             assert pages[email] == expected[email]
         assert "Alice Example" in pages["alice@example.org"]
         assert "Alice" not in pages["bob@example.org"]  # no value leaks between subscribers
-        db = deps.store._db
+        db = deps.store.db.conn
         assert db.execute("SELECT count(*) FROM web_bodies").fetchone()[0] == 2  # named, unnamed
         # Carol's name is not plain: her copy is the whole page, compressed, as before.
         whole = db.execute(
@@ -92,10 +92,12 @@ async def test_each_copy_is_the_full_render_and_plain_ones_share_one_body(
         ).fetchone()
         assert whole[0] is None and whole[1] > 0
         assert (
-            deps.store.web_page(copy_token(deps, "alice@example.org"), now=NOW + timedelta(days=31))
+            web_page(
+                deps.store, copy_token(deps, "alice@example.org"), now=NOW + timedelta(days=31)
+            )
             is None
         )
-        assert deps.store.prune_web_copies(now=NOW + timedelta(days=31)) == 3
+        assert deps.store.webcopies.prune(now=NOW + timedelta(days=31)) == 3
         assert db.execute("SELECT count(*) FROM web_bodies").fetchone()[0] == 0
     finally:
         await deps.mailer.aclose()
@@ -107,17 +109,17 @@ def test_a_body_outlives_its_first_copy_while_another_names_it(tmp_path: Path) -
     body = body_for("<p>Hi @N@, see @W@ or @W@</p>", slots)
     with Store(tmp_path / "s.sqlite3") as store:
         for i, days in enumerate((1, 5)):
-            store.save_web_copy_fills(
+            store.webcopies.save_fills(
                 f"t{i}", subscriber=f"u{i}@example.org", body=body, fills={"name": f"U{i}"},
                 at=NOW, expires_at=NOW + timedelta(days=days),
             )  # fmt: skip
-        assert store.web_page("t0", now=NOW) == "<p>Hi U0, see  or </p>"
-        assert store.prune_web_copies(now=NOW + timedelta(days=2)) == 1
-        assert store.web_page("t1", now=NOW + timedelta(days=2)) == "<p>Hi U1, see  or </p>"
-        copy = store.web_copy("t1", now=NOW + timedelta(days=2))
-        assert copy is not None and zlib.decompress(copy) == b"<p>Hi U1, see  or </p>"
-        assert store.prune_web_copies(now=NOW + timedelta(days=6)) == 1
-        assert store._db.execute("SELECT count(*) FROM web_bodies").fetchone()[0] == 0
+        assert web_page(store, "t0", now=NOW) == "<p>Hi U0, see  or </p>"
+        assert store.webcopies.prune(now=NOW + timedelta(days=2)) == 1
+        assert web_page(store, "t1", now=NOW + timedelta(days=2)) == "<p>Hi U1, see  or </p>"
+        copy = store.webcopies.find("t1", now=NOW + timedelta(days=2))
+        assert copy is not None and copy.template == body.html and copy.fills == '{"name":"U1"}'
+        assert store.webcopies.prune(now=NOW + timedelta(days=6)) == 1
+        assert store.db.conn.execute("SELECT count(*) FROM web_bodies").fetchone()[0] == 0
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def cmd_unsubscribe(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_RUNTIME
     with Store(settings.state) as store:
-        new = store.suppress(args.email, at=utcnow(), via="admin")
+        new = store.subscribers.suppress(args.email, at=utcnow(), via="admin")
     print(f"{args.email} " + ("will receive nothing more" if new else "was already unsubscribed"))
     return EXIT_OK
 
@@ -75,7 +75,7 @@ def _unknown(settings: Settings, email: str) -> bool:
 
 def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
-        lifted = store.unsuppress(args.email, at=utcnow())
+        lifted = store.subscribers.unsuppress(args.email, at=utcnow())
     if not lifted:
         print(f"digestd: {args.email} is not unsubscribed", file=sys.stderr)
         return EXIT_RUNTIME
@@ -88,7 +88,7 @@ def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_unsuspend(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
-        lifted = store.unsuspend(args.email)
+        lifted = store.subscribers.unsuspend(args.email)
     if lifted is None or lifted.suspended_at is None:
         print(f"digestd: {args.email} is not suspended", file=sys.stderr)
         return EXIT_RUNTIME

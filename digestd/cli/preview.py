@@ -79,7 +79,7 @@ async def _preview(
             report = await pipeline.ingest(deps, now=utcnow())
             if not report.ok:
                 print(f"digestd: the poll failed: {report.error}", file=sys.stderr)
-        if deps.store.paper_count() == 0:
+        if deps.store.papers.count() == 0:
             print(_empty_store_hint(None, email), file=sys.stderr)
         return pipeline.preview(deps, email, now=utcnow())
     finally:
@@ -98,8 +98,12 @@ def _empty_store_hint(settings: Settings | None, email: str) -> str:
 def _audience_notes(settings: Settings, email: str) -> list[str]:
     """Why EMAIL would get nothing now, whatever the preview shows."""
     with Store(settings.state) as store:
-        suppressed = store.is_suppressed(email)
-        suspended = [s for s in store.suspensions() if s.email == email.lower() and s.suspended_at]
+        suppressed = store.subscribers.is_suppressed(email)
+        suspended = [
+            s
+            for s in store.subscribers.suspensions()
+            if s.email == email.lower() and s.suspended_at
+        ]
     notes = []
     if suppressed:
         notes.append(

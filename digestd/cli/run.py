@@ -65,12 +65,12 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
     progress = deps.observer = make_progress(sys.stdout)
     try:
         now = utcnow()
-        deps.store.recover(now=now)
+        deps.store.outbox.recover(now=now)
         owed = pipeline.queue_owed_alerts(deps, now=now)  # a poll before a crash still owes them
         ingest = await pipeline.ingest(deps, now=now)
         composed = pipeline.compose(deps, now=now, once=True)
         sent = await pipeline.deliver_due(deps, now=utcnow(), clock=utcnow)
-        pending = deps.store.pending_count()
+        pending = deps.store.outbox.pending_count()
     finally:
         progress.close()
         await app.close(deps)

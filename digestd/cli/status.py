@@ -14,7 +14,8 @@ from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
 from digestd.core.redact import safe_text
 from digestd.service.health import source_problems
-from digestd.store.sqlite import SourceStatus, Store, StoreStatus
+from digestd.store.protocols import SourceStatus, StoreStatus
+from digestd.store.sqlite import Store
 
 __all__ = ["STATUS", "add_parser", "cmd_status", "format_sources", "format_status"]
 
@@ -34,8 +35,8 @@ def add_parser(sub: Any) -> None:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     names = [src.key for src in settings.all_sources()]
     with Store(settings.state) as store:
-        status = replace(store.status(), sources=store.source_status(names))
-        suppressed = store.suppressions()
+        status = replace(store.status(), sources=store.polls.source_status(names))
+        suppressed = store.subscribers.suppressions()
     print(f"state:       {settings.state}")
     print(format_status(status))
     print(format_sources(status.sources))

@@ -31,9 +31,18 @@ from typing import Protocol, TypeVar
 from digestd.core.model import Outcome
 from digestd.core.observer import Observer
 from digestd.deliver.transports.base import Mailer
-from digestd.store.sqlite import OutboxRow, Store
+from digestd.store.protocols import OutboxRow
+from digestd.store.sqlite import Store
 
-__all__ = ["DeliverReport", "Outlet", "RetryOptions", "backoff", "drain"]
+__all__ = [
+    "STALE_REASON",
+    "DeliverReport",
+    "Outlet",
+    "RetryOptions",
+    "backoff",
+    "drain",
+    "suspend_after",
+]
 
 log = logging.getLogger("digestd.pipeline.flow")
 
@@ -70,6 +79,10 @@ class Outlet(Protocol):
 # Claimed rows per worker and batch: enough to amortise the claim's commit, few enough that a
 # crash leaves only a handful of never-sent rows flagged in doubt.
 _CLAIM_PER_WORKER = 8
+# Why a message past its expiry was never sent (its last error follows, in `digestd status`).
+STALE_REASON = (
+    "expired: its next period began before it could be delivered; papers go into the next digest"
+)
 
 _T = TypeVar("_T")
 
@@ -106,7 +119,7 @@ class _Side:
     def _open(self) -> Store:
         if self.side is None:
             # The very file the store has open: never a new empty one made under a lost name.
-            self.side = Store(self.store.path, same_as=self.store)
+            self.side = self.store.side()
         return self.side
 
     async def aclose(self) -> None:
@@ -156,15 +169,17 @@ class _Claimer:
     async def _claim(self) -> None:
         try:
             heads = await self.committer.side.call(
-                lambda store: store.claim_due(now=self.now, limit=self.batch, bodies=False)
+                lambda store: store.outbox.claim_due(now=self.now, limit=self.batch, bodies=False)
             )
             self.exhausted = len(heads) < self.batch
             try:
-                rows = await self.reader.call(lambda store: store.with_bodies(heads))
+                rows = await self.reader.call(lambda store: store.outbox.with_bodies(heads))
             except BaseException:
                 # Never hand out a row without its bytes: back to the queue (or, if even that
                 # fails, `in_doubt` at the next start, and re-sent: it never reached a relay).
-                await asyncio.shield(self.committer.side.call(lambda store: store.unclaim(heads)))
+                await asyncio.shield(
+                    self.committer.side.call(lambda store: store.outbox.unclaim(heads))
+                )
                 raise
             self.claimed.extend(rows)
         finally:
@@ -176,7 +191,7 @@ class _Claimer:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.refill)
         if self.claimed:
-            store.unclaim(self.claimed)
+            store.outbox.unclaim(self.claimed)
             self.claimed.clear()
         await self.reader.aclose()
 
@@ -260,8 +275,8 @@ async def drain(
 ) -> DeliverReport:
     """Send every due message with `workers` parallel senders; returns what happened."""
     report = DeliverReport()
-    deps.store.release_stale(now=now)
-    deps.observer.begin("send", deps.store.due_count(now=now))
+    deps.store.outbox.release_stale(now=now, reason=STALE_REASON)
+    deps.observer.begin("send", deps.store.outbox.due_count(now=now))
     committer = _Committer(deps, report)
     claimer = _Claimer(committer, now=now, batch=max(1, workers) * _CLAIM_PER_WORKER)
     try:
@@ -286,7 +301,7 @@ async def _worker(
             return
         if row.suppressed:
             # Queued before the address left; RFC 8058 readers expect nothing more after a POST.
-            deps.store.mark_expired(row.id, at=clock(), reason="unsubscribed")
+            deps.store.outbox.mark_expired(row.id, at=clock(), reason="unsubscribed")
             committer.report.suppressed += 1
             log.info("skipped kind=%s period=%s reason=unsubscribed", row.kind, row.period)
             continue
@@ -311,19 +326,19 @@ def record(
     store, options = store or deps.store, deps.options
     status = outcome.status
     if status == "sent":
-        store.mark_sent(row.id, at=at, code=outcome.code, reply=outcome.reply)
+        store.outbox.mark_sent(row.id, at=at, code=outcome.code, reply=outcome.reply)
         report.sent += 1
     elif status == "permanent" or row.attempts >= options.max_attempts:
         hard = options.suspend_after if status == "permanent" else None
-        if store.mark_failed(
-            row.id, at=at, code=outcome.code, reply=outcome.reply, suspend_after=hard
+        if store.outbox.mark_failed(
+            row.id, at=at, code=outcome.code, reply=outcome.reply, suspend=suspend_after(hard)
         ):
             report.suspended += 1
             log.warning("address suspended kind=%s period=%s", row.kind, row.period)
         report.failed += 1
     else:
         retry_at = at + backoff(row.attempts, options.retry_base, options.retry_cap)
-        mark = store.mark_in_doubt if status == "in_doubt" else store.mark_deferred
+        mark = store.outbox.mark_in_doubt if status == "in_doubt" else store.outbox.mark_deferred
         mark(row.id, at=at, retry_at=retry_at, code=outcome.code, reply=outcome.reply)
         report.deferred += 1
     log.info(
@@ -335,6 +350,18 @@ def record(
         outcome.code,
         outcome.reply[:200],
     )
+
+
+def suspend_after(limit: int | None) -> Callable[[int], str | None] | None:
+    """The suspension policy for a hard failure: an address is suspended at `limit` consecutive
+    hard failures (None: hard failures do not count)."""
+    if limit is None:
+        return None
+
+    def policy(failures: int) -> str | None:
+        return f"address suspended after {failures} hard failures" if failures >= limit else None
+
+    return policy
 
 
 def backoff(attempt: int, base: timedelta, cap: timedelta) -> timedelta:

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["WebBody", "body_for", "fill_page"]
+__all__ = ["WebBody", "body_for", "fill_page", "stored_page"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +42,14 @@ def fill_page(template: str, slots: Mapping[str, str], fills: Mapping[str, str])
     for slot, token in slots.items():
         template = template.replace(token, fills.get(slot, ""))
     return template
+
+
+def stored_page(whole: bytes | None, template: bytes | None, slots: str, fills: str) -> str:
+    """The page a stored copy serves: `whole` (a page stored entire, compressed) or the shared
+    `template` (compressed) filled with the reader's `fills` (JSON) at its `slots` (JSON)."""
+    if whole is not None:
+        return zlib.decompress(whole).decode("utf-8")
+    assert template is not None  # a copy is stored whole or as a template with fills
+    return fill_page(
+        zlib.decompress(template).decode("utf-8"), json.loads(slots), json.loads(fills)
+    )

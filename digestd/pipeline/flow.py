@@ -37,9 +37,11 @@ from digestd.mail.listheaders import MailLinks, default_list_id, list_headers, m
 from digestd.mail.mime import build_message, check_address
 from digestd.mail.render import Environments, RenderContext, render_digest
 from digestd.mail.workers import Composed, MailJob, WebCopy, assemble, composer
+from digestd.pipeline.paper_merge import record_papers
 from digestd.rules.matcher import Matcher
 from digestd.sources.base import Source
-from digestd.store.sqlite import LedgerConflict, Store
+from digestd.store.protocols import LedgerConflict
+from digestd.store.sqlite import Store
 
 __all__ = [
     "ComposeReport",
@@ -85,7 +87,7 @@ class Options:
     secret: bytes | None = field(default=None, repr=False)  # None: the store's own secret
     connections: int = 1  # parallel senders; the mailer must be a pool at least that large
     suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
-    keep_days: int = 7  # then the bytes of a message that ended are dropped (`Store.prune`)
+    keep_days: int = 7  # then the bytes of a message that ended are dropped (`outbox.prune`)
 
     @property
     def envelope_from(self) -> str:
@@ -152,7 +154,7 @@ class ComposeReport:
 
 def register(deps: Deps, *, now: datetime) -> None:
     """Remember when each subscriber first appeared, so a newcomer's first digest starts from now."""
-    deps.registered = deps.store.register_subscribers(
+    deps.registered = deps.store.subscribers.register(
         (key(s) for s in deps.subscribers.subscribers), at=now
     )
 
@@ -207,13 +209,13 @@ def record_poll(
     """
     if isinstance(fetched, SourceError):
         error = str(fetched)
-        deps.store.record_poll(name, at=now, ok=False, error=error)
+        deps.store.polls.record(name, at=now, ok=False, error=error)
         log.warning("poll failed source=%s transient=%s error=%s", name, fetched.transient, error)
         deps.observer.end("poll", f"failed: {error}")
         return IngestReport(ok=False, error=error, source=name)
     result = fetched
     if result.not_modified:
-        deps.store.record_poll(name, at=now, ok=True)
+        deps.store.polls.record(name, at=now, ok=True)
         deps.observer.end("poll", "not modified")
         log.info("poll not modified source=%s", name)
         return IngestReport(ok=True, source=name, not_modified=True)
@@ -229,11 +231,13 @@ def record_poll(
     # were not stored), the poll and the alerts it owes. Whatever fails after this commit, the
     # alerts stay owed until `queue_owed_alerts` has queued them.
     with deps.store.batch():
-        new = deps.store.record_papers(papers, seen_at=now)
-        deps.store.save_validators(result.validators, at=now)
-        poll_id = deps.store.record_poll(name, at=now, ok=True, n_items=len(papers), n_new=len(new))
+        new = record_papers(deps.store, papers, seen_at=now)
+        deps.store.polls.save_validators(result.validators, at=now)
+        poll_id = deps.store.polls.record(
+            name, at=now, ok=True, n_items=len(papers), n_new=len(new)
+        )
         if new:
-            deps.store.owe_alerts(poll_id, [p.id for p in new], at=now)
+            deps.store.polls.owe_alerts(poll_id, [p.id for p in new], at=now)
     n_alerts = queue_owed_alerts(deps, now=now)
     log.info(
         "poll ok source=%s n_items=%d n_new=%d n_alerts=%d",
@@ -256,9 +260,9 @@ def queue_owed_alerts(deps: Deps, *, now: datetime) -> int:
     go into the digests. Returns the number of alerts queued.
     """
     queued = 0
-    for owed in deps.store.owed_alerts():
+    for owed in deps.store.polls.owed_alerts():
         expires = owed.at + deps.options.alert_ttl
-        papers = deps.store.get_papers(owed.paper_ids) if expires > now else []
+        papers = deps.store.papers.get(owed.paper_ids) if expires > now else []
         with deps.store.batch(sync=False):  # lost with a crash: then owed still, and redone
             if expires > now:
                 queued += _queue_alerts(
@@ -268,7 +272,7 @@ def queue_owed_alerts(deps: Deps, *, now: datetime) -> int:
                 log.warning(
                     "alerts expired unsent poll=%d n_papers=%d", owed.poll_id, len(owed.paper_ids)
                 )
-            deps.store.settle_alerts(owed.poll_id)
+            deps.store.polls.settle_alerts(owed.poll_id)
     return queued
 
 
@@ -277,7 +281,7 @@ def _queue_alerts(
 ) -> int:
     if not new:
         return 0
-    suspended = deps.store.suspended()
+    suspended = deps.store.subscribers.suspended()
     # Paper-major: each new paper is scanned once and reaches its subscribers through the index;
     # matched on the text the reader sees (LaTeX as Unicode).
     readable = [readable_paper(p) for p in new]
@@ -288,7 +292,7 @@ def _queue_alerts(
     ]
     # A paper reserved already (a digest composed before these owed alerts were queued) is not
     # sent again: at most once per subscriber.
-    reserved = deps.store.reserved_among((key(s) for s, _ in matched), [p.id for p in new])
+    reserved = deps.store.outbox.reserved_among((key(s) for s, _ in matched), [p.id for p in new])
     queued = 0
     for sub, found in matched:
         fresh = [m for m in found if (key(sub), m.paper.id) not in reserved]
@@ -329,7 +333,7 @@ def _unbuilt(
         period,
         type(exc).__name__,
     )
-    deps.store.record_unbuilt(
+    deps.store.outbox.record_unbuilt(
         subscriber=key(sub), kind=kind, period=period,
         message_id=make_message_id(deps, key(sub), kind, period),
         sender=deps.options.envelope_from, error=f"cannot build the message: {exc}", at=now,
@@ -346,11 +350,11 @@ def compose(
     wanted = {e.casefold() for e in only} if only is not None else None
     # A digest the relay kept deferring expires when its next period begins; releasing it first
     # puts its papers into the digest composed now, not the one after.
-    deps.store.release_stale(now=now)
-    deps.store.prune_web_copies(now=now)
-    deps.store.prune(before=now - timedelta(days=deps.options.keep_days))
+    deps.store.outbox.release_stale(now=now, reason=delivery.STALE_REASON)
+    deps.store.webcopies.prune(now=now)
+    deps.store.outbox.prune(before=now - timedelta(days=deps.options.keep_days))
     deps.observer.begin("match", len(deps.subscribers.subscribers))
-    suspended = deps.store.suspended()  # they get nothing until `digestd unsuspend`
+    suspended = deps.store.subscribers.suspended()  # they get nothing until `digestd unsuspend`
     todo = [
         (sub, period, expires)
         for sub, period, expires in _due(deps, now=now, once=once)
@@ -377,10 +381,10 @@ def _compose_all(
         for start in range(0, len(todo), _COMPOSE_BATCH):
             chunk = todo[start : start + _COMPOSE_BATCH]
             keys = [key(sub) for sub, _, _ in chunk]
-            papers = _readable(deps.store.candidates_for(keys, since=since))
+            papers = _readable(deps.store.papers.candidates_for(keys, since=since))
             with deps.store.batch(sync=False):  # new ids are redone if lost, like composing
-                ids = deps.store.subscriber_ids(keys) if deps.options.public_url else {}
-            known = _Known(ids=ids, suppressed=deps.store.suppressed_among(keys))
+                ids = deps.store.subscribers.ids_of(keys) if deps.options.public_url else {}
+            known = _Known(ids=ids, suppressed=deps.store.subscribers.suppressed_among(keys))
             batch = [_prepare(deps, *it, papers[key(it[0])], known, now=now) for it in chunk]
             collect = mails.submit([p.job for p in batch if p.job is not None])
             totals = _add(totals, _write(deps, pending, now=now))
@@ -518,7 +522,7 @@ def _is_due(deps: Deps, sub: Subscriber, slot: datetime, *, now: datetime) -> bo
     max_late = deps.options.max_late
     if max_late is not None and now - slot > max_late:
         return False
-    return not deps.store.has_period(key(sub), "digest", periods.period_key(slot))
+    return not deps.store.outbox.has_period(key(sub), "digest", periods.period_key(slot))
 
 
 def _enqueue(
@@ -537,7 +541,8 @@ def _enqueue(
     Nothing is queued for a suppressed address, whatever the subscribers file says. `prepared`:
     the (Message-ID, links, rendered message) `compose` already made, possibly in a worker.
     """
-    if prepared is None and deps.store.is_suppressed(key(sub)):  # else `_prepare` checked
+    # Else `_prepare` checked.
+    if prepared is None and deps.store.subscribers.is_suppressed(key(sub)):
         return False
     if prepared is None:
         message_id = make_message_id(deps, key(sub), kind, period)
@@ -552,7 +557,7 @@ def _enqueue(
     if composed is not None:
         data = _signed(deps.sign, composed.message) if deps.sign else composed.message
     try:
-        row = deps.store.enqueue(
+        row = deps.store.outbox.enqueue(
             subscriber=key(sub),
             kind=kind,
             period=period,
@@ -587,11 +592,11 @@ def _enqueue_note(
     deps: Deps, sub: Subscriber, period: str, *, now: datetime, expires: datetime | None
 ) -> bool:
     """Queue the short "nothing matched" note, naming the sources that had nothing new."""
-    since = deps.store.last_digest_at(key(sub)) or now - deps.options.lookback
+    since = deps.store.outbox.last_digest_at(key(sub)) or now - deps.options.lookback
     names = [s.name for s in deps.all_sources()]
     activity = [
         SourceActivity(name=st.source, new=st.new_since, error=st.error, last_new_at=st.last_new_at)
-        for st in deps.store.source_status(names, since=since)
+        for st in deps.store.polls.source_status(names, since=since)
         if st.source in names
     ]
     rendered = empty_note(sub, activity, since=since, site_name=deps.options.site_name)
@@ -600,7 +605,7 @@ def _enqueue_note(
         rendered, sender=deps.options.sender, to=sub.email, to_name=sub.name,
         message_id=message_id, date=now,
     )  # fmt: skip
-    row = deps.store.enqueue(
+    row = deps.store.outbox.enqueue(
         subscriber=key(sub), kind="digest", period=period, message_id=message_id,
         sender=deps.options.envelope_from, paper_ids=[], at=now, expires_at=expires,
         data=_signed(deps.sign, message) if deps.sign else message,
@@ -648,11 +653,11 @@ def _save_web_copy(
     token = links.view_url.rsplit("/", 1)[1]
     expires = now + timedelta(days=deps.options.view_days)
     if web.body is not None:  # the page once per shape, the subscriber's values per copy
-        deps.store.save_web_copy_fills(
+        deps.store.webcopies.save_fills(
             token, subscriber=key(sub), body=web.body, fills=web.fills, at=now, expires_at=expires
         )
     else:
-        deps.store.save_web_copy(
+        deps.store.webcopies.save(
             token, subscriber=key(sub), html=web.whole, at=now, expires_at=expires
         )
 
@@ -660,14 +665,14 @@ def _save_web_copy(
 def _links(deps: Deps, sub: Subscriber, message_id: str, *, sub_id: int | None = None) -> MailLinks:
     """The unsubscribe and web-copy links of one message; a mailto when there is no listener.
 
-    `sub_id`: the subscriber's id when the caller already read it (`Store.subscriber_ids`).
+    `sub_id`: the subscriber's id when the caller already read it (`subscribers.ids_of`).
     """
     options = deps.options
     secret = options.secret or deps.store.secret()
     unsub = view = None
     if options.public_url:
         if sub_id is None:
-            sub_id = deps.store.subscriber_id(key(sub))
+            sub_id = deps.store.subscribers.id_of(key(sub))
         unsub = tokens.unsubscribe_token(_key(secret, "unsubscribe"), sub_id, key(sub))
         if options.view_days > 0:
             view = tokens.view_token(_key(secret, "view"), message_id)
@@ -736,7 +741,7 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
     sub = deps.subscribers.by_email(email)
     if sub is None:
         return None
-    papers = deps.store.candidates(key(sub), since=now - deps.options.lookback)
+    papers = deps.store.papers.candidates(key(sub), since=now - deps.options.lookback)
     found = matcher_for(deps).match([readable_paper(p) for p in papers], sub)
     digest = digest_for(sub, "digest", found)
     links = replace(_links(deps, sub, "<preview@localhost>"), view_url=None)  # no copy is stored
@@ -778,7 +783,7 @@ def overdue(deps: Deps, *, now: datetime) -> list[Overdue]:
             s
             for s in subs
             if not (deps.registered.get(key(s), slot) > slot)
-            and not deps.store.has_period(key(s), "digest", period)
+            and not deps.store.outbox.has_period(key(s), "digest", period)
         ]
         if owed:
             late = now - slot

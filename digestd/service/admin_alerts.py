@@ -18,7 +18,8 @@ from email.utils import make_msgid
 from digestd.core.model import Outcome, Rendered
 from digestd.deliver.transports.base import Mailer
 from digestd.mail.mime import build_message
-from digestd.store.sqlite import AlertState, Store
+from digestd.store.protocols import AlertState
+from digestd.store.sqlite import Store
 
 __all__ = ["AdminAlerts", "AlertPolicy"]
 
@@ -46,7 +47,7 @@ class AdminAlerts:
         self.store = store
         self.policy = policy
         self._clock = clock
-        self._streak = store.alert_state(DELIVERY).streak
+        self._streak = store.alerts.state(DELIVERY).streak
 
     def record(self, outcome: Outcome) -> None:
         """Count a send attempt: any outcome but "sent" extends the streak, "sent" ends it."""
@@ -60,20 +61,20 @@ class AdminAlerts:
         self._save_streak(f"{outcome.status}: {code}{outcome.reply}"[:300])
 
     def _save_streak(self, detail: str | None) -> None:
-        state = self.store.alert_state(DELIVERY)
+        state = self.store.alerts.state(DELIVERY)
         state = replace(state, streak=self._streak, detail=detail or state.detail)
-        self.store.save_alert_state(state, at=self._clock())
+        self.store.alerts.save(state, at=self._clock())
 
     async def check(self, mailer: Mailer, *, now: datetime) -> None:
         """Evaluate both conditions and mail the admins about whatever changed."""
-        down_since = self.store.source_down_since()
+        down_since = self.store.polls.down_since()
         source_firing = down_since is not None and now - down_since >= self.policy.source_down_after
-        last = self.store.last_poll()
+        last = self.store.polls.last()
         await self._evaluate(
             SOURCE, source_firing, down_since, last.error if last and not last.ok else None,
             mailer, now=now,
         )  # fmt: skip
-        delivery = self.store.alert_state(DELIVERY)
+        delivery = self.store.alerts.state(DELIVERY)
         await self._evaluate(
             DELIVERY, self._streak >= self.policy.delivery_failures, delivery.since or now,
             delivery.detail, mailer, now=now,
@@ -89,7 +90,7 @@ class AdminAlerts:
         *,
         now: datetime,
     ) -> None:
-        old = self.store.alert_state(name)
+        old = self.store.alerts.state(name)
         new = replace(
             old,
             firing=firing,
@@ -102,7 +103,7 @@ class AdminAlerts:
         elif not self.policy.admins:
             new = replace(new, notified=new.firing)  # nobody to tell: nothing owed later
         if new != old:
-            self.store.save_alert_state(new, at=now)
+            self.store.alerts.save(new, at=now)
 
     async def tell(self, state: AlertState, mailer: Mailer, *, now: datetime) -> bool:
         """Mail the admins about `state` without reading or writing the store (which may be the

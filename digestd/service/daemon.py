@@ -144,7 +144,7 @@ class Daemon:
 
     def _start_up(self) -> None:
         now = utcnow()
-        recovered = self.deps.store.recover(now=now)
+        recovered = self.deps.store.outbox.recover(now=now)
         if recovered:
             log.warning(
                 "recovered in-doubt messages n=%d (re-sent with the same Message-ID)", recovered
@@ -226,7 +226,7 @@ class Daemon:
 
     def _expire_removed(self, now: datetime) -> None:
         keep = (pipeline.key(s) for s in self.deps.subscribers.subscribers)
-        n = self.deps.store.expire_except(keep, at=now, reason="subscriber removed")
+        n = self.deps.store.outbox.expire_except(keep, at=now, reason="subscriber removed")
         if n:
             log.warning("expired unsent mail of removed subscribers n=%d", n)
 

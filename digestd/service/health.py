@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from digestd.service.metrics import CONTENT_TYPE, Metrics
-from digestd.store.sqlite import SourceStatus, Store
+from digestd.store.protocols import SourceStatus
+from digestd.store.sqlite import Store
 
 __all__ = ["HealthProbe", "routes", "source_problems", "status_line"]
 
@@ -44,7 +45,7 @@ class HealthProbe:
             return ["the scheduler is not running (starting or stopping)"]
         try:
             self.store.ping()
-            last = self.store.last_success_at()
+            last = self.store.polls.last_success_at()
         except sqlite3.Error as exc:
             return [f"the store does not answer: {exc}"]
         now, limit = self.clock(), self.poll_every() * STALE_POLLS
@@ -70,8 +71,8 @@ def routes(probe: HealthProbe, metrics: Metrics) -> list[BaseRoute]:
     async def healthz(request: Request) -> Response:
         problems = probe.problems()
         try:
-            last = probe.store.last_success_at()
-            failing = source_problems(probe.store.source_status())
+            last = probe.store.polls.last_success_at()
+            failing = source_problems(probe.store.polls.source_status())
         except sqlite3.Error:  # already among the reasons
             last, failing = None, []
         body = {
@@ -94,15 +95,15 @@ def routes(probe: HealthProbe, metrics: Metrics) -> list[BaseRoute]:
 
 def status_line(store: Store, *, now: datetime) -> str:
     """'polled 2 min ago, 54 papers, 0 queued' (+ the source's failure when the last poll failed)."""
-    last = store.last_poll()
+    last = store.polls.last()
     if last is None:
         polled = "not polled yet"
     elif last.ok:
         polled = f"polled {_ago(now - last.at)} ago"
     else:
-        down = store.source_down_since()
+        down = store.polls.down_since()
         polled = f"poll failing since {_ago(now - (down or last.at))} ago"
-    return f"{polled}, {store.paper_count()} papers, {store.pending_count()} queued"
+    return f"{polled}, {store.papers.count()} papers, {store.outbox.pending_count()} queued"
 
 
 def _ago(delta: timedelta) -> str:

@@ -18,7 +18,8 @@ from digestd import __version__
 from digestd.core.model import Outcome
 from digestd.core.observer import Phase
 from digestd.deliver.transports.base import Mailer
-from digestd.store.sqlite import STATES, Store
+from digestd.store.protocols import STATES
+from digestd.store.sqlite import Store
 
 __all__ = ["CONTENT_TYPE", "MeteredMailer", "Metrics"]
 
@@ -117,7 +118,7 @@ class _StoreCollector:
             "Unix time of the last successful poll (0: never)",
             last_poll.timestamp() if last_poll else 0,
         )
-        last_sent = self.store.last_sent_at()
+        last_sent = self.store.outbox.last_sent_at()
         yield _gauge(
             "digestd_last_sent_timestamp_seconds",
             "Unix time the relay last accepted a message (0: never)",

@@ -87,10 +87,10 @@ async def apply_config(deps: Deps, old: Config, new: Config, *, now: datetime) -
             aclose = getattr(source, "aclose", None)
             if aclose is not None:
                 await aclose()
-        deps.sources = tuple(app.make_sources(new.settings, cache=deps.store))
+        deps.sources = tuple(app.make_sources(new.settings, cache=deps.store.polls))
         deps.source = deps.sources[0]
     pipeline.register(deps, now=now)
-    expired = deps.store.expire_except(after, at=now, reason="subscriber removed")
+    expired = deps.store.outbox.expire_except(after, at=now, reason="subscriber removed")
     restart = tuple(
         name for name in _RESTART_ONLY if getattr(new.settings, name) != getattr(old.settings, name)
     )

@@ -12,7 +12,6 @@ uses the store's connection; each store call is one short transaction.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -22,6 +21,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from digestd.mail import linktokens as tokens
+from digestd.mail.webcopy import stored_page
 from digestd.store.sqlite import Store
 
 __all__ = ["routes"]
@@ -93,10 +93,10 @@ class _Pages:
         parsed = tokens.parse_unsubscribe(token)
         if parsed is None:
             return _invalid(self.site_name, self.contact)
-        email = self.store.subscriber_email(parsed.subscriber_id)
+        email = self.store.subscribers.email_of(parsed.subscriber_id)
         current = email is not None
         if not current:
-            email = self.store.retired_email(parsed.subscriber_id)
+            email = self.store.subscribers.retired_email(parsed.subscriber_id)
         # Verify even when the id is unknown so timing does not tell ids apart.
         if not parsed.verify(self.key, email or "") or email is None:
             return _invalid(self.site_name, self.contact)
@@ -110,7 +110,7 @@ class _Pages:
         if isinstance(found, Response):
             return found
         email = found[1]
-        if self.store.is_suppressed(email):
+        if self.store.subscribers.is_suppressed(email):
             return _done(self.site_name, self.contact, email)
         body = Markup(
             "<p>Stop all email from {site} to <strong>{who}</strong>?</p>"
@@ -134,7 +134,7 @@ class _Pages:
             # It would be written to a file nobody reads again: the client should retry.
             body = Markup("<p>We cannot record this right now. Please try again later.</p>")
             return _page("Try again later", body, status=503, retry=True)
-        if self.store.suppress(email, at=self.clock(), via="one-click"):
+        if self.store.subscribers.suppress(email, at=self.clock(), via="one-click"):
             log.info("unsubscribed subscriber_id=%d via=one-click", sub_id)
         return _done(self.site_name, self.contact, email)
 
@@ -142,13 +142,19 @@ class _Pages:
         token = request.path_params["token"]
         html = None
         if tokens.is_view_token(token):
-            html = self.store.web_page(token, now=self.clock())
+            html = web_page(self.store, token, now=self.clock())
         if html is None:
             body = Markup("<p>This copy has expired or never existed; the email has it all.</p>")
             return _page("Not found", body, status=404)
-        if isinstance(html, bytes):  # a whole page, stored compressed
-            html = zlib.decompress(html).decode("utf-8")
         return HTMLResponse(html, headers=_HEADERS)
+
+
+def web_page(store: Store, token: str, *, now: datetime) -> str | None:
+    """The web copy `token` names, as a page; None when unknown or expired."""
+    copy = store.webcopies.find(token, now=now)
+    if copy is None:
+        return None
+    return stored_page(copy.whole, copy.template, copy.slots or "", copy.fills or "")
 
 
 def mask(email: str) -> str:

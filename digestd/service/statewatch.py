@@ -14,7 +14,8 @@ from digestd.service.admin_alerts import STATE, AdminAlerts
 from digestd.service.clock import utcnow
 from digestd.service.schedule import RETRY_TICK
 from digestd.service.worklock import WorkLock
-from digestd.store.sqlite import AlertState, Store
+from digestd.store.protocols import AlertState
+from digestd.store.sqlite import Store
 
 __all__ = ["STATE_CHECK", "StateWatch"]
 

@@ -163,7 +163,7 @@ def open_deps(
     opts = options(settings)
     sign = load_signer(settings.delivery.dkim) if settings.delivery.dkim else None
     store = Store(settings.state)
-    sources = make_sources(settings, cache=store)
+    sources = make_sources(settings, cache=store.polls)
     deps = Deps(
         store=store,
         source=sources[0],

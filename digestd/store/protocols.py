@@ -1,0 +1,346 @@
+"""What every state-file backend offers: the row types, errors and repository protocols.
+
+SQLite (`digestd.store.sqlite`) is the first implementation; another backend is a new module that
+implements these protocols, not an `if` in the callers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from digestd.core.errors import DigestdError
+from digestd.core.model import Paper, Spliced, Validators
+from digestd.mail.webcopy import WebBody
+
+__all__ = [
+    "STATES",
+    "AlertRepository",
+    "AlertState",
+    "LedgerConflict",
+    "OutboxKind",
+    "OutboxProblem",
+    "OutboxRepository",
+    "OutboxRow",
+    "OutboxState",
+    "OwedAlerts",
+    "PaperRepository",
+    "PollInfo",
+    "PollRepository",
+    "SchemaError",
+    "SourceStatus",
+    "StateFileMoved",
+    "StoreStatus",
+    "StoredWebCopy",
+    "SubscriberRepository",
+    "Suppression",
+    "SuspendPolicy",
+    "Suspension",
+    "WebCopyRepository",
+]
+
+OutboxKind = Literal["digest", "alert"]
+OutboxState = Literal[
+    "queued", "sending", "sent", "deferred", "failed", "in_doubt", "expired", "empty"
+]
+STATES: tuple[OutboxState, ...] = (
+    "queued",
+    "sending",
+    "sent",
+    "deferred",
+    "failed",
+    "in_doubt",
+    "expired",
+    "empty",
+)
+_CLAIMABLE = ("queued", "deferred", "in_doubt")
+_PENDING = ("queued", "sending", "deferred", "in_doubt")
+_PROBLEMS = ("failed", "deferred", "in_doubt", "expired")
+
+
+class SchemaError(DigestdError):
+    """The database was written by a newer digestd than this one."""
+
+    hint = "upgrade digestd, or point it at another database file"
+
+
+class StateFileMoved(DigestdError):
+    """The state file this connection uses no longer has its name (deleted, or replaced)."""
+
+    hint = "put the original file back, or restore the rescued copy, then restart digestd"
+
+
+class LedgerConflict(DigestdError):
+    """A message would carry a paper the ledger already gave to another message of the same
+    subscriber (another process composed it meanwhile): the message is not queued."""
+
+    hint = "the paper goes out in the message that reserved it first"
+
+
+@dataclass(frozen=True, slots=True)
+class PollInfo:
+    """One recorded poll of a source."""
+
+    at: datetime
+    ok: bool
+    n_items: int
+    n_new: int
+    error: str | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """One admin alert's row (see `_migration_3`); a missing row reads as all zero."""
+
+    name: str
+    firing: bool = False
+    notified: bool = False
+    streak: int = 0
+    since: datetime | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """One source as `digestd status` shows it (and the empty-digest note explains it)."""
+
+    source: str
+    last_poll_at: datetime | None
+    last_success_at: datetime | None
+    last_new_at: datetime | None  # the last poll that stored a paper no source had listed before
+    error: str | None  # the latest poll's error, if it failed
+    new_since: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A claimed outbox row; `state` is the state before claiming (`in_doubt` = may be a resend)."""
+
+    id: int
+    subscriber: str
+    kind: OutboxKind
+    period: str
+    message_id: str
+    sender: str
+    data: bytes
+    attempts: int
+    state: OutboxState
+    suppressed: bool = False  # the address unsubscribed after this was queued (read with the claim)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxProblem:
+    """A failed, deferred or in-doubt outbox row, as `digestd status` shows it."""
+
+    subscriber: str
+    kind: OutboxKind
+    period: str
+    state: OutboxState
+    attempts: int
+    last_code: int | None
+    last_reply: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    """An address with consecutive hard failures; suspended once `failures` reached the limit."""
+
+    email: str
+    failures: int
+    last_code: int | None
+    last_reply: str | None
+    updated_at: datetime
+    suspended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    papers: int
+    last_poll: PollInfo | None
+    last_success_at: datetime | None
+    outbox: dict[str, int]  # every state, zero included
+    subscribers: int
+    problems: list[OutboxProblem]  # most recent first, at most 20
+    suspended: list[Suspension] = field(default_factory=list)  # most recent first
+    sources: list[SourceStatus] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class OwedAlerts:
+    """One committed poll whose alerts are not queued yet."""
+
+    poll_id: int
+    at: datetime  # when the poll ran: alerts expire `alert_ttl` after it
+    paper_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address that asked to receive nothing more (`via`: one-click, admin…)."""
+
+    email: str
+    at: datetime
+    via: str
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWebCopy:
+    """A web copy as stored: either the whole page (`whole`, zlib-compressed), or a shared body
+    (`template`, zlib-compressed, with its `slots` as JSON) and this reader's `fills` (JSON).
+    Turning it into a page is the web copy's business (`digestd.mail.webcopy.page_of`)."""
+
+    whole: bytes | None
+    template: bytes | None = None
+    slots: str | None = None
+    fills: str | None = None
+
+
+# Given an address's consecutive hard failures, why it is suspended now, or None (not yet): the
+# caller's policy (`digestd.deliver.drain.suspend_after`), recorded by the outbox.
+SuspendPolicy = Callable[[int], "str | None"]
+
+# ---------------------------------------------------------------------------------------------
+# The repositories. Writes join the caller's batch when there is one, else commit on their own.
+
+
+class PaperRepository(Protocol):
+    def save(self, papers: Sequence[Paper], *, seen_at: datetime) -> None: ...
+    def known(self, ids: Sequence[str]) -> dict[str, Paper]: ...
+    def count(self) -> int: ...
+    def get(self, ids: Iterable[str]) -> list[Paper]: ...
+    def candidates(self, subscriber: str, *, since: datetime) -> list[Paper]: ...
+    def candidates_for(
+        self, subscribers: Sequence[str], *, since: datetime
+    ) -> dict[str, list[Paper]]: ...
+
+
+class PollRepository(Protocol):
+    def record(
+        self,
+        source: str,
+        *,
+        at: datetime,
+        ok: bool,
+        n_items: int = 0,
+        n_new: int = 0,
+        error: str | None = None,
+    ) -> int: ...
+    def last(self, source: str | None = None) -> PollInfo | None: ...
+    def last_success_at(self, source: str | None = None) -> datetime | None: ...
+    def down_since(self, source: str | None = None) -> datetime | None: ...
+    def source_status(
+        self, names: Iterable[str] = (), *, since: datetime | None = None
+    ) -> list[SourceStatus]: ...
+    def get_validators(self, url: str) -> Validators | None: ...
+    def save_validators(self, validators: Iterable[Validators], *, at: datetime) -> None: ...
+    def owe_alerts(self, poll_id: int, paper_ids: Sequence[str], *, at: datetime) -> None: ...
+    def owed_alerts(self) -> list[OwedAlerts]: ...
+    def settle_alerts(self, poll_id: int) -> None: ...
+
+
+class SubscriberRepository(Protocol):
+    def register(self, emails: Iterable[str], *, at: datetime) -> dict[str, datetime]: ...
+    def count(self) -> int: ...
+    def id_of(self, email: str) -> int: ...
+    def ids_of(self, emails: Iterable[str]) -> dict[str, int]: ...
+    def email_of(self, subscriber_id: int) -> str | None: ...
+    def retired_email(self, subscriber_id: int) -> str | None: ...
+    def suppress(self, email: str, *, at: datetime, via: str) -> bool: ...
+    def unsuppress(self, email: str, *, at: datetime) -> bool: ...
+    def is_suppressed(self, email: str) -> bool: ...
+    def suppressed_among(self, emails: Iterable[str]) -> set[str]: ...
+    def suppressions(self) -> list[Suppression]: ...
+    def suspended(self) -> set[str]: ...
+    def suspensions(self) -> list[Suspension]: ...
+    def unsuspend(self, email: str) -> Suspension | None: ...
+
+
+class OutboxRepository(Protocol):
+    def enqueue(
+        self,
+        *,
+        subscriber: str,
+        kind: OutboxKind,
+        period: str,
+        message_id: str,
+        sender: str,
+        data: bytes | Spliced | None,
+        paper_ids: Sequence[str],
+        at: datetime,
+        expires_at: datetime | None = None,
+    ) -> int | None: ...
+    def record_unbuilt(
+        self,
+        *,
+        subscriber: str,
+        kind: OutboxKind,
+        period: str,
+        message_id: str,
+        sender: str,
+        error: str,
+        at: datetime,
+    ) -> bool: ...
+    def reserved_among(
+        self, subscribers: Iterable[str], paper_ids: Sequence[str]
+    ) -> set[tuple[str, str]]: ...
+    def last_digest_at(self, subscriber: str) -> datetime | None: ...
+    def has_period(self, subscriber: str, kind: OutboxKind, period: str) -> bool: ...
+    def claim_due(
+        self, *, now: datetime, limit: int = 100, bodies: bool = True
+    ) -> list[OutboxRow]: ...
+    def with_bodies(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]: ...
+    def unclaim(self, rows: Iterable[OutboxRow]) -> int: ...
+    def mark_sent(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None: ...
+    def mark_deferred(
+        self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
+    ) -> None: ...
+    def mark_in_doubt(
+        self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
+    ) -> None: ...
+    def mark_failed(
+        self,
+        outbox_id: int,
+        *,
+        at: datetime,
+        code: int | None,
+        reply: str,
+        suspend: SuspendPolicy | None = None,
+    ) -> bool: ...
+    def mark_expired(self, outbox_id: int, *, at: datetime, reason: str) -> None: ...
+    def release_stale(self, *, now: datetime, reason: str) -> int: ...
+    def expire_except(self, keep: Iterable[str], *, at: datetime, reason: str) -> int: ...
+    def recover(self, *, now: datetime) -> int: ...
+    def due_count(self, *, now: datetime) -> int: ...
+    def pending_count(self) -> int: ...
+    def last_sent_at(self) -> datetime | None: ...
+    def prune(self, *, before: datetime, limit: int = ...) -> int: ...
+
+
+class WebCopyRepository(Protocol):
+    def save(
+        self, token: str, *, subscriber: str, html: bytes, at: datetime, expires_at: datetime
+    ) -> None: ...
+    def save_fills(
+        self,
+        token: str,
+        *,
+        subscriber: str,
+        body: WebBody,
+        fills: Mapping[str, str],
+        at: datetime,
+        expires_at: datetime,
+    ) -> None: ...
+    def find(self, token: str, *, now: datetime) -> StoredWebCopy | None: ...
+    def prune(self, *, now: datetime) -> int: ...
+
+
+class AlertRepository(Protocol):
+    def state(self, name: str) -> AlertState: ...
+    def save(self, state: AlertState, *, at: datetime) -> None: ...

@@ -1,0 +1,46 @@
+"""Admin alert state: whether each alert fires, was notified, and since when."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from digestd.store.protocols import AlertState
+from digestd.store.sqlite.database import Database
+from digestd.store.sqlite.values import opt_dt, opt_ts, ts
+
+__all__ = ["SqliteAlerts"]
+
+
+class SqliteAlerts:
+    """The admin_alerts table."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def state(self, name: str) -> AlertState:
+        """The alert's row; a missing row reads as all zero."""
+        row = self._db.conn.execute("SELECT * FROM admin_alerts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return AlertState(name)
+        return AlertState(
+            name=name,
+            firing=bool(row["firing"]),
+            notified=bool(row["notified"]),
+            streak=row["streak"],
+            since=opt_dt(row["since"]),
+            detail=row["detail"],
+        )
+
+    def save(self, state: AlertState, *, at: datetime) -> None:
+        with self._db.write() as db:
+            db.execute(
+                """INSERT INTO admin_alerts (name, firing, notified, streak, since, detail,
+                                             updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET firing = excluded.firing,
+                       notified = excluded.notified, streak = excluded.streak,
+                       since = excluded.since, detail = excluded.detail,
+                       updated_at = excluded.updated_at""",
+                (state.name, int(state.firing), int(state.notified), state.streak,
+                 opt_ts(state.since), state.detail, ts(at)),
+            )  # fmt: skip

@@ -1,0 +1,95 @@
+"""Web copies of messages: a shared body per shape plus each reader's values, until they expire."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+
+from digestd.mail.webcopy import WebBody
+from digestd.store.protocols import StoredWebCopy
+from digestd.store.sqlite.database import Database
+from digestd.store.sqlite.values import email_key, ts
+
+__all__ = ["SqliteWebCopies"]
+
+
+class SqliteWebCopies:
+    """The web_copies and web_bodies tables."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def save(
+        self, token: str, *, subscriber: str, html: bytes, at: datetime, expires_at: datetime
+    ) -> None:
+        """Keep a message's HTML (compressed by the caller) until `expires_at`; first write wins."""
+        with self._db.write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO web_copies (token, subscriber, html, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (token, email_key(subscriber), html, ts(at), ts(expires_at)),
+            )
+
+    def save_fills(
+        self,
+        token: str,
+        *,
+        subscriber: str,
+        body: WebBody,
+        fills: Mapping[str, str],
+        at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        """Keep a copy as a shared body plus this subscriber's values; first write wins.
+
+        The body is written with the copy (not once per process) so a rolled-back batch can never
+        leave a copy pointing at nothing; on conflict it is ignored, which costs microseconds.
+        """
+        with self._db.write() as db:
+            self._db.insert_once(
+                ("web", body.hash),
+                "INSERT OR IGNORE INTO web_bodies (hash, html, slots) VALUES (?, ?, ?)",
+                (body.hash, body.html, body.slots),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO web_copies"
+                " (token, subscriber, html, created_at, expires_at, body, fills)"
+                " VALUES (?, ?, x'', ?, ?, ?, ?)",
+                (
+                    token,
+                    email_key(subscriber),
+                    ts(at),
+                    ts(expires_at),
+                    body.hash,
+                    json.dumps(dict(fills), separators=(",", ":")),
+                ),
+            )
+
+    def find(self, token: str, *, now: datetime) -> StoredWebCopy | None:
+        """The copy stored for `token`, or None when unknown or expired."""
+        row = self._db.conn.execute(
+            "SELECT c.html, c.fills, b.html, b.slots FROM web_copies c"
+            " LEFT JOIN web_bodies b ON b.hash = c.body"
+            " WHERE c.token = ? AND c.expires_at > ?",
+            (token, ts(now)),
+        ).fetchone()
+        if row is None:
+            return None
+        whole, fills, body, slots = row
+        if fills is None:
+            return StoredWebCopy(whole=bytes(whole))
+        if body is None:
+            return None  # unreachable: bodies are pruned only when no copy names them
+        return StoredWebCopy(whole=None, template=bytes(body), slots=slots, fills=fills)
+
+    def prune(self, *, now: datetime) -> int:
+        """Drop the copies expired at `now` and the bodies no copy names any more."""
+        with self._db.write() as db:
+            cursor = db.execute("DELETE FROM web_copies WHERE expires_at <= ?", (ts(now),))
+            if cursor.rowcount:
+                db.execute(
+                    "DELETE FROM web_bodies WHERE hash NOT IN"
+                    " (SELECT body FROM web_copies WHERE body IS NOT NULL)"
+                )
+        return cursor.rowcount
