@@ -1,6 +1,7 @@
 """The pure core stays pure: no I/O imports, no clock reads. Checked on the source, not by convention."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ PURE = [
     "core/model.py",
     "core/errors.py",
     "core/text.py",
+    "core/addresses.py",
     "config/positions.py",
     "rules/subscribers.py",
     "config/fastyaml.py",
@@ -95,3 +97,21 @@ def test_only_the_shells_read_the_clock() -> None:
         if path.relative_to(PACKAGE).as_posix() in CLOCK_READERS:
             continue
         assert not clock_calls(ast.parse(path.read_text())), path
+
+
+# An address folded by hand (`email.lower()`, `.casefold()`, `.strip().lower()`) is a second key.
+_ADDRESS_FOLD = re.compile(
+    r"\b(?:e?mail|address|addr)\w*\)?(?:\.strip\(\))?\.(?:lower|casefold)\(\)"
+)
+
+
+def test_i14_only_core_addresses_folds_an_address() -> None:
+    """Every place an address becomes a key calls `address_key`, so all of them agree."""
+    found = [
+        f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != PACKAGE / "core" / "addresses.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _ADDRESS_FOLD.search(line)
+    ]
+    assert found == []

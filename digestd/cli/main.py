@@ -29,6 +29,7 @@ from digestd.config.settings import (
     load_settings,
     settings_address_paths,
 )
+from digestd.core.addresses import address_key
 from digestd.core.errors import ConfigError, ConfigProblem, DigestdError
 from digestd.core.model import Digest, Rendered
 from digestd.core.redact import safe_text
@@ -470,7 +471,9 @@ def _audience_notes(settings: Settings, email: str) -> list[str]:
     """Why EMAIL would get nothing now, whatever the preview shows."""
     with Store(settings.state) as store:
         suppressed = store.is_suppressed(email)
-        suspended = [s for s in store.suspensions() if s.email == email.lower() and s.suspended_at]
+        suspended = [
+            s for s in store.suspensions() if s.email == address_key(email) and s.suspended_at
+        ]
     notes = []
     if suppressed:
         notes.append(

@@ -25,9 +25,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digestd.config.positions import allowed_keys, decode, load_yaml, problems_from_validation
+from digestd.core.addresses import parse_mailbox
 from digestd.core.errors import ConfigError, ConfigProblem
 from digestd.core.redact import redact_url
-from digestd.mail.mime import parse_mailbox
 from digestd.rules.subscribers import validate_email
 
 __all__ = [

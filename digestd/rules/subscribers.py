@@ -25,10 +25,10 @@ from pydantic import (
 
 from digestd.config.fastyaml import quick_load
 from digestd.config.positions import Marks, dotted, gc_paused, load_yaml, problems_from_validation
+from digestd.core.addresses import address_key, address_warning, check_address, parse_mailbox
 from digestd.core.errors import ConfigError, ConfigProblem
 from digestd.core.model import FIELDS, Rule, Subscriber, SubscriberSet, Term
 from digestd.core.text import fold_words
-from digestd.mail.mime import address_warning, check_address, parse_mailbox
 from digestd.rules.patterns import compile_pattern
 from digestd.rules.query import Node, QuerySyntaxError, caret, fold_name, parse_query, shared_term
 
@@ -339,7 +339,7 @@ def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProb
         email = entry.get("email") if isinstance(entry, dict) else None
         if not isinstance(email, str):
             continue
-        key = email.casefold() if email.isascii() else _sent_as(email).casefold()
+        key = address_key(_sent_as(email))
         if key not in first:
             first[key] = i
             continue

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast
 
+from digestd.core.addresses import address_key
 from digestd.core.errors import DigestdError
 from digestd.core.merge import merge, merge_all
 from digestd.core.model import Authority, Paper, Part, Spliced, Validators
@@ -294,10 +295,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
         return None
     info = os.stat(path)
     return info.st_dev, info.st_ino
-
-
-def _email_key(email: str) -> str:
-    return email.strip().lower()
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -981,7 +978,7 @@ class Store:
                   AND NOT EXISTS (SELECT 1 FROM deliveries d
                                   WHERE d.subscriber = ? AND d.paper_id = p.id)
                 ORDER BY p.upvotes DESC, p.id""",
-            (_ts(since), _email_key(subscriber)),
+            (_ts(since), address_key(subscriber)),
         )
         return [_paper_from_row(row) for row in rows]
 
@@ -993,7 +990,7 @@ class Store:
         The papers are read and parsed once and shared between subscribers (same objects), in
         the order `candidates` gives; each subscriber's reserved ones are left out.
         """
-        keys = list(dict.fromkeys(_email_key(s) for s in subscribers))
+        keys = list(dict.fromkeys(address_key(s) for s in subscribers))
         with self._read() as db:
             rows = db.execute(
                 f"SELECT {_PAPER_COLUMNS} FROM papers WHERE first_seen_at >= ?"
@@ -1116,7 +1113,7 @@ class Store:
         Addresses are compared case-insensitively (stored lowercased).
         """
         given = list(dict.fromkeys(emails))
-        keys = list(dict.fromkeys(_email_key(e) for e in given))
+        keys = list(dict.fromkeys(address_key(e) for e in given))
         stamp = _ts(at)
         registered: dict[str, datetime] = {}
         with self._write() as db:
@@ -1130,7 +1127,7 @@ class Store:
                     f" WHERE email IN ({_marks(len(chunk))})"
                 )
                 registered.update((row[0], _dt(row[1])) for row in db.execute(sql, chunk))
-        return {email: registered[_email_key(email)] for email in given}
+        return {email: registered[address_key(email)] for email in given}
 
     def subscriber_count(self) -> int:
         return cast(int, self._scalar("SELECT COUNT(*) FROM subscribers"))
@@ -1166,7 +1163,7 @@ class Store:
         ids = list(dict.fromkeys(paper_ids))
         if data is None and ids:
             raise ValueError("an empty outbox row (data=None) cannot carry papers")
-        key, stamp = _email_key(subscriber), _ts(at)
+        key, stamp = address_key(subscriber), _ts(at)
         with self._write() as db:
             # Not RETURNING: it doubles the cost of this insert (~25 µs, the most of any here).
             cursor = db.execute(
@@ -1246,7 +1243,7 @@ class Store:
                                        updated_at)
                    VALUES (?, ?, ?, ?, ?, NULL, 0, 'failed', 0, ?, ?, ?, ?)
                    ON CONFLICT (subscriber, kind, period) DO NOTHING""",
-                (_email_key(subscriber), kind, period, message_id, sender, stamp, error[:500],
+                (address_key(subscriber), kind, period, message_id, sender, stamp, error[:500],
                  stamp, stamp),
             )  # fmt: skip
         return cursor.rowcount == 1
@@ -1276,7 +1273,7 @@ class Store:
     ) -> set[tuple[str, str]]:
         """(subscriber, paper id) for each of these papers already reserved for these subscribers
         (a primary-key lookup per pair, whatever the size of the ledger)."""
-        keys = list(dict.fromkeys(_email_key(s) for s in subscribers))
+        keys = list(dict.fromkeys(address_key(s) for s in subscribers))
         papers = json.dumps(list(paper_ids))
         found: set[tuple[str, str]] = set()
         for chunk in _chunks(keys):
@@ -1296,7 +1293,7 @@ class Store:
         return _opt_dt(
             self._scalar(
                 "SELECT MAX(created_at) FROM outbox WHERE subscriber = ? AND kind = 'digest'",
-                (_email_key(subscriber),),
+                (address_key(subscriber),),
             )
         )
 
@@ -1304,7 +1301,7 @@ class Store:
         """Whether a message (or an empty marker) exists for this key, whatever its state."""
         row = self._db.execute(
             "SELECT 1 FROM outbox WHERE subscriber = ? AND kind = ? AND period = ?",
-            (_email_key(subscriber), kind, period),
+            (address_key(subscriber), kind, period),
         ).fetchone()
         return row is not None
 
@@ -1572,7 +1569,7 @@ class Store:
         """Lift a suspension (and forget the strikes); returns what was lifted, None if nothing."""
         with self._write() as db:
             row = db.execute(
-                "DELETE FROM suspensions WHERE email = ? RETURNING *", (_email_key(email),)
+                "DELETE FROM suspensions WHERE email = ? RETURNING *", (address_key(email),)
             ).fetchone()
         return None if row is None else _suspension_from_row(row)
 
@@ -1663,7 +1660,7 @@ class Store:
 
         In-doubt rows go too: a removed subscriber must get nothing more, not even a re-send.
         """
-        kept = {_email_key(e) for e in keep}
+        kept = {address_key(e) for e in keep}
         stamp = _ts(at)
         with self._write() as db:
             ids = [
@@ -1825,7 +1822,7 @@ class Store:
 
     def subscriber_id(self, email: str) -> int:
         """The address's stable id for unsubscribe tokens, created on first use."""
-        key = _email_key(email)
+        key = address_key(email)
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO subscriber_ids (email) VALUES (?)", (key,))
             row = db.execute("SELECT id FROM subscriber_ids WHERE email = ?", (key,)).fetchone()
@@ -1833,7 +1830,7 @@ class Store:
 
     def subscriber_ids(self, emails: Iterable[str]) -> dict[str, int]:
         """`subscriber_id` of many addresses at once (keys lowercased): one transaction a batch."""
-        keys = list(dict.fromkeys(_email_key(e) for e in emails))
+        keys = list(dict.fromkeys(address_key(e) for e in emails))
         found: dict[str, int] = {}
         with self._write() as db:
             db.executemany(
@@ -1855,7 +1852,7 @@ class Store:
         with self._write() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO suppressions (email, at, via) VALUES (?, ?, ?)",
-                (_email_key(email), _ts(at), via),
+                (address_key(email), _ts(at), via),
             )
         return cursor.rowcount == 1
 
@@ -1865,7 +1862,7 @@ class Store:
         The address's id is retired with it, so that the unsubscribe links of the mails before
         (one of which was used to leave) cannot unsubscribe it again; see `_migration_10`.
         """
-        key = _email_key(email)
+        key = address_key(email)
         with self._write() as db:
             cursor = db.execute("DELETE FROM suppressions WHERE email = ?", (key,))
             if cursor.rowcount == 1:
@@ -1886,13 +1883,13 @@ class Store:
 
     def is_suppressed(self, email: str) -> bool:
         row = self._db.execute(
-            "SELECT 1 FROM suppressions WHERE email = ?", (_email_key(email),)
+            "SELECT 1 FROM suppressions WHERE email = ?", (address_key(email),)
         ).fetchone()
         return row is not None
 
     def suppressed_among(self, emails: Iterable[str]) -> set[str]:
         """Which of `emails` (lowercased) are suppressed: `is_suppressed` for a batch, one query."""
-        keys = list(dict.fromkeys(_email_key(e) for e in emails))
+        keys = list(dict.fromkeys(address_key(e) for e in emails))
         found: set[str] = set()
         for chunk in _chunks(keys):
             sql = f"SELECT email FROM suppressions WHERE email IN ({_marks(len(chunk))})"
@@ -1912,7 +1909,7 @@ class Store:
             db.execute(
                 "INSERT OR IGNORE INTO web_copies (token, subscriber, html, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (token, _email_key(subscriber), html, _ts(at), _ts(expires_at)),
+                (token, address_key(subscriber), html, _ts(at), _ts(expires_at)),
             )
 
     def save_web_copy_fills(
@@ -1942,7 +1939,7 @@ class Store:
                 " VALUES (?, ?, x'', ?, ?, ?, ?)",
                 (
                     token,
-                    _email_key(subscriber),
+                    address_key(subscriber),
                     _ts(at),
                     _ts(expires_at),
                     body.hash,
