@@ -24,9 +24,10 @@ from pydantic import (
 )
 
 from digestd.config.fastyaml import quick_load
-from digestd.config.positions import Marks, dotted, gc_paused, load_yaml, problems_from_validation
+from digestd.config.positions import Marks, dotted, load_yaml, problems_from_validation
 from digestd.core.addresses import address_key, address_warning, check_address, parse_mailbox
 from digestd.core.errors import ConfigError, ConfigProblem
+from digestd.core.gcpause import gc_paused
 from digestd.core.model import FIELDS, Rule, Subscriber, SubscriberSet, Term
 from digestd.core.text import fold_words
 from digestd.rules.patterns import compile_pattern
