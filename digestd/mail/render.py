@@ -26,7 +26,6 @@ from digestd.core.text import clean_header, collapse
 
 __all__ = [
     "HTML_BUDGET",
-    "TEMPLATES",
     "Environments",
     "Layout",
     "RenderContext",
@@ -38,7 +37,6 @@ __all__ = [
 
 HTML_TEMPLATE = "digest.html.j2"
 TEXT_TEMPLATE = "digest.txt.j2"
-TEMPLATES = (HTML_TEMPLATE, TEXT_TEMPLATE)
 
 # Gmail clips at ~102 KB of HTML and the clipped tail holds the unsubscribe link (delivery.md §1.5).
 HTML_BUDGET = 90_000
