@@ -16,6 +16,8 @@ PURE = [
     "core/addresses.py",
     "config/positions.py",
     "rules/subscribers.py",
+    "rules/schema.py",
+    "rules/fastload.py",
     "config/fastyaml.py",
     "rules/reference.py",
     "rules/query.py",

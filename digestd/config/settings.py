@@ -25,10 +25,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digestd.config.positions import allowed_keys, decode, load_yaml, problems_from_validation
-from digestd.core.addresses import parse_mailbox
+from digestd.core.addresses import check_address, parse_mailbox
 from digestd.core.errors import ConfigError, ConfigProblem
 from digestd.core.redact import redact_url
-from digestd.rules.subscribers import validate_email
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -214,7 +213,7 @@ class DeliverySettings(_Section):
     list_id: str | None = Field(None, pattern=r"^[^<>]*<[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+>$")
     # A mailto List-Unsubscribe next to the HTTPS one; without http.public_url it is the only one
     # (and defaults to the From address).
-    unsubscribe_mailto: Annotated[str, AfterValidator(validate_email)] | None = None
+    unsubscribe_mailto: Annotated[str, AfterValidator(check_address)] | None = None
     dkim: DkimSettings | None = None
 
     @model_validator(mode="after")
@@ -302,7 +301,7 @@ class Settings(BaseSettings):
     max_late: Duration | None = None  # a missed digest older than this is skipped, not sent late
     templates: Path | None = None
     # Addresses that get one mail when the source or delivery breaks down, and one when it recovers.
-    admins: list[Annotated[str, AfterValidator(validate_email)]] = Field(default_factory=list)
+    admins: list[Annotated[str, AfterValidator(check_address)]] = Field(default_factory=list)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     # How often the daemon looks at both files' mtimes to reload by itself; 0 turns it off (SIGHUP
     # still reloads).
