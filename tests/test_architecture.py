@@ -15,6 +15,7 @@ PURE = [
     "core/text.py",
     "core/addresses.py",
     "config/positions.py",
+    "config/sections.py",
     "rules/subscribers.py",
     "rules/schema.py",
     "rules/fastload.py",

@@ -21,9 +21,9 @@ from pydantic import ValidationError
 
 from digestd import __version__
 from digestd.cli.progress import make_progress
+from digestd.config.sections import DkimSettings
 from digestd.config.settings import (
     DEFAULT_CONFIG,
-    DkimSettings,
     Settings,
     env_warnings,
     load_settings,

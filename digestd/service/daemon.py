@@ -15,7 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from digestd.config.settings import format_duration
+from digestd.config.sections import format_duration
 from digestd.core import periods
 from digestd.core.errors import ConfigError, DigestdError, SourceError
 from digestd.core.model import Outcome, ParseResult

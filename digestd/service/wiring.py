@@ -9,7 +9,8 @@ from pathlib import Path
 
 from starlette.routing import BaseRoute
 
-from digestd.config.settings import Settings, SourceSettings, read_config_text
+from digestd.config.sections import SourceSettings
+from digestd.config.settings import Settings, read_config_text
 from digestd.core.gcpause import gc_paused
 from digestd.core.model import SubscriberSet
 from digestd.deliver.transports.base import Mailer
