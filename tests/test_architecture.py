@@ -26,6 +26,7 @@ PURE = [
     "rules/matcher.py",
     "core/periods.py",
     "mail/render.py",
+    "mail/paperview.py",
     "mail/mime.py",
     "mail/webcopy.py",
     "sources/hf_json.py",

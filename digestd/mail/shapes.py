@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from digestd.core.model import Digest, Match, Paper, Personal, Reason, Rendered, Subscriber
 from digestd.core.text import clean_header
+from digestd.mail.paperview import safe_link, safe_url
 from digestd.mail.render import (
     HTML_BUDGET,
     TEXT_TEMPLATE,
@@ -40,8 +41,6 @@ from digestd.mail.render import (
     _trial,
     fit_sizes,
     render_digest,
-    safe_link,
-    safe_url,
     subject,
 )
 
