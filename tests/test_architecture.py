@@ -41,6 +41,8 @@ PURE = [
     "mail/empty_note.py",
     "mail/shapes.py",
     "core/latex.py",
+    "sources/base.py",
+    "deliver/transports/base.py",
 ]
 # The shells: the only modules that may read the clock (they pass `now` down).
 CLOCK_READERS = {"service/daemon.py", "cli/main.py"}
@@ -119,3 +121,33 @@ def test_i14_only_core_addresses_folds_an_address() -> None:
         if _ADDRESS_FOLD.search(line)
     ]
     assert found == []
+
+
+# ARCHITECTURE.md's module table: one row per module under digestd/, `path` in the first cell
+# (relative to digestd/, package __init__.py files left out), the kind in the last.
+ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
+_ROW = re.compile(r"^\|\s*`([\w/]+\.py)`\s*\|.*\|\s*(\w+)[^|]*\|\s*$")
+
+
+def table_rows() -> dict[str, str]:
+    """Module path → kind, from every table row whose first cell is a `….py` path."""
+    lines = ARCHITECTURE.read_text(encoding="utf-8").splitlines()
+    return {m[1]: m[2] for line in lines if (m := _ROW.match(line))}
+
+
+def modules() -> set[str]:
+    return {
+        p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
+    }
+
+
+def test_i14_architecture_table_names_every_module_and_only_those() -> None:
+    rows = table_rows()
+    assert sorted(modules() - rows.keys()) == [], "modules missing from ARCHITECTURE.md's table"
+    assert sorted(rows.keys() - modules()) == [], "ARCHITECTURE.md names modules that do not exist"
+
+
+def test_i14_architecture_table_marks_pure_exactly_the_checked_modules() -> None:
+    """A row says `pure` exactly when the module is in PURE, so the doc claims only what is checked."""
+    pure_rows = {path for path, kind in table_rows().items() if kind == "pure"}
+    assert sorted(pure_rows ^ set(PURE)) == []
