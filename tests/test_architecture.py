@@ -1,6 +1,7 @@
 """The pure core stays pure: no I/O imports, no clock reads. Checked on the source, not by convention."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,16 @@ import digestd
 
 PACKAGE = Path(digestd.__file__).parent
 PURE = [
+    "store/protocols.py",
     "core/model.py",
     "core/errors.py",
     "core/text.py",
+    "core/addresses.py",
     "config/positions.py",
+    "config/sections.py",
     "rules/subscribers.py",
+    "rules/schema.py",
+    "rules/fastload.py",
     "config/fastyaml.py",
     "rules/reference.py",
     "rules/query.py",
@@ -21,6 +27,7 @@ PURE = [
     "rules/matcher.py",
     "core/periods.py",
     "mail/render.py",
+    "mail/paperview.py",
     "mail/mime.py",
     "mail/webcopy.py",
     "sources/hf_json.py",
@@ -35,6 +42,8 @@ PURE = [
     "mail/empty_note.py",
     "mail/shapes.py",
     "core/latex.py",
+    "sources/base.py",
+    "deliver/transports/base.py",
 ]
 # The shells: the only modules that may read the clock (they pass `now` down).
 CLOCK_READERS = {"service/clock.py"}
@@ -95,3 +104,51 @@ def test_only_the_shells_read_the_clock() -> None:
         if path.relative_to(PACKAGE).as_posix() in CLOCK_READERS:
             continue
         assert not clock_calls(ast.parse(path.read_text())), path
+
+
+# An address folded by hand (`email.lower()`, `.casefold()`, `.strip().lower()`) is a second key.
+_ADDRESS_FOLD = re.compile(
+    r"\b(?:e?mail|address|addr)\w*\)?(?:\.strip\(\))?\.(?:lower|casefold)\(\)"
+)
+
+
+def test_i14_only_core_addresses_folds_an_address() -> None:
+    """Every place an address becomes a key calls `address_key`, so all of them agree."""
+    found = [
+        f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != PACKAGE / "core" / "addresses.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _ADDRESS_FOLD.search(line)
+    ]
+    assert found == []
+
+
+# ARCHITECTURE.md's module table: one row per module under digestd/, `path` in the first cell
+# (relative to digestd/, package __init__.py files left out), the kind in the last.
+ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
+_ROW = re.compile(r"^\|\s*`([\w/]+\.py)`\s*\|.*\|\s*(\w+)[^|]*\|\s*$")
+
+
+def table_rows() -> dict[str, str]:
+    """Module path → kind, from every table row whose first cell is a `….py` path."""
+    lines = ARCHITECTURE.read_text(encoding="utf-8").splitlines()
+    return {m[1]: m[2] for line in lines if (m := _ROW.match(line))}
+
+
+def modules() -> set[str]:
+    return {
+        p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
+    }
+
+
+def test_i14_architecture_table_names_every_module_and_only_those() -> None:
+    rows = table_rows()
+    assert sorted(modules() - rows.keys()) == [], "modules missing from ARCHITECTURE.md's table"
+    assert sorted(rows.keys() - modules()) == [], "ARCHITECTURE.md names modules that do not exist"
+
+
+def test_i14_architecture_table_marks_pure_exactly_the_checked_modules() -> None:
+    """A row says `pure` exactly when the module is in PURE, so the doc claims only what is checked."""
+    pure_rows = {path for path, kind in table_rows().items() if kind == "pure"}
+    assert sorted(pure_rows ^ set(PURE)) == []

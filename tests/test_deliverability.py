@@ -13,7 +13,8 @@ import dkim
 import pytest
 from smtpserver import SMTPTestServer
 
-from digestd.config.settings import DkimSettings, Settings
+from digestd.config.sections import DkimSettings
+from digestd.config.settings import Settings
 from digestd.core.errors import ConfigError
 from digestd.deliver.transports.smtp import SmtpMailer
 from digestd.mail import linktokens as tokens

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from digestd.core.addresses import parse_mailbox
 from digestd.core.model import Canonical, Rendered
-from digestd.mail.mime import build_message, encode_words, parse_mailbox
+from digestd.mail.mime import build_message, encode_words
 
 DATE = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
 HOSTILE = [

@@ -14,8 +14,8 @@ from aiosmtplib.email import quote_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from digestd.core.addresses import check_address
 from digestd.deliver.transports.smtp import SmtpMailer, _path
-from digestd.mail.mime import check_address
 
 BODY = b"Subject: hi\r\n\r\n.leading dot\r\nend\r\n"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from digestd.core.addresses import check_address
 from digestd.core.errors import ConfigError
 from digestd.core.model import FIELDS, Rule, Subscriber, Term
-from digestd.mail.mime import check_address
-from digestd.rules.subscribers import load_subscribers, summarize, validate_email
+from digestd.rules.subscribers import load_subscribers, summarize
 
 EXAMPLE = """\
 defaults:
@@ -167,7 +167,7 @@ def test_bad_email(email: str, why: str) -> None:
 def test_email_rejects_controls_and_length() -> None:
     for bad in ("a@example.org\r\nBcc: x@y.org", "a\u2028b@example.org", "a@" + "x" * 250 + ".org"):
         with pytest.raises(ValueError, match="not a valid email address"):
-            validate_email(bad)
+            check_address(bad)
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_email_rejects_controls_and_length() -> None:
     ],
 )
 def test_good_email(email: str, sent_as: str) -> None:
-    assert validate_email(email) == sent_as
+    assert check_address(email) == sent_as
 
 
 @pytest.mark.parametrize(
@@ -224,6 +224,15 @@ def test_duplicate_email_is_case_insensitive() -> None:
     text = "subscribers:\n  - email: a@example.org\n  - email: A@Example.ORG\n"
     assert problems(text) == [
         "subs.yaml:3:12: subscribers[1].email: duplicate email 'A@Example.ORG' (first at line 2)"
+    ]
+
+
+def test_i14_addresses_that_share_a_store_key_are_duplicates() -> None:
+    # The store keys " a@example.org" and "a@example.org" alike (`address_key` strips), so the
+    # loader must refuse the second rather than let two entries share one subscriber's rows.
+    text = 'subscribers:\n  - email: a@example.org\n  - email: " A@example.org"\n'
+    assert problems(text) == [
+        "subs.yaml:3:12: subscribers[1].email: duplicate email ' A@example.org' (first at line 2)"
     ]
 
 

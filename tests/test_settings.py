@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from digestd.config.settings import load_settings, parse_duration
+from digestd.config.sections import parse_duration
+from digestd.config.settings import load_settings
 from digestd.core.errors import ConfigError
 from digestd.service.wiring import make_mailer
 

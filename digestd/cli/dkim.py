@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from digestd.cli.exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
 from digestd.cli.options import Command, config_path, global_options, subparser
-from digestd.config.settings import DkimSettings, load_settings
+from digestd.config.sections import DkimSettings
+from digestd.config.settings import load_settings
 from digestd.mail.dkim import dkim_dns_record, generate_dkim_key, write_private_key
 
 __all__ = ["KEYGEN", "add_parser", "cmd_dkim_keygen"]

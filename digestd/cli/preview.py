@@ -14,6 +14,7 @@ from typing import Any
 from digestd.cli.exitcodes import EXIT_OK, EXIT_RUNTIME
 from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
+from digestd.core.addresses import address_key
 from digestd.core.model import Digest, Rendered
 from digestd.pipeline import flow as pipeline
 from digestd.service import wiring as app
@@ -102,7 +103,7 @@ def _audience_notes(settings: Settings, email: str) -> list[str]:
         suspended = [
             s
             for s in store.subscribers.suspensions()
-            if s.email == email.lower() and s.suspended_at
+            if s.email == address_key(email) and s.suspended_at
         ]
     notes = []
     if suppressed:

@@ -8,6 +8,8 @@ from datetime import date, datetime
 from enum import IntEnum
 from typing import Literal
 
+from digestd.core.addresses import address_key
+
 __all__ = [
     "ARXIV_ID",
     "FIELDS",
@@ -255,8 +257,8 @@ class SubscriberSet:
     rule_sets: int = 0  # how many named rule sets the file defines (for `digestd check`)
 
     def by_email(self, email: str) -> Subscriber | None:
-        folded = email.casefold()
-        return next((s for s in self.subscribers if s.email.casefold() == folded), None)
+        wanted = address_key(email)
+        return next((s for s in self.subscribers if address_key(s.email) == wanted), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,9 @@ The pipeline calls an `Observer`; the shells decide what to do with it (a rich p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal, Protocol
 
-__all__ = ["NULL", "Fanout", "NullObserver", "Observer", "Phase"]
+__all__ = ["NULL", "NullObserver", "Observer", "Phase"]
 
 Phase = Literal["poll", "match", "send"]
 
@@ -45,26 +44,3 @@ class NullObserver:
 
 
 NULL = NullObserver()
-
-
-class Fanout:
-    """Several observers as one (metrics and a progress bar, say)."""
-
-    def __init__(self, observers: Sequence[Observer]) -> None:
-        self.observers = tuple(observers)
-
-    def begin(self, phase: Phase, total: int | None = None) -> None:
-        for o in self.observers:
-            o.begin(phase, total)
-
-    def advance(self, phase: Phase, n: int = 1) -> None:
-        for o in self.observers:
-            o.advance(phase, n)
-
-    def matched(self, kind: Literal["digest", "alert"], n_papers: int) -> None:
-        for o in self.observers:
-            o.matched(kind, n_papers)
-
-    def end(self, phase: Phase, summary: str) -> None:
-        for o in self.observers:
-            o.end(phase, summary)

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
-from digestd.config.settings import DkimSettings, Settings
+from digestd.config.sections import DkimSettings
+from digestd.config.settings import Settings
 from digestd.core.errors import ConfigError, ConfigProblem
 
 __all__ = [

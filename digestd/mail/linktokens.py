@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import re
 
+from digestd.core.addresses import address_key
+
 __all__ = [
     "UnsubscribeToken",
     "derive_key",
@@ -73,7 +75,7 @@ def is_view_token(token: str) -> bool:
 
 
 def _mac(key: bytes, subscriber_id: int, email: str) -> bytes:
-    message = subscriber_id.to_bytes(_ID_BYTES, "big") + email.strip().lower().encode()
+    message = subscriber_id.to_bytes(_ID_BYTES, "big") + address_key(email).encode()
     return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
 

@@ -14,35 +14,25 @@ import binascii
 import functools
 import hashlib
 import re
-import unicodedata
 from collections.abc import Mapping
 from datetime import datetime
 from email.utils import format_datetime
-from typing import NoReturn
 
-import idna
-
+from digestd.core.addresses import check_address, parse_mailbox
 from digestd.core.model import Part, Personal, Rendered, Spliced, fill
 from digestd.core.text import clean_header
 
 __all__ = [
-    "address_warning",
     "build_message",
-    "check_address",
     "encode_words",
     "fold_header",
     "format_address",
-    "parse_mailbox",
 ]
 
 CRLF = "\r\n"
 MAX_LINE = 76  # RFC 2047 §2 encoded-word lines; RFC 5322 recommends 78, requires ≤ 998
 HARD_LIMIT = 998
 
-# RFC 5322 dot-atom (no quoted local parts) and RFC 1123 host labels.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL_PART = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
-_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _MESSAGE_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")  # printable ASCII without < > and spaces
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 # A display name that can go out as a quoted-string as is: printable ASCII, no `=?`.
@@ -112,21 +102,6 @@ def _splice(pieces: list[bytes | Part], *, canonical: bool) -> Spliced:
             own.append(piece)
             size += len(piece)
     return Spliced(b"".join(own), tuple(parts), canonical)
-
-
-def parse_mailbox(mailbox: str) -> tuple[str | None, str]:
-    """'Name <addr>' → (name, addr); 'addr' → (None, addr). The address is checked.
-
-    :raises ValueError: when the address is not a plain ASCII addr-spec.
-    """
-    raw = mailbox.strip()
-    if raw.endswith(">") and "<" in raw:
-        name, _, rest = raw[:-1].rpartition("<")
-        name = name.strip()
-        if len(name) >= 2 and name[0] == name[-1] == '"':
-            name = re.sub(r"\\(.)", r"\1", name[1:-1])
-        return (name or None), check_address(rest)
-    return None, check_address(raw)
 
 
 def format_address(name: str | None, address: str) -> str:
@@ -200,82 +175,6 @@ def _extra_header(name: str, value: str) -> str:
 @functools.lru_cache(maxsize=256)  # a run's Subject, List-Id…: the same line for every message
 def _header(name: str, value: str, limit: int) -> str:
     return fold_header(name, _value(value, limit=limit))
-
-
-def check_address(address: str) -> str:
-    """`address` stripped, as every message and envelope carries it: the one check of addresses.
-
-    The settings and subscribers loaders call it too, so `digestd check` refuses exactly what the
-    builder would. The local part is an ASCII dot-atom (a non-ASCII one needs SMTPUTF8, which
-    digestd does not speak); an internationalised domain is converted to its A-labels (IDNA 2008,
-    `bücher.de` → `xn--bcher-kva.de`), so every relay can route it. A single-label domain
-    (`alice@localhost`) is accepted; `address_warning` says why it may not be routed.
-
-    :raises ValueError: saying what is wrong, in words.
-    """
-    addr = address.strip()
-    try:
-        return _checked_address(addr)
-    except ValueError as exc:
-        shown = addr if len(addr) <= 80 else addr[:40] + "…"
-        raise ValueError(f"{shown!r} is not a valid email address ({exc})") from None
-
-
-def _checked_address(addr: str) -> str:
-    if len(addr) > 254:
-        _refuse("longer than 254 characters")
-    hidden = next((c for c in addr if unicodedata.category(c)[0] in "CZ" and c != " "), None)
-    if hidden is not None:  # U+200B and friends: invisible in the file, fatal in a header
-        _refuse(f"it contains U+{ord(hidden):04X}, an invisible or control character")
-    local, at, domain = addr.rpartition("@")
-    if not at or not local or not domain or "@" in local or " " in addr:
-        _refuse("expected one local@domain")
-    if not local.isascii():
-        _refuse(
-            f"the local part {local!r} is not ASCII; that needs SMTPUTF8, which digestd does not"
-            " support"
-        )
-    if len(local) > 64:
-        _refuse("the local part is longer than 64 characters")
-    if not _LOCAL_PART.fullmatch(local):
-        _refuse(f"the local part {local!r} is not a plain dot-atom")
-    result = f"{local}@{_a_labels(domain)}"
-    if len(result) > 254:
-        _refuse("longer than 254 characters")
-    return result
-
-
-def _refuse(reason: str) -> NoReturn:
-    raise ValueError(reason)
-
-
-def _a_labels(domain: str) -> str:
-    """The domain as ASCII host labels; non-ASCII labels as IDNA 2008 A-labels."""
-    labels = domain.split(".")
-    out: list[str] = []
-    for label in labels:
-        if not label.isascii():
-            try:
-                label = idna.alabel(label.lower()).decode("ascii")
-            except idna.IDNAError as exc:
-                _refuse(f"the domain label {label!r} is not a valid internationalised name: {exc}")
-        if not _HOST_LABEL.fullmatch(label):
-            _refuse(f"the domain label {label!r} is not a host name (letters, digits, hyphens)")
-        out.append(label)
-    if out[-1].isdigit():
-        _refuse(f"the domain {domain!r} ends in a number, not a name")
-    if len(domain) > 253:
-        _refuse("the domain is longer than 253 characters")
-    return ".".join(out)
-
-
-def address_warning(address: str) -> str | None:
-    """Why a valid address may still not be deliverable, or None: single-label domains (an
-    internal host, `localhost`) reach only a relay that knows them."""
-    addr = check_address(address)
-    if "." not in addr.rpartition("@")[2]:
-        return f"{addr!r} has a single-label domain: only a relay on your network can deliver it"
-    return None
 
 
 def _check_message_id(message_id: str) -> str:

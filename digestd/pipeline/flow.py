@@ -14,6 +14,7 @@ from email.utils import parseaddr
 from typing import Literal
 
 from digestd.core import periods
+from digestd.core.addresses import address_key, check_address
 from digestd.core.errors import SourceError
 from digestd.core.latex import readable_paper
 from digestd.core.model import (
@@ -34,7 +35,7 @@ from digestd.deliver.transports.base import Mailer
 from digestd.mail import linktokens as tokens
 from digestd.mail.empty_note import SourceActivity, empty_note
 from digestd.mail.listheaders import MailLinks, default_list_id, list_headers, mail_links
-from digestd.mail.mime import build_message, check_address
+from digestd.mail.mime import build_message
 from digestd.mail.render import Environments, RenderContext, render_digest
 from digestd.mail.workers import Composed, MailJob, WebCopy, assemble, composer
 from digestd.pipeline.paper_merge import record_papers
@@ -347,7 +348,7 @@ def compose(
 
     With `once`, the schedule is ignored: everyone gets what matched and was not sent yet.
     """
-    wanted = {e.casefold() for e in only} if only is not None else None
+    wanted = {address_key(e) for e in only} if only is not None else None
     # A digest the relay kept deferring expires when its next period begins; releasing it first
     # puts its papers into the digest composed now, not the one after.
     deps.store.outbox.release_stale(now=now, reason=delivery.STALE_REASON)
@@ -358,7 +359,7 @@ def compose(
     todo = [
         (sub, period, expires)
         for sub, period, expires in _due(deps, now=now, once=once)
-        if (wanted is None or sub.email.casefold() in wanted) and key(sub) not in suspended
+        if (wanted is None or key(sub) in wanted) and key(sub) not in suspended
     ]
     due, n_queued, n_empty = _compose_all(deps, todo, now=now)
     deps.observer.end("match", f"{due} due, {n_queued} digest(s) queued, {n_empty} empty")
@@ -751,7 +752,7 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
 
 def key(sub: Subscriber) -> str:
     """The store's key for a subscriber: addresses compare case-insensitively."""
-    return sub.email.lower()
+    return address_key(sub.email)
 
 
 @dataclass(frozen=True, slots=True)

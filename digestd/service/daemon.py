@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from digestd.config.settings import format_duration
+from digestd.config.sections import format_duration
 from digestd.core import periods
 from digestd.core.errors import DigestdError
 from digestd.core.model import Outcome

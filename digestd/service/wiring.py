@@ -9,8 +9,9 @@ from pathlib import Path
 
 from starlette.routing import BaseRoute
 
-from digestd.config.positions import gc_paused
-from digestd.config.settings import Settings, SourceSettings, read_config_text
+from digestd.config.sections import SourceSettings
+from digestd.config.settings import Settings, read_config_text
+from digestd.core.gcpause import gc_paused
 from digestd.core.model import SubscriberSet
 from digestd.deliver.transports.base import Mailer
 from digestd.deliver.transports.maildir import MaildirMailer

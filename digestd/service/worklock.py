@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from digestd.config.settings import format_duration
+from digestd.config.sections import format_duration
 from digestd.service.reload import Config
 from digestd.store.sqlite import explain
 

@@ -24,10 +24,10 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
+from digestd.core.addresses import check_address
 from digestd.core.model import Canonical, Outcome
 from digestd.deliver.transports.base import Phase, classify_reply, is_refusal
 from digestd.deliver.transports.replies import ReplyReader
-from digestd.mail.mime import check_address
 
 __all__ = ["Security", "SmtpMailer"]
 

@@ -13,13 +13,14 @@ from dataclasses import replace
 from datetime import datetime
 from typing import cast
 
+from digestd.core.addresses import address_key
 from digestd.core.model import Spliced
 from digestd.store.protocols import LedgerConflict, OutboxKind, OutboxRow
 from digestd.store.sqlite.bodies import PartCache, queue_body, read_bodies
 from digestd.store.sqlite.database import Database
 from digestd.store.sqlite.outcomes import SqliteOutcomes
 from digestd.store.sqlite.pruning import PRUNE_ROWS, prune_outbox
-from digestd.store.sqlite.values import chunks, email_key, marks, opt_dt, opt_ts, ts
+from digestd.store.sqlite.values import chunks, marks, opt_dt, opt_ts, ts
 
 __all__ = ["SqliteOutbox"]
 
@@ -79,7 +80,7 @@ class SqliteOutbox(SqliteOutcomes):
         ids = list(dict.fromkeys(paper_ids))
         if data is None and ids:
             raise ValueError("an empty outbox row (data=None) cannot carry papers")
-        key, stamp = email_key(subscriber), ts(at)
+        key, stamp = address_key(subscriber), ts(at)
         with self._db.write() as db:
             # Not RETURNING: it doubles the cost of this insert (~25 µs, the most of any here).
             cursor = db.execute(
@@ -121,7 +122,7 @@ class SqliteOutbox(SqliteOutcomes):
                                        updated_at)
                    VALUES (?, ?, ?, ?, ?, NULL, 0, 'failed', 0, ?, ?, ?, ?)
                    ON CONFLICT (subscriber, kind, period) DO NOTHING""",
-                (email_key(subscriber), kind, period, message_id, sender, stamp, error[:500],
+                (address_key(subscriber), kind, period, message_id, sender, stamp, error[:500],
                  stamp, stamp),
             )  # fmt: skip
         return cursor.rowcount == 1
@@ -131,7 +132,7 @@ class SqliteOutbox(SqliteOutcomes):
     ) -> set[tuple[str, str]]:
         """(subscriber, paper id) for each of these papers already reserved for these subscribers
         (a primary-key lookup per pair, whatever the size of the ledger)."""
-        keys = list(dict.fromkeys(email_key(s) for s in subscribers))
+        keys = list(dict.fromkeys(address_key(s) for s in subscribers))
         papers = json.dumps(list(paper_ids))
         found: set[tuple[str, str]] = set()
         for chunk in chunks(keys):
@@ -151,7 +152,7 @@ class SqliteOutbox(SqliteOutcomes):
         return opt_dt(
             self._db.scalar(
                 "SELECT MAX(created_at) FROM outbox WHERE subscriber = ? AND kind = 'digest'",
-                (email_key(subscriber),),
+                (address_key(subscriber),),
             )
         )
 
@@ -159,7 +160,7 @@ class SqliteOutbox(SqliteOutcomes):
         """Whether a message (or an empty marker) exists for this key, whatever its state."""
         row = self._db.conn.execute(
             "SELECT 1 FROM outbox WHERE subscriber = ? AND kind = ? AND period = ?",
-            (email_key(subscriber), kind, period),
+            (address_key(subscriber), kind, period),
         ).fetchone()
         return row is not None
 

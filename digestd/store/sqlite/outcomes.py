@@ -10,10 +10,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal
 
+from digestd.core.addresses import address_key
 from digestd.store.protocols import SuspendPolicy
 from digestd.store.sqlite.database import Database
 from digestd.store.sqlite.ledger import expire, release, strike, transition
-from digestd.store.sqlite.values import email_key, ts
+from digestd.store.sqlite.values import ts
 
 __all__ = ["SqliteOutcomes"]
 
@@ -148,7 +149,7 @@ class SqliteOutcomes:
 
         In-doubt rows go too: a removed subscriber must get nothing more, not even a re-send.
         """
-        kept = {email_key(e) for e in keep}
+        kept = {address_key(e) for e in keep}
         with self._db.write() as db:
             rows = db.execute(
                 "SELECT id, subscriber FROM outbox WHERE state IN ('queued', 'deferred', 'in_doubt')"

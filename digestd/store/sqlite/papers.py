@@ -9,9 +9,10 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any, cast
 
+from digestd.core.addresses import address_key
 from digestd.core.model import Authority, Paper
 from digestd.store.sqlite.database import Database
-from digestd.store.sqlite.values import chunks, dt, email_key, marks, opt_dt, opt_ts, ts
+from digestd.store.sqlite.values import chunks, dt, marks, opt_dt, opt_ts, ts
 
 __all__ = ["SqlitePapers"]
 
@@ -153,7 +154,7 @@ class SqlitePapers:
                   AND NOT EXISTS (SELECT 1 FROM deliveries d
                                   WHERE d.subscriber = ? AND d.paper_id = p.id)
                 ORDER BY p.upvotes DESC, p.id""",
-            (ts(since), email_key(subscriber)),
+            (ts(since), address_key(subscriber)),
         )
         return [_paper_from_row(row) for row in rows]
 
@@ -165,7 +166,7 @@ class SqlitePapers:
         The papers are read and parsed once and shared between subscribers (same objects), in
         the order `candidates` gives; each subscriber's reserved ones are left out.
         """
-        keys = list(dict.fromkeys(email_key(s) for s in subscribers))
+        keys = list(dict.fromkeys(address_key(s) for s in subscribers))
         with self._db.read() as db:
             rows = db.execute(
                 f"SELECT {_PAPER_COLUMNS} FROM papers WHERE first_seen_at >= ?"

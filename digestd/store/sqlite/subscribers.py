@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import cast
 
+from digestd.core.addresses import address_key
 from digestd.store.protocols import Suppression, Suspension
 from digestd.store.sqlite.database import Database
-from digestd.store.sqlite.values import chunks, dt, email_key, marks, opt_dt, ts
+from digestd.store.sqlite.values import chunks, dt, marks, opt_dt, ts
 
 __all__ = ["SqliteSubscribers", "suspension_from_row"]
 
@@ -38,7 +39,7 @@ class SqliteSubscribers:
         Addresses are compared case-insensitively (stored lowercased).
         """
         given = list(dict.fromkeys(emails))
-        keys = list(dict.fromkeys(email_key(e) for e in given))
+        keys = list(dict.fromkeys(address_key(e) for e in given))
         registered: dict[str, datetime] = {}
         with self._db.write() as db:
             db.executemany(
@@ -51,7 +52,7 @@ class SqliteSubscribers:
                     f" WHERE email IN ({marks(len(chunk))})"
                 )
                 registered.update((row[0], dt(row[1])) for row in db.execute(sql, chunk))
-        return {email: registered[email_key(email)] for email in given}
+        return {email: registered[address_key(email)] for email in given}
 
     def count(self) -> int:
         return cast(int, self._db.scalar("SELECT COUNT(*) FROM subscribers"))
@@ -60,11 +61,11 @@ class SqliteSubscribers:
 
     def id_of(self, email: str) -> int:
         """The address's stable id for unsubscribe tokens, created on first use."""
-        return self.ids_of([email])[email_key(email)]
+        return self.ids_of([email])[address_key(email)]
 
     def ids_of(self, emails: Iterable[str]) -> dict[str, int]:
         """`id_of` many addresses at once (keys lowercased): one transaction a batch."""
-        keys = list(dict.fromkeys(email_key(e) for e in emails))
+        keys = list(dict.fromkeys(address_key(e) for e in emails))
         found: dict[str, int] = {}
         with self._db.write() as db:
             db.executemany(
@@ -97,7 +98,7 @@ class SqliteSubscribers:
         with self._db.write() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO suppressions (email, at, via) VALUES (?, ?, ?)",
-                (email_key(email), ts(at), via),
+                (address_key(email), ts(at), via),
             )
         return cursor.rowcount == 1
 
@@ -107,7 +108,7 @@ class SqliteSubscribers:
         The address's id is retired with it, so that the unsubscribe links of the mails before
         (one of which was used to leave) cannot unsubscribe it again; see `_migration_10`.
         """
-        key = email_key(email)
+        key = address_key(email)
         with self._db.write() as db:
             cursor = db.execute("DELETE FROM suppressions WHERE email = ?", (key,))
             if cursor.rowcount == 1:
@@ -121,13 +122,13 @@ class SqliteSubscribers:
 
     def is_suppressed(self, email: str) -> bool:
         row = self._db.conn.execute(
-            "SELECT 1 FROM suppressions WHERE email = ?", (email_key(email),)
+            "SELECT 1 FROM suppressions WHERE email = ?", (address_key(email),)
         ).fetchone()
         return row is not None
 
     def suppressed_among(self, emails: Iterable[str]) -> set[str]:
         """Which of `emails` (lowercased) are suppressed: `is_suppressed` for a batch, one query."""
-        keys = list(dict.fromkeys(email_key(e) for e in emails))
+        keys = list(dict.fromkeys(address_key(e) for e in emails))
         found: set[str] = set()
         for chunk in chunks(keys):
             sql = f"SELECT email FROM suppressions WHERE email IN ({marks(len(chunk))})"
@@ -159,6 +160,6 @@ class SqliteSubscribers:
         """Lift a suspension (and forget the strikes); returns what was lifted, None if nothing."""
         with self._db.write() as db:
             row = db.execute(
-                "DELETE FROM suspensions WHERE email = ? RETURNING *", (email_key(email),)
+                "DELETE FROM suspensions WHERE email = ? RETURNING *", (address_key(email),)
             ).fetchone()
         return None if row is None else suspension_from_row(row)

@@ -35,10 +35,6 @@ def opt_dt(text: str | None) -> datetime | None:
     return None if text is None else dt(text)
 
 
-def email_key(email: str) -> str:
-    return email.strip().lower()
-
-
 def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     """`items` in slices small enough for one statement's parameters."""
     for start in range(0, len(items), _CHUNK):

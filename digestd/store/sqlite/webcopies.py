@@ -6,10 +6,11 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 
+from digestd.core.addresses import address_key
 from digestd.mail.webcopy import WebBody
 from digestd.store.protocols import StoredWebCopy
 from digestd.store.sqlite.database import Database
-from digestd.store.sqlite.values import email_key, ts
+from digestd.store.sqlite.values import ts
 
 __all__ = ["SqliteWebCopies"]
 
@@ -28,7 +29,7 @@ class SqliteWebCopies:
             db.execute(
                 "INSERT OR IGNORE INTO web_copies (token, subscriber, html, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (token, email_key(subscriber), html, ts(at), ts(expires_at)),
+                (token, address_key(subscriber), html, ts(at), ts(expires_at)),
             )
 
     def save_fills(
@@ -58,7 +59,7 @@ class SqliteWebCopies:
                 " VALUES (?, ?, x'', ?, ?, ?, ?)",
                 (
                     token,
-                    email_key(subscriber),
+                    address_key(subscriber),
                     ts(at),
                     ts(expires_at),
                     body.hash,
