@@ -143,7 +143,14 @@ def test_notify_ready_status_watchdog_and_stopping(
         ready = notify.having("READY")[0]
         assert ready["READY"] == "1" and ready["STATUS"]
         wait_for(lambda: len(notify.having("WATCHDOG")) >= 3, what="for watchdog pings")
-        wait_for(lambda: any("papers" in m["STATUS"] for m in notify.having("STATUS")))
+        # "0 papers" is said before the first poll: wait for the status that follows it.
+        wait_for(
+            lambda: any(
+                "polled" in m["STATUS"] and "1 papers" in m["STATUS"]
+                for m in notify.having("STATUS")
+            ),
+            what="for the status after the first poll",
+        )
         status = [m["STATUS"] for m in notify.having("STATUS") if "polled" in m["STATUS"]]
         assert status and "1 papers" in status[-1] and "queued" in status[-1], status
         proc.send_signal(signal.SIGTERM)
