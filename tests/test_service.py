@@ -257,6 +257,11 @@ def test_healthz_and_metrics_over_http(
         port = http_port(log)
         wait_for(lambda: len(smtp_server.received) == 2, what="for both alerts")
         wait_for(lambda: http_get(port, "/healthz")[0] == 200, what="for health")
+        # The relay has the mail before the outcome's commit: wait for the store to say so.
+        wait_for(
+            lambda: 'digestd_messages{state="sent"} 2.0' in http_get(port, "/metrics")[1],
+            what="for both sends to be committed",
+        )
         body = json.loads(http_get(port, "/healthz")[1])
         assert body["status"] == "ok" and body["last_successful_poll"]
         status, metrics = http_get(port, "/metrics")
