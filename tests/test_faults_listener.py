@@ -109,7 +109,9 @@ def test_item2_slow_headers_do_not_hold_the_listener(
         port = http_port(log)
         wait_for(lambda: len(smtp_server.received) == 2, what="for the first alerts")
         with SlowClients(port) as attack:
-            wait_for(lambda: attack.open >= 100, what="for the slow clients")
+            # Connections made, not held: the cap closes held ones as others arrive, so how many
+            # are open at one instant depends on the machine's load, not on the daemon.
+            wait_for(lambda: attack.connects >= 100, timeout=40, what="for the slow clients")
             # Every request of a normal client is served at once, all through the attack.
             times = [timed_health(port) for _ in range(5)]
             listing.items = [*listing.items, item("2611.00002", "KV cache again")]

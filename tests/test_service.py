@@ -143,7 +143,14 @@ def test_notify_ready_status_watchdog_and_stopping(
         ready = notify.having("READY")[0]
         assert ready["READY"] == "1" and ready["STATUS"]
         wait_for(lambda: len(notify.having("WATCHDOG")) >= 3, what="for watchdog pings")
-        wait_for(lambda: any("papers" in m["STATUS"] for m in notify.having("STATUS")))
+        # "0 papers" is said before the first poll: wait for the status that follows it.
+        wait_for(
+            lambda: any(
+                "polled" in m["STATUS"] and "1 papers" in m["STATUS"]
+                for m in notify.having("STATUS")
+            ),
+            what="for the status after the first poll",
+        )
         status = [m["STATUS"] for m in notify.having("STATUS") if "polled" in m["STATUS"]]
         assert status and "1 papers" in status[-1] and "queued" in status[-1], status
         proc.send_signal(signal.SIGTERM)
@@ -250,6 +257,11 @@ def test_healthz_and_metrics_over_http(
         port = http_port(log)
         wait_for(lambda: len(smtp_server.received) == 2, what="for both alerts")
         wait_for(lambda: http_get(port, "/healthz")[0] == 200, what="for health")
+        # The relay has the mail before the outcome's commit: wait for the store to say so.
+        wait_for(
+            lambda: 'digestd_messages{state="sent"} 2.0' in http_get(port, "/metrics")[1],
+            what="for both sends to be committed",
+        )
         body = json.loads(http_get(port, "/healthz")[1])
         assert body["status"] == "ok" and body["last_successful_poll"]
         status, metrics = http_get(port, "/metrics")
