@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from digestd import pipeline
+from digestd.deliver.drain import backoff
 from digestd.deliver.transports.maildir import MaildirMailer
 from digestd.mail.render import make_environments
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline import Audience, Deps, Options
 from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
@@ -50,7 +51,7 @@ def make_deps(tmp_path: Path, subscribers: str = SUBSCRIBERS, *, now: datetime) 
         store=Store(tmp_path / "state.sqlite3"),
         source=FileSource(papers_json(tmp_path)),
         mailer=MaildirMailer(tmp_path / "mail"),
-        subscribers=load_subscribers(subscribers, file="subscribers.yaml"),
+        audience=Audience.of(load_subscribers(subscribers, file="subscribers.yaml")),
         envs=make_environments(),
         options=Options(sender="Paper Digest <digest@example.org>"),
     )
@@ -135,8 +136,9 @@ async def test_new_subscriber_gets_only_the_last_week(tmp_path: Path) -> None:
     ten_days_later = MON_0600 + timedelta(days=10)
     await pipeline.ingest(deps, now=ten_days_later)
     carol = SUBSCRIBERS + "  - email: carol@example.org\n    max_papers: 50\n"
-    deps.subscribers = load_subscribers(carol, file="subscribers.yaml")
-    pipeline.register(deps, now=ten_days_later)
+    pipeline.swap_subscribers(
+        deps, load_subscribers(carol, file="subscribers.yaml"), now=ten_days_later
+    )
     pipeline.compose(deps, now=ten_days_later, once=True, only=["carol@example.org"])
     await pipeline.deliver_due(deps, now=ten_days_later, clock=lambda: ten_days_later)
     (carol_mail,) = [m for m in inbox(tmp_path) if "carol@" in str(m["To"])]
@@ -158,10 +160,10 @@ async def test_failed_poll_stores_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("attempts", [1, 3])
 def test_backoff_grows_and_is_capped(attempts: int) -> None:
     options = Options(sender="x@example.org")
-    delay = pipeline.backoff(attempts, options)
+    delay = backoff(attempts, options.retry_base, options.retry_cap)
     ceiling = options.retry_base * 2 ** (attempts - 1)
     assert ceiling / 2 <= delay <= ceiling
-    assert pipeline.backoff(50, options) <= options.retry_cap
+    assert backoff(50, options.retry_base, options.retry_cap) <= options.retry_cap
 
 
 async def test_sent_bytes_are_dropped_after_keep_days_and_the_ledger_stays(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from digestd import __version__
+from digestd import __version__, pipeline
 from digestd.cli.progress import make_progress
 from digestd.config.settings import (
     DEFAULT_CONFIG,
@@ -40,7 +40,6 @@ from digestd.mail.dkim import (
     write_private_key,
 )
 from digestd.mail.render import check_templates, make_environments
-from digestd.pipeline import flow as pipeline
 from digestd.rules.subscribers import address_notes, subscriber_address_paths, summarize
 from digestd.service import reload
 from digestd.service import wiring as app

@@ -15,12 +15,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from digestd import pipeline
 from digestd.config.settings import format_duration
 from digestd.core import periods
 from digestd.core.errors import ConfigError, DigestdError, SourceError
 from digestd.core.model import Outcome, ParseResult
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps
+from digestd.pipeline import Deps
 from digestd.service import health
 from digestd.service import wiring as app
 from digestd.service.admin_alerts import STATE, AdminAlerts, AlertPolicy

@@ -24,8 +24,9 @@ from typing import Any, Literal, Self, TypeVar, cast
 
 from digestd.core.errors import DigestdError
 from digestd.core.merge import merge, merge_all
-from digestd.core.model import Authority, Paper, Part, Spliced, Validators
+from digestd.core.model import Authority, Paper, Validators
 from digestd.core.redact import safe_text
+from digestd.mail.parts import Part, Spliced
 from digestd.mail.webcopy import WebBody, fill_page
 
 __all__ = [
@@ -151,6 +152,7 @@ class OutboxRow:
     attempts: int
     state: OutboxState
     suppressed: bool = False  # the address unsubscribed after this was queued (read with the claim)
+    canonical: bool = False  # `data` needs no dot-stuffing (`Spliced.canonical`, stored with it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,13 +501,13 @@ def _migration_6(db: sqlite3.Connection) -> None:
 
 
 def _migration_7(db: sqlite3.Connection) -> None:
-    """Whether a body is known to need no dot-stuffing (`model.Canonical`), as checked by the
+    """Whether a body is known to need no dot-stuffing (`Spliced.canonical`), as checked by the
     compose worker that built it; rows from before are checked when sent, as always."""
     db.execute("ALTER TABLE outbox_bodies ADD COLUMN canonical INTEGER NOT NULL DEFAULT 0")
 
 
 def _migration_8(db: sqlite3.Connection) -> None:
-    """Message bytes shared by many messages (`model.Part`: a run of a shape's template) stored
+    """Message bytes shared by many messages (`mail.parts.Part`: a run of a shape's template) stored
     once; each body keeps its own bytes and where each part goes (`outbox_parts`, in `seq`
     order, at byte offset `at` of its own bytes). A part goes once no body names it (`prune`);
     the foreign key refuses to drop one that is still named.
@@ -700,12 +702,15 @@ _BODY_COLUMNS = (
 )
 
 
-def _body(data: bytes, packed: int, canonical: int, parts: Sequence[tuple[int, Part]]) -> bytes:
+_Body = tuple[bytes, bool]  # a message's whole bytes and whether they are canonical
+
+
+def _body(data: bytes, packed: int, canonical: int, parts: Sequence[tuple[int, Part]]) -> _Body:
     plain = zlib.decompress(data) if packed else bytes(data)
-    return Spliced(plain, tuple(parts), bool(canonical)).whole()
+    return Spliced(plain, tuple(parts)).whole(), bool(canonical)
 
 
-def _outbox_from_row(row: sqlite3.Row, *, attempts: int, data: bytes = b"") -> OutboxRow:
+def _outbox_from_row(row: sqlite3.Row, *, attempts: int, body: _Body = (b"", False)) -> OutboxRow:
     return OutboxRow(
         id=row["id"],
         subscriber=row["subscriber"],
@@ -713,10 +718,11 @@ def _outbox_from_row(row: sqlite3.Row, *, attempts: int, data: bytes = b"") -> O
         period=row["period"],
         message_id=row["message_id"],
         sender=row["sender"],
-        data=data,
+        data=body[0],
         attempts=attempts,
         state=row["state"],
         suppressed=bool(row["suppressed"]),
+        canonical=body[1],
     )
 
 
@@ -1155,7 +1161,7 @@ class Store:
 
         `data=None` records an empty period (state 'empty') so it is not composed again.
         `data` may come `Spliced`: its parts are stored once however many messages share them,
-        and claims hand out the whole message (`Canonical` if it was marked so).
+        and claims hand out the whole message (`OutboxRow.canonical` if it was marked so).
         `compressed`: `data` is the message zlib-compressed; claims hand out the plain bytes.
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
 
@@ -1319,7 +1325,7 @@ class Store:
         with self._write() as db:
             ids = self._due_ids(db, stamp, limit)
             rows = self._rows_by_id(db, ids)
-            data = self._bodies(db, ids) if bodies else dict.fromkeys(ids, b"")
+            data = self._bodies(db, ids) if bodies else dict.fromkeys(ids, (b"", False))
             db.executemany(
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ?",
@@ -1327,7 +1333,7 @@ class Store:
             )
             # A row without bytes raises here (KeyError), inside the claim: it stays queued.
             return [
-                _outbox_from_row(row, attempts=row["attempts"] + 1, data=data[row["id"]])
+                _outbox_from_row(row, attempts=row["attempts"] + 1, body=data[row["id"]])
                 for row in rows
             ]
 
@@ -1371,9 +1377,9 @@ class Store:
         """
         with self._read() as db:
             found = self._bodies(db, [row.id for row in rows])
-        return [replace(row, data=found[row.id]) for row in rows]
+        return [replace(row, data=found[row.id][0], canonical=found[row.id][1]) for row in rows]
 
-    def _bodies(self, db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, bytes]:
+    def _bodies(self, db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, _Body]:
         """The message bytes of outbox rows `ids` that have any, their shared parts spliced in."""
         rows: list[sqlite3.Row] = []
         recipes: dict[int, list[tuple[int, str]]] = {}
