@@ -11,8 +11,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from test_message import is_canonical
 
 from digestd import pipeline
+from digestd.core.model import Outcome
 from digestd.deliver.drain import backoff
 from digestd.deliver.transports.maildir import MaildirMailer
 from digestd.mail.render import make_environments
@@ -182,4 +184,33 @@ async def test_sent_bytes_are_dropped_after_keep_days_and_the_ledger_stays(tmp_p
     assert count("outbox_bodies") == count("outbox_parts") == count("message_parts") == 0
     # The rows and the ledger stay: nothing is sent again.
     assert db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'sent'").fetchone()[0] == 2
+    assert len(inbox(tmp_path)) == 2
+
+
+class RecordingMailer:
+    """A real Maildir mailer that notes how each message was handed to it."""
+
+    def __init__(self, inner: MaildirMailer) -> None:
+        self.inner = inner
+        self.sent: list[tuple[bytes, bool]] = []
+
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+    ) -> Outcome:
+        self.sent.append((data, canonical))
+        return await self.inner.send(sender, recipient, data, canonical=canonical)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_i14_the_outbox_hands_the_canonical_flag_to_the_transport(tmp_path: Path) -> None:
+    """What the transport sends is plain bytes plus an explicit flag, read from the claimed row:
+    the compose worker's check travels with the message, not as a `bytes` subclass."""
+    deps = make_deps(tmp_path, now=MON_0600)
+    recorder = deps.mailer = RecordingMailer(MaildirMailer(tmp_path / "mail"))
+    await pipeline.ingest(deps, now=MON_0600)
+    assert (await cycle(deps, MON_0600 + timedelta(hours=1))).sent == 2
+    assert [canonical for _, canonical in recorder.sent] == [True, True]
+    assert all(type(data) is bytes and is_canonical(data) for data, _ in recorder.sent)
     assert len(inbox(tmp_path)) == 2
