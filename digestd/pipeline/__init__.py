@@ -9,7 +9,6 @@ from digestd.pipeline.ingest import (
     IngestReport,
     fetch,
     ingest,
-    ingest_one,
     queue_owed_alerts,
     record_poll,
 )
@@ -27,7 +26,6 @@ __all__ = [
     "deliver_due",
     "fetch",
     "ingest",
-    "ingest_one",
     "key",
     "links_for",
     "make_message_id",

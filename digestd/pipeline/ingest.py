@@ -16,7 +16,7 @@ from digestd.pipeline.deps import Deps, key
 from digestd.pipeline.enqueue import enqueue_alert
 from digestd.sources.base import Source
 
-__all__ = ["IngestReport", "fetch", "ingest", "ingest_one", "queue_owed_alerts", "record_poll"]
+__all__ = ["IngestReport", "fetch", "ingest", "queue_owed_alerts", "record_poll"]
 
 log = logging.getLogger("digestd.pipeline")  # one name for the whole pipeline, as admins filter it
 
@@ -57,11 +57,6 @@ async def ingest(deps: Deps, *, now: datetime, only: Iterable[str] | None = None
         error="; ".join(errors) or None,
         per_source=tuple(reports),
     )
-
-
-async def ingest_one(deps: Deps, source: Source, *, now: datetime) -> IngestReport:
-    """Poll one source, store what is new (merged with what other sources said), queue alerts."""
-    return record_poll(deps, source.name, await fetch(deps, source, now=now), now=now)
 
 
 async def fetch(deps: Deps, source: Source, *, now: datetime) -> ParseResult | SourceError:
