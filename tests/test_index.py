@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -221,7 +223,7 @@ def test_fast_matcher_agrees_with_the_reference(sset: SubscriberSet, found: list
     assert_agrees(sset, found)
 
 
-def test_pipeline_keeps_one_index_per_subscriber_set(tmp_path: Path) -> None:
+def test_i14_pipeline_keeps_one_index_per_subscriber_set(tmp_path: Path) -> None:
     from datetime import UTC, datetime
     from typing import Any
 
@@ -250,6 +252,13 @@ def test_pipeline_keeps_one_index_per_subscriber_set(tmp_path: Path) -> None:
         store.close()
     assert deps.audience.matcher is not first
     assert deps.audience.matcher.subscribers is deps.subscribers
+    # A swap whose registration fails (here: the store is gone) leaves the old audience whole.
+    before = deps.audience
+    with pytest.raises(sqlite3.ProgrammingError):
+        swap_subscribers(
+            deps, load_subscribers(SUBS, file="s"), now=datetime(2026, 3, 3, tzinfo=UTC)
+        )
+    assert deps.audience is before
 
 
 def test_subscribers_without_rules_share_one_answer_per_paper_list() -> None:

@@ -101,16 +101,19 @@ class Deps:
 
 def register(deps: Deps, *, now: datetime) -> None:
     """Remember when each subscriber first appeared, so a newcomer's first digest starts from now."""
-    registered = deps.store.register_subscribers(
-        (key(s) for s in deps.subscribers.subscribers), at=now
-    )
-    deps.audience = replace(deps.audience, registered=MappingProxyType(registered))
+    deps.audience = _registered(deps.store, deps.audience, now=now)
 
 
 def swap_subscribers(deps: Deps, subscribers: SubscriberSet, *, now: datetime) -> None:
-    """Serve `subscribers` from now on (a reload): indexed once here, newcomers registered."""
-    deps.audience = Audience.of(subscribers)
-    register(deps, now=now)
+    """Serve `subscribers` from now on (a reload): indexed once here, newcomers registered, and
+    swapped in whole only then, so a failure leaves the old audience in place."""
+    deps.audience = _registered(deps.store, Audience.of(subscribers), now=now)
+
+
+def _registered(store: Store, audience: Audience, *, now: datetime) -> Audience:
+    emails = (key(s) for s in audience.subscribers.subscribers)
+    registered = store.register_subscribers(emails, at=now)
+    return replace(audience, registered=MappingProxyType(registered))
 
 
 def key(sub: Subscriber) -> str:
