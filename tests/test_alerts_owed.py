@@ -21,11 +21,11 @@ import pytest
 from daemonproc import daemon, wait_for
 from smtpserver import SMTPTestServer
 
+from digestd import pipeline
 from digestd.core.model import Rule, Subscriber, SubscriberSet
 from digestd.deliver.transports.smtp import SmtpMailer
 from digestd.mail.render import make_environments
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline import Audience, Deps, Options
 from digestd.rules import matcher as index
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
@@ -210,7 +210,7 @@ def in_process(tmp_path: Path, server: SMTPTestServer, emails: list[str]) -> Dep
         store=Store(tmp_path / "state.sqlite3"),
         source=FileSource(tmp_path / "papers.json"),
         mailer=SmtpMailer("127.0.0.1", server.port, security="none"),
-        subscribers=SubscriberSet(subscribers=subs, file="built"),
+        audience=Audience.of(SubscriberSet(subscribers=subs, file="built")),
         envs=make_environments(),
         options=Options(sender="Paper Digest <d@example.org>"),
     )

@@ -10,6 +10,8 @@ import digestd
 
 PACKAGE = Path(digestd.__file__).parent
 PURE = [
+    "mail/parts.py",
+    "mail/assemble.py",
     "store/protocols.py",
     "core/model.py",
     "core/errors.py",

@@ -13,6 +13,7 @@ import dkim
 import pytest
 from smtpserver import SMTPTestServer
 
+from digestd import pipeline
 from digestd.config.sections import DkimSettings
 from digestd.config.settings import Settings
 from digestd.core.errors import ConfigError
@@ -21,8 +22,7 @@ from digestd.mail import linktokens as tokens
 from digestd.mail.dkim import check_notes, dkim_txt_record, load_signer
 from digestd.mail.listheaders import default_list_id, list_headers, mail_links, normalise_list_id
 from digestd.mail.render import make_environments
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline import Audience, Deps, Options
 from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
@@ -52,7 +52,7 @@ def make_deps(tmp_path: Path, server: SMTPTestServer, **options: object) -> Deps
         store=Store(tmp_path / "state.sqlite3"),
         source=FileSource(tmp_path / "papers.json"),
         mailer=SmtpMailer(server.host, server.port, security="none", timeout=5.0),
-        subscribers=load_subscribers(SUBSCRIBERS, file="subscribers.yaml"),
+        audience=Audience.of(load_subscribers(SUBSCRIBERS, file="subscribers.yaml")),
         envs=make_environments(),
         options=Options(**values),  # type: ignore[arg-type]
         sign=load_signer(DKIM),
@@ -268,12 +268,11 @@ async def test_the_empty_note_is_signed_and_digests_stay_spliced_when_signed(
     tmp_path: Path, smtp_server: SMTPTestServer
 ) -> None:
     deps = make_deps(tmp_path, smtp_server)
-    deps.subscribers = load_subscribers(
+    pipeline.swap_subscribers(deps, load_subscribers(
         SUBSCRIBERS + '  - email: carol@example.org\n    send_empty: true\n'
         '    rules:\n      - any: ["zzzz nothing matches this"]\n',
         file="subscribers.yaml",
-    )  # fmt: skip
-    pipeline.register(deps, now=NOW)
+    ), now=NOW)  # fmt: skip
     report = await send_all(deps)
     await deps.mailer.aclose()
     assert report.sent == 3

@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 from smtpserver import SMTPTestServer
 
+from digestd import pipeline
 from digestd.cli.main import main as cli_main
 from digestd.core.model import Outcome
 from digestd.deliver.drain import DeliverReport, _Claimer, _Committer, suspend_after
 from digestd.deliver.transports.pool import MailerPool, RateLimiter
 from digestd.deliver.transports.smtp import SmtpMailer
 from digestd.mail.render import make_environments
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline import Audience, Deps, Options
 from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
@@ -69,7 +69,7 @@ def make_deps(
         store=Store(tmp_path / "state.sqlite3"),
         source=FileSource(papers),
         mailer=MailerPool(mailers) if connections > 1 else mailers[0],
-        subscribers=load_subscribers(subscribers_yaml(emails, schedule), file="s.yaml"),
+        audience=Audience.of(load_subscribers(subscribers_yaml(emails, schedule), file="s.yaml")),
         envs=make_environments(),
         options=Options(sender="Paper Digest <digest@example.org>", connections=connections),
     )
@@ -365,7 +365,9 @@ async def test_pool_uses_every_mailer_concurrently() -> None:
             self.active = 0
             self.peak = 0
 
-        async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+        async def send(
+            self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+        ) -> Outcome:
             import asyncio
 
             self.active += 1

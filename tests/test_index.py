@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -219,25 +223,42 @@ def test_fast_matcher_agrees_with_the_reference(sset: SubscriberSet, found: list
     assert_agrees(sset, found)
 
 
-def test_pipeline_keeps_one_index_per_subscriber_set() -> None:
+def test_i14_pipeline_keeps_one_index_per_subscriber_set(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
     from typing import Any
 
-    from digestd.pipeline.flow import Deps, Options, matcher_for
+    from digestd.pipeline import Audience, Deps, Options, swap_subscribers
+    from digestd.store.sqlite import Store
 
     unused: Any = None
     deps = Deps(
         store=unused,
         source=unused,
         mailer=unused,
-        subscribers=load_subscribers(SUBS, file="s"),
+        audience=Audience.of(load_subscribers(SUBS, file="s")),
         envs=unused,
         options=Options(sender="D <d@example.org>"),
     )
-    first = matcher_for(deps)
-    assert matcher_for(deps) is first
-    deps.subscribers = load_subscribers(SUBS, file="s")  # a reload: same text, new set
-    assert matcher_for(deps) is not first
-    assert matcher_for(deps).subscribers is deps.subscribers
+    first = deps.audience.matcher
+    assert first.subscribers is deps.subscribers
+    store = Store(tmp_path / "state.sqlite3")
+    deps.store = store
+    try:
+        # A reload: same text, new set; the index is built once, with the swap.
+        swap_subscribers(
+            deps, load_subscribers(SUBS, file="s"), now=datetime(2026, 3, 2, tzinfo=UTC)
+        )
+    finally:
+        store.close()
+    assert deps.audience.matcher is not first
+    assert deps.audience.matcher.subscribers is deps.subscribers
+    # A swap whose registration fails (here: the store is gone) leaves the old audience whole.
+    before = deps.audience
+    with pytest.raises(sqlite3.ProgrammingError):
+        swap_subscribers(
+            deps, load_subscribers(SUBS, file="s"), now=datetime(2026, 3, 3, tzinfo=UTC)
+        )
+    assert deps.audience is before
 
 
 def test_subscribers_without_rules_share_one_answer_per_paper_list() -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from digestd.core.addresses import parse_mailbox
-from digestd.core.model import Canonical, Rendered
+from digestd.core.model import Rendered
 from digestd.mail.mime import build_message, encode_words
 
 DATE = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
@@ -194,7 +194,7 @@ def test_encoded_words_are_short_and_whole_characters() -> None:
 
 def is_canonical(data: bytes) -> bool:
     """The reference: CRLF line ends only, ending in one, no line starting with "." (RFC 5321
-    §4.5.2) — what `model.Canonical` promises, checked the slow way."""
+    §4.5.2) — what `Spliced.canonical` promises, checked the slow way."""
     crlf = data.count(b"\r\n")
     return (
         data.endswith(b"\r\n")
@@ -207,23 +207,23 @@ def is_canonical(data: bytes) -> bool:
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from([b"a", b".", b"\r\n", b"\n", b"\r", b"=2E", b" "]), max_size=40))
 def test_canonical_bytes_are_exactly_those_the_sender_would_not_change(pieces: list[bytes]) -> None:
-    from digestd.core.model import Canonical
     from digestd.deliver.transports.smtp import _smtp_body
 
     data = b"".join(pieces)
     if is_canonical(data):
-        assert _smtp_body(data) == data + b".\r\n" == _smtp_body(Canonical(data))
+        assert _smtp_body(data) == data + b".\r\n" == _smtp_body(data, canonical=True)
     else:  # something to fix on the wire: line ends, a leading dot or the last line break
         assert _smtp_body(data) != data + b".\r\n"
 
 
 def test_built_messages_need_no_dot_stuffing_even_when_a_line_starts_with_a_dot() -> None:
     plain = Rendered(subject="s", text="one\n.two\n", html="<p>" + "x" * 70 + " et al.</p>")
-    data = build_message(
+    built = build_message(
         plain, sender="d@example.org", to="r@example.org", to_name=None,
         message_id="<m@example.org>", date=datetime(2026, 1, 1, tzinfo=UTC),
-    ).whole()  # fmt: skip
-    assert is_canonical(data) and isinstance(data, Canonical)
+    )  # fmt: skip
+    data = built.whole()
+    assert is_canonical(data) and built.canonical
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     text, html = (part.get_content() for part in parsed.iter_parts())  # type: ignore[attr-defined]
     assert text.splitlines() == ["one", ".two"] and html.endswith(" et al.</p>")  # unchanged

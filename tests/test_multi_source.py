@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from httpserver import LocalHTTPServer, Reply
 
+from digestd import pipeline
 from digestd.cli.status import cmd_status
 from digestd.config.settings import Settings, load_settings
 from digestd.core.errors import ConfigError
 from digestd.deliver.transports.maildir import MaildirMailer
 from digestd.mail.render import make_environments
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline import Audience, Deps, Options
 from digestd.rules.subscribers import load_subscribers
 from digestd.sources import HuggingFaceSource, Source, make_client
 from digestd.sources.arxiv import ArxivApiSource
@@ -78,7 +78,7 @@ def make_deps(tmp_path: Path, server: LocalHTTPServer, subs: str = EVERYTHING) -
         source=all_sources[0],
         sources=all_sources,
         mailer=MaildirMailer(tmp_path / "mail"),
-        subscribers=load_subscribers(subs, file="subscribers.yaml"),
+        audience=Audience.of(load_subscribers(subs, file="subscribers.yaml")),
         envs=make_environments(),
         options=Options(sender="Paper Digest <digest@example.org>"),
     )

@@ -11,11 +11,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from test_message import is_canonical
 
+from digestd import pipeline
+from digestd.core.model import Outcome
+from digestd.deliver.drain import backoff
 from digestd.deliver.transports.maildir import MaildirMailer
 from digestd.mail.render import make_environments
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline import Audience, Deps, Options
 from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
@@ -50,7 +53,7 @@ def make_deps(tmp_path: Path, subscribers: str = SUBSCRIBERS, *, now: datetime) 
         store=Store(tmp_path / "state.sqlite3"),
         source=FileSource(papers_json(tmp_path)),
         mailer=MaildirMailer(tmp_path / "mail"),
-        subscribers=load_subscribers(subscribers, file="subscribers.yaml"),
+        audience=Audience.of(load_subscribers(subscribers, file="subscribers.yaml")),
         envs=make_environments(),
         options=Options(sender="Paper Digest <digest@example.org>"),
     )
@@ -135,8 +138,9 @@ async def test_new_subscriber_gets_only_the_last_week(tmp_path: Path) -> None:
     ten_days_later = MON_0600 + timedelta(days=10)
     await pipeline.ingest(deps, now=ten_days_later)
     carol = SUBSCRIBERS + "  - email: carol@example.org\n    max_papers: 50\n"
-    deps.subscribers = load_subscribers(carol, file="subscribers.yaml")
-    pipeline.register(deps, now=ten_days_later)
+    pipeline.swap_subscribers(
+        deps, load_subscribers(carol, file="subscribers.yaml"), now=ten_days_later
+    )
     pipeline.compose(deps, now=ten_days_later, once=True, only=["carol@example.org"])
     await pipeline.deliver_due(deps, now=ten_days_later, clock=lambda: ten_days_later)
     (carol_mail,) = [m for m in inbox(tmp_path) if "carol@" in str(m["To"])]
@@ -158,10 +162,10 @@ async def test_failed_poll_stores_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("attempts", [1, 3])
 def test_backoff_grows_and_is_capped(attempts: int) -> None:
     options = Options(sender="x@example.org")
-    delay = pipeline.backoff(attempts, options)
+    delay = backoff(attempts, options.retry_base, options.retry_cap)
     ceiling = options.retry_base * 2 ** (attempts - 1)
     assert ceiling / 2 <= delay <= ceiling
-    assert pipeline.backoff(50, options) <= options.retry_cap
+    assert backoff(50, options.retry_base, options.retry_cap) <= options.retry_cap
 
 
 async def test_sent_bytes_are_dropped_after_keep_days_and_the_ledger_stays(tmp_path: Path) -> None:
@@ -180,4 +184,33 @@ async def test_sent_bytes_are_dropped_after_keep_days_and_the_ledger_stays(tmp_p
     assert count("outbox_bodies") == count("outbox_parts") == count("message_parts") == 0
     # The rows and the ledger stay: nothing is sent again.
     assert db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'sent'").fetchone()[0] == 2
+    assert len(inbox(tmp_path)) == 2
+
+
+class RecordingMailer:
+    """A real Maildir mailer that notes how each message was handed to it."""
+
+    def __init__(self, inner: MaildirMailer) -> None:
+        self.inner = inner
+        self.sent: list[tuple[bytes, bool]] = []
+
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+    ) -> Outcome:
+        self.sent.append((data, canonical))
+        return await self.inner.send(sender, recipient, data, canonical=canonical)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_i14_the_outbox_hands_the_canonical_flag_to_the_transport(tmp_path: Path) -> None:
+    """What the transport sends is plain bytes plus an explicit flag, read from the claimed row:
+    the compose worker's check travels with the message, not as a `bytes` subclass."""
+    deps = make_deps(tmp_path, now=MON_0600)
+    recorder = deps.mailer = RecordingMailer(MaildirMailer(tmp_path / "mail"))
+    await pipeline.ingest(deps, now=MON_0600)
+    assert (await cycle(deps, MON_0600 + timedelta(hours=1))).sent == 2
+    assert [canonical for _, canonical in recorder.sent] == [True, True]
+    assert all(type(data) is bytes and is_canonical(data) for data, _ in recorder.sent)
     assert len(inbox(tmp_path)) == 2

@@ -35,7 +35,9 @@ class RecordingMailer:
         self.sent: list[tuple[str, str, bytes]] = []
         self.outcome = Outcome("sent", 250, "ok")
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+    ) -> Outcome:
         self.sent.append((sender, recipient, data))
         return self.outcome
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from digestd.core.model import Authority, Paper, Part, Spliced
+from digestd.core.model import Authority, Paper
 from digestd.deliver.drain import STALE_REASON
+from digestd.mail.parts import Part, Spliced
 from digestd.pipeline.paper_merge import record_papers
 from digestd.store.protocols import LedgerConflict, SchemaError, StateFileMoved
 from digestd.store.sqlite import SCHEMA_VERSION, Store, probe
@@ -554,16 +555,14 @@ def test_a_claim_without_bodies_is_completed_by_another_connection(
 
 
 def test_canonical_bodies_come_back_marked(store: Store) -> None:
-    from digestd.core.model import Canonical
-
     enqueue(store, ALICE, data=b"x\r\n")
     store.outbox.enqueue(
         subscriber=BOB, kind="digest", period="p", message_id="<b@x>", sender="d@example.org",
         data=Spliced(b"y\r\n", canonical=True), paper_ids=[], at=T0,
     )  # fmt: skip
-    rows = {row.subscriber: row.data for row in store.outbox.claim_due(now=T0, limit=10)}
-    assert rows == {ALICE: b"x\r\n", BOB: b"y\r\n"}
-    assert isinstance(rows[BOB], Canonical) and not isinstance(rows[ALICE], Canonical)
+    rows = {row.subscriber: row for row in store.outbox.claim_due(now=T0, limit=10)}
+    assert {who: row.data for who, row in rows.items()} == {ALICE: b"x\r\n", BOB: b"y\r\n"}
+    assert rows[BOB].canonical and not rows[ALICE].canonical
 
 
 def test_new_state_files_use_16_kib_pages(store: Store, db_path: Path) -> None:
@@ -606,11 +605,9 @@ def test_shared_parts_are_stored_once_and_claimed_spliced_back(store: Store, db_
     assert count(store, "message_parts") == 2
     own = store.db.conn.execute("SELECT MAX(LENGTH(data)) FROM outbox_bodies").fetchone()[0]
     assert own < 100  # each message's own bytes only
-    from digestd.core.model import Canonical
-
     claimed = store.outbox.claim_due(now=T0, limit=10)
     assert [row.data for row in claimed] == [spliced(a.encode()).whole() for a in who[:10]]
-    assert all(isinstance(row.data, Canonical) for row in claimed)
+    assert all(row.canonical for row in claimed)
     heads = store.outbox.claim_due(now=T0, limit=30, bodies=False)
     with Store(db_path) as reader:
         rows = reader.outbox.with_bodies(heads)

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from smtpserver import SMTPTestServer
 
+from digestd import pipeline
 from digestd.deliver.transports.smtp import SmtpMailer
 from digestd.mail.render import make_environments
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline import Audience, Deps, Options
 from digestd.rules.subscribers import load_subscribers
 from digestd.service import wiring as app
 from digestd.service.web import WebServer
@@ -48,7 +48,7 @@ def make_deps(tmp_path: Path, server: SMTPTestServer) -> Deps:
         store=Store(tmp_path / "state.sqlite3"),
         source=FileSource(tmp_path / "papers.json"),
         mailer=SmtpMailer(server.host, server.port, security="none", timeout=5.0),
-        subscribers=load_subscribers(SUBSCRIBERS, file="subscribers.yaml"),
+        audience=Audience.of(load_subscribers(SUBSCRIBERS, file="subscribers.yaml")),
         envs=make_environments(),
         options=Options(
             sender="Paper Digest <digest@example.org>",

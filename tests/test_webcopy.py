@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from smtpserver import SMTPTestServer
 
+from digestd import pipeline
 from digestd.core.latex import readable_paper
 from digestd.deliver.transports.smtp import SmtpMailer
+from digestd.mail import assemble
 from digestd.mail.render import make_environments, render_digest
 from digestd.mail.webcopy import body_for, fill_page
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps, Options
+from digestd.pipeline import Audience, Deps, Options
 from digestd.rules.subscribers import load_subscribers
 from digestd.service.routes import web_page
 from digestd.sources import FileSource
@@ -34,7 +35,7 @@ subscribers:
 
 def copy_token(deps: Deps, email: str) -> str:
     message_id = pipeline.make_message_id(deps, email, "digest", f"once-{NOW.isoformat()}")
-    links = pipeline._links(deps, deps.subscribers.by_email(email), message_id)  # type: ignore[arg-type]
+    links = pipeline.links_for(deps, deps.subscribers.by_email(email), message_id)  # type: ignore[arg-type]
     assert links.view_url is not None
     return links.view_url.rsplit("/", 1)[1]
 
@@ -44,11 +45,11 @@ def full_page(deps: Deps, email: str) -> str:
     sub = deps.subscribers.by_email(email)
     assert sub is not None
     message_id = pipeline.make_message_id(deps, email, "digest", f"once-{NOW.isoformat()}")
-    links = pipeline._links(deps, sub, message_id)
-    ctx = pipeline.render_context(deps, now=NOW, links=links, sub=sub, web_copy=True)
+    links = pipeline.links_for(deps, sub, message_id)
+    ctx = assemble.render_context(deps.options, now=NOW, links=links, sub=sub, web_copy=True)
     papers = deps.store.papers.candidates(email, since=NOW - deps.options.lookback)
-    found = pipeline.matcher_for(deps).match([readable_paper(p) for p in papers], sub)
-    digest = pipeline.digest_for(sub, "digest", found)
+    found = deps.audience.matcher.match([readable_paper(p) for p in papers], sub)
+    digest = assemble.digest_for(sub, "digest", found)
     return render_digest(digest, deps.envs, ctx, budget=None).html
 
 
@@ -61,7 +62,7 @@ async def test_each_copy_is_the_full_render_and_plain_ones_share_one_body(
         store=Store(tmp_path / "state.sqlite3"),
         source=FileSource(tmp_path / "papers.json"),
         mailer=SmtpMailer(smtp_server.host, smtp_server.port, security="none", timeout=5.0),
-        subscribers=load_subscribers(SUBSCRIBERS, file="subscribers.yaml"),
+        audience=Audience.of(load_subscribers(SUBSCRIBERS, file="subscribers.yaml")),
         envs=make_environments(),
         options=Options(
             sender="Paper Digest <digest@example.org>",

@@ -11,12 +11,12 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
+from digestd import pipeline
 from digestd.cli.exitcodes import EXIT_OK, EXIT_RUNTIME
 from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
 from digestd.core.addresses import address_key
 from digestd.core.model import Digest, Rendered
-from digestd.pipeline import flow as pipeline
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
 from digestd.store.sqlite import Store

@@ -7,12 +7,12 @@ import asyncio
 import sys
 from typing import Any
 
+from digestd import pipeline
 from digestd.cli.exitcodes import EXIT_OK, EXIT_RUNTIME, EXIT_TEMPFAIL
 from digestd.cli.options import Command, config_path, subparser
 from digestd.cli.progress import make_progress
 from digestd.config.settings import Settings
 from digestd.deliver.drain import DeliverReport
-from digestd.pipeline import flow as pipeline
 from digestd.service import reload
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow

@@ -14,16 +14,12 @@ __all__ = [
     "ARXIV_ID",
     "FIELDS",
     "Authority",
-    "Canonical",
     "Digest",
     "Field",
     "Match",
     "Outcome",
     "OutcomeStatus",
     "Paper",
-    "Part",
-    "Personal",
-    "fill",
     "is_arxiv_id",
     "ParseProblem",
     "ParseResult",
@@ -31,7 +27,6 @@ __all__ = [
     "ReasonKind",
     "Rendered",
     "Rule",
-    "Spliced",
     "Subscriber",
     "SubscriberSet",
     "Term",
@@ -301,80 +296,7 @@ class Rendered:
     html: str
 
 
-@dataclass(frozen=True, slots=True)
-class Personal:
-    """A message as its shape's templates plus one subscriber's values (`personal.py`).
-
-    `text`/`html` are the templates; `fills` pairs each placeholder with its value. A value
-    never holds a line break, so every line of the template is a line of the message.
-    """
-
-    subject: str
-    text: str
-    html: str
-    fills: tuple[tuple[str, str], ...]
-
-    def rendered(self) -> Rendered:
-        return Rendered(self.subject, fill(self.text, self.fills), fill(self.html, self.fills))
-
-
-def fill(template: str, fills: tuple[tuple[str, str], ...]) -> str:
-    """`template` with each placeholder replaced by its value."""
-    for token, value in fills:
-        template = template.replace(token, value)
-    return template
-
-
 OutcomeStatus = Literal["sent", "transient", "permanent", "in_doubt"]
-
-
-class Canonical(bytes):
-    """Message bytes known to be in SMTP's canonical form: CRLF line ends only and no line that
-    starts with "." (so nothing to dot-stuff). Checked once where the message was built, in a
-    compose worker, so the sender does not scan ~40 KB again on the one busy core.
-    """
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """Message bytes that many messages share (a run of a shape's encoded template), stored once.
-
-    `key` is a hash of `data`: equal keys, equal bytes.
-    """
-
-    key: str
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Spliced:
-    """A message as its own bytes with shared `Part`s spliced in: `whole()` is the message.
-
-    `parts` are (offset in `own`, part) pairs, in order. A run of 20,000 messages of one shape
-    then queues ~2 KB of each and its ~40 KB of shared blocks once. `canonical`: the whole
-    message is `Canonical`.
-    """
-
-    own: bytes
-    parts: tuple[tuple[int, Part], ...] = ()
-    canonical: bool = False
-
-    def whole(self) -> bytes:
-        pieces: list[bytes] = []
-        start = 0
-        for at, part in self.parts:
-            pieces += (self.own[start:at], part.data)
-            start = at
-        pieces.append(self.own[start:])
-        data = b"".join(pieces)
-        return Canonical(data) if self.canonical else data
-
-    def prefixed(self, head: bytes) -> Spliced:
-        """`head` + this message, still spliced; no longer known to be canonical."""
-        shift = len(head)
-        return Spliced(head + self.own, tuple((at + shift, part) for at, part in self.parts))
 
 
 @dataclass(frozen=True, slots=True)

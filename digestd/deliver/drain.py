@@ -44,7 +44,7 @@ __all__ = [
     "suspend_after",
 ]
 
-log = logging.getLogger("digestd.pipeline.flow")
+log = logging.getLogger("digestd.pipeline")  # one name for the whole pipeline, as admins filter it
 
 
 class RetryOptions(Protocol):
@@ -305,7 +305,9 @@ async def _worker(
             committer.report.suppressed += 1
             log.info("skipped kind=%s period=%s reason=unsubscribed", row.kind, row.period)
             continue
-        outcome = await deps.mailer.send(row.sender, row.subscriber, row.data)
+        outcome = await deps.mailer.send(
+            row.sender, row.subscriber, row.data, canonical=row.canonical
+        )
         await committer.record(row, outcome, clock())
         deps.observer.advance("send")
 

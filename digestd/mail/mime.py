@@ -19,8 +19,9 @@ from datetime import datetime
 from email.utils import format_datetime
 
 from digestd.core.addresses import check_address, parse_mailbox
-from digestd.core.model import Part, Personal, Rendered, Spliced, fill
+from digestd.core.model import Rendered
 from digestd.core.text import clean_header
+from digestd.mail.parts import Part, Personal, Spliced, fill, splice
 
 __all__ = [
     "build_message",
@@ -88,20 +89,7 @@ def build_message(
     html, html_ok = _part(boundary, "text/html", rendered.html, fills)
     pieces = [head.encode("ascii"), *text, *html, f"--{boundary}--{CRLF}".encode("ascii")]
     # Every line is ours and ends in CRLF; only a quoted-printable line can start with ".".
-    return _splice(pieces, canonical=text_ok and html_ok)
-
-
-def _splice(pieces: list[bytes | Part], *, canonical: bool) -> Spliced:
-    own: list[bytes] = []
-    parts: list[tuple[int, Part]] = []
-    size = 0
-    for piece in pieces:
-        if isinstance(piece, Part):
-            parts.append((size, piece))
-        else:
-            own.append(piece)
-            size += len(piece)
-    return Spliced(b"".join(own), tuple(parts), canonical)
+    return splice(pieces, canonical=text_ok and html_ok)
 
 
 def format_address(name: str | None, address: str) -> str:

@@ -29,9 +29,10 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from digestd.core.model import Digest, Match, Paper, Personal, Reason, Rendered, Subscriber
+from digestd.core.model import Digest, Match, Paper, Reason, Rendered, Subscriber
 from digestd.core.text import clean_header
 from digestd.mail.paperview import safe_link, safe_url
+from digestd.mail.parts import Personal
 from digestd.mail.render import (
     HTML_BUDGET,
     TEXT_TEMPLATE,

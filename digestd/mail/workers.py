@@ -28,8 +28,9 @@ from pathlib import Path
 
 import jinja2
 
-from digestd.core.model import Digest, Spliced
+from digestd.core.model import Digest
 from digestd.mail.mime import build_message
+from digestd.mail.parts import Spliced
 from digestd.mail.render import Environments, RenderContext, make_environments, templates_dir
 from digestd.mail.shapes import TOKENS, page_template, personal_template, render_personal
 from digestd.mail.webcopy import WebBody, body_for

@@ -18,6 +18,7 @@ from email.utils import make_msgid
 from digestd.core.model import Outcome, Rendered
 from digestd.deliver.transports.base import Mailer
 from digestd.mail.mime import build_message
+from digestd.mail.parts import signed
 from digestd.store.protocols import AlertState
 from digestd.store.sqlite import Store
 
@@ -118,13 +119,14 @@ class AdminAlerts:
         domain = envelope.rpartition("@")[2] or "localhost"
         accepted = 0
         for admin in self.policy.admins:
-            data = build_message(
+            message = build_message(
                 rendered, sender=sender, to=admin, to_name=None,
                 message_id=make_msgid("digestd-alert", domain=domain), date=now,
-            ).whole()  # fmt: skip
+            )  # fmt: skip
             if self.policy.sign is not None:
-                data = self.policy.sign(data)
-            outcome = await mailer.send(envelope, admin, data)
+                message = signed(self.policy.sign, message)
+            data = message.whole()
+            outcome = await mailer.send(envelope, admin, data, canonical=message.canonical)
             accepted += outcome.status == "sent"
             if outcome.status != "sent":
                 log.warning(

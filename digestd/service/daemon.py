@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from digestd import pipeline
 from digestd.config.sections import format_duration
 from digestd.core import periods
 from digestd.core.errors import DigestdError
 from digestd.core.model import Outcome
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps
+from digestd.pipeline import Deps
 from digestd.service import health
 from digestd.service import wiring as app
 from digestd.service.admin_alerts import AdminAlerts, AlertPolicy

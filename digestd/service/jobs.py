@@ -8,11 +8,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from digestd import pipeline
 from digestd.core.errors import SourceError
 from digestd.core.model import ParseResult
 from digestd.deliver.transports.base import Mailer
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps
+from digestd.pipeline import Deps
 from digestd.service.admin_alerts import AdminAlerts
 from digestd.service.clock import utcnow
 from digestd.service.metrics import Metrics

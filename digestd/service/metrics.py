@@ -146,9 +146,11 @@ class MeteredMailer:
         self.metrics = metrics
         self.on_outcome = on_outcome
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+    ) -> Outcome:
         start = time.perf_counter()
-        outcome = await self.inner.send(sender, recipient, data)
+        outcome = await self.inner.send(sender, recipient, data, canonical=canonical)
         self.metrics.sent(outcome, time.perf_counter() - start)
         self.on_outcome(outcome)
         return outcome

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from digestd import pipeline
 from digestd.config.settings import Settings, load_settings
 from digestd.core.model import SubscriberSet
 from digestd.mail.render import Environments, check_templates, make_environments
-from digestd.pipeline import flow as pipeline
-from digestd.pipeline.flow import Deps
+from digestd.pipeline import Deps
 from digestd.service import wiring as app
 
 __all__ = ["Changes", "Config", "apply_config", "load_config"]
@@ -75,7 +75,6 @@ async def apply_config(deps: Deps, old: Config, new: Config, *, now: datetime) -
     """Swap `new` in. Call it with the work lock held: no message may be in flight."""
     before = {pipeline.key(s): s for s in old.subscribers.subscribers}
     after = {pipeline.key(s): s for s in new.subscribers.subscribers}
-    deps.subscribers = new.subscribers
     deps.envs = new.envs
     deps.options = app.options(new.settings)
     mailer = new.settings.delivery != old.settings.delivery
@@ -89,7 +88,7 @@ async def apply_config(deps: Deps, old: Config, new: Config, *, now: datetime) -
                 await aclose()
         deps.sources = tuple(app.make_sources(new.settings, cache=deps.store.polls))
         deps.source = deps.sources[0]
-    pipeline.register(deps, now=now)
+    pipeline.swap_subscribers(deps, new.subscribers, now=now)
     expired = deps.store.outbox.expire_except(after, at=now, reason="subscriber removed")
     restart = tuple(
         name for name in _RESTART_ONLY if getattr(new.settings, name) != getattr(old.settings, name)

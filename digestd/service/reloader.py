@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from digestd.core.errors import ConfigError
-from digestd.pipeline.flow import Deps
+from digestd.pipeline import Deps
 from digestd.service.clock import utcnow
 from digestd.service.reload import Changes, Config, apply_config, load_config
 from digestd.service.schedule import RETRY_TICK

@@ -11,7 +11,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from digestd.core import periods
-from digestd.pipeline.flow import Deps
+from digestd.pipeline import Deps
 from digestd.service.clock import utcnow
 from digestd.service.jobs import Jobs
 from digestd.service.worklock import WorkLock

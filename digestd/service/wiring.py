@@ -20,9 +20,8 @@ from digestd.deliver.transports.smtp import SmtpMailer
 from digestd.mail.dkim import load_signer
 from digestd.mail.listheaders import normalise_list_id
 from digestd.mail.render import make_environments
-from digestd.pipeline.flow import Deps, Options
-from digestd.pipeline.flow import register as register_subscribers
-from digestd.rules.matcher import Matcher
+from digestd.pipeline import Audience, Deps, Options
+from digestd.pipeline import register as register_subscribers
 from digestd.rules.subscribers import load_subscribers
 from digestd.service import routes as unsubscribe
 from digestd.sources import FileSource, HuggingFaceSource, Source, make_client
@@ -170,11 +169,10 @@ def open_deps(
         source=sources[0],
         sources=tuple(sources),
         mailer=make_mailer(settings),
-        subscribers=subs,
+        audience=Audience.of(subs),
         envs=envs,
         options=opts,
         sign=sign,
-        matcher=Matcher.build(subs),
     )
     if register:
         register_subscribers(deps, now=now)

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from digestd.core.errors import DigestdError
-from digestd.core.model import Paper, Spliced, Validators
+from digestd.core.model import Paper, Validators
+from digestd.mail.parts import Spliced
 from digestd.mail.webcopy import WebBody
 
 __all__ = [
@@ -129,6 +130,7 @@ class OutboxRow:
     attempts: int
     state: OutboxState
     suppressed: bool = False  # the address unsubscribed after this was queued (read with the claim)
+    canonical: bool = False  # `data` needs no dot-stuffing (`Spliced.canonical`, stored with it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,13 @@ class Mailer(Protocol):
 
     `send` never raises for an SMTP reply or a network error: it returns `Outcome("sent" |
     "transient" | "permanent" | "in_doubt", code, reply)`. "in_doubt" means the relay may have
-    queued the message (the connection failed after the final "." went out).
+    queued the message (the connection failed after the final "." went out). `canonical`: the
+    builder checked that `data` needs no dot-stuffing (`Spliced.canonical`), so it goes as it is.
     """
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome: ...
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+    ) -> Outcome: ...
 
     async def aclose(self) -> None: ...
 

@@ -24,7 +24,9 @@ class MaildirMailer:
     def __repr__(self) -> str:
         return f"MaildirMailer(path={str(self.path)!r})"
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+    ) -> Outcome:
         if not (_ADDRESS.fullmatch(sender) and _ADDRESS.fullmatch(recipient) and recipient):
             return Outcome("permanent", None, "maildir: invalid envelope address")
         try:

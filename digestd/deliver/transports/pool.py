@@ -61,12 +61,14 @@ class MailerPool:
     def __repr__(self) -> str:
         return f"MailerPool({self.mailers[0]!r} x{self.size})"
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+    ) -> Outcome:
         idle = self._queue()
         mailer = await idle.get()
         try:
             await self.limiter.wait()
-            return await mailer.send(sender, recipient, data)
+            return await mailer.send(sender, recipient, data, canonical=canonical)
         finally:
             idle.put_nowait(mailer)
 

@@ -25,7 +25,7 @@ from aiosmtplib.protocol import SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 from digestd.core.addresses import check_address
-from digestd.core.model import Canonical, Outcome
+from digestd.core.model import Outcome
 from digestd.deliver.transports.base import Phase, classify_reply, is_refusal
 from digestd.deliver.transports.replies import ReplyReader
 
@@ -99,23 +99,26 @@ class SmtpMailer:
             f"username={self.username!r})"
         )
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(
+        self, sender: str, recipient: str, data: bytes, *, canonical: bool = False
+    ) -> Outcome:
         try:
             check_address(sender)
             check_address(recipient)
         except ValueError as exc:
             # aiosmtplib would parse such a string into *some* address; never send elsewhere.
             return Outcome("permanent", None, f"envelope: {exc}")
+        body = _smtp_body(data, canonical=canonical)  # once, however many connections it takes
         async with self._lock:
             reused = self._usable()
             try:
-                return await self._attempt(sender, recipient, data)
+                return await self._attempt(sender, recipient, body)
             except _Stale as stale:
                 if not reused:
                     return stale.outcome
             # Relays drop idle or busy connections without a word (Yahoo does): try a fresh one.
             try:
-                return await self._attempt(sender, recipient, data)
+                return await self._attempt(sender, recipient, body)
             except _Stale as stale:
                 return stale.outcome
 
@@ -127,7 +130,7 @@ class SmtpMailer:
         client = self._client
         return client is not None and client.is_connected and self._count < self.max_per_connection
 
-    async def _attempt(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def _attempt(self, sender: str, recipient: str, body: bytes) -> Outcome:
         try:
             client = await self._connection()
         except SMTPResponseException as exc:
@@ -136,7 +139,7 @@ class SmtpMailer:
             return Outcome("transient", None, _describe("connect", exc))
         self._count += 1
         try:
-            return await self._transaction(client, sender, recipient, data)
+            return await self._transaction(client, sender, recipient, body)
         except asyncio.CancelledError:
             client.close()  # mid-transaction: the connection's state is unknown
             raise
@@ -167,10 +170,10 @@ class SmtpMailer:
         return client
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, body: bytes
     ) -> Outcome:
         if client.supports_extension("pipelining"):
-            return await self._pipelined(client, sender, recipient, data)
+            return await self._pipelined(client, sender, recipient, body)
         phase: Phase = "mail"
         try:
             await client.mail(sender, timeout=self.timeout)
@@ -185,9 +188,9 @@ class SmtpMailer:
             if phase == "mail" and not isinstance(exc, ValueError):
                 raise _Stale(Outcome("transient", None, _describe(phase, exc))) from exc
             return Outcome(_network_status(exc), None, _describe(phase, exc))
-        return await self._data(client, reader, data)
+        return await self._data(client, reader, body)
 
-    async def _data(self, client: aiosmtplib.SMTP, reader: ReplyReader, data: bytes) -> Outcome:
+    async def _data(self, client: aiosmtplib.SMTP, reader: ReplyReader, body: bytes) -> Outcome:
         """DATA and its reply, read as strictly as the reply to the final "." (`_end_of_data`)."""
         try:
             reader.write(b"DATA\r\n")
@@ -201,10 +204,10 @@ class SmtpMailer:
             return await self._refused(client, start.code, start.message, "data")
         if reader.pending():
             return _out_of_step(client, reader)
-        return await self._end_of_data(client, reader, data)
+        return await self._end_of_data(client, reader, body)
 
     async def _pipelined(
-        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, body: bytes
     ) -> Outcome:
         """MAIL, RCPT and DATA in one write, then the body: outcomes as in `_transaction`."""
         try:
@@ -227,10 +230,10 @@ class SmtpMailer:
             return await self._refused_pipelined(client, reader, replies, refusal)
         if reader.pending():
             return _out_of_step(client, reader)
-        return await self._end_of_data(client, reader, data)
+        return await self._end_of_data(client, reader, body)
 
     async def _end_of_data(
-        self, client: aiosmtplib.SMTP, reader: ReplyReader, data: bytes
+        self, client: aiosmtplib.SMTP, reader: ReplyReader, body: bytes
     ) -> Outcome:
         """The body, its final "." and the reply, read strictly (`ReplyReader`) on both paths.
 
@@ -238,7 +241,7 @@ class SmtpMailer:
         neither 250 nor a 4xx/5xx refusal, an unreadable one or none at all leaves it in doubt.
         """
         try:
-            reader.write(_smtp_body(data))
+            reader.write(body)
             reply = await reader.read(self.data_timeout)
         except _NETWORK_ERRORS as exc:
             reader.detach()
@@ -320,9 +323,9 @@ class SmtpMailer:
         client.close()
 
 
-def _smtp_body(data: bytes) -> bytes:
+def _smtp_body(data: bytes, *, canonical: bool = False) -> bytes:
     """`data` with CRLF line ends, dot-stuffed, and the final "." line (RFC 5321 §4.5.2)."""
-    if isinstance(data, Canonical):  # checked where it was built: nothing to change
+    if canonical:  # checked where it was built (`Spliced.canonical`): nothing to change
         return data + b".\r\n"
     body = data
     # The regexes cost ~0.3 ms on a 40 KB digest; our own messages need neither (CRLF only, and

@@ -10,7 +10,7 @@ import sqlite3
 import zlib
 from collections.abc import Sequence
 
-from digestd.core.model import Part, Spliced
+from digestd.mail.parts import Part, Spliced
 from digestd.store.sqlite.database import Database
 from digestd.store.sqlite.values import chunks, marks
 
@@ -22,6 +22,9 @@ _BODY_COLUMNS = (
     "COALESCE(b.data, o.data) AS data, COALESCE(b.zlib, 0) AS zlib,"
     " COALESCE(b.canonical, 0) AS canonical"
 )
+
+
+Body = tuple[bytes, bool]  # a message's whole bytes and whether they are canonical
 
 
 def queue_body(db: Database, outbox_id: int, data: bytes | Spliced) -> None:
@@ -62,8 +65,9 @@ class PartCache:
         return found
 
 
-def read_bodies(db: sqlite3.Connection, ids: Sequence[int], cache: PartCache) -> dict[int, bytes]:
-    """The message bytes of outbox rows `ids` that have any, their shared parts spliced in."""
+def read_bodies(db: sqlite3.Connection, ids: Sequence[int], cache: PartCache) -> dict[int, Body]:
+    """The message bytes of outbox rows `ids` that have any, their shared parts spliced in, each with
+    whether it is canonical (needs no dot-stuffing)."""
     rows: list[sqlite3.Row] = []
     recipes: dict[int, list[tuple[int, str]]] = {}
     for chunk in chunks(ids):
@@ -88,10 +92,10 @@ def read_bodies(db: sqlite3.Connection, ids: Sequence[int], cache: PartCache) ->
     }
 
 
-def _whole(data: bytes, packed: int, canonical: int, parts: Sequence[tuple[int, Part]]) -> bytes:
+def _whole(data: bytes, packed: int, canonical: int, parts: Sequence[tuple[int, Part]]) -> Body:
     # zlib: rows an earlier `enqueue(compressed=True)` wrote; nothing writes them now.
     plain = zlib.decompress(data) if packed else bytes(data)
-    return Spliced(plain, tuple(parts), bool(canonical)).whole()
+    return Spliced(plain, tuple(parts)).whole(), bool(canonical)
 
 
 def drop_bodies(db: sqlite3.Connection, ids: Sequence[int]) -> int:

@@ -199,7 +199,7 @@ def _migration_6(db: sqlite3.Connection) -> None:
 
 
 def _migration_7(db: sqlite3.Connection) -> None:
-    """Whether a body is known to need no dot-stuffing (`model.Canonical`), as checked by the
+    """Whether a body is known to need no dot-stuffing (`Spliced.canonical`), as checked by the
     compose worker that built it; rows from before are checked when sent, as always."""
     db.execute("ALTER TABLE outbox_bodies ADD COLUMN canonical INTEGER NOT NULL DEFAULT 0")
 

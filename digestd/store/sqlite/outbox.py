@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import cast
 
 from digestd.core.addresses import address_key
-from digestd.core.model import Spliced
+from digestd.mail.parts import Spliced
 from digestd.store.protocols import LedgerConflict, OutboxKind, OutboxRow
-from digestd.store.sqlite.bodies import PartCache, queue_body, read_bodies
+from digestd.store.sqlite.bodies import Body, PartCache, queue_body, read_bodies
 from digestd.store.sqlite.database import Database
 from digestd.store.sqlite.outcomes import SqliteOutcomes
 from digestd.store.sqlite.pruning import PRUNE_ROWS, prune_outbox
@@ -28,7 +28,7 @@ _CLAIMABLE = ("queued", "deferred", "in_doubt")
 _PENDING = ("queued", "sending", "deferred", "in_doubt")
 
 
-def _outbox_from_row(row: sqlite3.Row, *, attempts: int, data: bytes = b"") -> OutboxRow:
+def _outbox_from_row(row: sqlite3.Row, *, attempts: int, body: Body = (b"", False)) -> OutboxRow:
     return OutboxRow(
         id=row["id"],
         subscriber=row["subscriber"],
@@ -36,10 +36,11 @@ def _outbox_from_row(row: sqlite3.Row, *, attempts: int, data: bytes = b"") -> O
         period=row["period"],
         message_id=row["message_id"],
         sender=row["sender"],
-        data=data,
+        data=body[0],
         attempts=attempts,
         state=row["state"],
         suppressed=bool(row["suppressed"]),
+        canonical=body[1],
     )
 
 
@@ -70,7 +71,7 @@ class SqliteOutbox(SqliteOutcomes):
 
         `data=None` records an empty period (state 'empty') so it is not composed again.
         `data` may come `Spliced`: its parts are stored once however many messages share them,
-        and claims hand out the whole message (`Canonical` if it was marked so).
+        and claims hand out the whole message (`OutboxRow.canonical` if it was marked so).
         Returns the outbox id, or None, changing nothing, when (subscriber, kind, period) exists.
 
         :raises ValueError: `data` is None but `paper_ids` is not empty.
@@ -177,7 +178,7 @@ class SqliteOutbox(SqliteOutcomes):
         with self._db.write() as db:
             ids = _due_ids(db, stamp, limit)
             rows = _rows_by_id(db, ids)
-            data = read_bodies(db, ids, self._parts) if bodies else dict.fromkeys(ids, b"")
+            data = read_bodies(db, ids, self._parts) if bodies else dict.fromkeys(ids, (b"", False))
             db.executemany(
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ?",
@@ -185,7 +186,7 @@ class SqliteOutbox(SqliteOutcomes):
             )
             # A row without bytes raises here (KeyError), inside the claim: it stays queued.
             return [
-                _outbox_from_row(row, attempts=row["attempts"] + 1, data=data[row["id"]])
+                _outbox_from_row(row, attempts=row["attempts"] + 1, body=data[row["id"]])
                 for row in rows
             ]
 
@@ -196,7 +197,7 @@ class SqliteOutbox(SqliteOutcomes):
         """
         with self._db.read() as db:
             found = read_bodies(db, [row.id for row in rows], self._parts)
-        return [replace(row, data=found[row.id]) for row in rows]
+        return [replace(row, data=found[row.id][0], canonical=found[row.id][1]) for row in rows]
 
     def unclaim(self, rows: Iterable[OutboxRow]) -> int:
         """Give claimed rows that were never handed to a mailer back their state and attempt."""
