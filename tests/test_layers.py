@@ -149,3 +149,18 @@ def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["pipeline", "service"])
 def test_named_packages_exist(name: str) -> None:
     assert (PACKAGE / name / "__init__.py").exists()
+
+
+def test_tests_mirror_the_packages() -> None:
+    """Each folder of tests is named after the package it tests; project-wide checks stay at the top."""
+    tests = Path(__file__).parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    assert folders <= set(LAYERS), (
+        f"test folders without a package: {sorted(folders - set(LAYERS))}"
+    )
+    assert sorted(p.name for p in tests.glob("test_*.py")) == [
+        "test_architecture.py",
+        "test_bench_smoke.py",
+        "test_layers.py",
+        "test_toolchain.py",
+    ]

@@ -14,7 +14,7 @@ from digestd.core.text import make_term
 from digestd.rules.query import And, Compare, Name, Or, Text
 from digestd.rules.subscribers import _validate, load_subscribers
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def problems(text: str) -> list[str]:

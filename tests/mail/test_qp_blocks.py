@@ -17,7 +17,7 @@ from digestd.mail.render import RenderContext, make_environments
 from digestd.mail.shapes import render_personal
 from digestd.sources.hf_json import parse_hf_daily
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def qp(content: str) -> bytes:

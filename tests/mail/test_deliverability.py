@@ -27,7 +27,7 @@ from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 KEY = FIXTURES / "dkim_test_key.pem"  # a throw-away 2048-bit key made for these tests only
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 DKIM = DkimSettings(selector="s2026", domain="example.org", key_file=KEY)

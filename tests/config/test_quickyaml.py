@@ -17,7 +17,7 @@ from digestd.core.errors import ConfigError
 from digestd.rules import subscribers as rules
 from digestd.rules.subscribers import _validate, load_subscribers
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pyyaml(text: str) -> object:

@@ -27,7 +27,7 @@ from digestd.mail.empty_note import SourceActivity, empty_note
 from digestd.service.routes import web_page
 from digestd.store.sqlite import Store
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 LATEX_TITLE = r"M$^3$ViT: Mixture-of-Experts Vision Transformer with $\alpha$-Blending"
 LATEX_ABSTRACT = (

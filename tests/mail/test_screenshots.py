@@ -15,7 +15,7 @@ from digestd.core.model import Digest, Match, Paper, Reason, Subscriber
 from digestd.mail.render import RenderContext, make_environments, render_digest
 from digestd.sources.hf_json import parse_hf_daily
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [

@@ -21,7 +21,7 @@ import pytest
 from daemonproc import daemon, wait_for
 from scriptedsmtp import TEN_MB_LINE, Fault, ScriptedRelay
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 EMAILS = [f"r{i}@example.org" for i in range(6)]
 
 

@@ -32,7 +32,7 @@ subscribers:
   - email: bob@example.org
 """
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def problems(text: str) -> list[str]:

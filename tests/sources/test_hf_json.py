@@ -16,7 +16,7 @@ from digestd.core.errors import SourceError
 from digestd.core.model import ParseResult
 from digestd.sources.hf_json import merge_results, parse_hf_daily, parse_page
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 REAL = FIXTURES / "hf_daily_papers_real_sample.json"
 SEED = FIXTURES / "hf_daily_papers_seed.json"
 

@@ -19,7 +19,7 @@ from digestd.mail.render import (
 )
 from digestd.sources.hf_json import parse_hf_daily
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 CTX = RenderContext(
     site_name="Paper Digest",
     date_label="Friday 27 November 2026",

@@ -14,7 +14,7 @@ from digestd.sources.arxiv_xml import ANNOUNCE_TYPES, parse_arxiv_api, parse_arx
 from digestd.sources.feed_xml import parse_feed
 from digestd.sources.xmlfeed import arxiv_id_of_url, check_xml, find_arxiv_id, split_version
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def fixture(name: str) -> bytes:

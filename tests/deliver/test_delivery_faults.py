@@ -31,7 +31,7 @@ from digestd.sources import FileSource
 from digestd.store.sqlite import Store
 from digestd.store.sqlite.outbox import SqliteOutbox
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday
 LATER = T0 + timedelta(days=1)  # past any backoff
 

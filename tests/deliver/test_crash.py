@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from smtpserver import SMTPTestServer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 RECIPIENTS = 2000
 CONNECTIONS = 2
 KILLS = int(os.environ.get("DIGESTD_CRASH_KILLS", "5"))

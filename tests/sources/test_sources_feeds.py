@@ -19,7 +19,7 @@ from digestd.sources.arxiv_rss import ArxivRssSource
 from digestd.sources.feed import FeedSource
 from digestd.sources.http import HttpGetter, Throttle
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW = datetime(2026, 8, 12, 9, 0, tzinfo=UTC)
 API = "/api/query"
 ATOM_HEAD = (FIXTURES / "arxiv_api_query.xml").read_text().split("<entry>")[0]

@@ -383,7 +383,7 @@ def test_the_unit_file_verifies(tmp_path: Path) -> None:
     analyze = "/usr/bin/systemd-analyze"
     if not Path(analyze).exists():
         pytest.skip("systemd-analyze is not installed")
-    unit = (Path(__file__).parent.parent / "config" / "digestd.service").read_text()
+    unit = (Path(__file__).parents[2] / "config" / "digestd.service").read_text()
     # verify insists that ExecStart exists: point it at this checkout's entry point.
     exe = Path(sys.executable).parent / "digestd"
     unit = unit.replace("/opt/digestd/bin/digestd", str(exe))

@@ -178,13 +178,13 @@ def test_bad_durations(text: str) -> None:
 @pytest.mark.parametrize("name", ["config/digestd.example.yaml", "config/demo/digestd.yaml"])
 def test_shipped_settings_files_validate(name: str) -> None:
     """The files an admin starts from must load as they are."""
-    settings = load_settings(Path(__file__).resolve().parent.parent / name)
+    settings = load_settings(Path(__file__).resolve().parents[2] / name)
     assert settings.all_sources()
 
 
 def test_readme_configuration_block_validates(tmp_path: Path) -> None:
     """The first `# digestd.yaml` block of the README is what newcomers copy: it must load."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = readme.split("```yaml\n# digestd.yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "smtp_password").write_text("x")
     settings = load_settings(write(tmp_path, block))

@@ -31,7 +31,7 @@ from digestd.sources.feed import FeedSource
 from digestd.sources.http import HttpGetter
 from digestd.store.sqlite import Store
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW = datetime(2026, 8, 12, 9, 0, tzinfo=UTC)
 EVERYTHING = "subscribers:\n  - email: bob@example.org\n    max_papers: 50\n"
 
@@ -400,7 +400,7 @@ async def test_daemon_schedules_each_source_at_its_own_interval(
 
 
 def test_the_readme_config_with_several_sources_loads(tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     block = readme.split("### Several sources, one paper")[1].split("```yaml\n")[1].split("```")[0]
     path = tmp_path / "digestd.yaml"
     path.write_text(block)

@@ -23,7 +23,7 @@ from digestd.rules.subscribers import load_subscribers
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 MON_0600 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday
 
 SUBSCRIBERS = """\

@@ -20,8 +20,8 @@ from daemonproc import NotifyListener
 from httpserver import LocalHTTPServer
 from smtpserver import SMTPTestServer
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 HOSTILE_TITLE = "<script>alert(1)</script> KV-Cache tricks\r\nBcc: evil@attacker.example =?UTF-8?Q?=0A?=Bcc: x@y"
 
 SUBSCRIBERS = """\

@@ -26,7 +26,7 @@ from digestd.sources import (
 )
 from digestd.sources.huggingface import HF_ACCEPT, HF_MAX_BODY
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 REAL = FIXTURES / "hf_daily_papers_real_sample.json"
 SEED = FIXTURES / "hf_daily_papers_seed.json"
 PATH = "/api/daily_papers"

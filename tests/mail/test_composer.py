@@ -24,7 +24,7 @@ from digestd.mail.webcopy import fill_page
 from digestd.mail.workers import Composer, MailJob, WebCopy, assemble, composer, template_dirs
 from digestd.sources.hf_json import parse_hf_daily
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 NAMES = [None, "Ann", "Zoë Ünicode", "O'Brien", 'Eve <b>"x"</b> & co']
 

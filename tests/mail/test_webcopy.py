@@ -21,7 +21,7 @@ from digestd.service.routes import web_page
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 SUBSCRIBERS = """\
 subscribers:

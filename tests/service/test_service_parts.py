@@ -269,7 +269,7 @@ def test_load_config_refuses_a_broken_subscribers_file(tmp_path: Path) -> None:
 
 
 def test_idle_memory_bench_prints_one_json_line() -> None:
-    bench = Path(__file__).resolve().parent.parent / "bench" / "idle_memory.py"
+    bench = Path(__file__).resolve().parents[2] / "bench" / "idle_memory.py"
     result = subprocess.run(
         [sys.executable, str(bench), "--subscribers", "20", "--runs", "1", "--settle", "0.1"],
         capture_output=True, text=True, timeout=60,

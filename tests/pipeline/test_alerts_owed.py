@@ -30,7 +30,7 @@ from digestd.rules import matcher as index
 from digestd.sources import FileSource
 from digestd.store.sqlite import Store
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 GOOD = ["alice@example.org", "bob@example.org", "carol@example.org"]
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 

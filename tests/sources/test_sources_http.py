@@ -32,7 +32,7 @@ from digestd.sources.base import Source
 from digestd.sources.feed import FeedSource
 from digestd.sources.huggingface import HF_ACCEPT, HuggingFaceSource
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW = datetime(2026, 8, 12, 9, 0, tzinfo=UTC)
 SECRET = "s3cr3t-pw-4711"  # the password in every source URL's userinfo
 TOKEN = "hf_tok3n_0815"  # Hugging Face's bearer token
