@@ -7,6 +7,7 @@ and the pipeline (which key a subscriber by `address_key`). Pure: no I/O, no clo
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import NoReturn
@@ -64,10 +65,11 @@ def check_address(address: str) -> str:
         raise ValueError(f"{shown!r} is not a valid email address ({exc})") from None
 
 
+@functools.lru_cache(maxsize=1024)  # the sender's address is checked for every message
 def _checked_address(addr: str) -> str:
     if len(addr) > 254:
         _refuse("longer than 254 characters")
-    hidden = next((c for c in addr if unicodedata.category(c)[0] in "CZ" and c != " "), None)
+    hidden = _hidden(addr)
     if hidden is not None:  # U+200B and friends: invisible in the file, fatal in a header
         _refuse(f"it contains U+{ord(hidden):04X}, an invisible or control character")
     local, at, domain = addr.rpartition("@")
@@ -86,6 +88,17 @@ def _checked_address(addr: str) -> str:
     if len(result) > 254:
         _refuse("longer than 254 characters")
     return result
+
+
+def _hidden(addr: str) -> str | None:
+    """The first invisible or control character (Unicode categories C and Z, bar the space)."""
+    if addr.isascii():  # the common case, 6 per message: in ASCII those are exactly the controls
+        found = _ASCII_CONTROL.search(addr)
+        return found.group() if found else None
+    return next((c for c in addr if unicodedata.category(c)[0] in "CZ" and c != " "), None)
+
+
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _refuse(reason: str) -> NoReturn:
