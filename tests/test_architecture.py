@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import digestd
-
-PACKAGE = Path(digestd.__file__).parent
+# The source tree beside these tests, not the installed copy (CI installs a wheel): the checks are
+# about the code in this checkout, and ARCHITECTURE.md sits at its root.
+PACKAGE = Path(__file__).resolve().parents[1] / "digestd"
 PURE = [
     "mail/parts.py",
     "mail/assemble.py",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import digestd
-
-PACKAGE = Path(digestd.__file__).parent
+# The source tree beside these tests, not the installed copy (CI installs a wheel): the checks are
+# about the code in this checkout, and ARCHITECTURE.md sits at its root.
+PACKAGE = Path(__file__).resolve().parents[1] / "digestd"
 
 # Lower numbers may be imported by higher ones, never the other way round; equal layers may import
 # each other as long as no cycle forms.
