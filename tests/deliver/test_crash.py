@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scenes import file_smtp_scene
 from smtpserver import SMTPTestServer
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -31,30 +32,11 @@ ALERT_RECIPIENTS = 400
 
 
 def setup(tmp_path: Path, port: int, *, alerts: bool = False, recipients: int = RECIPIENTS) -> Path:
-    items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())[:3]
-    (tmp_path / "papers.json").write_text(json.dumps(items))
     rules = "\n  rules:\n    - min_upvotes: 0\n      alert: true" if alerts else ""
     lines = [f"defaults:\n  max_papers: 3{rules}\nsubscribers:"]
     lines += [f"  - email: c{i}@example.org" for i in range(recipients)]
-    (tmp_path / "subscribers.yaml").write_text("\n".join(lines) + "\n")
-    config = tmp_path / "digestd.yaml"
-    config.write_text(
-        f"""\
-source: {{kind: file, url: papers.json}}
-state: state.sqlite3
-delivery:
-  kind: smtp
-  host: 127.0.0.1
-  port: {port}
-  security: none
-  timeout: 5s
-  connections: {CONNECTIONS}
-  from: "Paper Digest <digest@example.org>"
-subscribers: subscribers.yaml
-lookback: 3650d
-"""
-    )
-    return config
+    delivery = f"  timeout: 5s\n  connections: {CONNECTIONS}\n"
+    return file_smtp_scene(tmp_path, port, "\n".join(lines) + "\n", delivery=delivery)
 
 
 def start(config: Path) -> subprocess.Popen[bytes]:

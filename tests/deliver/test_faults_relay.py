@@ -9,7 +9,6 @@ Per recipient: nothing lost, and any duplicate carries the same Message-ID.
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from daemonproc import daemon, wait_for
+from scenes import file_smtp_scene
 from scriptedsmtp import TEN_MB_LINE, Fault, ScriptedRelay
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -35,30 +35,13 @@ def relay(request: pytest.FixtureRequest) -> Iterator[ScriptedRelay]:
 
 
 def setup(tmp_path: Path, port: int, emails: list[str], *, alerts: bool = False) -> Path:
-    items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())[:3]
-    (tmp_path / "papers.json").write_text(json.dumps(items))
     rule = '\n    rules: [{any: ["accelerator"], alert: true}]' if alerts else ""
     lines = ["defaults:\n  max_papers: 3\nsubscribers:"]
     lines += [f"  - email: {e}{rule}" for e in emails]
-    (tmp_path / "subscribers.yaml").write_text("\n".join(lines) + "\n")
-    config = tmp_path / "digestd.yaml"
-    config.write_text(
-        f"""\
-source: {{kind: file, url: papers.json, poll_every: 1h}}
-state: state.sqlite3
-delivery:
-  kind: smtp
-  host: 127.0.0.1
-  port: {port}
-  security: none
-  timeout: 2s
-  data_timeout: 3s
-  from: "Paper Digest <digest@example.org>"
-subscribers: subscribers.yaml
-lookback: 3650d
-"""
+    delivery = "  timeout: 2s\n  data_timeout: 3s\n"
+    return file_smtp_scene(
+        tmp_path, port, "\n".join(lines) + "\n", source=", poll_every: 1h", delivery=delivery
     )
-    return config
 
 
 def run_once(config: Path) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from daemonproc import daemon, wait_for
+from scenes import file_smtp_scene
 from smtpserver import SMTPTestServer
 
 from digestd import pipeline
@@ -49,29 +50,9 @@ runpy.run_module("digestd", run_name="__main__")
 def write_files(
     tmp_path: Path, port: int, emails: list[str], *, sender: str = "Paper Digest <d@example.org>"
 ) -> Path:
-    items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())[:3]
-    (tmp_path / "papers.json").write_text(json.dumps(items))
     lines = ["defaults:\n  rules:\n    - min_upvotes: 0\n      alert: true\nsubscribers:"]
     lines += [f'  - email: "{e}"' for e in emails]
-    (tmp_path / "subscribers.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = tmp_path / "digestd.yaml"
-    config.write_text(
-        f"""\
-source: {{kind: file, url: papers.json}}
-state: state.sqlite3
-delivery:
-  kind: smtp
-  host: 127.0.0.1
-  port: {port}
-  security: none
-  timeout: 5s
-  from: "{sender}"
-subscribers: subscribers.yaml
-lookback: 3650d
-""",
-        encoding="utf-8",
-    )
-    return config
+    return file_smtp_scene(tmp_path, port, "\n".join(lines) + "\n", sender=sender)
 
 
 def digestd(config: Path, *args: str, fault: bool = False) -> subprocess.CompletedProcess[str]:
