@@ -10,10 +10,13 @@ on hostile input: a message too large, malformed or of another kind is `ignored`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email
 import email.message
 import email.policy
 import email.utils
+import quopri
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -26,6 +29,7 @@ ReportKind = Literal["permanent", "temporary", "complaint", "ignored"]
 MAX_BYTES = 2 * 1024 * 1024  # a DSN carries our message back (~40 KB); more is not a bounce of ours
 _MAX_PARTS = 200  # a MIME tree wider or deeper than this is hostile, not a report
 _STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+_ENCODED = ("base64", "quoted-printable")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -89,32 +93,43 @@ def _header_text(parts: list[email.message.Message]) -> str:
     for part in parts:
         texts.extend(f"{name}: {value}" for name, value in part.items())
         if part.get_content_type() == "text/rfc822-headers":
-            texts.append(_text(part))
+            encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+            text = _text(part)
+            texts.append(_decode(text, encoding) if encoding in _ENCODED else text)
     return "\n".join(str(t) for t in texts)
 
 
 def _field_blocks(part: email.message.Message) -> list[email.message.Message]:
     """The groups of fields in a delivery-status or feedback-report part, however it was sent.
 
-    The email package splits an unencoded delivery-status into one `Message` per group; anything
-    else (base64 or quoted-printable, as some webmails send it) is decoded and split here.
+    The email package splits a delivery-status into one `Message` per group, even when it is
+    base64 or quoted-printable (as some webmails send it): then the text is decoded and split here.
     """
     payload = part.get_payload()
-    if isinstance(payload, list) and part.get("content-transfer-encoding") is None:
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if isinstance(payload, list) and encoding not in _ENCODED:
         return [p for p in payload if isinstance(p, email.message.Message)]
     text = _text(part)
+    if encoding in _ENCODED:
+        text = _decode(text, encoding)
     blocks = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
     return [email.message_from_string(block.strip() + "\n") for block in blocks if block.strip()]
+
+
+def _decode(text: str, encoding: str) -> str:
+    raw = text.encode("ascii", errors="ignore")
+    try:
+        data = base64.b64decode(raw) if encoding == "base64" else quopri.decodestring(raw)
+    except (ValueError, binascii.Error):
+        return ""
+    return data.decode("utf-8", errors="replace")
 
 
 def _text(part: email.message.Message) -> str:
     payload = part.get_payload()
     if isinstance(payload, list):
         return "\n\n".join(p.as_string() for p in payload if isinstance(p, email.message.Message))
-    raw = part.get_payload(decode=True)
-    if not isinstance(raw, bytes):
-        return str(payload)
-    return raw.decode("utf-8", errors="replace")
+    return str(payload)
 
 
 def _delivery_status(parts: list[email.message.Message], tokens: tuple[str, ...]) -> Report:

@@ -27,7 +27,7 @@ def verp_tokens(base: str, text: str) -> list[str]:
     """Every `base`-shaped VERP token in `text`, in order of appearance, each once."""
     local, _, domain = base.rpartition("@")
     pattern = re.compile(
-        rf"(?<![\w.+-]){re.escape(local)}\+({_TOKEN_CHARS})@{re.escape(domain)}(?![\w-])",
+        rf"(?<![\w.+-]){re.escape(local)}\+({_TOKEN_CHARS})@{re.escape(domain)}(?![\w-]|\.\w)",
         re.IGNORECASE,
     )
     return list(dict.fromkeys(m.group(1).lower() for m in pattern.finditer(text)))
