@@ -90,16 +90,11 @@ class ImapInbox:
         uid = int(item.key)
         with self._guard("update"):
             client = self._connect()
-            client.add_flags([uid], [KEYWORD])
-            if not handled:
-                return
-            if self.processed == "delete":
-                client.delete_messages([uid])
-                client.expunge()
-            elif self.processed == "move":
+            client.add_flags([uid], [KEYWORD, b"\\Seen"] if handled else [KEYWORD])
+            if handled and self.processed == "delete":
+                _delete(client, uid)
+            elif handled and self.processed == "move":
                 self._move(client, uid)
-            else:
-                client.add_flags([uid], [b"\\Seen"])
 
     def _move(self, client: IMAPClient, uid: int) -> None:
         if not client.folder_exists(self.move_to):
@@ -108,8 +103,7 @@ class ImapInbox:
             client.move([uid], self.move_to)
             return
         client.copy([uid], self.move_to)
-        client.delete_messages([uid])
-        client.expunge()
+        _delete(client, uid)
 
     @contextlib.contextmanager
     def _guard(self, step: str) -> Iterator[None]:
@@ -156,3 +150,12 @@ class ImapInbox:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+def _delete(client: IMAPClient, uid: int) -> None:
+    """Expunge this one message: with UIDPLUS only it, not whatever else the admin marked."""
+    client.delete_messages([uid])
+    if client.has_capability("UIDPLUS"):
+        client.expunge([uid])
+    else:
+        client.expunge()
