@@ -47,7 +47,8 @@ class BounceReader:
             )  # fmt: skip
 
     async def read(self, deps: Deps, *, now: datetime) -> BounceTally:
-        """Every inbox once; an inbox that fails is logged and skipped until the next run."""
+        """Every inbox once; an inbox that fails is logged and skipped until the next run.
+        Each is closed afterwards (a logout takes a moment; it is not worth a held session)."""
         total = BounceTally()
         key = bounce_key(deps.options.secret or deps.store.secret())
         for inbox in self.inboxes:
@@ -59,6 +60,8 @@ class BounceReader:
             except (ImapError, OSError) as exc:
                 log.warning("bounces not read inbox=%r error=%s", inbox, exc)
                 continue
+            finally:
+                inbox.close()  # one IMAP session per run: nothing held open between runs
             for name in total.__slots__:
                 setattr(total, name, getattr(total, name) + getattr(tally, name))
         if total.read:
