@@ -112,6 +112,20 @@ class Settings(BaseSettings):
         path = d.password_file or _credential("smtp_password")
         return path.read_text(encoding="utf-8").strip() if path else None
 
+    def bounce_warnings(self) -> list[str]:
+        """What `digestd check` says when VERP and the bounce inboxes do not go together."""
+        if self.delivery.verp and not self.bounces.enabled:
+            return [
+                f"! delivery.verp is set but no bounces.maildir or bounces.imap: bounces to "
+                f"{self.delivery.verp} are never read"
+            ]
+        if self.bounces.enabled and not self.delivery.verp:
+            return [
+                "! bounces are read but delivery.verp is not set: no bounce can be matched to its "
+                "message, so every one is ignored"
+            ]
+        return []
+
     def imap_password(self) -> str | None:
         """The bounce mailbox's IMAP password (environment or `password_file`); None: no IMAP.
 

@@ -88,3 +88,13 @@ def test_an_unreadable_password_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         s.imap_password()
     assert "bounces.imap.password_file" in str(raised.value)
+
+
+def test_check_warns_when_verp_and_the_inboxes_do_not_go_together(tmp_path: Path) -> None:
+    assert load(tmp_path, "").bounce_warnings() == []
+    only_verp = load(tmp_path, "  verp: bounces@lab.example.org\n").bounce_warnings()
+    assert len(only_verp) == 1 and "never read" in only_verp[0]
+    only_inbox = load(tmp_path, "bounces:\n  maildir: b\n").bounce_warnings()
+    assert len(only_inbox) == 1 and "delivery.verp is not set" in only_inbox[0]
+    both = load(tmp_path, "  verp: bounces@lab.example.org\nbounces:\n  maildir: b\n")
+    assert both.bounce_warnings() == []
