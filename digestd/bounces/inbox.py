@@ -62,8 +62,10 @@ class MaildirInbox:
             try:
                 with open(new / name, "rb") as handle:
                     data = handle.read(self.max_bytes + 1)
-            except (FileNotFoundError, IsADirectoryError):
-                continue  # another reader took it, or it is not a message
+            except OSError:
+                # Taken by another reader, not a file, or not readable by us: the others are
+                # still read; an unreadable one stays in new/ for the admin.
+                continue
             found.append(Incoming(name, data))
         return found
 

@@ -165,3 +165,12 @@ def test_a_crash_before_the_mail_was_moved_does_not_strike_twice(
 
 def test_a_missing_maildir_reads_nothing(store: Store, tmp_path: Path) -> None:
     assert read(store, tmp_path / "not-yet").read == 0
+
+
+def test_what_is_not_a_message_file_is_skipped(store: Store, tmp_path: Path) -> None:
+    maildir = tmp_path / "bounces"
+    drop(maildir, "m0", (FIXTURES / "exim_legacy_plain.eml").read_bytes())
+    (maildir / "new" / "a-directory").mkdir()
+    (maildir / "new" / ".hidden").write_bytes(b"x")
+    assert read(store, maildir).read == 1
+    assert files(maildir, "new") == [".hidden", "a-directory"]
