@@ -94,9 +94,10 @@ def _record(
     setattr(tally, event.kind, getattr(tally, event.kind) + 1)
     tally.suspended += result == "suspended"
     tally.suppressed += result == "suppressed"
+    # No address and no diagnostic text (it quotes addresses): the outbox id leads to both.
     log.info(
-        "bounce kind=%s status=%s outbox_id=%s result=%s detail=%s",
-        event.kind, event.status, event.outbox_id, result, event.detail[:200],
+        "bounce kind=%s status=%s outbox_id=%s result=%s",
+        event.kind, event.status, event.outbox_id, result,
     )  # fmt: skip
     return event.kind != "ignored"
 
