@@ -46,6 +46,8 @@ PURE = [
     "core/latex.py",
     "sources/base.py",
     "deliver/transports/base.py",
+    "bounces/verp.py",
+    "bounces/parse.py",
 ]
 # The shells: the only modules that may read the clock (they pass `now` down).
 CLOCK_READERS = {"service/clock.py"}

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "store": 1,
     "mail": 1,
     "deliver": 1,
+    "bounces": 1,  # VERP, DSN/ARF parsing, the bounce mailboxes
     "config": 1,  # reading the files; the pipeline never sees the settings object
     "pipeline": 2,
     "service": 3,

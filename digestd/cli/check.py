@@ -45,7 +45,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             print("\n".join(f"    - {_pairs(v)}" for v in values))
         else:
             print(f"  {section}: {_pairs(values)}")
-    for warning in settings.delivery.warnings():
+    for warning in [*settings.delivery.warnings(), *settings.bounce_warnings()]:
         print(f"  {warning}")
     print(f"subscribers: {settings.subscribers}")
     for key, value in summary.items():

@@ -13,8 +13,10 @@ from digestd.cli.options import Command, config_path, subparser
 from digestd.cli.progress import make_progress
 from digestd.config.settings import Settings
 from digestd.deliver.drain import DeliverReport
+from digestd.pipeline.bounces import BounceTally
 from digestd.service import reload
 from digestd.service import wiring as app
+from digestd.service.bounces import BounceReader
 from digestd.service.clock import utcnow
 from digestd.service.daemon import run_daemon
 from digestd.store.runlock import EXIT_LOCKED, run_lock
@@ -66,6 +68,7 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
     try:
         now = utcnow()
         deps.store.outbox.recover(now=now)
+        bounced = await _read_bounces(deps, settings)  # before composing: suspensions count now
         owed = pipeline.queue_owed_alerts(deps, now=now)  # a poll before a crash still owes them
         ingest = await pipeline.ingest(deps, now=now)
         composed = pipeline.compose(deps, now=now, once=True)
@@ -74,6 +77,11 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
     finally:
         progress.close()
         await app.close(deps)
+    if bounced is not None:
+        print(
+            f"bounces: read {bounced.read} ({bounced.permanent} permanent, {bounced.temporary}"
+            f" temporary, {bounced.complaint} complaints, {bounced.ignored} ignored)"
+        )
     print(
         f"polled {ingest.n_items} papers ({ingest.n_new} new); "
         f"queued {owed + ingest.n_alerts} alert(s) and {composed.n_queued} digest(s); "
@@ -84,6 +92,16 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
             f"mail delivered to the Maildir {settings.delivery.path} (new/ holds one file a message)"
         )
     return _once_exit(ingest, sent, pending)
+
+
+async def _read_bounces(deps: pipeline.Deps, settings: Settings) -> BounceTally | None:
+    if not settings.bounces.enabled:
+        return None
+    reader = BounceReader(settings)
+    try:
+        return await reader.read(deps, now=utcnow())
+    finally:
+        reader.close()
 
 
 def _once_exit(ingest: pipeline.IngestReport, sent: DeliverReport, pending: int) -> int:

@@ -37,9 +37,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
         status = replace(store.status(), sources=store.polls.source_status(names))
         suppressed = store.subscribers.suppressions()
+        bounces = store.bounces.counts()
     print(f"state:       {settings.state}")
     print(format_status(status))
     print(format_sources(status.sources))
+    print(
+        f"bounces:     {bounces['permanent']} permanent, {bounces['temporary']} temporary, "
+        f"{bounces['complaint']} complaints, {bounces['ignored']} ignored (not ours or unreadable)"
+    )
     print(f"unsubscribed: {len(suppressed)}")
     for s in suppressed:
         print(f"  {s.email} since {s.at.isoformat(timespec='seconds')} via {s.via}")

@@ -28,10 +28,12 @@ __all__ = [
     "HF_URL",
     "AlertSettings",
     "AnnounceType",
+    "BounceSettings",
     "DeliverySettings",
     "DkimSettings",
     "Duration",
     "HttpSettings",
+    "ImapSettings",
     "SourceKind",
     "SourceSettings",
     "format_duration",
@@ -169,6 +171,20 @@ def validate_mailbox(value: str) -> str:
     return f'"{quoted}" <{addr}>'
 
 
+def check_verp(value: str) -> str:
+    """The VERP base address: plain, without '+', short enough for the token.
+
+    :raises ValueError: otherwise.
+    """
+    address = check_address(value)
+    local = address.rpartition("@")[0]
+    if "+" in local:
+        raise ValueError("must not contain '+': digestd adds '+TOKEN' to it itself")
+    if len(local) > 31:  # RFC 5321: a local part has at most 64 octets; the token takes 33
+        raise ValueError("its local part must be at most 31 characters")
+    return address
+
+
 class DeliverySettings(_Section):
     kind: Literal["smtp", "maildir"] = "smtp"
     host: str = "localhost"
@@ -202,6 +218,8 @@ class DeliverySettings(_Section):
     # (and defaults to the From address).
     unsubscribe_mailto: Annotated[str, AfterValidator(check_address)] | None = None
     dkim: DkimSettings | None = None
+    # VERP: each message's envelope sender is bounces+TOKEN@domain, so a bounce names its message.
+    verp: Annotated[str, AfterValidator(check_verp)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DeliverySettings:
@@ -265,3 +283,43 @@ class AlertSettings(_Section):
 
     source_down_after: Duration = timedelta(hours=2)  # polls failing for this long
     delivery_failures: int = Field(5, ge=1)  # this many sends in a row not accepted
+
+
+class ImapSettings(_Section):
+    """An IMAP mailbox bounces arrive in; the password from `password_file` or
+    DIGESTD_BOUNCES__IMAP__PASSWORD, never from the settings file's text alone."""
+
+    host: str
+    port: int = Field(993, ge=1, le=65535)
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    folder: str = "INBOX"
+    ca_file: Path | None = None  # a private CA's certificate, e.g. a self-signed server's
+    validate_certs: bool = True
+    timeout: Annotated[Duration, AfterValidator(_positive)] = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _check(self) -> ImapSettings:
+        if self.password is None and self.password_file is None:
+            raise ValueError("set password_file (or DIGESTD_BOUNCES__IMAP__PASSWORD)")
+        if self.security == "none" and self.host not in ("localhost", "127.0.0.1", "::1"):
+            raise ValueError("security none sends the password in the clear: only to localhost")
+        return self
+
+
+class BounceSettings(_Section):
+    """Where bounces and complaints arrive (a Maildir, an IMAP folder, or both) and how often
+    they are read; nothing is read when neither is set."""
+
+    maildir: Path | None = None
+    imap: ImapSettings | None = None
+    check_every: Annotated[Duration, AfterValidator(_positive)] = timedelta(minutes=5)
+    processed: Literal["flag", "move", "delete"] = "flag"  # what becomes of a handled message
+    move_to: str = Field("Processed", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+    max_bytes: int = Field(2 * 1024 * 1024, ge=4096, description="a larger message is ignored")
+
+    @property
+    def enabled(self) -> bool:
+        return self.maildir is not None or self.imap is not None

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from digestd.config.positions import allowed_keys, decode, load_yaml, problems_from_validation
 from digestd.config.sections import (
     AlertSettings,
+    BounceSettings,
     DeliverySettings,
     Duration,
     HttpSettings,
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
     # Addresses that get one mail when the source or delivery breaks down, and one when it recovers.
     admins: list[Annotated[str, AfterValidator(check_address)]] = Field(default_factory=list)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    bounces: BounceSettings = Field(default_factory=BounceSettings)
     # How often the daemon looks at both files' mtimes to reload by itself; 0 turns it off (SIGHUP
     # still reloads).
     config_check_every: Duration = timedelta(seconds=5)
@@ -110,6 +112,39 @@ class Settings(BaseSettings):
         path = d.password_file or _credential("smtp_password")
         return path.read_text(encoding="utf-8").strip() if path else None
 
+    def bounce_warnings(self) -> list[str]:
+        """What `digestd check` says when VERP and the bounce inboxes do not go together."""
+        if self.delivery.verp and not self.bounces.enabled:
+            return [
+                f"! delivery.verp is set but no bounces.maildir or bounces.imap: bounces to "
+                f"{self.delivery.verp} are never read"
+            ]
+        if self.bounces.enabled and not self.delivery.verp:
+            return [
+                "! bounces are read but delivery.verp is not set: no bounce can be matched to its "
+                "message, so every one is ignored"
+            ]
+        return []
+
+    def imap_password(self) -> str | None:
+        """The bounce mailbox's IMAP password (environment or `password_file`); None: no IMAP.
+
+        :raises ConfigError: when the file cannot be read.
+        """
+        imap = self.bounces.imap
+        if imap is None:
+            return None
+        if imap.password is not None:
+            return imap.password.get_secret_value()
+        path = imap.password_file
+        try:
+            return path.read_text(encoding="utf-8").strip() if path else None
+        except OSError as exc:
+            problem = ConfigProblem(
+                str(path), 1, 1, "bounces.imap.password_file", str(exc.strerror)
+            )
+            raise ConfigError([problem]) from None
+
     def http_secret(self) -> bytes | None:
         """The link-signing secret from the environment, `secret_file` or systemd's credential.
 
@@ -138,6 +173,9 @@ class Settings(BaseSettings):
         for section, key in (("delivery", "password"), ("source", "token"), ("http", "secret")):
             if data[section].get(key) is not None:
                 data[section][key] = "<redacted>"
+        imap = data["bounces"].get("imap")
+        if imap and imap.get("password") is not None:
+            imap["password"] = "<redacted>"
         # One list, whichever form the file used: what will actually be polled.
         data.pop("source", None)
         data["sources"] = [s.model_dump(mode="json") for s in self.all_sources()]
@@ -153,6 +191,8 @@ class Settings(BaseSettings):
         unused = _MAILDIR_ONLY if self.delivery.kind == "smtp" else _SMTP_ONLY
         data["delivery"] = {k: v for k, v in data["delivery"].items() if k not in unused}
         data["sources"] = [_source_in_force(source) for source in data["sources"]]
+        if not self.bounces.enabled:  # no inbox: nothing of the section is in force
+            data.pop("bounces", None)
         return {k: v for k, v in data.items() if v is not None and v != []}  # unset: not in force
 
 
@@ -292,6 +332,14 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         dkim = settings.delivery.dkim
         dkim = dkim.model_copy(update={"key_file": rel(dkim.key_file)})
         delivery = delivery.model_copy(update={"dkim": dkim})
+    bounces = settings.bounces
+    if bounces.maildir is not None:
+        bounces = bounces.model_copy(update={"maildir": rel(bounces.maildir)})
+    if bounces.imap is not None:
+        imap = bounces.imap
+        files = {"password_file": imap.password_file, "ca_file": imap.ca_file}
+        imap = imap.model_copy(update={k: rel(v) for k, v in files.items() if v is not None})
+        bounces = bounces.model_copy(update={"imap": imap})
     http = settings.http
     if http.secret_file is not None:
         http = http.model_copy(update={"secret_file": rel(http.secret_file)})
@@ -311,6 +359,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             "delivery": delivery,
             "source": source,
             "http": http,
+            "bounces": bounces,
             "sources": sources,
         }
     )

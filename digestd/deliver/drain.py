@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from digestd.bounces.verp import BOUNCE_PURPOSE, verp_sender
 from digestd.core.model import Outcome
 from digestd.core.observer import Observer
 from digestd.deliver.transports.base import Mailer
+from digestd.mail import linktokens
 from digestd.store.protocols import OutboxRow
 from digestd.store.sqlite import Store
 
@@ -58,6 +60,10 @@ class RetryOptions(Protocol):
     def retry_cap(self) -> timedelta: ...
     @property
     def suspend_after(self) -> int | None: ...
+    @property
+    def verp(self) -> str | None: ...  # VERP base address (bounces@…); None: the row's sender
+    @property
+    def secret(self) -> bytes | None: ...  # None: the store's own
 
 
 class Outlet(Protocol):
@@ -279,10 +285,11 @@ async def drain(
     deps.observer.begin("send", deps.store.outbox.due_count(now=now))
     committer = _Committer(deps, report)
     claimer = _Claimer(committer, now=now, batch=max(1, workers) * _CLAIM_PER_WORKER)
+    envelope = _envelope(deps)
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(max(1, workers)):
-                group.create_task(_worker(deps, claimer, committer, clock))
+                group.create_task(_worker(deps, claimer, committer, clock, envelope))
     finally:
         await claimer.aclose(deps.store)
         await committer.aclose()
@@ -292,8 +299,22 @@ async def drain(
     return report
 
 
+def _envelope(deps: Outlet) -> Callable[[OutboxRow], str]:
+    """Each message's envelope sender: its own VERP address when `verp` is set (a bounce then
+    names the message and address), else the sender it was queued with."""
+    base = deps.options.verp
+    if base is None:
+        return lambda row: row.sender
+    key = linktokens.derive_key(deps.options.secret or deps.store.secret(), BOUNCE_PURPOSE)
+    return lambda row: verp_sender(base, key, row.id, row.subscriber)
+
+
 async def _worker(
-    deps: Outlet, claimer: _Claimer, committer: _Committer, clock: Callable[[], datetime]
+    deps: Outlet,
+    claimer: _Claimer,
+    committer: _Committer,
+    clock: Callable[[], datetime],
+    envelope: Callable[[OutboxRow], str],
 ) -> None:
     while not deps.stopping():
         row = await claimer.next()
@@ -306,7 +327,7 @@ async def _worker(
             log.info("skipped kind=%s period=%s reason=unsubscribed", row.kind, row.period)
             continue
         outcome = await deps.mailer.send(
-            row.sender, row.subscriber, row.data, canonical=row.canonical
+            envelope(row), row.subscriber, row.data, canonical=row.canonical
         )
         await committer.record(row, outcome, clock())
         deps.observer.advance("send")

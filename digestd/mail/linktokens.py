@@ -4,6 +4,9 @@ An unsubscribe token is base64url(subscriber id ‖ HMAC-SHA256(key, id ‖ emai
 readable in it, and the MAC binds the id to the address, so a database rebuilt with other ids cannot
 turn an old link against someone else. A web-copy token is a MAC of the Message-ID: unguessable,
 yet the same on every render, so a retried enqueue stores the same copy under the same name.
+
+A bounce token (VERP, `bounces+TOKEN@domain`) is base32(outbox id ‖ HMAC(key, id ‖ email)[:12]),
+lower-case: an envelope local part may pass through software that folds case, and base32 survives it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import re
 from digestd.core.addresses import address_key
 
 __all__ = [
+    "BounceToken",
     "UnsubscribeToken",
+    "bounce_token",
     "derive_key",
     "is_view_token",
+    "parse_bounce",
     "parse_unsubscribe",
     "unsubscribe_token",
     "view_token",
@@ -29,6 +35,9 @@ _MAC_BYTES = 16  # 128 bits: forging one needs ~2**127 tries, each an HTTP reque
 _UNSUB_LEN = 32  # base64url characters of 24 bytes, no padding
 _VIEW_BYTES = 18
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_BOUNCE_MAC_BYTES = 12  # 96 bits: a forged bounce must come by mail, one guess per message
+_BOUNCE_LEN = 32  # base32 characters of 20 bytes, no padding
+_BOUNCE = re.compile(r"[a-z2-7]{32}")
 
 
 class UnsubscribeToken:
@@ -64,6 +73,38 @@ def parse_unsubscribe(token: str) -> UnsubscribeToken | None:
     if subscriber_id >= 2**63:  # SQLite integers are signed 64-bit; ours are small anyway
         return None
     return UnsubscribeToken(subscriber_id, raw[_ID_BYTES:])
+
+
+class BounceToken:
+    """A decoded, not yet verified bounce token: which outbox message, and the MAC to check."""
+
+    __slots__ = ("mac", "outbox_id")
+
+    def __init__(self, outbox_id: int, mac: bytes) -> None:
+        self.outbox_id = outbox_id
+        self.mac = mac
+
+    def verify(self, key: bytes, email: str) -> bool:
+        """Constant-time: the MAC matches this message id and the address it was sent to."""
+        return hmac.compare_digest(self.mac, _mac(key, self.outbox_id, email)[:_BOUNCE_MAC_BYTES])
+
+
+def bounce_token(key: bytes, outbox_id: int, email: str) -> str:
+    """The VERP token of one message: `key` must be `derive_key(secret, "bounce")`."""
+    raw = outbox_id.to_bytes(_ID_BYTES, "big") + _mac(key, outbox_id, email)[:_BOUNCE_MAC_BYTES]
+    return base64.b32encode(raw).decode("ascii").lower()
+
+
+def parse_bounce(token: str) -> BounceToken | None:
+    """The outbox id and MAC in `token` (any case), or None when it cannot be one of ours."""
+    token = token.lower()
+    if len(token) != _BOUNCE_LEN or not _BOUNCE.fullmatch(token):
+        return None
+    raw = base64.b32decode(token.upper())
+    outbox_id = int.from_bytes(raw[:_ID_BYTES], "big")
+    if outbox_id >= 2**63:
+        return None
+    return BounceToken(outbox_id, raw[_ID_BYTES:])
 
 
 def view_token(key: bytes, message_id: str) -> str:

@@ -42,6 +42,7 @@ class Options:
     connections: int = 1  # parallel senders; the mailer must be a pool at least that large
     suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
     keep_days: int = 7  # then the bytes of a message that ended are dropped (`Store.prune`)
+    verp: str | None = None  # VERP base (bounces@domain): each message's own envelope sender
 
     @property
     def envelope_from(self) -> str:

@@ -23,6 +23,7 @@ from digestd.pipeline import Deps
 from digestd.service import health
 from digestd.service import wiring as app
 from digestd.service.admin_alerts import AdminAlerts, AlertPolicy
+from digestd.service.bounces import schedule_bounces
 from digestd.service.clock import utcnow
 from digestd.service.jobs import Jobs
 from digestd.service.metrics import MeteredMailer, Metrics
@@ -158,6 +159,8 @@ class Daemon:
 
     def _schedule(self) -> None:
         self.schedule.add_all()
+        if self.config is not None:  # the bounce inboxes come from the settings at start-up
+            schedule_bounces(self.schedule, self.deps, self.config.settings)
 
     async def _shutdown(self) -> None:
         # Fetches hold nothing: cancel them. Wait for the job in flight (it stops between

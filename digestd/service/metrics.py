@@ -112,6 +112,12 @@ class _StoreCollector:
         for state in STATES:
             messages.add_metric([state], status.outbox.get(state, 0))
         yield messages
+        bounces = GaugeMetricFamily(
+            "digestd_bounces", "Messages read from the bounce mailbox, by kind", labels=["kind"]
+        )
+        for kind, count in self.store.bounces.counts().items():
+            bounces.add_metric([kind], count)
+        yield bounces
         last_poll = status.last_success_at
         yield _gauge(
             "digestd_last_successful_poll_timestamp_seconds",

@@ -26,7 +26,7 @@ __all__ = ["Changes", "Config", "apply_config", "load_config"]
 log = logging.getLogger(__name__)
 
 # Settings a running daemon cannot take over: they need a restart (logged, not applied).
-_RESTART_ONLY = ("state", "http")
+_RESTART_ONLY = ("state", "http", "bounces")  # bounces: the inboxes are opened at start-up
 
 
 @dataclass(frozen=True, slots=True)

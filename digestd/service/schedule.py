@@ -113,6 +113,10 @@ class Schedule:
             elif job.trigger.interval != trigger.interval:
                 job.reschedule(trigger)
 
+    def locked(self, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """`body` as a job that runs under the work lock (a job added from outside, e.g. bounces)."""
+        return self._job(body)
+
     def _job(self, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         async def job() -> None:
             await self._lock.run(body)

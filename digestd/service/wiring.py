@@ -146,6 +146,7 @@ def options(settings: Settings) -> Options:
         # A Maildir is one local writer: parallel senders would only interleave file writes.
         connections=settings.delivery.connections if settings.delivery.kind == "smtp" else 1,
         suspend_after=settings.delivery.suspend_after,
+        verp=settings.delivery.verp,
         keep_days=settings.delivery.keep_days,
     )
 

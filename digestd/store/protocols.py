@@ -20,6 +20,9 @@ __all__ = [
     "STATES",
     "AlertRepository",
     "AlertState",
+    "BounceEvent",
+    "BounceKind",
+    "BounceRepository",
     "LedgerConflict",
     "OutboxKind",
     "OutboxProblem",
@@ -204,6 +207,22 @@ class StoredWebCopy:
     fills: str | None = None
 
 
+BounceKind = Literal["permanent", "temporary", "complaint", "ignored"]
+
+
+@dataclass(frozen=True, slots=True)
+class BounceEvent:
+    """One message read from the bounce mailbox, as recorded: `digest` (SHA-256 of its bytes)
+    makes it count once; `outbox_id` and `email` are set only when its VERP token verified."""
+
+    digest: str
+    kind: BounceKind
+    outbox_id: int | None = None
+    email: str | None = None
+    status: str | None = None
+    detail: str = ""
+
+
 # Given an address's consecutive hard failures, why it is suspended now, or None (not yet): the
 # caller's policy (`digestd.deliver.drain.suspend_after`), recorded by the outbox.
 SuspendPolicy = Callable[[int], "str | None"]
@@ -346,3 +365,12 @@ class WebCopyRepository(Protocol):
 class AlertRepository(Protocol):
     def state(self, name: str) -> AlertState: ...
     def save(self, state: AlertState, *, at: datetime) -> None: ...
+
+
+class BounceRepository(Protocol):
+    def kind_of(self, digest: str) -> BounceKind | None: ...
+    def recipient_of(self, outbox_id: int) -> str | None: ...
+    def record(
+        self, event: BounceEvent, *, at: datetime, suspend: SuspendPolicy | None
+    ) -> Literal["duplicate", "recorded", "suspended", "suppressed"]: ...
+    def counts(self) -> dict[BounceKind, int]: ...

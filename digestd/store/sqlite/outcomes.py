@@ -42,10 +42,16 @@ class SqliteOutcomes:
             )  # fmt: skip
             # The ledger says "sent" in the very transaction that says the message was sent.
             db.execute("UPDATE deliveries SET sent_at = ? WHERE outbox_id = ?", (stamp, outbox_id))
-            # A message accepted ends the address's run of hard failures.
+            # A message accepted ends the address's run of hard failures; the strikes of bounces
+            # stay (a relay accepts and the mailbox bounces later: its 250 proves nothing).
             db.execute(
-                "DELETE FROM suspensions WHERE suspended_at IS NULL AND email ="
+                "DELETE FROM suspensions WHERE suspended_at IS NULL AND bounces = 0 AND email ="
                 " (SELECT subscriber FROM outbox WHERE id = ?)",
+                (outbox_id,),
+            )
+            db.execute(
+                "UPDATE suspensions SET failures = bounces WHERE suspended_at IS NULL"
+                " AND failures > bounces AND email = (SELECT subscriber FROM outbox WHERE id = ?)",
                 (outbox_id,),
             )
 

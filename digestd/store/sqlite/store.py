@@ -15,6 +15,7 @@ from typing import Self
 
 from digestd.store.protocols import (
     AlertRepository,
+    BounceRepository,
     OutboxRepository,
     PaperRepository,
     PollRepository,
@@ -23,6 +24,7 @@ from digestd.store.protocols import (
     WebCopyRepository,
 )
 from digestd.store.sqlite.alerts import SqliteAlerts
+from digestd.store.sqlite.bounces import SqliteBounces
 from digestd.store.sqlite.database import Database, explain, probe
 from digestd.store.sqlite.migrations import SCHEMA_VERSION
 from digestd.store.sqlite.outbox import SqliteOutbox
@@ -49,6 +51,7 @@ class Store:
         self.outbox: OutboxRepository = SqliteOutbox(self.db)
         self.webcopies: WebCopyRepository = SqliteWebCopies(self.db)
         self.alerts: AlertRepository = SqliteAlerts(self.db)
+        self.bounces: BounceRepository = SqliteBounces(self.db)
 
     def side(self) -> Store:
         """Another connection to this very file, for another thread; never a new empty file.

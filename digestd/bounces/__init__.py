@@ -1,0 +1,1 @@
+"""Bounces and complaints: VERP envelope senders, DSN and ARF parsing, the mailboxes they arrive in."""
