@@ -24,6 +24,7 @@ from digestd.config.sections import (
     DeliverySettings,
     Duration,
     HttpSettings,
+    SignupSettings,
     SourceSettings,
 )
 from digestd.core.addresses import check_address
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
     # Addresses that get one mail when the source or delivery breaks down, and one when it recovers.
     admins: list[Annotated[str, AfterValidator(check_address)]] = Field(default_factory=list)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    signup: SignupSettings = Field(default_factory=SignupSettings)
     # How often the daemon looks at both files' mtimes to reload by itself; 0 turns it off (SIGHUP
     # still reloads).
     config_check_every: Duration = timedelta(seconds=5)

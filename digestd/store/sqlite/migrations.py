@@ -271,6 +271,36 @@ def _migration_11(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_12(db: sqlite3.Connection) -> None:
+    """Readers who subscribe themselves (issue 15): their chosen rules (`spec`, a JSON subscriber
+    entry), pauses of any address (the YAML's readers' too), and when each address was last sent
+    a confirmation mail (the per-address rate limit outlives a removed row on purpose).
+    IF NOT EXISTS: tests make "older" files by dropping later migrations' tables.
+    """
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS readers (
+            email TEXT PRIMARY KEY,
+            name TEXT,
+            spec TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            updated_at TEXT NOT NULL,
+            version INTEGER NOT NULL DEFAULT 1
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS readers_pending ON readers(created_at) WHERE confirmed_at IS NULL")
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS pauses (
+            email TEXT PRIMARY KEY,
+            since TEXT NOT NULL,
+            until TEXT NOT NULL,
+            catch_up INTEGER NOT NULL DEFAULT 0,
+            resumed_at TEXT
+        )"""
+    )
+    db.execute("CREATE TABLE IF NOT EXISTS confirm_sends (email TEXT PRIMARY KEY, at TEXT NOT NULL)")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -283,5 +313,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_9,
     _migration_10,
     _migration_11,
+    _migration_12,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
