@@ -288,7 +288,9 @@ def _migration_12(db: sqlite3.Connection) -> None:
             version INTEGER NOT NULL DEFAULT 1
         )"""
     )
-    db.execute("CREATE INDEX IF NOT EXISTS readers_pending ON readers(created_at) WHERE confirmed_at IS NULL")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS readers_pending ON readers(created_at) WHERE confirmed_at IS NULL"
+    )
     db.execute(
         """CREATE TABLE IF NOT EXISTS pauses (
             email TEXT PRIMARY KEY,
@@ -298,7 +300,9 @@ def _migration_12(db: sqlite3.Connection) -> None:
             resumed_at TEXT
         )"""
     )
-    db.execute("CREATE TABLE IF NOT EXISTS confirm_sends (email TEXT PRIMARY KEY, at TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS confirm_sends (email TEXT PRIMARY KEY, at TEXT NOT NULL)"
+    )
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
