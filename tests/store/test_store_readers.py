@@ -198,3 +198,13 @@ def test_an_older_database_gains_the_tables(tmp_path: Path) -> None:
     with Store(path) as store:
         store.readers.add_pending(ANN, name=None, spec=SPEC, at=T0)
         assert store.readers.get(ANN) is not None
+
+
+def test_a_reader_who_unsubscribed_signs_up_again_as_pending(store: Store) -> None:
+    store.readers.add_pending(ANN, name="Ann", spec=SPEC, at=T0)
+    store.readers.confirm(ANN, at=T0)
+    store.subscribers.suppress(ANN, at=T0, via="one-click")
+    assert store.readers.get(ANN).state == "unsubscribed"  # type: ignore[union-attr]
+    again = store.readers.add_pending(ANN, name="Ann B", spec={"rules": []}, at=T0)
+    assert (again.state, again.name, again.spec) == ("pending", "Ann B", {"rules": []})
+    assert store.readers.active() == []

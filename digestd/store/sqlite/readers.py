@@ -98,18 +98,24 @@ class SqliteReaders:
     def add_pending(
         self, email: str, *, name: str | None, spec: Mapping[str, object], at: datetime
     ) -> Reader:
-        """A pending row for `email` (a pending one is replaced: its window starts again); a
-        confirmed reader's row is returned unchanged (their page, not this form, edits it)."""
+        """A pending row for `email` (a pending one is replaced: its window starts again; so is
+        the row of a reader who unsubscribed, who must confirm again); a confirmed reader's row
+        is returned unchanged (their page, not this form, edits it)."""
         key, stamp = address_key(email), ts(at)
         with self._db.write() as db:
-            db.execute(
+            was = db.execute("SELECT confirmed_at FROM readers WHERE email = ?", (key,)).fetchone()
+            cursor = db.execute(
                 """INSERT INTO readers (email, name, spec, created_at, updated_at)
                    VALUES (?, ?, ?, ?, ?)
                    ON CONFLICT (email) DO UPDATE SET name = excluded.name, spec = excluded.spec,
-                       created_at = excluded.created_at, updated_at = excluded.updated_at
-                   WHERE confirmed_at IS NULL""",
+                       created_at = excluded.created_at, updated_at = excluded.updated_at,
+                       confirmed_at = NULL, version = version + 1
+                   WHERE confirmed_at IS NULL
+                      OR email IN (SELECT email FROM suppressions)""",
                 (key, name, json.dumps(dict(spec)), stamp, stamp),
             )
+            if cursor.rowcount and was is not None and was[0] is not None:
+                db.execute(_BUMP)  # a served reader is pending again
         return cast(Reader, self.get(key))
 
     def get(self, email: str) -> Reader | None:
