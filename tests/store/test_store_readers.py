@@ -208,3 +208,15 @@ def test_a_reader_who_unsubscribed_signs_up_again_as_pending(store: Store) -> No
     again = store.readers.add_pending(ANN, name="Ann B", spec={"rules": []}, at=T0)
     assert (again.state, again.name, again.spec) == ("pending", "Ann B", {"rules": []})
     assert store.readers.active() == []
+
+
+def test_the_store_refuses_a_huge_spec_whoever_forgot_to_validate(store: Store) -> None:
+    huge = {"rules": [{"any": ["transformer"] * 100_000}]}
+    with pytest.raises(ValueError, match="may not exceed"):
+        store.readers.add_pending(ANN, name=None, spec=huge, at=T0)
+    assert store.readers.get(ANN) is None
+    store.readers.add_pending(ANN, name=None, spec=SPEC, at=T0)
+    store.readers.confirm(ANN, at=T0)
+    with pytest.raises(ValueError, match="may not exceed"):
+        store.readers.update(ANN, spec=huge, at=T0)
+    assert store.readers.get(ANN).spec == SPEC  # type: ignore[union-attr]

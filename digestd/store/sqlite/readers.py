@@ -51,6 +51,19 @@ _SELECT = """SELECT r.*, p.until AS p_until, p.catch_up AS p_catch_up, p.resumed
                             LEFT JOIN suppressions s ON s.email = r.email"""
 
 
+# A spec is validated (rules/readers.py caps it at 16 KB) before it gets here; this is the floor
+# under a caller that forgot.
+_MAX_SPEC = 64 * 1024
+
+
+def _spec_json(spec: Mapping[str, object]) -> str:
+    """:raises ValueError: not plain JSON values, or larger than 64 KB."""
+    text = json.dumps(dict(spec), ensure_ascii=False)
+    if len(text.encode()) > _MAX_SPEC:
+        raise ValueError(f"a reader's rules may not exceed {_MAX_SPEC} bytes")
+    return text
+
+
 def _state(row: sqlite3.Row) -> ReaderState:
     if row["confirmed_at"] is None:
         return "pending"
@@ -112,7 +125,7 @@ class SqliteReaders:
                        confirmed_at = NULL, version = version + 1
                    WHERE confirmed_at IS NULL
                       OR email IN (SELECT email FROM suppressions)""",
-                (key, name, json.dumps(dict(spec)), stamp, stamp),
+                (key, name, _spec_json(spec), stamp, stamp),
             )
             if cursor.rowcount and was is not None and was[0] is not None:
                 db.execute(_BUMP)  # a served reader is pending again
@@ -150,7 +163,7 @@ class SqliteReaders:
             cursor = db.execute(
                 "UPDATE readers SET spec = ?, name = COALESCE(?, name), updated_at = ?,"
                 " version = version + 1 WHERE email = ? AND confirmed_at IS NOT NULL",
-                (json.dumps(dict(spec)), name, ts(at), address_key(email)),
+                (_spec_json(spec), name, ts(at), address_key(email)),
             )
             if cursor.rowcount:
                 db.execute(_BUMP)
