@@ -22,6 +22,7 @@ PURE = [
     "rules/subscribers.py",
     "rules/schema.py",
     "rules/fastload.py",
+    "rules/readers.py",
     "config/fastyaml.py",
     "rules/reference.py",
     "rules/query.py",

@@ -35,6 +35,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     subs = app.load_subscriber_file(settings.subscribers)
+    app.check_signup(config_path(args.config), settings, subs)
     check_templates(make_environments(settings.templates))
     notes = check_notes(settings)
     summary = summarize(subs)

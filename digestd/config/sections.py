@@ -1,4 +1,4 @@
-"""The settings file's sections (sources, delivery, DKIM, HTTP, alerts) and its durations.
+"""The settings file's sections (sources, delivery, DKIM, HTTP, alerts, signup) and its durations.
 
 Each section is a pydantic model with its own cross-field checks; config/settings.py assembles
 them into `Settings` and owns loading, `DIGESTD_*` overrides and the in-force display.
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from digestd.core.addresses import check_address, parse_mailbox
+from digestd.rules.schema import check_cron, check_timezone
 
 __all__ = [
     "HF_URL",
@@ -35,6 +36,8 @@ __all__ = [
     "HttpSettings",
     "ImapSettings",
     "SourceKind",
+    "SignupDefaults",
+    "SignupSettings",
     "SourceSettings",
     "format_duration",
     "parse_duration",
@@ -323,3 +326,48 @@ class BounceSettings(_Section):
     @property
     def enabled(self) -> bool:
         return self.maildir is not None or self.imap is not None
+
+
+_DOMAIN = r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*$"
+_TOPIC = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_TopicName = Annotated[str, Field(pattern=_TOPIC)]
+_Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class SignupDefaults(_Section):
+    """What a reader who signs up gets unless they choose otherwise (checked like subscribers.yaml's
+    `defaults`, by rules/schema.py, when the readers' set is built)."""
+
+    schedule: Annotated[str, AfterValidator(check_cron)] = "0 7 * * mon-fri"
+    timezone: Annotated[str, AfterValidator(check_timezone)] = "UTC"
+    max_papers: int = Field(20, ge=1, le=1000)
+
+
+class SignupSettings(_Section):
+    """Readers subscribing themselves (issue 15): who may, what they may pick, how often mail goes."""
+
+    enabled: bool = False
+    # Only addresses at these domains (or their subdomains) may join; empty: anyone.
+    allowed_domains: list[Annotated[str, Field(pattern=_DOMAIN)]] = Field(default_factory=list)
+    # rule set name (in the subscribers file) → the label a reader sees next to its checkbox
+    topics: dict[_TopicName, _Label] = Field(default_factory=dict)
+    defaults: SignupDefaults = Field(default_factory=SignupDefaults)
+    confirm_within: Annotated[Duration, AfterValidator(_positive)] = timedelta(hours=48)
+    # At most one confirmation mail per address per `confirm_every`; `per_ip` sign-ups per IP an hour.
+    confirm_every: Annotated[Duration, AfterValidator(_positive)] = timedelta(minutes=10)
+    per_ip: int = Field(20, ge=1, description="sign-up requests per client address per hour")
+
+    @model_validator(mode="after")
+    def _check(self) -> SignupSettings:
+        self.allowed_domains = [d.lower().strip(".") for d in self.allowed_domains]
+        for key, label in self.topics.items():
+            if any(ord(c) < 32 or ord(c) == 127 for c in label):
+                raise ValueError(f"signup.topics.{key}: a label may not hold control characters")
+        return self
+
+    def domain_allowed(self, address: str) -> bool:
+        """Whether `address` (already checked) may sign up: its domain is, or is under, one listed."""
+        if not self.allowed_domains:
+            return True
+        domain = address.rpartition("@")[2].lower()
+        return any(domain == d or domain.endswith("." + d) for d in self.allowed_domains)

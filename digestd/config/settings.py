@@ -25,6 +25,7 @@ from digestd.config.sections import (
     DeliverySettings,
     Duration,
     HttpSettings,
+    SignupSettings,
     SourceSettings,
 )
 from digestd.core.addresses import check_address
@@ -74,6 +75,7 @@ class Settings(BaseSettings):
     admins: list[Annotated[str, AfterValidator(check_address)]] = Field(default_factory=list)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     bounces: BounceSettings = Field(default_factory=BounceSettings)
+    signup: SignupSettings = Field(default_factory=SignupSettings)
     # How often the daemon looks at both files' mtimes to reload by itself; 0 turns it off (SIGHUP
     # still reloads).
     config_check_every: Duration = timedelta(seconds=5)
@@ -193,6 +195,8 @@ class Settings(BaseSettings):
         data["sources"] = [_source_in_force(source) for source in data["sources"]]
         if not self.bounces.enabled:  # no inbox: nothing of the section is in force
             data.pop("bounces", None)
+        if not self.signup.enabled:
+            data["signup"] = {"enabled": False}  # its other keys do nothing while it is off
         return {k: v for k, v in data.items() if v is not None and v != []}  # unset: not in force
 
 

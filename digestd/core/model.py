@@ -250,6 +250,10 @@ class SubscriberSet:
     subscribers: tuple[Subscriber, ...]
     file: str = "<subscribers>"
     rule_sets: int = 0  # how many named rule sets the file defines (for `digestd check`)
+    # The named rule sets themselves: the topics a self-registered reader may pick (issue 15).
+    named_sets: tuple[tuple[str, tuple[Rule, ...]], ...] = field(
+        default=(), compare=False, repr=False
+    )
 
     def by_email(self, email: str) -> Subscriber | None:
         wanted = address_key(email)

@@ -1,4 +1,5 @@
-"""Opaque, signed tokens for the links in a mail: who wants to leave, and which message to show.
+"""Opaque, signed tokens for the links in a mail: who wants to leave, who manages their
+subscription, and which message to show.
 
 An unsubscribe token is base64url(subscriber id ‖ HMAC-SHA256(key, id ‖ email)[:16]): no address is
 readable in it, and the MAC binds the id to the address, so a database rebuilt with other ids cannot
@@ -7,6 +8,9 @@ yet the same on every render, so a retried enqueue stores the same copy under th
 
 A bounce token (VERP, `bounces+TOKEN@domain`) is base32(outbox id ‖ HMAC(key, id ‖ email)[:12]),
 lower-case: an envelope local part may pass through software that folds case, and base32 survives it.
+Every purpose has its own key (`derive_key(secret, purpose)`: "unsubscribe", "manage", "view",
+and "confirm" and "feedback" for the pages that use them), so a token made for one use verifies
+for no other: a manage token is an unsubscribe token's format under the "manage" key.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ __all__ = [
     "bounce_token",
     "derive_key",
     "is_view_token",
+    "manage_token",
     "parse_bounce",
+    "parse_manage",
     "parse_unsubscribe",
     "unsubscribe_token",
     "view_token",
@@ -105,6 +111,16 @@ def parse_bounce(token: str) -> BounceToken | None:
     if outbox_id >= 2**63:
         return None
     return BounceToken(outbox_id, raw[_ID_BYTES:])
+
+
+def manage_token(key: bytes, subscriber_id: int, email: str) -> str:
+    """The token of a reader's "Manage your subscription" link (`key`: the "manage" key)."""
+    return unsubscribe_token(key, subscriber_id, email)
+
+
+def parse_manage(token: str) -> UnsubscribeToken | None:
+    """A manage token's id and MAC (verify with the "manage" key), or None."""
+    return parse_unsubscribe(token)
 
 
 def view_token(key: bytes, message_id: str) -> str:

@@ -15,6 +15,7 @@ from digestd.core.redact import safe_text, secrets_of
 from digestd.pipeline.deps import Deps, key
 from digestd.pipeline.enqueue import enqueue_alert
 from digestd.pipeline.paper_merge import record_papers
+from digestd.pipeline.readers import sync_readers
 from digestd.sources.base import Source
 
 __all__ = ["IngestReport", "fetch", "ingest", "queue_owed_alerts", "record_poll"]
@@ -131,6 +132,7 @@ def queue_owed_alerts(deps: Deps, *, now: datetime) -> int:
     however often this runs or crashes; past `alert_ttl` they are dropped unsent and their papers
     go into the digests. Returns the number of alerts queued.
     """
+    sync_readers(deps, now=now)
     queued = 0
     for owed in deps.store.polls.owed_alerts():
         expires = owed.at + deps.options.alert_ttl
@@ -153,13 +155,14 @@ def _queue_alerts(
 ) -> int:
     if not new:
         return 0
-    suspended = deps.store.subscribers.suspended()
+    # Suspended and paused addresses get no alert (a pause's papers are skipped or caught up).
+    suspended = deps.store.subscribers.suspended() | deps.store.readers.paused(at=now)
     # Paper-major: each new paper is scanned once and reaches its subscribers through the index;
     # matched on the text the reader sees (LaTeX as Unicode).
     readable = [readable_paper(p) for p in new]
     matched = [
         (sub, found)
-        for sub, found in deps.audience.matcher.match_all(readable, alerts_only=True)
+        for sub, found in deps.audience.match_all(readable, alerts_only=True)
         if found and key(sub) not in suspended
     ]
     # A paper reserved already (a digest composed before these owed alerts were queued) is not

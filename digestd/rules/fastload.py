@@ -74,7 +74,9 @@ def fast_file(data: dict[str, object], file: str) -> SubscriberSet | None:
         subs = tuple(_fast_subscriber(entry, defaults, sets) for entry in raw)
     except (_Bail, ValueError):
         return None
-    return SubscriberSet(subscribers=subs, file=file, rule_sets=len(sets))
+    return SubscriberSet(
+        subscribers=subs, file=file, rule_sets=len(sets), named_sets=tuple(sets.items())
+    )
 
 
 def _mapping(value: object, keys: frozenset[str]) -> dict[str, object]:

@@ -33,6 +33,7 @@ __all__ = [
     "address_notes",
     "load_subscribers",
     "subscriber_address_paths",
+    "subscriber_of",
     "summarize",
 ]
 
@@ -77,7 +78,9 @@ def _validate(data: object, marks: Marks, file: str, *, fast: bool = True) -> Su
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     sets = {name: tuple(map(rule_of, rules)) for name, rules in parsed.rule_sets.items()}
     subs = tuple(_subscriber(s, parsed.defaults, sets) for s in parsed.subscribers or ())
-    return SubscriberSet(subscribers=subs, file=file, rule_sets=len(sets))
+    return SubscriberSet(
+        subscribers=subs, file=file, rule_sets=len(sets), named_sets=tuple(sets.items())
+    )
 
 
 def _unknown_sets(data: dict[str, object], marks: Marks, file: str) -> list[ConfigProblem]:
@@ -153,6 +156,10 @@ def _subscriber(
         exclude_query=parsed_query(exclude.query) if exclude and exclude.query else None,
         send_empty=raw.send_empty,
     )
+
+
+# A self-registered reader's entry is built exactly as a file's (rules/readers.py).
+subscriber_of = _subscriber
 
 
 def summarize(sset: SubscriberSet) -> dict[str, int]:

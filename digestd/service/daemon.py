@@ -161,6 +161,8 @@ class Daemon:
         self.schedule.add_all()
         if self.config is not None:  # the bounce inboxes come from the settings at start-up
             schedule_bounces(self.schedule, self.deps, self.config.settings)
+        # A reader confirmed or edited on the web may bring a (schedule, zone) without a job.
+        self.deps.audience_changed = self.schedule.digests
 
     async def _shutdown(self) -> None:
         # Fetches hold nothing: cancel them. Wait for the job in flight (it stops between

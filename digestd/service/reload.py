@@ -56,6 +56,7 @@ def load_config(path: Path) -> Config:
     """
     settings = load_settings(path)
     subscribers = app.load_subscriber_file(settings.subscribers)
+    app.check_signup(path, settings, subscribers)
     envs = make_environments(settings.templates)
     check_templates(envs)
     return Config(path, settings, subscribers, envs)
@@ -89,7 +90,8 @@ async def apply_config(deps: Deps, old: Config, new: Config, *, now: datetime) -
         deps.sources = tuple(app.make_sources(new.settings, cache=deps.store.polls))
         deps.source = deps.sources[0]
     pipeline.swap_subscribers(deps, new.subscribers, now=now)
-    expired = deps.store.outbox.expire_except(after, at=now, reason="subscriber removed")
+    served = {pipeline.key(s) for s in deps.subscribers.subscribers}  # web readers stay served
+    expired = deps.store.outbox.expire_except(served, at=now, reason="subscriber removed")
     restart = tuple(
         name for name in _RESTART_ONLY if getattr(new.settings, name) != getattr(old.settings, name)
     )

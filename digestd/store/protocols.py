@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from digestd.core.errors import DigestdError
@@ -33,6 +33,11 @@ __all__ = [
     "PaperRepository",
     "PollInfo",
     "PollRepository",
+    "Pause",
+    "Reader",
+    "ReaderCounts",
+    "ReaderRepository",
+    "ReaderState",
     "SchemaError",
     "SourceStatus",
     "StateFileMoved",
@@ -46,6 +51,7 @@ __all__ = [
 ]
 
 OutboxKind = Literal["digest", "alert"]
+ReaderState = Literal["pending", "active", "paused", "unsubscribed"]
 OutboxState = Literal[
     "queued", "sending", "sent", "deferred", "failed", "in_doubt", "expired", "empty"
 ]
@@ -190,6 +196,48 @@ class Suppression:
     email: str
     at: datetime
     via: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """An address that asked for nothing until `until` (any address: the YAML's readers too).
+
+    `resumed_at` is set when the pause ended with "send what I missed" (`catch_up`) and that one
+    digest is still owed: it covers the papers first seen since `since`.
+    """
+
+    email: str
+    since: datetime
+    until: datetime
+    catch_up: bool = False
+    resumed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """A self-registered reader. `spec` is the YAML-shaped subscriber entry they chose (see
+    rules/readers.py); `version` counts edits (a page can refuse a stale form)."""
+
+    email: str  # the address key
+    name: str | None
+    state: ReaderState
+    spec: Mapping[str, object]
+    created_at: datetime
+    confirmed_at: datetime | None
+    updated_at: datetime
+    version: int
+    paused_until: datetime | None = None
+    catch_up: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderCounts:
+    """`digestd status`: readers by state; `paused` counts every paused address, YAML's too."""
+
+    pending: int = 0
+    active: int = 0
+    paused: int = 0
+    unsubscribed: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,3 +422,36 @@ class BounceRepository(Protocol):
         self, event: BounceEvent, *, at: datetime, suspend: SuspendPolicy | None
     ) -> Literal["duplicate", "recorded", "suspended", "suppressed"]: ...
     def counts(self) -> dict[BounceKind, int]: ...
+
+
+class ReaderRepository(Protocol):
+    """Self-registered readers, pauses (of any address) and the confirmation-mail rate limit.
+
+    Every address is taken as given and keyed with `address_key`; nothing returns another
+    address's data.
+    """
+
+    def add_pending(
+        self, email: str, *, name: str | None, spec: Mapping[str, object], at: datetime
+    ) -> Reader: ...
+    def get(self, email: str) -> Reader | None: ...
+    def confirm(self, email: str, *, at: datetime) -> Reader | None: ...
+    def update(
+        self, email: str, *, spec: Mapping[str, object], at: datetime, name: str | None = None
+    ) -> Reader | None: ...
+    def remove(self, email: str, *, at: datetime) -> bool: ...
+    def version(self) -> int: ...
+    def active(self) -> list[Reader]: ...
+    def pending(self) -> list[Reader]: ...
+    def counts(self, *, at: datetime) -> ReaderCounts: ...
+    def expire_pending(self, *, before: datetime) -> int: ...
+    def may_send_confirmation(self, email: str, *, at: datetime, every: timedelta) -> bool: ...
+    def pause(
+        self, email: str, *, until: datetime, at: datetime, catch_up: bool = False
+    ) -> Pause: ...
+    def resume(self, email: str, *, at: datetime, catch_up: bool | None = None) -> bool: ...
+    def pause_of(self, email: str) -> Pause | None: ...
+    def paused(self, *, at: datetime) -> set[str]: ...
+    def end_pauses(self, *, at: datetime) -> int: ...
+    def catch_ups(self) -> dict[str, datetime]: ...
+    def settle_catch_up(self, email: str) -> None: ...

@@ -271,6 +271,40 @@ def _migration_11(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_12(db: sqlite3.Connection) -> None:
+    """Readers who subscribe themselves (issue 15): their chosen rules (`spec`, a JSON subscriber
+    entry), pauses of any address (the YAML's readers' too), and when each address was last sent
+    a confirmation mail (the per-address rate limit outlives a removed row on purpose).
+    IF NOT EXISTS: tests make "older" files by dropping later migrations' tables.
+    """
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS readers (
+            email TEXT PRIMARY KEY,
+            name TEXT,
+            spec TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            updated_at TEXT NOT NULL,
+            version INTEGER NOT NULL DEFAULT 1
+        )"""
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS readers_pending ON readers(created_at) WHERE confirmed_at IS NULL"
+    )
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS pauses (
+            email TEXT PRIMARY KEY,
+            since TEXT NOT NULL,
+            until TEXT NOT NULL,
+            catch_up INTEGER NOT NULL DEFAULT 0,
+            resumed_at TEXT
+        )"""
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS confirm_sends (email TEXT PRIMARY KEY, at TEXT NOT NULL)"
+    )
+
+
 def _migration_14(db: sqlite3.Connection) -> None:
     """Bounces and complaints read from the bounce mailbox (issue 15), one row per message read:
     `digest` (SHA-256 of its bytes) makes a message read twice count once. `kind`: permanent,
@@ -306,6 +340,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_9,
     _migration_10,
     _migration_11,
-    _migration_14,  # numbered as assigned; 12 and 13 come from other branches (the lead orders)
+    _migration_12,
+    _migration_14,  # numbered as assigned on its branch; it is the 13th in the list
 )
 SCHEMA_VERSION = len(MIGRATIONS)
