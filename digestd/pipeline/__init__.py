@@ -3,7 +3,7 @@ The only place that knows the order; `from digestd import pipeline; pipeline.com
 
 from digestd.pipeline.compose import ComposeReport, Overdue, compose, overdue
 from digestd.pipeline.deliver import DeliverReport, deliver_due
-from digestd.pipeline.deps import Audience, Deps, Options, key, register, swap_subscribers
+from digestd.pipeline.deps import Audience, Deps, Options, key, register, swap_subscribers, swap_web
 from digestd.pipeline.enqueue import links_for, make_message_id
 from digestd.pipeline.ingest import (
     IngestReport,
@@ -35,4 +35,5 @@ __all__ = [
     "record_poll",
     "register",
     "swap_subscribers",
+    "swap_web",
 ]

@@ -48,16 +48,25 @@ def compose(
     deps.store.outbox.prune(before=now - timedelta(days=deps.options.keep_days))
     deps.observer.begin("match", len(deps.subscribers.subscribers))
     suspended = deps.store.subscribers.suspended()  # they get nothing until `digestd unsuspend`
+    skipped = suspended | _paused(deps, now=now)
     todo = [
         (sub, period, expires)
         for sub, period, expires in _due(deps, now=now, once=once)
-        if (wanted is None or key(sub) in wanted) and key(sub) not in suspended
+        if (wanted is None or key(sub) in wanted) and key(sub) not in skipped
     ]
     due, n_queued, n_empty = _compose_all(deps, todo, now=now)
     deps.observer.end("match", f"{due} due, {n_queued} digest(s) queued, {n_empty} empty")
     if due:
         log.info("composed n_due=%d n_queued=%d n_empty=%d", due, n_queued, n_empty)
     return ComposeReport(n_due=due, n_queued=n_queued, n_empty=n_empty)
+
+
+def _paused(deps: Deps, *, now: datetime) -> set[str]:
+    """Pauses that are over end now (their papers skipped, or one catch-up owed); unconfirmed
+    sign-ups past `confirm_within` are forgotten. Returns who is paused: they get nothing."""
+    deps.store.readers.end_pauses(at=now)
+    deps.store.readers.expire_pending(before=now - deps.options.confirm_within)
+    return deps.store.readers.paused(at=now)
 
 
 def _compose_all(
@@ -70,14 +79,19 @@ def _compose_all(
     totals = (0, 0, 0)
     pending: _Batch = ([], list)
     since = now - deps.options.lookback
+    catch_ups = deps.store.readers.catch_ups()  # "send what I missed": back to the pause's start
     with composer(deps.envs, len(todo)) as mails:
         for start in range(0, len(todo), _COMPOSE_BATCH):
             chunk = todo[start : start + _COMPOSE_BATCH]
             keys = [key(sub) for sub, _, _ in chunk]
-            papers = _readable(deps.store.papers.candidates_for(keys, since=since))
+            found = deps.store.papers.candidates_for(keys, since=since)
+            for k in catch_ups.keys() & set(keys):
+                found[k] = deps.store.papers.candidates(k, since=min(since, catch_ups[k]))
+            papers = _readable(found)
             with deps.store.batch(sync=False):  # new ids are redone if lost, like composing
                 ids = deps.store.subscribers.ids_of(keys) if deps.options.public_url else {}
-            known = _Known(ids=ids, suppressed=deps.store.subscribers.suppressed_among(keys))
+            suppressed = deps.store.subscribers.suppressed_among(keys)
+            known = _Known(ids=ids, suppressed=suppressed, catch_ups=catch_ups.keys() & set(keys))
             batch = [_prepare(deps, *it, papers[key(it[0])], known, now=now) for it in chunk]
             collect = mails.submit([p.job for p in batch if p.job is not None])
             totals = _add(totals, _write(deps, pending, now=now))
@@ -113,6 +127,7 @@ class _Prepared:
     expires: datetime | None
     found: Sequence[Match]
     suppressed: bool = False  # unsubscribed: nothing is queued, whatever the file says
+    catch_up: bool = False  # a paused reader's "what I missed" digest
     message_id: str = ""
     links: MailLinks = field(default_factory=MailLinks)
     job: MailJob | None = None  # None: a note, an empty digest or a suppressed address
@@ -125,6 +140,7 @@ class _Known:
 
     ids: dict[str, int]  # subscriber ids for unsubscribe tokens (empty without a public URL)
     suppressed: set[str]
+    catch_ups: set[str] = field(default_factory=set)  # owed one "what I missed" digest
 
 
 def _prepare(
@@ -137,8 +153,9 @@ def _prepare(
     *,
     now: datetime,
 ) -> _Prepared:
-    found = deps.audience.matcher.match(papers, sub)
+    found = deps.audience.match(papers, sub)
     item = _Prepared(sub, period, expires, found, suppressed=key(sub) in known.suppressed)
+    item.catch_up = key(sub) in known.catch_ups
     try:
         # The address is the one input of the builder that is each subscriber's own: checked
         # here, so one bad address is that subscriber's error, not the whole batch's.
@@ -186,6 +203,8 @@ def _write(deps: Deps, pending: _Batch, *, now: datetime) -> tuple[int, int, int
                     n_empty += not found
                     deps.observer.matched("digest", len(found))
             deps.observer.advance("match")
+            if item.catch_up:  # the one digest of what they missed is composed: settled with it
+                deps.store.readers.settle_catch_up(key(sub))
     return due, n_queued, n_empty
 
 

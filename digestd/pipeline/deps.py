@@ -1,25 +1,27 @@
 """What the pipeline talks to (`Deps`), the plain settings it reads (`Options`) and the subscribers
-it serves (`Audience`)."""
+it serves (`Audience`: the YAML's, indexed once, and the self-registered readers, indexed apart)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from types import MappingProxyType
 
 from digestd.core.addresses import address_key
-from digestd.core.model import Subscriber, SubscriberSet
+from digestd.core.model import Match, Paper, Subscriber, SubscriberSet
 from digestd.core.observer import NULL, Observer
 from digestd.deliver.transports.base import Mailer
 from digestd.mail.render import Environments
+from digestd.pipeline.webreaders import build_web
 from digestd.rules.matcher import Matcher
+from digestd.rules.readers import ReaderDefaults
 from digestd.sources.base import Source
 from digestd.store.sqlite import Store
 
-__all__ = ["Audience", "Deps", "Options", "key", "register", "swap_subscribers"]
+__all__ = ["Audience", "Deps", "Options", "key", "register", "swap_subscribers", "swap_web"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class Options:
     connections: int = 1  # parallel senders; the mailer must be a pool at least that large
     suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
     keep_days: int = 7  # then the bytes of a message that ended are dropped (`Store.prune`)
+    reader_defaults: ReaderDefaults = ReaderDefaults()  # `signup.defaults`
+    confirm_within: timedelta = timedelta(hours=48)  # then an unconfirmed sign-up is forgotten
 
     @property
     def envelope_from(self) -> str:
@@ -59,19 +63,54 @@ def _envelope(sender: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Audience:
-    """The subscribers as the pipeline serves them: the set, indexed once (`matcher`), and when
-    each first appeared (`registered`). Never changed in place: a reload swaps in a new one."""
+    """The subscribers as the pipeline serves them: the YAML's set, indexed once (`matcher`), the
+    confirmed self-registered readers not in it, indexed apart (`web`, small: rebuilt alone when
+    one reader changes), and when each first appeared (`registered`). Never changed in place: a
+    reload or a reader's change swaps in a new one."""
 
     matcher: Matcher
     registered: Mapping[str, datetime] = field(default_factory=lambda: MappingProxyType({}))
+    web: Matcher | None = None
+    everyone: SubscriberSet | None = None  # YAML then web; None: the YAML's alone
+    web_ids: frozenset[int] = frozenset()  # id() of each web reader's Subscriber
 
     @classmethod
     def of(cls, subscribers: SubscriberSet) -> Audience:
         return cls(Matcher.build(subscribers))
 
+    def with_web(self, web: Matcher | None) -> Audience:
+        """This audience with `web` as its readers' part (None: none)."""
+        if web is None or not web.subscribers.subscribers:
+            return replace(self, web=None, everyone=None, web_ids=frozenset())
+        yaml = self.matcher.subscribers
+        everyone = replace(yaml, subscribers=yaml.subscribers + web.subscribers.subscribers)
+        ids = frozenset(id(s) for s in web.subscribers.subscribers)
+        return replace(self, web=web, everyone=everyone, web_ids=ids)
+
     @property
     def subscribers(self) -> SubscriberSet:
+        """Everyone served: the YAML's subscribers, then the web readers."""
+        return self.everyone if self.everyone is not None else self.matcher.subscribers
+
+    @property
+    def yaml(self) -> SubscriberSet:
         return self.matcher.subscribers
+
+    def match(
+        self, papers: Sequence[Paper], subscriber: Subscriber, *, alerts_only: bool = False
+    ) -> list[Match]:
+        """`Matcher.match` by the matcher that indexed `subscriber`."""
+        web = self.web if id(subscriber) in self.web_ids else None
+        return (web or self.matcher).match(papers, subscriber, alerts_only=alerts_only)
+
+    def match_all(
+        self, papers: Sequence[Paper], *, alerts_only: bool = False
+    ) -> list[tuple[Subscriber, list[Match]]]:
+        """`Matcher.match_all` over both parts: the YAML's subscribers first."""
+        found = self.matcher.match_all(papers, alerts_only=alerts_only)
+        if self.web is not None:
+            found += self.web.match_all(papers, alerts_only=alerts_only)
+        return found
 
 
 @dataclass(slots=True)
@@ -91,6 +130,7 @@ class Deps:
     sign: Callable[[bytes], bytes] | None = None  # DKIM, applied before the bytes are queued
     observer: Observer = NULL  # progress bars and metrics; the pipeline only reports to it
     sources: tuple[Source, ...] = ()  # every configured source; empty: just `source`
+    web_version: int = 0  # counts readers' refreshes: only the newest one swaps (pipeline/readers)
 
     @property
     def subscribers(self) -> SubscriberSet:
@@ -101,18 +141,32 @@ class Deps:
 
 
 def register(deps: Deps, *, now: datetime) -> None:
-    """Remember when each subscriber first appeared, so a newcomer's first digest starts from now."""
-    deps.audience = _registered(deps.store, deps.audience, now=now)
+    """Remember when each subscriber first appeared, so a newcomer's first digest starts from now;
+    the confirmed web readers join the audience here."""
+    web = build_web(deps.store.readers.active(), deps.audience.yaml, deps.options.reader_defaults)
+    deps.audience = _registered(deps.store, deps.audience.with_web(web), now=now)
 
 
 def swap_subscribers(deps: Deps, subscribers: SubscriberSet, *, now: datetime) -> None:
     """Serve `subscribers` from now on (a reload): indexed once here, newcomers registered, and
-    swapped in whole only then, so a failure leaves the old audience in place."""
-    deps.audience = _registered(deps.store, Audience.of(subscribers), now=now)
+    swapped in whole only then, so a failure leaves the old audience in place. The web readers
+    are rebuilt too: an address the admin's file now lists is the admin's (YAML wins)."""
+    web = build_web(deps.store.readers.active(), subscribers, deps.options.reader_defaults)
+    deps.audience = _registered(deps.store, Audience.of(subscribers).with_web(web), now=now)
+
+
+def swap_web(deps: Deps, web: Matcher | None, *, now: datetime) -> None:
+    """Serve `web` as the readers' part (built by `build_web`); the YAML's matcher stays, and only
+    the readers are registered (a confirmed reader's first digest covers `lookback`)."""
+    audience = deps.audience.with_web(web)
+    emails = [key(s) for s in web.subscribers.subscribers] if web is not None else []
+    found = deps.store.subscribers.register(emails, at=now)
+    registered = MappingProxyType({**audience.registered, **found})
+    deps.audience = replace(audience, registered=registered)
 
 
 def _registered(store: Store, audience: Audience, *, now: datetime) -> Audience:
-    emails = (key(s) for s in audience.subscribers.subscribers)
+    emails: Iterable[str] = (key(s) for s in audience.subscribers.subscribers)
     registered = store.subscribers.register(emails, at=now)
     return replace(audience, registered=MappingProxyType(registered))
 

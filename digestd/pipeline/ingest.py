@@ -153,13 +153,14 @@ def _queue_alerts(
 ) -> int:
     if not new:
         return 0
-    suspended = deps.store.subscribers.suspended()
+    # Suspended and paused addresses get no alert (a pause's papers are skipped or caught up).
+    suspended = deps.store.subscribers.suspended() | deps.store.readers.paused(at=now)
     # Paper-major: each new paper is scanned once and reaches its subscribers through the index;
     # matched on the text the reader sees (LaTeX as Unicode).
     readable = [readable_paper(p) for p in new]
     matched = [
         (sub, found)
-        for sub, found in deps.audience.matcher.match_all(readable, alerts_only=True)
+        for sub, found in deps.audience.match_all(readable, alerts_only=True)
         if found and key(sub) not in suspended
     ]
     # A paper reserved already (a digest composed before these owed alerts were queued) is not

@@ -22,6 +22,7 @@ from digestd.mail.listheaders import normalise_list_id
 from digestd.mail.render import make_environments
 from digestd.pipeline import Audience, Deps, Options
 from digestd.pipeline import register as register_subscribers
+from digestd.rules.readers import ReaderDefaults
 from digestd.rules.subscribers import load_subscribers
 from digestd.service import preferences
 from digestd.service import routes as unsubscribe
@@ -150,6 +151,8 @@ def options(settings: Settings) -> Options:
         connections=settings.delivery.connections if settings.delivery.kind == "smtp" else 1,
         suspend_after=settings.delivery.suspend_after,
         keep_days=settings.delivery.keep_days,
+        reader_defaults=ReaderDefaults(**settings.signup.defaults.model_dump()),
+        confirm_within=settings.signup.confirm_within,
     )
 
 

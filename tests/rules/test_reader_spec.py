@@ -100,7 +100,9 @@ def test_unknown_keys_bad_addresses_and_non_values_are_problems() -> None:
     assert problems({"rules": [], "send_to": "x"})[0].field == "send_to"
     assert problems({"rules": [], "email": "x@y.org"})[0].field == "email"
     assert problems(reader_spec(), email="not an address")[0].field == "email"
-    assert problems({"rules": [{"any": [object()]}]})[0].message == "the choices are not plain values"
+    assert (
+        problems({"rules": [{"any": [object()]}]})[0].message == "the choices are not plain values"
+    )
 
 
 def test_only_offered_topics_may_be_picked() -> None:

@@ -37,7 +37,11 @@ def test_schema_has_the_readers_tables(store: Store) -> None:
 
 def test_pending_then_confirmed_then_edited(store: Store) -> None:
     pending = store.readers.add_pending(ANN, name="Ann", spec=SPEC, at=T0)
-    assert (pending.email, pending.state, pending.confirmed_at) == ("ann@example.org", "pending", None)
+    assert (pending.email, pending.state, pending.confirmed_at) == (
+        "ann@example.org",
+        "pending",
+        None,
+    )
     assert store.readers.active() == [] and [r.email for r in store.readers.pending()] == [
         "ann@example.org"
     ]
@@ -74,7 +78,9 @@ def test_update_and_confirm_need_a_row(store: Store) -> None:
 def test_confirmation_mails_are_rate_limited_per_address(store: Store) -> None:
     every = timedelta(minutes=10)
     assert store.readers.may_send_confirmation(ANN, at=T0, every=every)
-    assert not store.readers.may_send_confirmation("ann@example.org", at=T0 + every / 2, every=every)
+    assert not store.readers.may_send_confirmation(
+        "ann@example.org", at=T0 + every / 2, every=every
+    )
     assert store.readers.may_send_confirmation("bob@example.org", at=T0, every=every)
     assert store.readers.may_send_confirmation(ANN, at=T0 + every, every=every)
 
@@ -90,7 +96,9 @@ def test_counts_by_state_and_paused_yaml_addresses(store: Store) -> None:
         if state == "unsubscribed":
             store.subscribers.suppress(email, at=T0, via="one-click")
     store.readers.pause("yaml-reader@example.org", until=T0 + timedelta(weeks=2), at=T0)
-    assert store.readers.counts(at=T0) == ReaderCounts(pending=1, active=1, paused=2, unsubscribed=1)
+    assert store.readers.counts(at=T0) == ReaderCounts(
+        pending=1, active=1, paused=2, unsubscribed=1
+    )
     assert store.readers.get("r2@example.org").state == "paused"  # type: ignore[union-attr]
 
 

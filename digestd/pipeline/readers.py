@@ -1,0 +1,104 @@
+"""What a reader's page or the admin's command does to a reader, and the live audience it changes.
+
+For the web pages (issue 15): call these with the store's `now`; each leaves the store committed
+and the audience current. In the daemon, `refresh_readers_async` rebuilds the readers' matcher in
+a worker thread (never on the event loop) and swaps it in; the YAML's matcher is not rebuilt.
+
+    sub = validate_reader_spec(...)                 # rules/readers.py: a Subscriber or problems
+    deps.store.readers.add_pending(...)             # store/sqlite/readers.py
+    await confirm_reader(deps, email, now=now)      # joins the next digest, covering `lookback`
+    await edit_reader(deps, email, spec, now=now)   # effective from the next digest
+    pause_reader(deps, email, weeks=2, now=now)     # any address; 1–8 weeks
+    resume_reader(deps, email, now=now, catch_up=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from digestd.pipeline.deps import Deps, swap_web
+from digestd.pipeline.webreaders import build_web
+from digestd.store.protocols import Pause, Reader
+
+__all__ = [
+    "MAX_PAUSE_WEEKS",
+    "confirm_reader",
+    "edit_reader",
+    "pause_reader",
+    "refresh_readers",
+    "refresh_readers_async",
+    "remove_reader",
+    "resume_reader",
+]
+
+MAX_PAUSE_WEEKS = 8
+
+
+def refresh_readers(deps: Deps, *, now: datetime) -> None:
+    """Rebuild the readers' matcher here and now (`run --once`, the CLI, tests)."""
+    web = build_web(deps.store.readers.active(), deps.audience.yaml, deps.options.reader_defaults)
+    swap_web(deps, web, now=now)
+
+
+async def refresh_readers_async(deps: Deps, *, now: datetime) -> None:
+    """`refresh_readers` with the build in a worker thread: the event loop keeps serving. Only the
+    newest of overlapping refreshes swaps (it read the rows after every earlier change)."""
+    deps.web_version += 1
+    mine = deps.web_version
+    rows = deps.store.readers.active()  # one query, on the loop: the store is not thread-safe
+    yaml, defaults = deps.audience.yaml, deps.options.reader_defaults
+    web = await asyncio.to_thread(build_web, rows, yaml, defaults)
+    if deps.web_version == mine and deps.audience.yaml is yaml:
+        swap_web(deps, web, now=now)
+    elif deps.web_version == mine:  # a reload swapped the YAML meanwhile: build against it
+        refresh_readers(deps, now=now)
+
+
+async def confirm_reader(deps: Deps, email: str, *, now: datetime) -> Reader | None:
+    """Confirm a pending sign-up; an address that had unsubscribed before opted in again. The
+    reader's first digest is their next slot, covering `lookback` like a new YAML subscriber."""
+    reader = deps.store.readers.confirm(email, at=now)
+    if reader is not None:
+        deps.store.subscribers.unsuppress(email, at=now)
+        await refresh_readers_async(deps, now=now)
+    return deps.store.readers.get(email) if reader is not None else None
+
+
+async def edit_reader(
+    deps: Deps, email: str, spec: Mapping[str, object], *, now: datetime, name: str | None = None
+) -> Reader | None:
+    """A validated new spec (rules/readers.py), effective from the next digest; nothing re-sent
+    (the ledger keeps what went out)."""
+    reader = deps.store.readers.update(email, spec=spec, at=now, name=name)
+    if reader is not None:
+        await refresh_readers_async(deps, now=now)
+    return reader
+
+
+def pause_reader(
+    deps: Deps, email: str, *, weeks: int, now: datetime, catch_up: bool = False
+) -> Pause:
+    """Nothing for `email` for `weeks` (1–8); no rebuild: composing and alerts skip the paused.
+
+    :raises ValueError: `weeks` out of range.
+    """
+    if not 1 <= weeks <= MAX_PAUSE_WEEKS:
+        raise ValueError(f"a pause lasts 1 to {MAX_PAUSE_WEEKS} weeks, not {weeks}")
+    return deps.store.readers.pause(
+        email, until=now + timedelta(weeks=weeks), at=now, catch_up=catch_up
+    )
+
+
+def resume_reader(deps: Deps, email: str, *, now: datetime, catch_up: bool | None = None) -> bool:
+    """End a pause early: the pause's papers are skipped, or (`catch_up`) sent in one digest."""
+    return deps.store.readers.resume(email, at=now, catch_up=catch_up)
+
+
+def remove_reader(deps: Deps, email: str, *, now: datetime) -> bool:
+    """Forget a self-registered reader (store: row, ledger, link id) and stop serving them."""
+    removed = deps.store.readers.remove(email, at=now)
+    if removed:
+        refresh_readers(deps, now=now)
+    return removed
