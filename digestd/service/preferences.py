@@ -9,13 +9,14 @@ unsubscribe like anyone. Each form carries its own anti-CSRF token, bound to the
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from digestd.core.model import Rule, Subscriber
+from digestd.pipeline.readers import edit_reader, pause_reader, remove_reader, resume_reader
 from digestd.rules.readers import validate_reader_spec
 from digestd.service.formguard import Form
 from digestd.service.readerform import (
@@ -73,24 +74,22 @@ class _Preferences:
             return self._bad_link()
         now = self.site.clock()
         if action == "edit":
-            return self._edit(token, who, data, now)
+            return await self._edit(token, who, data, now)
         if action == "pause":
             weeks = data.get("weeks")
             if not (weeks.isdigit() and 1 <= int(weeks) <= 8):
                 return self._render(
                     token, who, None, {"weeks": "pause for 1 to 8 weeks"}, status=422
                 )
-            self.site.readers.pause(who.email, until=now + timedelta(weeks=int(weeks)), at=now)
-            self.site.changed(who.email)
+            pause_reader(self.site.deps, who.email, weeks=int(weeks), now=now)
             return _back(token, "paused")
         if action == "resume":
-            self.site.readers.resume(who.email, at=now, catch_up=data.get("catch_up") == "on")
-            self.site.changed(who.email)
+            catch_up = data.get("catch_up") == "on"
+            resume_reader(self.site.deps, who.email, now=now, catch_up=catch_up)
             return _back(token, "resumed")
         self.site.deps.store.subscribers.suppress(who.email, at=now, via="preferences")
         if who.reader is not None:
-            self.site.readers.remove(who.email, at=now)
-        self.site.changed(who.email)
+            remove_reader(self.site.deps, who.email, now=now)
         log.info("unsubscribed subscriber_id=%d via=preferences", who.subscriber_id)
         return self.site.pages.message(
             "You are unsubscribed",
@@ -107,7 +106,7 @@ class _Preferences:
             return self.site.pages.message("Not a form", "Unknown action.", status=400)
         return data
 
-    def _edit(self, token: str, who: Who, data: Form, now: datetime) -> Response:
+    async def _edit(self, token: str, who: Who, data: Form, now: datetime) -> Response:
         if who.admin is not None or who.reader is None:
             return self.site.pages.message(
                 "Kept by the editor", "Your rules are kept by the editor of"
@@ -127,8 +126,7 @@ class _Preferences:
             errors = errors_of(checked) if isinstance(checked, list) else {}
         if errors:
             return self._render(token, who, values, errors, status=422)
-        self.site.readers.update(who.email, spec=spec, at=now)
-        self.site.changed(who.email)
+        await edit_reader(self.site.deps, who.email, spec, now=now)
         log.info("reader edited subscriber_id=%d", who.subscriber_id)
         return _back(token, "saved")
 

@@ -48,15 +48,14 @@ class Who:
 
 @dataclass
 class ReaderSite:
-    """One daemon's reader pages: everything they read, and the two side effects they have
-    (queue a mail, tell the live matcher about one reader)."""
+    """One daemon's reader pages: everything they read. What they change goes through
+    pipeline/readers.py, which keeps the live audience current."""
 
     deps: Deps
     signup: Callable[[], SignupSettings]
     clock: Callable[[], datetime]
     secret: bytes
     wake: Callable[[], None] = lambda: None  # deliver what was just queued, soon
-    changed: Callable[[str], None] = lambda email: None  # one reader's rules changed
     pages: Pages = field(init=False)
     guard: FormGuard = field(init=False)
     per_ip: RateLimiter = field(init=False)
@@ -78,10 +77,10 @@ class ReaderSite:
 
     def admin_entry(self, email: str) -> Subscriber | None:
         """The admin's YAML entry for `email`, if any: it wins over a reader's own."""
-        return self.deps.audience.subscribers.by_email(email)
+        return self.deps.audience.yaml.by_email(email)
 
     def rule_sets(self) -> Mapping[str, tuple[Rule, ...]]:
-        return dict(self.deps.audience.subscribers.named_sets)
+        return dict(self.deps.audience.yaml.named_sets)
 
     def defaults(self) -> ReaderDefaults:
         d = self.signup().defaults

@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from digestd.core.addresses import address_key, check_address
+from digestd.pipeline.readers import confirm_reader
 from digestd.rules.readers import validate_reader_spec
 from digestd.service.formguard import BadForm, BodyTooLarge, Form, client_ip, read_form
 from digestd.service.readerform import (
@@ -195,8 +196,7 @@ class _Signup:
             return self._bad_link()
         if who.reader.state == "pending":
             now = self.site.clock()
-            self.site.readers.confirm(who.email, at=now)
-            self.site.changed(who.email)
+            await confirm_reader(self.site.deps, who.email, now=now)
             log.info("reader confirmed subscriber_id=%d", who.subscriber_id)
         return self._confirmed(who.email)
 

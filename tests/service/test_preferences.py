@@ -13,6 +13,7 @@ from readerpages import SECRET, Site, link_in, serve
 from smtpserver import SMTPTestServer
 
 from digestd.mail.pagetokens import page_token
+from digestd.pipeline.readers import refresh_readers
 from digestd.rules.readers import reader_spec
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,6 +52,8 @@ async def post(site: Site, path: str, **fields: str | list[str]) -> tuple[int, s
 
 async def test_a_reader_sees_and_edits_their_choices(site: Site) -> None:
     path = await signed_up(site, keywords="diffusion")
+    live = site.deps.audience.subscribers.by_email("new@example.org")
+    assert live is not None and live.timezone == "Europe/Berlin"  # joined the live set at confirm
     page = await site.client.get(path)
     assert page.status_code == 200 and "n••@example.org" in page.text
     assert "Subscribed" in page.text and "daily at 07:00" in page.text
@@ -65,6 +68,8 @@ async def test_a_reader_sees_and_edits_their_choices(site: Site) -> None:
     assert reader is not None
     assert reader.spec["use"] == ["vision"] and reader.spec["schedule"] == "0 9 * * fri"
     assert reader.spec["rules"] == [{"any": ["<b>gaussian splat</b>"]}]
+    live = site.deps.audience.subscribers.by_email("new@example.org")
+    assert live is not None and live.timezone == "Asia/Tokyo" and live.max_papers == 5
     page = await site.client.get(f"{path}?done=saved")
     assert "Fridays at 09:00" in page.text and "Asia/Tokyo" in page.text
     assert "&lt;b&gt;gaussian splat&lt;/b&gt;" in page.text and "<b>gaussian" not in page.text
@@ -127,11 +132,14 @@ async def test_yaml_wins_over_a_reader_row_of_the_same_address(site: Site) -> No
     spec = reader_spec(keywords=["mine"])
     readers.add_pending("Admin-Reader@example.org", name="Self", spec=spec, at=site.clock())
     readers.confirm("admin-reader@example.org", at=site.clock())
+    refresh_readers(site.deps, now=site.clock())
     path = manage_path(site, "admin-reader@example.org")
     page = await site.client.get(path)
     assert "Subscribed by the editor" in page.text and 'name="keywords"' not in page.text
     assert (await post(site, path, action="edit", keywords="x", timezone="UTC", hour="7"))[0] == 403
     assert readers.get("admin-reader@example.org").spec == spec  # type: ignore[union-attr]
+    served = [s for s in site.deps.audience.subscribers.subscribers if s.email.startswith("admin-")]
+    assert len(served) == 1 and served[0].name is None  # the YAML's entry, not "Self"
 
 
 async def test_unsubscribe_from_the_page_kills_the_link(site: Site) -> None:
@@ -140,6 +148,7 @@ async def test_unsubscribe_from_the_page_kills_the_link(site: Site) -> None:
     assert code == 200 and "You are unsubscribed" in text
     assert site.deps.store.subscribers.is_suppressed("new@example.org")
     assert site.deps.store.readers.get("new@example.org") is None
+    assert site.deps.audience.subscribers.by_email("new@example.org") is None
     assert (await site.client.get(path)).status_code == 404
     # Unsubscribed means nothing more, not even a confirmation mail a stranger could trigger.
     site.clock.advance(timedelta(minutes=11))
