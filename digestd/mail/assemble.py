@@ -67,18 +67,23 @@ def message_links(
 
     `email` is the store's key of the subscriber; `sub_id` their id, needed with a public URL.
     """
-    unsub = view = None
+    unsub = view = manage = None
     if options.public_url:
         if sub_id is None:
             raise ValueError("an unsubscribe link needs the subscriber's id")
         unsub = tokens.unsubscribe_token(_key(secret, "unsubscribe"), sub_id, email)
+        manage = tokens.manage_token(_key(secret, "manage"), sub_id, email)
         if options.view_days > 0:
             view = tokens.view_token(_key(secret, "view"), message_id)
     mailto = options.unsubscribe_mailto
     if mailto is None and not options.public_url:
         mailto = options.envelope_from
     return mail_links(
-        public_url=options.public_url, unsubscribe_token=unsub, view_token=view, mailto=mailto
+        public_url=options.public_url,
+        unsubscribe_token=unsub,
+        view_token=view,
+        mailto=mailto,
+        manage_token=manage,
     )
 
 
@@ -106,8 +111,13 @@ def render_context(
         # The reader's day: 23:00 UTC on Tuesday is Wednesday morning in Tokyo.
         date_label=periods.date_label(now, sub.timezone if sub is not None else "UTC"),
         unsubscribe_url=links.visible_unsubscribe,
+        # The web copy's URL may be shared: it never carries the reader's manage link.
+        manage_url=None if web_copy else links.manage_url,
         manage_note=(
-            f"You receive this because an administrator of {options.site_name} subscribed "
+            f"You receive this because you or an administrator subscribed you to "
+            f"{options.site_name}."
+            if links.manage_url
+            else f"You receive this because an administrator of {options.site_name} subscribed "
             f"you. Reply to {options.envelope_from} to change your rules."
         ),
         web_url=links.view_url,

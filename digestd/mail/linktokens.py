@@ -1,9 +1,14 @@
-"""Opaque, signed tokens for the links in a mail: who wants to leave, and which message to show.
+"""Opaque, signed tokens for the links in a mail: who wants to leave, who manages their
+subscription, and which message to show.
 
 An unsubscribe token is base64url(subscriber id ‖ HMAC-SHA256(key, id ‖ email)[:16]): no address is
 readable in it, and the MAC binds the id to the address, so a database rebuilt with other ids cannot
 turn an old link against someone else. A web-copy token is a MAC of the Message-ID: unguessable,
 yet the same on every render, so a retried enqueue stores the same copy under the same name.
+
+Every purpose has its own key (`derive_key(secret, purpose)`: "unsubscribe", "manage", "view",
+and "confirm" and "feedback" for the pages that use them), so a token made for one use verifies
+for no other: a manage token is an unsubscribe token's format under the "manage" key.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ __all__ = [
     "UnsubscribeToken",
     "derive_key",
     "is_view_token",
+    "manage_token",
+    "parse_manage",
     "parse_unsubscribe",
     "unsubscribe_token",
     "view_token",
@@ -64,6 +71,16 @@ def parse_unsubscribe(token: str) -> UnsubscribeToken | None:
     if subscriber_id >= 2**63:  # SQLite integers are signed 64-bit; ours are small anyway
         return None
     return UnsubscribeToken(subscriber_id, raw[_ID_BYTES:])
+
+
+def manage_token(key: bytes, subscriber_id: int, email: str) -> str:
+    """The token of a reader's "Manage your subscription" link (`key`: the "manage" key)."""
+    return unsubscribe_token(key, subscriber_id, email)
+
+
+def parse_manage(token: str) -> UnsubscribeToken | None:
+    """A manage token's id and MAC (verify with the "manage" key), or None."""
+    return parse_unsubscribe(token)
 
 
 def view_token(key: bytes, message_id: str) -> str:

@@ -29,6 +29,7 @@ class MailLinks:
     unsubscribe_url: str | None = None  # HTTPS one-click (RFC 8058) when http.public_url is set
     unsubscribe_mailto: str | None = None  # mailto:…?subject=unsubscribe
     view_url: str | None = None
+    manage_url: str | None = None  # the reader's preferences page (needs http.public_url)
 
     @property
     def visible_unsubscribe(self) -> str | None:
@@ -42,6 +43,7 @@ def mail_links(
     unsubscribe_token: str | None,
     view_token: str | None,
     mailto: str | None,
+    manage_token: str | None = None,
 ) -> MailLinks:
     base = public_url.rstrip("/") if public_url else None
     return MailLinks(
@@ -52,6 +54,7 @@ def mail_links(
         if mailto
         else None,
         view_url=f"{base}/view/{view_token}" if base and view_token else None,
+        manage_url=f"{base}/preferences/{manage_token}" if base and manage_token else None,
     )
 
 

@@ -70,6 +70,7 @@ class RenderContext:
     date_label: str
     unsubscribe_url: str | None = None
     manage_note: str = ""
+    manage_url: str | None = None  # "Manage your subscription" (not on the web copy)
     web_url: str | None = None
     web_copy: bool = False  # rendering the page the web_url serves, not the mail
     max_papers: int | None = None  # the subscriber's cap, to explain `more`
@@ -257,6 +258,7 @@ def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, obj
         "subscriber_name": clean_header(digest.subscriber.name or "", limit=100),
         "preheader": top or f"No new papers from {ctx.site_name}",
         "unsubscribe_url": safe_link(ctx.unsubscribe_url),
+        "manage_url": safe_link(ctx.manage_url),
         "web_url": safe_url(ctx.web_url),
         "web_copy": ctx.web_copy,
     }

@@ -1,7 +1,7 @@
 """Personalised renders at the cost of a string substitution: `render_personal` ≡ `render_digest`.
 
 Thousands of subscribers get the same papers in one run, and their mails differ only in a few
-values: the greeting's name, the unsubscribe link and the web-copy link. Rendering and CSS-inlining
+values: the greeting's name, the unsubscribe, manage and web-copy links. Rendering and CSS-inlining
 ~40 KB of HTML per subscriber cost ~1 ms; here each distinct *shape* (papers, layout, kind, run-wide
 context, which of those values are present) is rendered once with unique placeholder tokens, and
 each subscriber's mail is that template with the tokens replaced by their values.
@@ -47,7 +47,7 @@ from digestd.mail.render import (
 
 __all__ = ["SLOTS", "TOKENS", "is_plain", "page_template", "personal_template", "render_personal"]
 
-SLOTS = ("name", "unsubscribe", "web")
+SLOTS = ("name", "unsubscribe", "web", "manage")
 _NAME_LIMIT = 100  # as render._values cuts subscriber names
 _UNPLAIN = re.compile("[&<>\"'\u00a0\x00-\x1f\x7f-\x9f]")
 _NONCE = secrets.token_hex(8)
@@ -63,6 +63,7 @@ class _Tokens:
     name: str
     unsubscribe: str
     web: str
+    manage: str
 
     @staticmethod
     def make(tag: str) -> _Tokens:
@@ -71,10 +72,16 @@ class _Tokens:
             name=f"Zname{stem}Z",
             unsubscribe=f"https://u{stem}.invalid/{tag}",
             web=f"https://w{stem}.invalid/{tag}{tag}",
+            manage=f"https://m{stem}.invalid/{tag}{tag}{tag}",
         )
 
     def as_map(self) -> dict[str, str]:
-        return {"name": self.name, "unsubscribe": self.unsubscribe, "web": self.web}
+        return {
+            "name": self.name,
+            "unsubscribe": self.unsubscribe,
+            "web": self.web,
+            "manage": self.manage,
+        }
 
 
 _A = _Tokens.make("a")
@@ -190,18 +197,24 @@ class _Unsubstitutable(Exception):
 
 def slot_values(digest: Digest, ctx: RenderContext) -> dict[str, str] | None:
     """The subscriber's value for each slot ("" when unset), or None when one is not plain."""
-    found = _slot_values(digest.subscriber.name or "", ctx.unsubscribe_url, ctx.web_url)
+    found = _slot_values(
+        digest.subscriber.name or "", ctx.unsubscribe_url, ctx.web_url, ctx.manage_url
+    )
     return None if found is None else dict(zip(SLOTS, found, strict=True))
 
 
 @functools.lru_cache(maxsize=8)  # a message asks twice: for the mail, then for its web copy
-def _slot_values(name: str, unsubscribe: str | None, web: str | None) -> tuple[str, ...] | None:
+def _slot_values(
+    name: str, unsubscribe: str | None, web: str | None, manage: str | None
+) -> tuple[str, ...] | None:
     clean = clean_header(name, limit=_NAME_LIMIT)
-    unsub, page = unsubscribe or "", web or ""
+    unsub, page, prefs = unsubscribe or "", web or "", manage or ""
     # The templates see safe_link/safe_url of the links; a value they would change goes slow.
     if unsub and safe_link(unsub) != unsub or page and safe_url(page) != page:
         return None
-    values = (clean, unsub, page)  # in SLOTS order
+    if prefs and safe_link(prefs) != prefs:
+        return None
+    values = (clean, unsub, page, prefs)  # in SLOTS order
     if any(not is_plain(v) or _NONCE in v for v in values):
         return None
     return values
@@ -276,6 +289,7 @@ def _tokened_ctx(ctx: RenderContext, values: Mapping[str, str], tokens: _Tokens)
         ctx,
         unsubscribe_url=tokens.unsubscribe if values["unsubscribe"] else None,
         web_url=tokens.web if values["web"] else None,
+        manage_url=tokens.manage if values["manage"] else None,
     )
 
 
@@ -303,6 +317,7 @@ def _render(shape: _Shape, layout: Layout, tokens: _Tokens) -> tuple[str, str]:
         "name": tokens.name if shape.has_name else "",
         "unsubscribe": tokens.unsubscribe if shape.ctx.unsubscribe_url else "",
         "web": tokens.web if shape.ctx.web_url else "",
+        "manage": tokens.manage if shape.ctx.manage_url else "",
     }
     digest = Digest(
         subscriber=Subscriber(email="slot@invalid", name=present["name"] or None),
