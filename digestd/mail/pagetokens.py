@@ -1,12 +1,11 @@
-"""Signed, expiring tokens for the reader's pages: confirm a subscription, manage it, and the
-anti-CSRF token every POST form carries.
+"""Signed, expiring tokens for the reader's pages (the confirmation link) and the anti-CSRF token
+every POST form carries.
 
 A page token is base64url(id ‖ expiry ‖ MAC[:16]), 39 characters: the subscriber id (as for
 unsubscribe links, so no address is readable in it), the expiry in Unix seconds, and an HMAC over
-both plus the address key and a `binding` (the reader row's creation stamp: a row removed and
-made again kills every earlier token). Each purpose signs with its own derived key, so a
-confirmation token is worthless as a preferences token, and neither is an unsubscribe token (32
-characters) or a web-copy token (24).
+both plus the address key and a `binding` (the pending row's creation stamp: a sign-up made
+again voids the earlier links). Each purpose signs with its own derived key ("page-confirm"), so
+a confirmation token is worthless as a manage, unsubscribe (32 characters) or web-copy token (24).
 
 A form token is a MAC of (form purpose, the page's token, a time bucket): no cookie, no state;
 it is accepted in its bucket and the next one, so a form stays usable for `FORM_BUCKET` to twice that.
@@ -34,7 +33,7 @@ __all__ = [
     "parse_page_token",
 ]
 
-PURPOSES = ("confirm", "manage")
+PURPOSES = ("confirm",)  # the manage link is linktokens.manage_token: it never expires
 FORM_BUCKET = timedelta(hours=2)
 _ID_BYTES = 8
 _EXP_BYTES = 5  # seconds since 1970 for 34,000 years

@@ -154,7 +154,8 @@ class _Preferences:
         paused_until = pause.until if pause is not None and _open(pause, now) else None
         if values is None and who.reader is not None:
             values = values_from_spec(who.reader.spec, email=who.email, name=who.reader.name)
-        state = "Paused" if paused_until else _state_words(who)
+        left = self.site.deps.store.subscribers.is_suppressed(who.email)
+        state = "Unsubscribed" if left else "Paused" if paused_until else _state_words(who)
         csrf = {
             a: self.site.guard.token("prefs", token) for a in ("edit", "pause", "resume", "leave")
         }
@@ -165,7 +166,7 @@ class _Preferences:
             editable=who.admin is None and who.reader is not None, v=values or FormValues(),
             errors=errors, labels=LABELS, weekdays=WEEKDAYS, zones=zones(), max_papers_cap=100,
             topics=[(n, label) for n, label in settings.topics.items() if n in sets],
-            csrf=csrf, action=f"/preferences/{token}", notice=notice,
+            csrf=csrf, action=f"/preferences/{token}", notice=notice, left=left,
             contact=self.site.deps.options.envelope_from,
             rule_lines=[_rule_words(r) for r in sub.rules] if sub else [],
             paused_until=paused_until.strftime("%A %d %B %Y") if paused_until else None,

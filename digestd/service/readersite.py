@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from digestd.config.sections import SignupSettings
 from digestd.core.addresses import address_key
 from digestd.core.model import Rendered, Rule, Subscriber
-from digestd.mail import pagetokens
+from digestd.mail import linktokens, pagetokens
 from digestd.mail.mime import build_message
 from digestd.mail.parts import signed
 from digestd.pipeline import Deps
@@ -26,13 +26,9 @@ from digestd.service.formguard import FormGuard, RateLimiter
 from digestd.service.webpages import Pages, mail_environment
 from digestd.store.protocols import Reader, ReaderRepository
 
-__all__ = ["MANAGE_FOR", "ReaderSite", "Who"]
+__all__ = ["ReaderSite", "Who"]
 
 log = logging.getLogger(__name__)
-
-MANAGE_FOR = timedelta(
-    days=30
-)  # a manage link mailed by a page; a digest's own link is renewed daily
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +62,7 @@ class ReaderSite:
         self.per_ip = RateLimiter(
             0, timedelta(hours=1)
         )  # its limit is set from the settings in force
+        self._manage_key = linktokens.derive_key(self.secret, "manage")
         self._text = mail_environment(html=False)
         self._html = mail_environment(html=True)
 
@@ -87,42 +84,62 @@ class ReaderSite:
         return ReaderDefaults(schedule=d.schedule, timezone=d.timezone, max_papers=d.max_papers)
 
     def who(self, token: str, purpose: str) -> Who | None:
-        """The owner of a valid, unexpired `purpose` token; None for anything else (forged,
-        expired, another purpose's, or its reader row removed or made again since)."""
-        parsed = pagetokens.parse_page_token(token)
-        if parsed is None:
+        """The owner of a valid `purpose` token ("confirm" or "manage"); None for anything else:
+        forged, expired, another purpose's, or its reader removed since (the id is retired)."""
+        email, sub_id = self._verified(token, purpose)
+        if email is None:
             return None
-        email = self.deps.store.subscribers.email_of(parsed.subscriber_id) or ""
-        reader = self.readers.get(email) if email else None
-        admin = self.admin_entry(email) if email else None
-        binding = _binding(reader)
-        key = pagetokens.page_key(self.secret, purpose)
-        # Verified even when the id is unknown, so the timing does not tell ids apart.
-        if not parsed.verify(key, email, binding, now=self.clock()) or not email:
+        reader = self.readers.get(email)
+        admin = self.admin_entry(email)
+        if purpose == "confirm":
+            # Bound to the row: a sign-up made again (a new pending row) voids the older links.
+            parsed = pagetokens.parse_page_token(token)
+            key = pagetokens.page_key(self.secret, "confirm")
+            if parsed is None or reader is None:
+                return None
+            if not parsed.verify(key, email, _binding(reader), now=self.clock()):
+                return None
+        elif reader is None and admin is None:
             return None
-        if reader is None and (purpose == "confirm" or admin is None):
-            return None
-        return Who(email, parsed.subscriber_id, reader, admin)
+        return Who(email, sub_id, reader, admin)
 
-    def token(self, purpose: str, email: str, reader: Reader | None, valid_for: timedelta) -> str:
-        sub_id = self.deps.store.subscribers.id_of(email)
-        expires = self.clock() + valid_for
+    def _verified(self, token: str, purpose: str) -> tuple[str | None, int]:
+        """The address a token's id names, if its MAC verifies (expiry is checked by `who`)."""
+        if purpose == "manage":
+            parsed = linktokens.parse_manage(token)
+            if parsed is None:
+                return None, 0
+            email = self.deps.store.subscribers.email_of(parsed.subscriber_id)
+            # Verified even when the id is unknown, so the timing does not tell ids apart.
+            ok = parsed.verify(self._manage_key, email or "")
+            return (email if ok else None), parsed.subscriber_id
+        page = pagetokens.parse_page_token(token)
+        if page is None:
+            return None, 0
+        email = self.deps.store.subscribers.email_of(page.subscriber_id)
+        return email, page.subscriber_id
+
+    def confirm_token(self, reader: Reader) -> str:
+        sub_id = self.deps.store.subscribers.id_of(reader.email)
+        expires = self.clock() + self.signup().confirm_within
         return pagetokens.page_token(
-            self.secret, purpose, sub_id, email, _binding(reader), expires
-        )  # fmt: skip
+            self.secret, "confirm", sub_id, reader.email, _binding(reader), expires
+        )
 
     def url(self, path: str) -> str:
         base = (self.deps.options.public_url or "").rstrip("/")
         return f"{base}{path}"
 
-    def manage_url(self, email: str, reader: Reader | None) -> str:
-        return self.url(f"/preferences/{self.token('manage', email, reader, MANAGE_FOR)}")
+    def manage_url(self, email: str) -> str:
+        """The page a digest's "Manage your subscription" link opens (the same token)."""
+        sub_id = self.deps.store.subscribers.id_of(email)
+        return self.url(f"/preferences/{linktokens.manage_token(self._manage_key, sub_id, email)}")
 
     # -- mails ---------------------------------------------------------------------------------
 
     def mail_confirmation(self, reader: Reader, *, to: str) -> bool:
         within = self.signup().confirm_within
-        link = self.url(f"/confirm/{self.token('confirm', reader.email, reader, within)}")
+        link = self.url(f"/confirm/{self.confirm_token(reader)}")
         hours = int(within.total_seconds() // 3600)
         lines = (
             f"Someone, probably you, asked to receive {self.deps.options.site_name} at this"
@@ -136,13 +153,11 @@ class ReaderSite:
 
     def mail_already(self, email: str, *, to: str, name: str | None) -> bool:
         """'You are subscribed already — manage it here': what a known address gets instead."""
-        reader = self.readers.get(email)
-        link = self.manage_url(email, reader)
+        link = self.manage_url(email)
         lines = (
             f"Someone, probably you, asked to subscribe this address to"
             f" {self.deps.options.site_name}. It is subscribed already: nothing changed.",
-            "To change your topics, schedule or pause, use the button below"
-            f" (it works for {MANAGE_FOR.days} days).",
+            "To change your topics or schedule, pause or leave, use the button below.",
         )
         subject = f"You are subscribed to {self.deps.options.site_name}"
         return self._queue(to, name, subject, lines, link, "Manage my subscription", "known")

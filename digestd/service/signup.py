@@ -201,8 +201,7 @@ class _Signup:
         return self._confirmed(who.email)
 
     def _confirmed(self, email: str) -> Response:
-        reader = self.site.readers.get(email)
-        url = self.site.manage_url(email, reader)
+        url = self.site.manage_url(email)
         return self.site.pages.message(
             "You are subscribed",
             "Your first digest comes at the next time you chose, with the papers of the last days.",

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from digestd.mail.linktokens import derive_key
 from digestd.mail.pagetokens import (
     FORM_BUCKET,
     form_token,
@@ -25,7 +26,8 @@ def test_a_token_verifies_only_for_its_purpose_address_binding_and_time() -> Non
     parsed = parse_page_token(token)
     assert parsed is not None and parsed.subscriber_id == 7
     assert parsed.verify(page_key(SECRET, "confirm"), "ann@example.org", "row-1", now=NOW)
-    assert not parsed.verify(page_key(SECRET, "manage"), "ann@example.org", "row-1", now=NOW)
+    assert not parsed.verify(derive_key(SECRET, "manage"), "ann@example.org", "row-1", now=NOW)
+    assert not parsed.verify(derive_key(SECRET, "confirm"), "ann@example.org", "row-1", now=NOW)
     assert not parsed.verify(page_key(SECRET, "confirm"), "bob@example.org", "row-1", now=NOW)
     assert not parsed.verify(page_key(SECRET, "confirm"), "ann@example.org", "row-2", now=NOW)
     later = NOW + timedelta(hours=48)
@@ -36,7 +38,7 @@ def test_a_token_verifies_only_for_its_purpose_address_binding_and_time() -> Non
 def test_anything_else_parses_to_none_or_fails_to_verify(text: str) -> None:
     parsed = parse_page_token(text)
     if parsed is not None:
-        assert not parsed.verify(page_key(SECRET, "manage"), "ann@example.org", "", now=NOW)
+        assert not parsed.verify(page_key(SECRET, "confirm"), "ann@example.org", "", now=NOW)
 
 
 def test_form_tokens_last_one_to_two_buckets_and_bind_form_and_page() -> None:

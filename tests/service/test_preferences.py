@@ -12,7 +12,8 @@ import pytest
 from readerpages import SECRET, Site, link_in, serve
 from smtpserver import SMTPTestServer
 
-from digestd.mail.pagetokens import page_token
+from digestd import pipeline
+from digestd.mail.linktokens import derive_key, manage_token, unsubscribe_token
 from digestd.pipeline.readers import refresh_readers
 from digestd.rules.readers import reader_spec
 
@@ -36,12 +37,10 @@ async def signed_up(site: Site, email: str = "new@example.org", **fields: str) -
     return found.group(1)
 
 
-def manage_path(site: Site, email: str, valid_for: timedelta = timedelta(days=30)) -> str:
-    reader = site.deps.store.readers.get(email)
-    binding = reader.created_at.isoformat() if reader is not None else "admin"
+def manage_path(site: Site, email: str) -> str:
+    """The path of the Manage link every digest to `email` carries."""
     sub_id = site.deps.store.subscribers.id_of(email)
-    token = page_token(SECRET, "manage", sub_id, email, binding, site.clock() + valid_for)
-    return f"/preferences/{token}"
+    return f"/preferences/{manage_token(derive_key(SECRET, 'manage'), sub_id, email)}"
 
 
 async def post(site: Site, path: str, **fields: str | list[str]) -> tuple[int, str]:
@@ -125,6 +124,10 @@ async def test_an_admin_reader_sees_rules_read_only_and_may_pause(site: Site) ->
     assert code == 403
     assert (await post(site, path, action="pause", weeks="1"))[0] == 303
     assert site.deps.store.readers.pause_of("admin-reader@example.org") is not None
+    code, text = await post(site, path, action="unsubscribe")
+    assert code == 200 and site.deps.store.subscribers.is_suppressed("admin-reader@example.org")
+    page = await site.client.get(path)  # the admin's reader keeps a page that says so
+    assert "Unsubscribed" in page.text and "Resume now" not in page.text
 
 
 async def test_yaml_wins_over_a_reader_row_of_the_same_address(site: Site) -> None:
@@ -157,14 +160,25 @@ async def test_unsubscribe_from_the_page_kills_the_link(site: Site) -> None:
     assert len(site.mails_to("new@example.org")) == 1  # the first confirmation only
 
 
-async def test_forged_expired_and_swapped_manage_tokens(site: Site) -> None:
+async def test_forged_and_swapped_manage_tokens(site: Site) -> None:
     path = await signed_up(site)
     token = path.rsplit("/", 1)[1]
-    for bad in (token[:-3] + "AAA", "A" * 39, token[:32]):
-        assert (await site.client.get(f"/preferences/{bad}")).status_code == 404
+    sub_id = site.deps.store.subscribers.id_of("new@example.org")
+    unsub = unsubscribe_token(derive_key(SECRET, "unsubscribe"), sub_id, "new@example.org")
+    other = manage_token(derive_key(SECRET, "manage"), sub_id, "eve@example.org")
+    for bad in (token[:-3] + "AAA", "A" * 32, unsub, other, token[:31]):
+        assert (await site.client.get(f"/preferences/{bad}")).status_code == 404, bad
     assert (await site.client.get(f"/confirm/{token}")).status_code == 404
-    short = manage_path(site, "new@example.org", valid_for=timedelta(hours=1))
-    assert (await site.client.get(short)).status_code == 200
-    site.clock.advance(timedelta(hours=1, seconds=1))
-    assert (await site.client.get(short)).status_code == 404
-    assert (await post(site, path, action="pause", weeks="1"))[0] == 303  # the long one still works
+    assert (await site.client.get(f"/unsubscribe/{token}")).status_code == 404
+    assert await post(site, path, action="pause", weeks="1") == (303, f"{path}?done=paused")
+
+
+async def test_the_digest_manage_link_opens_the_page(site: Site) -> None:
+    """The link readers put in every digest is the one these pages read."""
+    path = await signed_up(site)
+    await pipeline.ingest(site.deps, now=site.clock())
+    pipeline.compose(site.deps, now=site.clock(), once=True)
+    await site.deliver()
+    digest = next(m for m in site.mails_to("new@example.org") if "Confirm" not in m["Subject"])
+    assert link_in(digest, "preferences") == path
+    assert (await site.client.get(path)).status_code == 200
