@@ -86,11 +86,37 @@ def mail_link(smtp: SMTPTestServer, subject: str, path: str) -> str:
     return found.group(0)
 
 
+# Every visible control has a label; the honeypot is out of the tab order and hidden from AT.
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
+  .filter(e => e.type !== 'hidden' && !e.closest('[aria-hidden=true]') && e.labels.length === 0)
+  .map(e => e.id || e.name)"""
+CONTRAST = """() => { const m = getComputedStyle(document.querySelector('main'));
+  return [m.color, m.backgroundColor]; }"""
+
+
 def shots(page: Any, name: str) -> None:
-    for width in (375, 800):
+    """Light at 375 and 800 px, dark at 375: nothing overflows, text differs from its background."""
+    for width, scheme in ((375, "light"), (800, "light"), (375, "dark")):
+        page.emulate_media(color_scheme=scheme)
         page.set_viewport_size({"width": width, "height": 900})
         assert page.evaluate("document.documentElement.scrollWidth") <= width, (name, width)
-        page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+        colour, background = page.evaluate(CONTRAST)
+        assert colour != background
+        if scheme == "dark":
+            assert background != "rgb(255, 255, 255)"
+        suffix = "-dark" if scheme == "dark" else ""
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{width}{suffix}.png"), full_page=True)
+    page.emulate_media(color_scheme="light")
+
+
+def check_form_a11y(page: Any) -> None:
+    assert page.evaluate(UNLABELLED) == []
+    page.locator("#email").focus()
+    order = []
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id"))
+    assert order == ["name", "topic-1", "topic-2", "keywords"], order
 
 
 def run_once(config: Path) -> None:
@@ -118,6 +144,7 @@ def test_sign_up_confirm_digest_then_preferences(
                 port = http_port(log)
                 page.goto(f"http://127.0.0.1:{port}/subscribe")
                 assert page.locator("#timezone").input_value() == "Asia/Tokyo"  # the script ran
+                check_form_a11y(page)
                 page.get_by_label("Email address").fill(READER)
                 page.get_by_label("Name").fill("Rea Der")
                 page.get_by_label("Computer vision").check()
