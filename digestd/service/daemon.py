@@ -237,7 +237,7 @@ class Daemon:
         self.alerts.record(outcome)
 
     def _expire_removed(self, now: datetime) -> None:
-        keep = (pipeline.key(s) for s in self.deps.subscribers.subscribers)
+        keep = app.served_keys(self.deps)
         n = self.deps.store.outbox.expire_except(keep, at=now, reason="subscriber removed")
         if n:
             log.warning("expired unsent mail of removed subscribers n=%d", n)

@@ -20,7 +20,7 @@ from digestd.deliver.transports.smtp import SmtpMailer
 from digestd.mail.dkim import load_signer
 from digestd.mail.listheaders import normalise_list_id
 from digestd.mail.render import make_environments
-from digestd.pipeline import Audience, Deps, Options
+from digestd.pipeline import Audience, Deps, Options, key
 from digestd.pipeline import register as register_subscribers
 from digestd.rules.readers import ReaderDefaults
 from digestd.rules.subscribers import load_subscribers
@@ -192,6 +192,13 @@ async def close(deps: Deps) -> None:
         if aclose is not None:
             await aclose()
     deps.store.close()
+
+
+def served_keys(deps: Deps) -> set[str]:
+    """Whose unsent mail a restart or reload keeps: everyone served, and the readers still to
+    confirm (their confirmation mail is queued like any other)."""
+    served = {key(s) for s in deps.subscribers.subscribers}
+    return served | {r.email for r in deps.store.readers.pending()}
 
 
 def web_routes(

@@ -13,6 +13,7 @@ from readerpages import Site, link_in, serve
 from smtpserver import SMTPTestServer
 
 from digestd.mail.linktokens import derive_key, unsubscribe_token
+from digestd.service import wiring as app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -225,3 +226,21 @@ async def test_a_confirm_form_of_one_token_does_not_serve_another(site: Site) ->
     reply = await site.client.post(b, data={"csrf": await site.csrf(a)})
     assert reply.status_code == 403
     assert site.deps.store.readers.get("b@example.org").state == "pending"  # type: ignore[union-attr]
+
+
+async def test_a_reload_or_restart_keeps_a_pending_readers_confirmation_mail(site: Site) -> None:
+    """Unsent mail of addresses no longer served is expired at a reload or restart; a reader still
+    to confirm is not one of those."""
+    site.smtp.handler.data_reply = "451 4.3.2 try later"
+    await site.subscribe()
+    await site.deliver()
+    assert site.mails_to("new@example.org") == []
+    assert "new@example.org" in app.served_keys(site.deps)
+    expired = site.deps.store.outbox.expire_except(
+        app.served_keys(site.deps), at=site.clock(), reason="subscriber removed"
+    )
+    assert expired == 0
+    site.smtp.handler.data_reply = None
+    site.clock.advance(timedelta(hours=1))
+    await site.deliver()
+    assert len(site.mails_to("new@example.org")) == 1
