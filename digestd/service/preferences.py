@@ -31,7 +31,7 @@ from digestd.service.readerform import (
 from digestd.service.readersite import ReaderSite, Who
 from digestd.service.routes import mask
 from digestd.service.signup import guarded_form
-from digestd.service.webpages import zones
+from digestd.service.webpages import HEADERS, zones
 from digestd.store.protocols import Pause
 
 __all__ = ["routes"]
@@ -201,7 +201,7 @@ def _state_words(who: Who) -> str:
 
 
 def _back(token: str, done: str) -> Response:
-    return RedirectResponse(f"/preferences/{token}?done={done}", status_code=303)
+    return RedirectResponse(f"/preferences/{token}?done={done}", status_code=303, headers=HEADERS)
 
 
 def _schedule_words(schedule: str) -> str:

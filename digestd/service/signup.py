@@ -28,7 +28,7 @@ from digestd.service.readerform import (
     values_from_form,
 )
 from digestd.service.readersite import ReaderSite
-from digestd.service.webpages import zones
+from digestd.service.webpages import HEADERS, zones
 
 __all__ = ["MAX_FORM", "routes"]
 
@@ -220,7 +220,7 @@ class _Signup:
 
 def _sent() -> Response:
     """The one answer to every accepted form: a redirect (POST → GET), so a reload sends nothing."""
-    return RedirectResponse("/subscribe/sent", status_code=303)
+    return RedirectResponse("/subscribe/sent", status_code=303, headers=HEADERS)
 
 
 def _email_problem(email: str, allowed: object) -> str | None:

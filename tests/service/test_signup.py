@@ -65,6 +65,7 @@ async def test_signup_closed_by_default(site: Site) -> None:
 async def test_double_opt_in_from_form_to_confirmed_reader(site: Site) -> None:
     reply = await site.subscribe(email="New@Example.org", keywords="diffusion, kv cache")
     assert reply.status_code == 303 and reply.headers["location"] == "/subscribe/sent"
+    assert reply.headers["cache-control"] == "no-store" and "set-cookie" not in reply.headers
     reader = site.deps.store.readers.get("new@example.org")
     assert reader is not None and reader.state == "pending"
     path = await confirm_link(site)
