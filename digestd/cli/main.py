@@ -1,7 +1,7 @@
 """The command line: the parser, global options anywhere, dispatch to a command, exit codes.
 
 Thin: each command lives in its own module with its help text (run, check, preview, status,
-addresses, dkim); this one parses, sets up logging, and turns every known error into one line and
+addresses, subscribers, dkim); this one parses, sets up logging, and turns every known error into one line and
 its exit code.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digestd import __version__
-from digestd.cli import addresses, check, dkim, preview, run, status
+from digestd.cli import addresses, check, dkim, preview, run, status, subscribers
 from digestd.cli.exitcodes import EXIT_CODES, EXIT_CONFIG, EXIT_LOCKED, EXIT_RUNTIME
 from digestd.cli.options import config_path, global_options
 from digestd.config.settings import Settings, load_settings
@@ -37,6 +37,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "unsubscribe": addresses.cmd_unsubscribe,
     "resubscribe": addresses.cmd_resubscribe,
     "unsuspend": addresses.cmd_unsuspend,
+    "subscribers": subscribers.cmd_subscribers,
 }
 
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         preview.add_parser,
         status.add_parser,
         addresses.add_parsers,
+        subscribers.add_parser,
         dkim.add_parser,
     ):
         add(sub)

@@ -13,6 +13,7 @@ from digestd.cli.exitcodes import EXIT_OK
 from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
 from digestd.core.redact import safe_text
+from digestd.service.clock import utcnow
 from digestd.service.health import source_problems
 from digestd.store.protocols import SourceStatus, StoreStatus
 from digestd.store.sqlite import Store
@@ -37,8 +38,13 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with Store(settings.state) as store:
         status = replace(store.status(), sources=store.polls.source_status(names))
         suppressed = store.subscribers.suppressions()
+        readers = store.readers.counts(at=utcnow())
     print(f"state:       {settings.state}")
     print(format_status(status))
+    print(
+        f"readers:     {readers.pending} pending, {readers.active} active, {readers.paused} paused"
+        "  (web sign-ups; paused counts every address)"
+    )
     print(format_sources(status.sources))
     print(f"unsubscribed: {len(suppressed)}")
     for s in suppressed:

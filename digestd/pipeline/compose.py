@@ -17,6 +17,7 @@ from digestd.mail.listheaders import MailLinks
 from digestd.mail.workers import Composed, MailJob, composer
 from digestd.pipeline.deps import Deps, key
 from digestd.pipeline.enqueue import enqueue, enqueue_note, links_for, make_message_id, unbuilt
+from digestd.pipeline.readers import sync_readers
 
 __all__ = ["ComposeReport", "Overdue", "compose", "overdue"]
 
@@ -46,6 +47,7 @@ def compose(
     deps.store.outbox.release_stale(now=now, reason=drain.STALE_REASON)
     deps.store.webcopies.prune(now=now)
     deps.store.outbox.prune(before=now - timedelta(days=deps.options.keep_days))
+    sync_readers(deps, now=now)  # a reader confirmed, edited or removed by another process
     deps.observer.begin("match", len(deps.subscribers.subscribers))
     suspended = deps.store.subscribers.suspended()  # they get nothing until `digestd unsuspend`
     skipped = suspended | _paused(deps, now=now)

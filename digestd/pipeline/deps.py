@@ -131,6 +131,7 @@ class Deps:
     observer: Observer = NULL  # progress bars and metrics; the pipeline only reports to it
     sources: tuple[Source, ...] = ()  # every configured source; empty: just `source`
     web_version: int = 0  # counts readers' refreshes: only the newest one swaps (pipeline/readers)
+    readers_seen: int | None = None  # the store's readers version the audience was built from
 
     @property
     def subscribers(self) -> SubscriberSet:
@@ -143,6 +144,7 @@ class Deps:
 def register(deps: Deps, *, now: datetime) -> None:
     """Remember when each subscriber first appeared, so a newcomer's first digest starts from now;
     the confirmed web readers join the audience here."""
+    deps.readers_seen = deps.store.readers.version()
     web = build_web(deps.store.readers.active(), deps.audience.yaml, deps.options.reader_defaults)
     deps.audience = _registered(deps.store, deps.audience.with_web(web), now=now)
 
@@ -151,6 +153,7 @@ def swap_subscribers(deps: Deps, subscribers: SubscriberSet, *, now: datetime) -
     """Serve `subscribers` from now on (a reload): indexed once here, newcomers registered, and
     swapped in whole only then, so a failure leaves the old audience in place. The web readers
     are rebuilt too: an address the admin's file now lists is the admin's (YAML wins)."""
+    deps.readers_seen = deps.store.readers.version()
     web = build_web(deps.store.readers.active(), subscribers, deps.options.reader_defaults)
     deps.audience = _registered(deps.store, Audience.of(subscribers).with_web(web), now=now)
 

@@ -15,6 +15,7 @@ from digestd.core.redact import safe_text, secrets_of
 from digestd.pipeline.deps import Deps, key
 from digestd.pipeline.enqueue import enqueue_alert
 from digestd.pipeline.paper_merge import record_papers
+from digestd.pipeline.readers import sync_readers
 from digestd.sources.base import Source
 
 __all__ = ["IngestReport", "fetch", "ingest", "queue_owed_alerts", "record_poll"]
@@ -131,6 +132,7 @@ def queue_owed_alerts(deps: Deps, *, now: datetime) -> int:
     however often this runs or crashes; past `alert_ttl` they are dropped unsent and their papers
     go into the digests. Returns the number of alerts queued.
     """
+    sync_readers(deps, now=now)
     queued = 0
     for owed in deps.store.polls.owed_alerts():
         expires = owed.at + deps.options.alert_ttl

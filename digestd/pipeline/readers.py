@@ -31,13 +31,22 @@ __all__ = [
     "refresh_readers_async",
     "remove_reader",
     "resume_reader",
+    "sync_readers",
 ]
 
 MAX_PAUSE_WEEKS = 8
 
 
+def sync_readers(deps: Deps, *, now: datetime) -> None:
+    """Rebuild the readers' matcher if a reader changed since it was built, in this process or
+    another (`digestd subscribers remove` beside a running daemon): before composing."""
+    if deps.store.readers.version() != deps.readers_seen:
+        refresh_readers(deps, now=now)
+
+
 def refresh_readers(deps: Deps, *, now: datetime) -> None:
     """Rebuild the readers' matcher here and now (`run --once`, the CLI, tests)."""
+    deps.readers_seen = deps.store.readers.version()
     web = build_web(deps.store.readers.active(), deps.audience.yaml, deps.options.reader_defaults)
     swap_web(deps, web, now=now)
 
@@ -47,10 +56,12 @@ async def refresh_readers_async(deps: Deps, *, now: datetime) -> None:
     newest of overlapping refreshes swaps (it read the rows after every earlier change)."""
     deps.web_version += 1
     mine = deps.web_version
+    seen = deps.store.readers.version()
     rows = deps.store.readers.active()  # one query, on the loop: the store is not thread-safe
     yaml, defaults = deps.audience.yaml, deps.options.reader_defaults
     web = await asyncio.to_thread(build_web, rows, yaml, defaults)
     if deps.web_version == mine and deps.audience.yaml is yaml:
+        deps.readers_seen = seen
         swap_web(deps, web, now=now)
     elif deps.web_version == mine:  # a reload swapped the YAML meanwhile: build against it
         refresh_readers(deps, now=now)

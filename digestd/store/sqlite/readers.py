@@ -39,6 +39,12 @@ __all__ = ["SKIPPED_PERIOD", "SqliteReaders"]
 
 SKIPPED_PERIOD = "paused-"  # the period of the empty outbox row that marks a pause's papers
 
+_VERSION = "readers_version"  # meta: bumped by every change to who is served, in its transaction
+_BUMP = (
+    "INSERT INTO meta (key, value) VALUES ('readers_version', '1')"
+    " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+
 _SELECT = """SELECT r.*, p.until AS p_until, p.catch_up AS p_catch_up, p.resumed_at AS p_resumed,
                     s.email IS NOT NULL AS suppressed
              FROM readers r LEFT JOIN pauses p ON p.email = r.email
@@ -116,12 +122,19 @@ class SqliteReaders:
         """Pending → confirmed (an already confirmed reader stays as is); None: no such row."""
         stamp = ts(at)
         with self._db.write() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE readers SET confirmed_at = ?, updated_at = ?"
                 " WHERE email = ? AND confirmed_at IS NULL",
                 (stamp, stamp, address_key(email)),
             )
+            if cursor.rowcount:
+                db.execute(_BUMP)
         return self.get(email)
+
+    def version(self) -> int:
+        """Counts changes to the confirmed readers (confirm, edit, removal), whichever process
+        made them: a daemon that saw another number rebuilds its readers' matcher."""
+        return int(self._db.meta(_VERSION) or 0)
 
     def update(
         self, email: str, *, spec: Mapping[str, object], at: datetime, name: str | None = None
@@ -133,6 +146,8 @@ class SqliteReaders:
                 " version = version + 1 WHERE email = ? AND confirmed_at IS NOT NULL",
                 (json.dumps(dict(spec)), name, ts(at), address_key(email)),
             )
+            if cursor.rowcount:
+                db.execute(_BUMP)
         return self.get(email) if cursor.rowcount == 1 else None
 
     def remove(self, email: str, *, at: datetime) -> bool:
@@ -144,6 +159,7 @@ class SqliteReaders:
         with self._db.write() as db:
             if db.execute("DELETE FROM readers WHERE email = ?", (key,)).rowcount != 1:
                 return False
+            db.execute(_BUMP)
             db.execute("DELETE FROM pauses WHERE email = ?", (key,))
             db.execute("DELETE FROM subscribers WHERE email = ?", (key,))
             db.execute(
