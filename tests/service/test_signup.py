@@ -3,6 +3,7 @@ the form, CSRF, limits, the honeypot, hostile input, identical answers, and the 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -167,12 +168,14 @@ async def test_a_megabyte_of_keywords_is_refused_whole(site: Site) -> None:
         ("max_papers", "1e9", "whole number"),
         ("hour", "25", "pick an hour"),
         ("topics", "hidden", "pick from the topics"),
+        ("weekday", "<script>", "pick a day"),
     ],
 )
 async def test_hostile_input_gets_a_clear_error_beside_its_field(
     site: Site, field: str, value: str, expected: str
 ) -> None:
-    reply = await site.subscribe(**{field: value})
+    extra = {"frequency": "weekly"} if field == "weekday" else {}
+    reply = await site.subscribe(**{field: value}, **extra)
     assert reply.status_code == 422, reply.text
     assert expected in reply.text
     assert "<script>alert" not in reply.text and "<img src=x" not in reply.text
@@ -245,3 +248,24 @@ async def test_a_reload_or_restart_keeps_a_pending_readers_confirmation_mail(sit
     site.clock.advance(timedelta(hours=1))
     await site.deliver()
     assert len(site.mails_to("new@example.org")) == 1
+
+
+async def test_bodies_that_are_not_our_form(site: Site) -> None:
+    csrf = await site.csrf("/subscribe")
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    not_utf8 = f"csrf={csrf}&email=a%FF@example.org".encode()
+    reply = await site.client.post("/subscribe", content=not_utf8, headers=headers)
+    assert reply.status_code == 400
+    many = "&".join(f"f{i}=x" for i in range(500)) + f"&csrf={csrf}"
+    reply = await site.client.post("/subscribe", content=many, headers=headers)
+    assert reply.status_code == 400
+    # A declared gigabyte is refused before a byte of it is read.
+    host, port = str(site.client.base_url.host), int(site.client.base_url.port or 80)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST /subscribe HTTP/1.1\r\nHost: x\r\nContent-Type: application/"
+                 b"x-www-form-urlencoded\r\nContent-Length: 1000000000\r\n\r\ncsrf=")  # fmt: skip
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), timeout=5)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 413")
+    assert site.deps.store.readers.counts(at=site.clock()).pending == 0
