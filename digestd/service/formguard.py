@@ -27,6 +27,7 @@ __all__ = [
     "FormGuard",
     "RateLimiter",
     "client_ip",
+    "rate_key",
     "read_form",
 ]
 
@@ -94,6 +95,20 @@ def client_ip(request: Request) -> str:
         if last:
             return last[:64]
     return peer
+
+
+def rate_key(ip: str) -> str:
+    """What the per-IP limit counts: an IPv6 client by its /64 (one host holds a whole /64, and
+    could take a new address per request), anything else as it is."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _is_loopback(host: str) -> bool:

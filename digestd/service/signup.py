@@ -18,7 +18,14 @@ from starlette.routing import BaseRoute, Route
 from digestd.core.addresses import address_key, check_address
 from digestd.pipeline.readers import confirm_reader
 from digestd.rules.readers import validate_reader_spec
-from digestd.service.formguard import BadForm, BodyTooLarge, Form, client_ip, read_form
+from digestd.service.formguard import (
+    BadForm,
+    BodyTooLarge,
+    Form,
+    client_ip,
+    rate_key,
+    read_form,
+)
 from digestd.service.readerform import (
     LABELS,
     WEEKDAYS,
@@ -115,7 +122,7 @@ class _Signup:
         if isinstance(data, Response):
             return data
         self.site.per_ip.limit = self.site.signup().per_ip
-        if not self.site.per_ip.allow(client_ip(request), self.site.clock()):
+        if not self.site.per_ip.allow(rate_key(client_ip(request)), self.site.clock()):
             return self.site.pages.message(
                 "Too many sign-ups", "Too many sign-ups came from your network in the last"
                 " hour. Please try again later.", status=429, headers={"Retry-After": "3600"},
