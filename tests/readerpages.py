@@ -81,7 +81,9 @@ class Site:
         assert found, page.text
         return found.group(1)
 
-    async def subscribe(self, **fields: Any) -> httpx.Response:
+    async def subscribe(
+        self, headers: dict[str, str] | None = None, **fields: Any
+    ) -> httpx.Response:
         data: dict[str, Any] = {
             "email": "new@example.org", "name": "", "topics": ["llm"], "keywords": "",
             "authors": "", "query": "", "frequency": "daily", "hour": "7", "weekday": "mon",
@@ -90,7 +92,7 @@ class Site:
         data.update(fields)
         if "csrf" not in fields:
             data["csrf"] = await self.csrf("/subscribe")
-        return await self.client.post("/subscribe", data=data)
+        return await self.client.post("/subscribe", data=data, headers=headers)
 
 
 def link_in(message: EmailMessage, path: str) -> str:

@@ -138,6 +138,16 @@ async def test_per_ip_limit(site: Site) -> None:
     assert (await site.subscribe(email="later@example.org")).status_code == 303
 
 
+async def test_behind_a_local_proxy_the_forwarded_address_is_counted(site: Site) -> None:
+    site.settings["per_ip"] = 1
+    one = {"x-forwarded-for": "203.0.113.1"}
+    spoofed = {"x-forwarded-for": "198.51.100.9, 203.0.113.1"}  # the client wrote the first one
+    assert (await site.subscribe(headers=one, email="a@example.org")).status_code == 303
+    assert (await site.subscribe(headers=spoofed, email="b@example.org")).status_code == 429
+    other = {"x-forwarded-for": "203.0.113.2"}
+    assert (await site.subscribe(headers=other, email="c@example.org")).status_code == 303
+
+
 async def test_honeypot_answers_the_same_and_stores_nothing(site: Site) -> None:
     reply = await site.subscribe(email="bot@example.org", website="http://spam.example")
     assert reply.status_code == 303 and reply.headers["location"] == "/subscribe/sent"
