@@ -10,16 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from digestd.cli.options import Command, config_path, subparser
-from digestd.config.settings import (
-    Settings,
-    env_warnings,
-    read_config_text,
-    settings_address_paths,
-)
-from digestd.core.errors import ConfigError, ConfigProblem
+from digestd.config.settings import Settings, env_warnings, settings_address_paths
+from digestd.core.errors import ConfigProblem
 from digestd.mail.dkim import check_notes
 from digestd.mail.render import check_templates, make_environments
-from digestd.rules.readers import topic_problems
 from digestd.rules.subscribers import address_notes, subscriber_address_paths, summarize
 from digestd.service import wiring as app
 from digestd.store.sqlite import probe
@@ -41,11 +35,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     subs = app.load_subscriber_file(settings.subscribers)
-    if settings.signup.topics:  # they name the subscribers file's rule sets
-        path = config_path(args.config)
-        text = read_config_text(path)
-        if problems := topic_problems(settings.signup.topics, subs, text=text, file=str(path)):
-            raise ConfigError(problems)
+    app.check_signup(config_path(args.config), settings, subs)
     check_templates(make_environments(settings.templates))
     notes = check_notes(settings)
     summary = summarize(subs)

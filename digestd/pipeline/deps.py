@@ -132,6 +132,8 @@ class Deps:
     sources: tuple[Source, ...] = ()  # every configured source; empty: just `source`
     web_version: int = 0  # counts readers' refreshes: only the newest one swaps (pipeline/readers)
     readers_seen: int | None = None  # the store's readers version the audience was built from
+    # Called after the web readers changed: the daemon adds a digest job for a new schedule.
+    audience_changed: Callable[[], object] = lambda: None
 
     @property
     def subscribers(self) -> SubscriberSet:
@@ -166,6 +168,7 @@ def swap_web(deps: Deps, web: Matcher | None, *, now: datetime) -> None:
     found = deps.store.subscribers.register(emails, at=now)
     registered = MappingProxyType({**audience.registered, **found})
     deps.audience = replace(audience, registered=registered)
+    deps.audience_changed()
 
 
 def _registered(store: Store, audience: Audience, *, now: datetime) -> Audience:

@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+from digestd.mail import linktokens as tokens
 from digestd.pipeline.deps import Deps, swap_web
 from digestd.pipeline.webreaders import build_web
 from digestd.store.protocols import Pause, Reader
@@ -26,12 +27,14 @@ __all__ = [
     "MAX_PAUSE_WEEKS",
     "confirm_reader",
     "edit_reader",
+    "manage_address",
     "pause_reader",
     "refresh_readers",
     "refresh_readers_async",
     "remove_reader",
     "resume_reader",
     "sync_readers",
+    "sync_readers_async",
 ]
 
 MAX_PAUSE_WEEKS = 8
@@ -42,6 +45,25 @@ def sync_readers(deps: Deps, *, now: datetime) -> None:
     another (`digestd subscribers remove` beside a running daemon): before composing."""
     if deps.store.readers.version() != deps.readers_seen:
         refresh_readers(deps, now=now)
+
+
+async def sync_readers_async(deps: Deps, *, now: datetime) -> None:
+    """`sync_readers` with the build off the event loop (the daemon's jobs)."""
+    if deps.store.readers.version() != deps.readers_seen:
+        await refresh_readers_async(deps, now=now)
+
+
+def manage_address(deps: Deps, token: str) -> str | None:
+    """The address (key) a "Manage your subscription" token was made for, or None: malformed,
+    forged, made for another purpose, or whose reader was removed (their id was retired)."""
+    parsed = tokens.parse_manage(token)
+    if parsed is None:
+        return None
+    email = deps.store.subscribers.email_of(parsed.subscriber_id)
+    secret = deps.options.secret or deps.store.secret()
+    if email is None or not parsed.verify(tokens.derive_key(secret, "manage"), email):
+        return None
+    return email
 
 
 def refresh_readers(deps: Deps, *, now: datetime) -> None:

@@ -158,6 +158,8 @@ class Daemon:
 
     def _schedule(self) -> None:
         self.schedule.add_all()
+        # A reader confirmed or edited on the web may bring a (schedule, zone) without a job.
+        self.deps.audience_changed = self.schedule.digests
 
     async def _shutdown(self) -> None:
         # Fetches hold nothing: cancel them. Wait for the job in flight (it stops between

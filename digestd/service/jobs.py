@@ -12,7 +12,7 @@ from digestd import pipeline
 from digestd.core.errors import SourceError
 from digestd.core.model import ParseResult
 from digestd.deliver.transports.base import Mailer
-from digestd.pipeline import Deps
+from digestd.pipeline import Deps, readers
 from digestd.service.admin_alerts import AdminAlerts
 from digestd.service.clock import utcnow
 from digestd.service.metrics import Metrics
@@ -116,10 +116,13 @@ class Jobs:
         await self.digests()
 
     async def digests(self) -> None:
+        await readers.sync_readers_async(self.deps, now=utcnow())
         pipeline.compose(self.deps, now=utcnow())
         await self.deliver()
 
     async def deliver(self) -> None:
+        # Every retry tick: a reader another process confirmed or edited gets their digest job.
+        await readers.sync_readers_async(self.deps, now=utcnow())
         report = await pipeline.deliver_due(self.deps, now=utcnow(), clock=utcnow)
         if report.sent or report.deferred or report.failed:
             await self._check_alerts()

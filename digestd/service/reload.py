@@ -56,6 +56,7 @@ def load_config(path: Path) -> Config:
     """
     settings = load_settings(path)
     subscribers = app.load_subscriber_file(settings.subscribers)
+    app.check_signup(path, settings, subscribers)
     envs = make_environments(settings.templates)
     check_templates(envs)
     return Config(path, settings, subscribers, envs)

@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute
 
 from digestd.config.sections import SignupSettings, SourceSettings
 from digestd.config.settings import Settings, read_config_text
+from digestd.core.errors import ConfigError
 from digestd.core.gcpause import gc_paused
 from digestd.core.model import SubscriberSet
 from digestd.deliver.transports.base import Mailer
@@ -22,7 +23,7 @@ from digestd.mail.listheaders import normalise_list_id
 from digestd.mail.render import make_environments
 from digestd.pipeline import Audience, Deps, Options, key
 from digestd.pipeline import register as register_subscribers
-from digestd.rules.readers import ReaderDefaults
+from digestd.rules.readers import ReaderDefaults, topic_problems
 from digestd.rules.subscribers import load_subscribers
 from digestd.service import preferences
 from digestd.service import routes as unsubscribe
@@ -37,6 +38,7 @@ from digestd.sources.huggingface import HF_ACCEPT, HF_MAX_BODY
 from digestd.store.sqlite import Store
 
 __all__ = [
+    "check_signup",
     "close",
     "load_subscriber_file",
     "make_mailer",
@@ -56,6 +58,18 @@ def load_subscriber_file(path: Path) -> SubscriberSet:
     # (for 100,000 subscribers one full collection costs seconds, and matching triggers many).
     with gc_paused(freeze=True):
         return load_subscribers(text, file=str(path))
+
+
+def check_signup(path: Path, settings: Settings, subs: SubscriberSet) -> None:
+    """`signup.topics` must name rule sets of the subscribers file (`check` and reloads).
+
+    :raises ConfigError: each unknown one at its place in the settings file `path`.
+    """
+    if not settings.signup.topics:
+        return
+    text = read_config_text(path)
+    if problems := topic_problems(settings.signup.topics, subs, text=text, file=str(path)):
+        raise ConfigError(problems)
 
 
 def make_sources(settings: Settings, cache: ValidatorStore | None = None) -> list[Source]:

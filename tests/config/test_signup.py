@@ -94,3 +94,14 @@ def test_check_refuses_a_topic_that_is_no_rule_set(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"{path}:7:5: signup.topics.robots: unknown rule set 'robots'" in done.stderr
     assert "known: llm-systems" in done.stderr
+
+
+def test_a_reload_refuses_a_topic_that_is_no_rule_set(tmp_path: Path) -> None:
+    from digestd.service.reload import load_config
+
+    path = write(tmp_path, "signup:\n  topics: {llm-systems: LLM}\n")
+    assert load_config(path).settings.signup.topics == {"llm-systems": "LLM"}
+    path = write(tmp_path, "signup:\n  topics: {robots: Robots}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [p.field for p in exc.value.problems] == ["signup.topics.robots"]

@@ -115,3 +115,24 @@ async def test_without_a_public_url_the_mail_keeps_its_reply_note(tmp_path: Path
     text, html = parts(inbox(tmp_path)[-1])
     assert "Manage your subscription" not in text + html
     assert "Reply to digest@example.org to change your rules." in " ".join(text.split())
+
+
+async def test_a_manage_token_leads_to_its_address_only(tmp_path: Path) -> None:
+    from digestd.pipeline.readers import manage_address
+
+    deps = make_deps(tmp_path)
+    await pipeline.ingest(deps, now=NOW)
+    pipeline.compose(deps, now=NOW, once=True)
+    await pipeline.deliver_due(deps, now=NOW, clock=lambda: NOW)
+    text, _ = parts(next(m for m in inbox(tmp_path) if "bob@" in str(m["To"])))
+    unsub = re.search(r"/unsubscribe/([A-Za-z0-9_-]+)", text)
+    (token,) = set(MANAGE.findall(text))
+    assert manage_address(deps, token) == "bob@example.org"
+    assert unsub is not None and manage_address(deps, unsub.group(1)) is None  # wrong purpose
+    assert manage_address(deps, token[:-2] + ("AA" if token[-2:] != "AA" else "BB")) is None
+    assert manage_address(deps, "x" * 5000) is None and manage_address(deps, "") is None
+    sub_id = tokens.parse_manage(token).subscriber_id  # type: ignore[union-attr]
+    deps.store.readers.add_pending("bob@example.org", name=None, spec={}, at=NOW)
+    deps.store.readers.remove("bob@example.org", at=NOW)  # his id retires with his row
+    assert deps.store.subscribers.email_of(sub_id) is None
+    assert manage_address(deps, token) is None

@@ -187,3 +187,35 @@ async def test_a_reload_keeps_the_web_readers_and_lets_yaml_win(deps: Deps) -> N
     ]
     pipeline.swap_subscribers(deps, load_subscribers(YAML, file="s.yaml"), now=MON_0600)
     assert [(s.email, s.name) for s in deps.subscribers.subscribers][1:] == [(CAROL, "Carol")]
+
+
+async def test_a_change_by_another_process_is_picked_up_before_composing(
+    deps: Deps, tmp_path: Path
+) -> None:
+    calls: list[int] = []
+    deps.audience_changed = lambda: calls.append(1)
+    from digestd.store.sqlite import Store
+
+    with Store(tmp_path / "state.sqlite3") as other:  # `digestd subscribers …`, or a web worker
+        join(other_deps(other), CAROL, reader_spec(topics=["kv"]), now=MON_0600)
+    assert deps.subscribers.by_email(CAROL) is None
+    await readers.sync_readers_async(deps, now=MON_0600)
+    assert deps.subscribers.by_email(CAROL) is not None and calls == [1]
+    await readers.sync_readers_async(deps, now=MON_0600)
+    assert calls == [1]  # nothing changed: nothing rebuilt
+    with Store(tmp_path / "state.sqlite3") as other:
+        assert other.readers.remove(CAROL, at=MON_0600)
+    await pipeline.ingest(deps, now=MON_0600)
+    pipeline.compose(deps, now=MON_0600, once=True)  # syncs first: Carol gets nothing
+    assert deps.subscribers.by_email(CAROL) is None
+    queued = deps.store.db.conn.execute("SELECT COUNT(*) FROM outbox WHERE subscriber = ?", (CAROL,))
+    assert queued.fetchone()[0] == 0
+
+
+class _StoreOnly:
+    def __init__(self, store: object) -> None:
+        self.store = store
+
+
+def other_deps(store: object) -> Deps:
+    return _StoreOnly(store)  # type: ignore[return-value]  # `join` only uses the store
