@@ -21,6 +21,7 @@ from digestd.mail import linktokens, pagetokens
 from digestd.mail.mime import build_message
 from digestd.mail.parts import signed
 from digestd.pipeline import Deps
+from digestd.pipeline.readers import manage_address
 from digestd.rules.readers import ReaderDefaults
 from digestd.service.formguard import FormGuard, RateLimiter
 from digestd.service.webpages import Pages, mail_environment
@@ -106,13 +107,10 @@ class ReaderSite:
     def _verified(self, token: str, purpose: str) -> tuple[str | None, int]:
         """The address a token's id names, if its MAC verifies (expiry is checked by `who`)."""
         if purpose == "manage":
-            parsed = linktokens.parse_manage(token)
-            if parsed is None:
-                return None, 0
-            email = self.deps.store.subscribers.email_of(parsed.subscriber_id)
-            # Verified even when the id is unknown, so the timing does not tell ids apart.
-            ok = parsed.verify(self._manage_key, email or "")
-            return (email if ok else None), parsed.subscriber_id
+            email = manage_address(
+                self.deps, token
+            )  # the digests' own link, verified as they sign it
+            return email, self.deps.store.subscribers.id_of(email) if email else 0
         page = pagetokens.parse_page_token(token)
         if page is None:
             return None, 0
