@@ -141,7 +141,7 @@ class ReaderSite:
         hours = int(within.total_seconds() // 3600)
         lines = (
             f"Someone, probably you, asked to receive {self.deps.options.site_name} at this"
-            " address. Confirm with the button below; until you do, we send nothing else.",
+            " address. Confirm by opening the link below; until you do, we send nothing else.",
             f"The link works for {hours} hours. If this was not you, ignore this mail.",
         )
         subject = f"Confirm your subscription to {self.deps.options.site_name}"
@@ -155,7 +155,7 @@ class ReaderSite:
         lines = (
             f"Someone, probably you, asked to subscribe this address to"
             f" {self.deps.options.site_name}. It is subscribed already: nothing changed.",
-            "To change your topics or schedule, pause or leave, use the button below.",
+            "To change your topics or schedule, pause or leave, open the link below.",
         )
         subject = f"You are subscribed to {self.deps.options.site_name}"
         return self._queue(to, name, subject, lines, link, "Manage my subscription", "known")
