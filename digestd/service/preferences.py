@@ -44,6 +44,11 @@ __all__ = ["routes"]
 log = logging.getLogger(__name__)
 
 ACTIONS = ("edit", "pause", "resume", "unsubscribe")
+_NOTICES = {
+    "saved": "Saved. Your next digest follows these choices.",
+    "paused": "Paused.",
+    "resumed": "Resumed.",
+}
 _STATES = {"active": "Subscribed", "pending": "Waiting for confirmation", "paused": "Paused"}
 
 
@@ -64,8 +69,7 @@ class _Preferences:
         who = self.site.who(token, "manage")
         if who is None or self._gone(who):
             return self._bad_link()
-        notice = {"saved": "Saved. Your next digest follows these choices.",
-                  "paused": "Paused.", "resumed": "Resumed."}.get(request.query_params.get("done", ""))  # fmt: skip
+        notice = _NOTICES.get(request.query_params.get("done", ""))
         return self._render(token, who, None, {}, notice=notice)
 
     async def change(self, request: Request) -> Response:

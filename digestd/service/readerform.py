@@ -104,7 +104,8 @@ def values_from_spec(spec: Mapping[str, Any], *, email: str, name: str | None) -
             query = str(rule.get("query") or query)
             alerts = alerts or bool(rule.get("alert"))
     known = {"use", "rules", "schedule", "timezone", "max_papers"}
-    hour = (weekly or daily).group(1) if (weekly or daily) else "7"  # type: ignore[union-attr]
+    timed = weekly or daily
+    hour = timed.group(1) if timed is not None else "7"
     return FormValues(
         email=email,
         name=name or "",

@@ -60,9 +60,8 @@ class ReaderSite:
     def __post_init__(self) -> None:
         self.pages = Pages(self.deps.options.site_name)
         self.guard = FormGuard(self.secret, self.clock)
-        self.per_ip = RateLimiter(
-            0, timedelta(hours=1)
-        )  # its limit is set from the settings in force
+        # Its limit is set from the settings in force at each request.
+        self.per_ip = RateLimiter(0, timedelta(hours=1))
         self._manage_key = linktokens.derive_key(self.secret, "manage")
         self._text = mail_environment(html=False)
         self._html = mail_environment(html=True)
@@ -87,35 +86,28 @@ class ReaderSite:
     def who(self, token: str, purpose: str) -> Who | None:
         """The owner of a valid `purpose` token ("confirm" or "manage"); None for anything else:
         forged, expired, another purpose's, or its reader removed since (the id is retired)."""
-        email, sub_id = self._verified(token, purpose)
+        if purpose == "manage":
+            return self._manager(token)
+        parsed = pagetokens.parse_page_token(token)
+        email = self.deps.store.subscribers.email_of(parsed.subscriber_id) if parsed else None
+        reader = self.readers.get(email) if email else None
+        if parsed is None or email is None or reader is None:
+            return None
+        # Bound to the pending row: a sign-up made again voids the older links.
+        key = pagetokens.page_key(self.secret, "confirm")
+        if not parsed.verify(key, email, _binding(reader), now=self.clock()):
+            return None
+        return Who(email, parsed.subscriber_id, reader, self.admin_entry(email))
+
+    def _manager(self, token: str) -> Who | None:
+        """The digests' own Manage link, checked as pipeline/readers signs it."""
+        email = manage_address(self.deps, token)
         if email is None:
             return None
-        reader = self.readers.get(email)
-        admin = self.admin_entry(email)
-        if purpose == "confirm":
-            # Bound to the row: a sign-up made again (a new pending row) voids the older links.
-            parsed = pagetokens.parse_page_token(token)
-            key = pagetokens.page_key(self.secret, "confirm")
-            if parsed is None or reader is None:
-                return None
-            if not parsed.verify(key, email, _binding(reader), now=self.clock()):
-                return None
-        elif reader is None and admin is None:
+        reader, admin = self.readers.get(email), self.admin_entry(email)
+        if reader is None and admin is None:
             return None
-        return Who(email, sub_id, reader, admin)
-
-    def _verified(self, token: str, purpose: str) -> tuple[str | None, int]:
-        """The address a token's id names, if its MAC verifies (expiry is checked by `who`)."""
-        if purpose == "manage":
-            email = manage_address(
-                self.deps, token
-            )  # the digests' own link, verified as they sign it
-            return email, self.deps.store.subscribers.id_of(email) if email else 0
-        page = pagetokens.parse_page_token(token)
-        if page is None:
-            return None, 0
-        email = self.deps.store.subscribers.email_of(page.subscriber_id)
-        return email, page.subscriber_id
+        return Who(email, self.deps.store.subscribers.id_of(email), reader, admin)
 
     def confirm_token(self, reader: Reader) -> str:
         sub_id = self.deps.store.subscribers.id_of(reader.email)

@@ -97,8 +97,11 @@ class _Signup:
     def _defaults(self) -> FormValues:
         d = self.site.signup().defaults
         hour, weekday = _hour_and_day(d.schedule)
-        return FormValues(timezone=d.timezone, max_papers=str(d.max_papers), hour=hour,
-                          weekday=weekday or "mon", frequency="weekly" if weekday else "daily")  # fmt: skip
+        frequency = "weekly" if weekday else "daily"
+        return FormValues(
+            timezone=d.timezone, max_papers=str(d.max_papers), hour=hour,
+            weekday=weekday or "mon", frequency=frequency,
+        )  # fmt: skip
 
     def _render(self, values: FormValues, errors: dict[str, str], status: int = 200) -> Response:
         settings = self.site.signup()
