@@ -17,6 +17,7 @@ from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
 from digestd.core.addresses import address_key
 from digestd.core.model import Digest, Rendered
+from digestd.pipeline.webreaders import build_web
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
 from digestd.store.sqlite import Store
@@ -46,14 +47,20 @@ def add_parser(sub: Any) -> None:
 
 def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
     subs = app.load_subscriber_file(settings.subscribers)
-    if subs.by_email(args.email) is None:
-        print(f"digestd: {args.email} is not in {settings.subscribers}", file=sys.stderr)
+    if subs.by_email(args.email) is None and not _is_web_reader(settings, args.email):
+        print(
+            f"digestd: {args.email} is not in {settings.subscribers} nor a confirmed web sign-up",
+            file=sys.stderr,
+        )
         return EXIT_RUNTIME
     if not args.poll and not settings.state.exists():
         # A fresh install: opening the store would create it; there is nothing to show anyway.
         print(_empty_store_hint(settings, args.email), file=sys.stderr)
         return EXIT_OK
     deps = app.open_deps(settings, now=utcnow(), subscribers=subs, register=False)
+    # The web readers too, without registering anyone: a preview marks nothing.
+    web = build_web(deps.store.readers.active(), subs, deps.options.reader_defaults)
+    deps.audience = deps.audience.with_web(web)
     result = asyncio.run(_preview(deps, args.email, poll=args.poll))
     if result is None:
         return EXIT_RUNTIME
@@ -96,9 +103,18 @@ def _empty_store_hint(settings: Settings | None, email: str) -> str:
     )
 
 
+def _is_web_reader(settings: Settings, email: str) -> bool:
+    if not settings.state.exists():
+        return False
+    with Store(settings.state) as store:
+        reader = store.readers.get(email)
+    return reader is not None and reader.confirmed_at is not None
+
+
 def _audience_notes(settings: Settings, email: str) -> list[str]:
     """Why EMAIL would get nothing now, whatever the preview shows."""
     with Store(settings.state) as store:
+        paused = store.readers.pause_of(email)
         suppressed = store.subscribers.is_suppressed(email)
         suspended = [
             s
@@ -106,6 +122,11 @@ def _audience_notes(settings: Settings, email: str) -> list[str]:
             if s.email == address_key(email) and s.suspended_at
         ]
     notes = []
+    if paused is not None and paused.resumed_at is None:
+        notes.append(
+            f"digestd: note: {email} is paused until"
+            f" {paused.until.isoformat(timespec='minutes')} and gets nothing until then"
+        )
     if suppressed:
         notes.append(
             f"digestd: note: {email} is unsubscribed and gets nothing;"

@@ -155,6 +155,8 @@ class Settings(BaseSettings):
         unused = _MAILDIR_ONLY if self.delivery.kind == "smtp" else _SMTP_ONLY
         data["delivery"] = {k: v for k, v in data["delivery"].items() if k not in unused}
         data["sources"] = [_source_in_force(source) for source in data["sources"]]
+        if not self.signup.enabled:
+            data["signup"] = {"enabled": False}  # its other keys do nothing while it is off
         return {k: v for k, v in data.items() if v is not None and v != []}  # unset: not in force
 
 

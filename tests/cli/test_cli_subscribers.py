@@ -113,3 +113,14 @@ def test_status_counts_pending_active_and_paused(tmp_path: Path) -> None:
 def test_help_lists_the_subscribers_command(tmp_path: Path) -> None:
     done = digestd(setup(tmp_path), "subscribers", "--help")
     assert done.returncode == 0 and "export" in done.stdout and "remove" in done.stdout
+
+
+def test_preview_shows_a_web_reader_and_says_when_paused(tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    carol = digestd(config, "preview", "carol@example.org")
+    assert carol.returncode == 0, carol.stderr
+    assert carol.stdout.startswith("Subject:") and "store is empty" in carol.stderr
+    erin = digestd(config, "preview", "erin@example.org")
+    assert erin.returncode == 0 and "erin@example.org is paused until" in erin.stderr
+    dan = digestd(config, "preview", "dan@example.org")  # pending: not served yet
+    assert dan.returncode == 1 and "nor a confirmed web sign-up" in dan.stderr

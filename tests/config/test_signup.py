@@ -105,3 +105,10 @@ def test_a_reload_refuses_a_topic_that_is_no_rule_set(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(path)
     assert [p.field for p in exc.value.problems] == ["signup.topics.robots"]
+
+
+def test_check_shows_the_section_in_force(tmp_path: Path) -> None:
+    off = load_settings(write(tmp_path, "signup:\n  topics: {llm-systems: LLM}\n"))
+    assert off.in_force()["signup"] == {"enabled": False}
+    on = load_settings(write(tmp_path, "signup:\n  enabled: true\n  topics: {llm-systems: LLM}\n"))
+    assert on.in_force()["signup"]["topics"] == {"llm-systems": "LLM"}
