@@ -35,6 +35,8 @@ PURE = [
     "mail/webcopy.py",
     "sources/hf_json.py",
     "mail/linktokens.py",
+    "mail/pagetokens.py",
+    "service/readerform.py",
     "mail/listheaders.py",
     "core/observer.py",
     "sources/xmlfeed.py",

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from digestd import pipeline
-from digestd.config.sections import format_duration
+from digestd.config.sections import SignupSettings, format_duration
 from digestd.core import periods
 from digestd.core.errors import DigestdError
 from digestd.core.model import Outcome
@@ -210,7 +210,9 @@ class Daemon:
         http = self.config.settings.http
         self.web = WebServer(
             listen,
-            app.web_routes(self.deps, clock=utcnow, health=routes),
+            app.web_routes(
+                self.deps, clock=utcnow, health=routes, signup=self._signup, wake=self._wake
+            ),
             request_timeout=http.request_timeout.total_seconds(),
             max_connections=http.max_connections,
         )
@@ -219,6 +221,16 @@ class Daemon:
         except OSError as exc:
             self.web = None
             raise DigestdError(f"http.listen {listen}: {exc}") from None
+
+    def _signup(self) -> SignupSettings:
+        """The `signup:` settings in force (a reload swaps `config`)."""
+        return self.config.settings.signup if self.config is not None else SignupSettings()
+
+    def _wake(self) -> None:
+        """A page queued a mail: run the delivery job now rather than at the next retry tick."""
+        job = self.schedule.scheduler.get_job("retry")
+        if job is not None and not self._stopping:
+            job.modify(next_run_time=utcnow())
 
     def _meter_mailer(self) -> None:
         """Count and time every digest send; alerts go out through the bare mailer, uncounted."""
@@ -230,7 +242,7 @@ class Daemon:
         self.alerts.record(outcome)
 
     def _expire_removed(self, now: datetime) -> None:
-        keep = (pipeline.key(s) for s in self.deps.subscribers.subscribers)
+        keep = app.served_keys(self.deps)
         n = self.deps.store.outbox.expire_except(keep, at=now, reason="subscriber removed")
         if n:
             log.warning("expired unsent mail of removed subscribers n=%d", n)

@@ -90,7 +90,7 @@ async def apply_config(deps: Deps, old: Config, new: Config, *, now: datetime) -
         deps.sources = tuple(app.make_sources(new.settings, cache=deps.store.polls))
         deps.source = deps.sources[0]
     pipeline.swap_subscribers(deps, new.subscribers, now=now)
-    served = {pipeline.key(s) for s in deps.subscribers.subscribers}  # web readers stay served
+    served = app.served_keys(deps)  # web readers stay served, pending ones get their mail
     expired = deps.store.outbox.expire_except(served, at=now, reason="subscriber removed")
     restart = tuple(
         name for name in _RESTART_ONLY if getattr(new.settings, name) != getattr(old.settings, name)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from starlette.routing import BaseRoute
 
-from digestd.config.sections import SourceSettings
+from digestd.config.sections import SignupSettings, SourceSettings
 from digestd.config.settings import Settings, read_config_text
 from digestd.core.errors import ConfigError
 from digestd.core.gcpause import gc_paused
@@ -21,11 +21,14 @@ from digestd.deliver.transports.smtp import SmtpMailer
 from digestd.mail.dkim import load_signer
 from digestd.mail.listheaders import normalise_list_id
 from digestd.mail.render import make_environments
-from digestd.pipeline import Audience, Deps, Options
+from digestd.pipeline import Audience, Deps, Options, key
 from digestd.pipeline import register as register_subscribers
 from digestd.rules.readers import ReaderDefaults, topic_problems
 from digestd.rules.subscribers import load_subscribers
+from digestd.service import preferences
 from digestd.service import routes as unsubscribe
+from digestd.service import signup as signup_pages
+from digestd.service.readersite import ReaderSite
 from digestd.sources import FileSource, HuggingFaceSource, Source, make_client
 from digestd.sources.arxiv import ArxivApiSource, category_query
 from digestd.sources.arxiv_rss import ArxivRssSource
@@ -206,18 +209,33 @@ async def close(deps: Deps) -> None:
     deps.store.close()
 
 
+def served_keys(deps: Deps) -> set[str]:
+    """Whose unsent mail a restart or reload keeps: everyone served, and the readers still to
+    confirm (their confirmation mail is queued like any other)."""
+    served = {key(s) for s in deps.subscribers.subscribers}
+    return served | {r.email for r in deps.store.readers.pending()}
+
+
 def web_routes(
     deps: Deps,
     *,
     clock: Callable[[], datetime],
     health: Sequence[BaseRoute] = (),
+    signup: Callable[[], SignupSettings] = SignupSettings,
+    wake: Callable[[], None] = lambda: None,
 ) -> list[BaseRoute]:
-    """Every route of the daemon's HTTP listener (`http.listen`); each feature adds its own here."""
+    """Every route of the daemon's HTTP listener (`http.listen`); each feature adds its own here.
+
+    `signup`: the `signup:` settings in force (read at each request, so a reload applies);
+    `wake`: start delivering now (a confirmation mail was queued).
+    """
+    secret = deps.options.secret or deps.store.secret()
     pages = unsubscribe.routes(
         deps.store,
-        secret=deps.options.secret or deps.store.secret(),
+        secret=secret,
         site_name=deps.options.site_name,
         contact=deps.options.envelope_from,
         clock=clock,
     )
-    return [*health, *pages]
+    site = ReaderSite(deps, signup=signup, clock=clock, secret=secret, wake=wake)
+    return [*health, *pages, *signup_pages.routes(site), *preferences.routes(site)]
