@@ -46,6 +46,11 @@ PURE = [
     "core/latex.py",
     "sources/base.py",
     "deliver/transports/base.py",
+    "relevance/features.py",
+    "relevance/model.py",
+    "relevance/persist.py",
+    "relevance/explain.py",
+    "relevance/imports.py",
 ]
 # The shells: the only modules that may read the clock (they pass `now` down).
 CLOCK_READERS = {"service/clock.py"}

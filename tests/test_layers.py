@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "mail": 1,
     "deliver": 1,
     "config": 1,  # reading the files; the pipeline never sees the settings object
+    "relevance": 1,  # TF-IDF, per-reader models, like-list imports (rules use its id parser)
     "pipeline": 2,
     "service": 3,
     "cli": 3,

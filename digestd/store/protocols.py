@@ -30,6 +30,8 @@ __all__ = [
     "PaperRepository",
     "PollInfo",
     "PollRepository",
+    "Rating",
+    "RatingRepository",
     "SchemaError",
     "SourceStatus",
     "StateFileMoved",
@@ -346,3 +348,51 @@ class WebCopyRepository(Protocol):
 class AlertRepository(Protocol):
     def state(self, name: str) -> AlertState: ...
     def save(self, state: AlertState, *, at: datetime) -> None: ...
+
+
+# -- ratings (issue #16): what a reader liked and disliked, the relevance model's teaching ----------
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """One reader's verdict on one paper: +1 (more like this) or -1 (less like this)."""
+
+    reader: str  # address_key
+    paper_id: str
+    value: int
+    at: datetime
+    origin: str = "click"  # "click" (a mail link) or "import" (a `like:` list)
+
+
+class RatingRepository(Protocol):
+    def rate(
+        self, reader: str, paper_id: str, value: int, *, at: datetime, origin: str = "click"
+    ) -> None:
+        """Record (or replace: a second click on the other link wins) one rating."""
+        ...
+
+    def unrate(self, reader: str, paper_id: str) -> bool: ...
+
+    def ratings(self, reader: str) -> list[Rating]:
+        """The reader's ratings, oldest first."""
+        ...
+
+    def likes(self, reader: str) -> list[str]:
+        """Paper ids the reader liked, oldest first."""
+        ...
+
+    def readers(self) -> list[str]:
+        """Every reader with at least one rating."""
+        ...
+
+    def changed_since(self, at: datetime) -> list[str]:
+        """Readers whose ratings changed at or after `at` (their models need training)."""
+        ...
+
+    def forget(self, reader: str) -> int:
+        """Remove every rating of a reader (a removed reader's data goes with them)."""
+        ...
+
+    def count(self) -> tuple[int, int]:
+        """(likes, dislikes) over every reader, for `digestd status`."""
+        ...

@@ -1,7 +1,7 @@
 """The SQLite state file: one `Database` handle and a repository per entity over it.
 
 `Store(path)` opens (creating and migrating) the file and builds the repositories: `papers`,
-`polls`, `subscribers`, `outbox`, `webcopies`, `alerts`; `db` is the handle itself (transactions,
+`polls`, `subscribers`, `outbox`, `webcopies`, `alerts`, `ratings`; `db` is the handle itself (transactions,
 batching, metadata). Not thread-safe: another thread opens its own with `side()`.
 """
 
@@ -18,6 +18,7 @@ from digestd.store.protocols import (
     OutboxRepository,
     PaperRepository,
     PollRepository,
+    RatingRepository,
     StoreStatus,
     SubscriberRepository,
     WebCopyRepository,
@@ -28,6 +29,7 @@ from digestd.store.sqlite.migrations import SCHEMA_VERSION
 from digestd.store.sqlite.outbox import SqliteOutbox
 from digestd.store.sqlite.papers import SqlitePapers
 from digestd.store.sqlite.polls import SqlitePolls
+from digestd.store.sqlite.ratings import SqliteRatings
 from digestd.store.sqlite.status import store_status
 from digestd.store.sqlite.subscribers import SqliteSubscribers
 from digestd.store.sqlite.webcopies import SqliteWebCopies
@@ -49,6 +51,7 @@ class Store:
         self.outbox: OutboxRepository = SqliteOutbox(self.db)
         self.webcopies: WebCopyRepository = SqliteWebCopies(self.db)
         self.alerts: AlertRepository = SqliteAlerts(self.db)
+        self.ratings: RatingRepository = SqliteRatings(self.db)
 
     def side(self) -> Store:
         """Another connection to this very file, for another thread; never a new empty file.
