@@ -137,7 +137,8 @@ def _prepare(
     *,
     now: datetime,
 ) -> _Prepared:
-    found = deps.audience.matcher.match(papers, sub)
+    scores = deps.relevance.relevance_for(sub.email, papers) if deps.relevance else None
+    found = deps.audience.matcher.match(papers, sub, relevance=scores)
     item = _Prepared(sub, period, expires, found, suppressed=key(sub) in known.suppressed)
     try:
         # The address is the one input of the builder that is each subscriber's own: checked

@@ -15,6 +15,7 @@ from digestd.core.model import Subscriber, SubscriberSet
 from digestd.core.observer import NULL, Observer
 from digestd.deliver.transports.base import Mailer
 from digestd.mail.render import Environments
+from digestd.pipeline.relevance import RelevanceState
 from digestd.rules.matcher import Matcher
 from digestd.sources.base import Source
 from digestd.store.sqlite import Store
@@ -91,6 +92,9 @@ class Deps:
     sign: Callable[[bytes], bytes] | None = None  # DKIM, applied before the bytes are queued
     observer: Observer = NULL  # progress bars and metrics; the pipeline only reports to it
     sources: tuple[Source, ...] = ()  # every configured source; empty: just `source`
+    # Issue #16: the readers' relevance models (pipeline/relevance.py: refresh, load, save);
+    # None: no relevance term, `similar` never holds.
+    relevance: RelevanceState | None = None
 
     @property
     def subscribers(self) -> SubscriberSet:

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from digestd.relevance.features import Features
 from digestd.relevance.model import ReaderModel
 
-__all__ = ["FORMAT", "ModelFileError", "dumps", "loads"]
+__all__ = ["FORMAT", "ModelFileError", "dumps", "loads", "loads_with_meta"]
 
 FORMAT = 1
 _KINDS = ("nearest", "linear")
@@ -30,7 +30,10 @@ class ModelFileError(ValueError):
     """A model file that cannot be used (damaged, another format, another vocabulary)."""
 
 
-def dumps(features: Features, models: Mapping[str, ReaderModel]) -> bytes:
+def dumps(
+    features: Features, models: Mapping[str, ReaderModel], *, meta: Mapping[str, str] | None = None
+) -> bytes:
+    """`meta`: a few strings the caller keeps with the models (when they were fitted, trained)."""
     readers = sorted(models)
     blocks = [models[r].rows for r in readers]
     rows = (
@@ -54,6 +57,8 @@ def dumps(features: Features, models: Mapping[str, ReaderModel]) -> bytes:
         "indptr": rows.indptr.astype(np.int64),
         "liked_counts": np.array([len(x) for x in liked], dtype=np.int64),
         "liked": np.array([i for x in liked for i in x], dtype=str),
+        "meta_keys": np.array(list(meta or {}), dtype=str),
+        "meta_values": np.array(list((meta or {}).values()), dtype=str),
     }
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -62,12 +67,20 @@ def dumps(features: Features, models: Mapping[str, ReaderModel]) -> bytes:
 
 def loads(data: bytes) -> tuple[Features, dict[str, ReaderModel]]:
     """:raises ModelFileError: for anything but a file `dumps` wrote."""
+    features, models, _ = loads_with_meta(data)
+    return features, models
+
+
+def loads_with_meta(data: bytes) -> tuple[Features, dict[str, ReaderModel], dict[str, str]]:
+    """`loads`, and the `meta` strings saved with the models."""
     if not data.startswith(b"PK\x03\x04"):  # not a zip: never let numpy guess (pickle) at it
         raise ModelFileError("not a digestd relevance model file")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        return _decode(arrays)
+        features, models = _decode(arrays)
+        keys, values = arrays.get("meta_keys", ()), arrays.get("meta_values", ())
+        return features, models, {str(k): str(v) for k, v in zip(keys, values, strict=True)}
     except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         if isinstance(exc, ModelFileError):
             raise

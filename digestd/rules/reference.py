@@ -420,26 +420,30 @@ def match_one(
 # Points for each distinct term (or pattern) found, by field, and for each name that matched.
 TITLE_POINTS, ABSTRACT_POINTS, NAME_POINTS = 3, 1, 2
 # Points per unit of relevance score (0..1): a paper at the default threshold (0.3) weighs two
-# title terms; a reader with likes and no rules gets their best-scored papers first.
+# title terms. With a model, relevance replaces the popularity term: what this reader likes, not
+# what everyone upvoted.
 RELEVANCE_POINTS = 20
 
 
 def score(m: Match) -> int:
     """3 per distinct term (or pattern) in the title + 1 per distinct term in the abstract + 2 per
-    matched author or organisation + floor(log2(1 + upvotes)) + round(20 × relevance) when the
-    reader has a relevance model. Categories and sources filter only."""
+    matched author or organisation + floor(log2(1 + upvotes)); when the reader has a relevance
+    model, round(20 × relevance) instead of the upvotes term. Categories and sources filter only."""
     weights = {"title": TITLE_POINTS, "abstract": ABSTRACT_POINTS, "authors": NAME_POINTS}
     weights["orgs"] = NAME_POINTS
     distinct = {(r.term, r.field) for r in m.reasons if r.term is not None}
     points = sum(weights.get(f or "", 0) for _, f in distinct)
     if m.relevance is not None:
-        points += round(RELEVANCE_POINTS * max(m.relevance, 0.0))
+        return points + round(RELEVANCE_POINTS * max(m.relevance, 0.0))
     return points + (1 + max(m.paper.upvotes, 0)).bit_length() - 1
 
 
 def rank(found: Iterable[Match]) -> list[Match]:
-    """Highest score first, ties by upvotes then paper id: deterministic whatever the input order."""
-    return sorted(found, key=lambda m: (-score(m), -m.paper.upvotes, m.paper.id))
+    """Highest score first, ties by relevance, upvotes, then paper id: deterministic whatever the
+    input order (a reader with likes and no rules: exactly their relevance order)."""
+    return sorted(
+        found, key=lambda m: (-score(m), -(m.relevance or 0.0), -m.paper.upvotes, m.paper.id)
+    )
 
 
 def _merge(spans: Iterable[tuple[Field, Sequence[Span]]]) -> dict[str, tuple[Span, ...]]:

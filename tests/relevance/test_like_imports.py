@@ -58,7 +58,11 @@ def test_bibtex_ids_from_eprint_url_and_doi() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "message"),
     [
-        ("\n@article{a,\n  title = {Unclosed,\n  eprint = {1706.03762}\n}\n", 2, "entry not closed"),
+        (
+            "\n@article{a,\n  title = {Unclosed,\n  eprint = {1706.03762}\n}\n",
+            2,
+            "entry not closed",
+        ),
         ("@article{a, title = {x}}\n\n@misc{b,\n  title x\n}\n", 4, "expected 'name = value'"),
         ('@misc{c,\n  title = "never closed\n}\n', 2, "unterminated"),
         ("@article{d, title = {x}", 1, "entry not closed"),
