@@ -171,6 +171,7 @@ class StoreStatus:
     problems: list[OutboxProblem]  # most recent first, at most 20
     suspended: list[Suspension] = field(default_factory=list)  # most recent first
     sources: list[SourceStatus] = field(default_factory=list)
+    ratings: tuple[int, int] = (0, 0)  # (likes, dislikes) of every reader (issue #16)
 
 
 @dataclass(frozen=True, slots=True)
