@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from pathlib import Path
 from types import MappingProxyType
 
 from digestd.core.addresses import address_key
@@ -43,6 +44,7 @@ class Options:
     connections: int = 1  # parallel senders; the mailer must be a pool at least that large
     suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
     keep_days: int = 7  # then the bytes of a message that ended are dropped (`Store.prune`)
+    likes_base: Path = Path()  # `like:` files are relative to the subscribers file's folder
 
     @property
     def envelope_from(self) -> str:

@@ -4,7 +4,8 @@ For every subscriber: the ids of `like:` and of each like file (relevance/likesf
 the store lacks are fetched in one pass for everyone through the arXiv API (`sources.arxiv.fetch_ids`,
 batched `id_list`, throttled by the getter), stored as first seen when they were published (an old
 paper is never "new" in a digest), and each id becomes an imported like. A rating the reader gave
-by a click is never overwritten by an import. Problems (broken files, unknown ids) are reported
+by a click is never overwritten by an import, and an import already recorded is left as it is.
+Problems (broken files, unknown ids) are reported
 and the rest goes on.
 """
 
@@ -29,7 +30,7 @@ __all__ = ["LikeReport", "import_likes", "like_ids"]
 
 @dataclass(frozen=True, slots=True)
 class LikeReport:
-    liked: int = 0  # imported likes recorded (new or refreshed)
+    liked: int = 0  # imported likes newly recorded
     fetched: int = 0  # papers fetched from arXiv
     unknown: tuple[str, ...] = ()  # ids arXiv did not return
     skipped: int = 0  # file entries naming no arXiv paper
@@ -58,8 +59,12 @@ async def import_likes(
     now: datetime,
     base: Path,
     url: str = ARXIV_API,
+    asked: set[str] | None = None,
 ) -> LikeReport:
-    """Record every subscriber's `like:` list as imported likes (see the module's docstring)."""
+    """Record every subscriber's `like:` list as imported likes (see the module's docstring).
+
+    `asked`: ids already requested from arXiv (by an earlier call): not requested again, so an id
+    arXiv does not know costs one request per process, not one per digest run; updated here."""
     wanted: dict[str, list[str]] = {}
     problems: list[ConfigProblem] = []
     skipped = 0
@@ -70,8 +75,11 @@ async def import_likes(
         if ids:
             wanted[address_key(sub.email)] = ids
     every = list(dict.fromkeys(i for ids in wanted.values() for i in ids))
-    missing = [i for i in every if i not in store.papers.known(every)]
+    known = store.papers.known(every)
+    missing = [i for i in every if i not in known and (asked is None or i not in asked)]
     fetched, error = await _fetch(store, getter, missing, now=now, url=url)
+    if asked is not None and error is None:
+        asked.update(missing)
     have = set(store.papers.known(every))
     liked = _record(store, wanted, have, now=now)
     unknown = tuple(i for i in missing if i not in have) if error is None else ()
@@ -107,9 +115,11 @@ def _record(store: Store, wanted: dict[str, list[str]], have: set[str], *, now: 
     count = 0
     with store.batch():
         for reader, ids in wanted.items():
-            clicked = {r.paper_id for r in store.ratings.ratings(reader) if r.origin == "click"}
+            # Rated already (a click either way, or this import before): left as it is, so a
+            # repeated import changes nothing and retrains nobody.
+            rated = {r.paper_id for r in store.ratings.ratings(reader)}
             for pid in ids:
-                if pid in have and pid not in clicked:
+                if pid in have and pid not in rated:
                     store.ratings.rate(reader, pid, 1, at=now, origin="import")
                     count += 1
     return count

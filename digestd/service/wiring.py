@@ -147,6 +147,7 @@ def options(settings: Settings) -> Options:
         connections=settings.delivery.connections if settings.delivery.kind == "smtp" else 1,
         suspend_after=settings.delivery.suspend_after,
         keep_days=settings.delivery.keep_days,
+        likes_base=settings.subscribers.parent,
     )
 
 
