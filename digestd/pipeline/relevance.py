@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import scipy.sparse as sp
 
 from digestd.core.addresses import address_key
 from digestd.core.latex import readable_paper
@@ -31,6 +34,8 @@ __all__ = ["CORPUS", "RelevanceState", "load", "refresh", "save"]
 
 CORPUS = 10_000  # newest papers the vocabulary is fitted on (a fit: ~7 s CPU, +150 MB peak)
 SAMPLE = 200  # unrated corpus papers a linear model contrasts the likes with
+POOL = 2_500  # the newest papers those samples are drawn from
+_ROW_CACHE = 50_000  # paper rows kept between readers (~200 nonzeros each)
 
 
 @dataclass
@@ -41,6 +46,8 @@ class RelevanceState:
     trained_at: datetime | None = None
     threshold: float = DEFAULT_THRESHOLD
     _bank: Bank | None = field(default=None, repr=False)
+    # Paper id → its row: compose asks reader after reader about mostly the same new papers.
+    _rows: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def bank(self) -> Bank:
@@ -53,9 +60,17 @@ class RelevanceState:
         reader = address_key(email)
         if reader not in self.models or not papers:
             return None
-        rows = self.features.papers(papers)
-        scores = self.bank.scores_of(reader, rows, [p.id for p in papers])
+        scores = self.bank.scores_of(reader, self._paper_rows(papers), [p.id for p in papers])
         return ReaderScores(scores, self.threshold)
+
+    def _paper_rows(self, papers: Sequence[Paper]) -> Any:
+        missing = [p for p in papers if p.id not in self._rows]
+        if missing:
+            if len(self._rows) > _ROW_CACHE:
+                self._rows.clear()
+            rows = self.features.papers(missing)
+            self._rows.update((p.id, rows[i]) for i, p in enumerate(missing))
+        return sp.vstack([self._rows[p.id] for p in papers], format="csr")
 
     def score_all(self, papers: Sequence[Paper]) -> dict[str, ReaderScores]:
         """Every reader with a model × `papers`: one sparse product."""
@@ -83,8 +98,11 @@ def refresh(
         since = state.trained_at
         readers = store.ratings.changed_since(since) if since else store.ratings.readers()
     models = dict(state.models)
+    pool = _Pool.of(store, state.features) if readers else None
+    fingerprint = state.features.fingerprint()  # hashes the vocabulary: once, not per reader
     for reader in readers:
-        model = _train_one(store, state.features, reader, seed=seed)
+        assert pool is not None
+        model = _train_one(store, state.features, pool, reader, seed=seed, fingerprint=fingerprint)
         if model is None:
             models.pop(reader, None)
         else:
@@ -92,21 +110,38 @@ def refresh(
     return RelevanceState(state.features, models, state.fitted_on, now, state.threshold)
 
 
-def _train_one(store: Store, features: Features, reader: str, *, seed: int) -> ReaderModel | None:
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """Recent papers, read and turned into rows once per refresh: each reader's corpus sample."""
+
+    ids: list[str]
+    rows: Any  # csr_matrix
+
+    @classmethod
+    def of(cls, store: Store, features: Features) -> _Pool:
+        papers = [readable_paper(p) for p in store.papers.corpus(POOL)]
+        return cls([p.id for p in papers], features.papers(papers))
+
+    def sample(self, rng: random.Random, excluding: set[str]) -> Any:
+        allowed = [i for i, pid in enumerate(self.ids) if pid not in excluding]
+        return self.rows[sorted(rng.sample(allowed, min(SAMPLE, len(allowed))))]
+
+
+def _train_one(
+    store: Store, features: Features, pool: _Pool, reader: str, *, seed: int, fingerprint: str
+) -> ReaderModel | None:
     ratings = store.ratings.ratings(reader)
     papers = {p.id: readable_paper(p) for p in store.papers.get(r.paper_id for r in ratings)}
     rated = [r for r in ratings if r.paper_id in papers]  # an import still being fetched waits
     if not any(r.value > 0 for r in rated):
         return None
     rng = random.Random(f"{seed}:{reader}")
-    pool = [p for p in store.papers.corpus(CORPUS // 4) if p.id not in papers]
-    sample = rng.sample(pool, min(SAMPLE, len(pool)))
     return train(
         features.papers(papers[r.paper_id] for r in rated),
         [r.value for r in rated],
         [r.paper_id for r in rated],
-        features.papers(readable_paper(p) for p in sample),
-        fingerprint=features.fingerprint(),
+        pool.sample(rng, set(papers)),
+        fingerprint=fingerprint,
         seed=rng.randrange(1 << 30),
     )
 
