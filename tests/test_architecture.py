@@ -51,6 +51,11 @@ PURE = [
     "deliver/transports/base.py",
     "bounces/verp.py",
     "bounces/parse.py",
+    "relevance/features.py",
+    "relevance/model.py",
+    "relevance/persist.py",
+    "relevance/explain.py",
+    "relevance/imports.py",
 ]
 # The shells: the only modules that may read the clock (they pass `now` down).
 CLOCK_READERS = {"service/clock.py"}

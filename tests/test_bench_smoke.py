@@ -32,3 +32,20 @@ def test_bench_deliver_prints_one_json_line() -> None:
     figures = json.loads(line)
     assert figures["subscribers"] == 50 and figures["ratio"] > 0
     assert figures["digestd_peak_rss_kib"] > 0 and figures["message_bytes"] > 10_000
+
+
+@pytest.mark.timeout(300)  # fits a vocabulary of 50,000 terms on a loaded machine
+def test_bench_relevance_prints_one_json_line() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "relevance.py"), "--readers", "50", "--papers", "20",
+         "--draws", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    figures = json.loads(line)
+    quality = figures["quality"]["k3"]
+    assert quality["model_ndcg10"] > quality["random_ndcg10"]
+    assert figures["readers"] == 50 and figures["train_200_ms_median"] > 0

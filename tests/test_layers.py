@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "deliver": 1,
     "bounces": 1,  # VERP, DSN/ARF parsing, the bounce mailboxes
     "config": 1,  # reading the files; the pipeline never sees the settings object
+    "relevance": 1,  # TF-IDF, per-reader models, like-list imports (rules use its id parser)
     "pipeline": 2,
     "service": 3,
     "cli": 3,

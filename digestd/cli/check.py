@@ -11,9 +11,11 @@ from typing import Any
 
 from digestd.cli.options import Command, config_path, subparser
 from digestd.config.settings import Settings, env_warnings, settings_address_paths
-from digestd.core.errors import ConfigProblem
+from digestd.core.errors import ConfigError, ConfigProblem
+from digestd.core.model import SubscriberSet
 from digestd.mail.dkim import check_notes
 from digestd.mail.render import check_templates, make_environments
+from digestd.relevance.likesfile import read_like_file
 from digestd.rules.subscribers import address_notes, subscriber_address_paths, summarize
 from digestd.service import wiring as app
 from digestd.store.sqlite import probe
@@ -36,6 +38,8 @@ def add_parser(sub: Any) -> None:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     subs = app.load_subscriber_file(settings.subscribers)
     app.check_signup(config_path(args.config), settings, subs)
+    if problems := _like_problems(subs, settings.subscribers.parent):
+        raise ConfigError(problems)
     check_templates(make_environments(settings.templates))
     notes = check_notes(settings)
     summary = summarize(subs)
@@ -80,6 +84,12 @@ def _address_notes(config: Path, subscribers: Path) -> list[ConfigProblem]:
         if path.is_file()
         for note in address_notes(path.read_text(encoding="utf-8"), file=str(path), paths=paths)
     ]
+
+
+def _like_problems(subs: SubscriberSet, base: Path) -> list[ConfigProblem]:
+    """Every `like:` file read as the daemon will read it: a broken one is an error here."""
+    files = sorted({name for sub in subs.subscribers for name in sub.like_files})
+    return [p for name in files for p in read_like_file(name, base=base).problems]
 
 
 def _pairs(values: object) -> str:

@@ -93,6 +93,7 @@ def format_status(status: StoreStatus) -> str:
         f"last ok:     {_when(status.last_success_at)}",
         f"papers:      {status.papers}",
         f"subscribers: {status.subscribers}",
+        f"ratings:     {status.ratings[0]} likes, {status.ratings[1]} dislikes",
         f"messages:    {states}",
         f"problems:    {len(failing) + len(status.problems)}",
         *("  " + line for line in failing),

@@ -27,6 +27,7 @@ __all__ = [
     "ReasonKind",
     "Rendered",
     "Rule",
+    "Similar",
     "Subscriber",
     "SubscriberSet",
     "Term",
@@ -36,7 +37,10 @@ __all__ = [
 Field = Literal["title", "abstract"]
 # Reasons that name a whole value rather than a term in a text field; "upvotes"/"comments" carry
 # the comparison ("≥ 20"), "every" is a subscriber without rules (every new paper).
-ReasonKind = Literal["authors", "orgs", "categories", "sources", "upvotes", "comments", "every"]
+# "similar" carries the relevance score ("0.42") of `similar:` / `similar>=x`.
+ReasonKind = Literal[
+    "authors", "orgs", "categories", "sources", "upvotes", "comments", "every", "similar"
+]
 FIELDS: tuple[Field, ...] = ("title", "abstract")
 
 # The one shape of an arXiv id, without its version: new style (2401.00001, 0704.0001) and old
@@ -189,6 +193,20 @@ class Compare:
 
 
 @dataclass(frozen=True, slots=True)
+class Similar:
+    """`similar>=0.35` in a query, or the rule key `similar:`: the reader's relevance model scores
+    the paper at least `min_score` (more than it, when `strict`). None: the reader's own threshold.
+    Without a model (no likes yet) it never holds."""
+
+    min_score: float | None = None
+    strict: bool = False
+
+    def holds(self, score: float, default: float) -> bool:
+        bound = default if self.min_score is None else self.min_score
+        return score > bound if self.strict else score >= bound
+
+
+@dataclass(frozen=True, slots=True)
 class Not:
     item: Node
 
@@ -203,7 +221,7 @@ class Or:
     items: tuple[Node, ...]
 
 
-Node = Text | Name | Compare | Not | And | Or
+Node = Text | Name | Compare | Similar | Not | And | Or
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +257,10 @@ class Subscriber:
     # Applied after every rule: a paper hit by one of these terms, or holding this query, is dropped.
     exclude: tuple[Term, ...] = ()
     exclude_query: Node | None = None
+    # `like:` in the subscribers file: arXiv ids, and files of them (BibTeX, Zotero CSV, one id a
+    # line) read by digestd.relevance.imports; the file paths are kept as written.
+    likes: tuple[str, ...] = ()
+    like_files: tuple[str, ...] = ()
 
     @property
     def has_alerts(self) -> bool:
@@ -278,6 +300,9 @@ class Match:
     alert: bool = False
     # Character spans (start, end) in the paper's original text to highlight, per field.
     highlights: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    # The reader's relevance score of the paper (digestd.relevance) when a model was asked; it
+    # adds to the ranking score (rules/reference.py: score).
+    relevance: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,6 +224,8 @@ def _reason(r: Reason) -> str:
     term = clean_header(r.term, limit=80) if r.term else None
     if r.field == "every":
         return "new today, most upvoted first"
+    if r.field == "similar":
+        return f"similar to papers you liked ({term})" if term else "similar to papers you liked"
     if r.field in ("upvotes", "comments") and term:
         return f"{term} {r.field}"
     if r.field in _NAMED:

@@ -155,7 +155,8 @@ def _prepare(
     *,
     now: datetime,
 ) -> _Prepared:
-    found = deps.audience.match(papers, sub)
+    scores = deps.relevance.relevance_for(sub.email, papers) if deps.relevance else None
+    found = deps.audience.match(papers, sub, relevance=scores)
     item = _Prepared(sub, period, expires, found, suppressed=key(sub) in known.suppressed)
     item.catch_up = key(sub) in known.catch_ups
     try:

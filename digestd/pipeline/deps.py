@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from pathlib import Path
 from types import MappingProxyType
 
 from digestd.core.addresses import address_key
@@ -15,9 +16,11 @@ from digestd.core.model import Match, Paper, Subscriber, SubscriberSet
 from digestd.core.observer import NULL, Observer
 from digestd.deliver.transports.base import Mailer
 from digestd.mail.render import Environments
+from digestd.pipeline.relevance import RelevanceState
 from digestd.pipeline.webreaders import build_web
 from digestd.rules.matcher import Matcher
 from digestd.rules.readers import ReaderDefaults
+from digestd.rules.reference import Relevance
 from digestd.sources.base import Source
 from digestd.store.sqlite import Store
 
@@ -47,6 +50,7 @@ class Options:
     verp: str | None = None  # VERP base (bounces@domain): each message's own envelope sender
     reader_defaults: ReaderDefaults = ReaderDefaults()  # `signup.defaults`
     confirm_within: timedelta = timedelta(hours=48)  # then an unconfirmed sign-up is forgotten
+    likes_base: Path = Path()  # `like:` files are relative to the subscribers file's folder
 
     @property
     def envelope_from(self) -> str:
@@ -98,11 +102,17 @@ class Audience:
         return self.matcher.subscribers
 
     def match(
-        self, papers: Sequence[Paper], subscriber: Subscriber, *, alerts_only: bool = False
+        self,
+        papers: Sequence[Paper],
+        subscriber: Subscriber,
+        *,
+        alerts_only: bool = False,
+        relevance: Relevance | None = None,
     ) -> list[Match]:
-        """`Matcher.match` by the matcher that indexed `subscriber`."""
+        """`Matcher.match` by the matcher that indexed `subscriber` (`relevance`: their scores)."""
         web = self.web if id(subscriber) in self.web_ids else None
-        return (web or self.matcher).match(papers, subscriber, alerts_only=alerts_only)
+        matcher = web or self.matcher
+        return matcher.match(papers, subscriber, alerts_only=alerts_only, relevance=relevance)
 
     def match_all(
         self, papers: Sequence[Paper], *, alerts_only: bool = False
@@ -135,6 +145,9 @@ class Deps:
     readers_seen: int | None = None  # the store's readers version the audience was built from
     # Called after the web readers changed: the daemon adds a digest job for a new schedule.
     audience_changed: Callable[[], object] = lambda: None
+    # Issue #16: the readers' relevance models (pipeline/relevance.py: refresh, load, save);
+    # None: no relevance term, `similar` never holds.
+    relevance: RelevanceState | None = None
 
     @property
     def subscribers(self) -> SubscriberSet:

@@ -21,7 +21,9 @@ def preview(deps: Deps, email: str, *, now: datetime) -> tuple[Digest, Rendered]
     if sub is None:
         return None
     papers = deps.store.papers.candidates(key(sub), since=now - deps.options.lookback)
-    found = deps.audience.match([readable_paper(p) for p in papers], sub)
+    readable = [readable_paper(p) for p in papers]
+    scores = deps.relevance.relevance_for(sub.email, readable) if deps.relevance else None
+    found = deps.audience.match(readable, sub, relevance=scores)
     digest = digest_for(sub, "digest", found)
     links = replace(links_for(deps, sub, "<preview@localhost>"), view_url=None)  # no copy stored
     ctx = render_context(deps.options, now=now, links=links, sub=sub)

@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+from digestd.core.addresses import address_key
 from digestd.mail import linktokens as tokens
 from digestd.pipeline.deps import Deps, swap_web
 from digestd.pipeline.webreaders import build_web
@@ -133,5 +134,7 @@ def remove_reader(deps: Deps, email: str, *, now: datetime) -> bool:
     """Forget a self-registered reader (store: row, ledger, link id) and stop serving them."""
     removed = deps.store.readers.remove(email, at=now)
     if removed:
+        # Their ratings are their data too (issue 16): gone with them.
+        deps.store.ratings.forget(address_key(email))
         refresh_readers(deps, now=now)
     return removed

@@ -13,13 +13,14 @@ from pydantic import (
 )
 
 from digestd.core.addresses import check_address
-from digestd.core.model import FIELDS, Rule, Subscriber, SubscriberSet, Term
+from digestd.core.model import FIELDS, And, Rule, Similar, Subscriber, SubscriberSet, Term
 from digestd.rules.query import Node, fold_name, shared_term
 from digestd.rules.schema import (
     ABSTRACT_CHARS_MAX,
     RULE_KEYS,
     DefaultsModel,
     FileModel,
+    LikeModel,
     RuleModel,
     SubscriberModel,
     author_key,
@@ -30,6 +31,7 @@ from digestd.rules.schema import (
     check_pattern,
     check_query,
     check_timezone,
+    likes_of,
     parsed_query,
     rule_of,
     terms_of,
@@ -121,6 +123,7 @@ def _fast_subscriber(
             raise _Bail
         rules += sets[set_name]
     terms, query = _fast_exclude(raw, defaults)
+    likes, like_files = _fast_likes(raw, defaults)
     zone, cron = raw.get("timezone"), raw.get("schedule")
     return Subscriber(
         email=check_address(_text(raw.get("email"))),
@@ -137,7 +140,18 @@ def _fast_subscriber(
         exclude=terms,
         exclude_query=query,
         send_empty=_fast_alert(raw["send_empty"]) if "send_empty" in raw else False,
+        likes=likes,
+        like_files=like_files,
     )
+
+
+def _fast_likes(
+    raw: dict[str, object], defaults: DefaultsModel
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Plain arXiv ids only; a `{file: ...}` entry (or anything odd) goes to the validating path."""
+    if "like" not in raw:
+        return likes_of(defaults.like)
+    return likes_of([LikeModel(id=v) for v in _texts(raw["like"])])
 
 
 def _fast_exclude(
@@ -206,12 +220,29 @@ _FAST_KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
 }
 
 
+def _fast_similar(value: object) -> Similar:
+    if value is True:
+        return Similar()
+    found = _mapping(value, frozenset(["min_score"]))
+    if not found:
+        raise _Bail
+    score = found["min_score"]
+    if type(score) not in (int, float) or not 0 <= score <= 1:  # type: ignore[operator]
+        raise _Bail
+    return Similar(min_score=float(score))  # type: ignore[arg-type]
+
+
 def _fast_rule(entry: object) -> Rule:
     raw = _mapping(entry, _RULE_FIELDS)
     if _RULE_KEY_SET.isdisjoint(raw):
         raise _Bail
     values = {}
     for key, value in raw.items():
-        name, convert = _FAST_KEYS[key]
-        values[name] = convert(value)
+        if key != "similar":
+            name, convert = _FAST_KEYS[key]
+            values[name] = convert(value)
+    if "similar" in raw:  # ANDed to the query, as rule_of does
+        node = _fast_similar(raw["similar"])
+        query = values.get("query")
+        values["query"] = node if query is None else And((query, node))  # type: ignore[arg-type]
     return Rule(**values)  # type: ignore[arg-type]

@@ -25,8 +25,15 @@ import re2
 from digestd.core.model import FIELDS, Field, Match, Paper, Rule, Subscriber, SubscriberSet, Term
 from digestd.core.text import tokens
 from digestd.rules.patterns import FoldedText, compile_pattern, pattern_spans
-from digestd.rules.query import And, Compare, Name, NameKind, Node, Not, Or, Text
-from digestd.rules.reference import EVERY_PAPER, PaperTokens, match_one, paper_names, rank
+from digestd.rules.query import And, Compare, Name, NameKind, Node, Not, Or, Similar, Text
+from digestd.rules.reference import (
+    EVERY_PAPER,
+    PaperTokens,
+    Relevance,
+    match_one,
+    paper_names,
+    rank,
+)
 from digestd.rules.reference import match as match_naive
 
 __all__ = ["Matcher", "PaperHits", "TermIndex"]
@@ -231,7 +238,7 @@ def query_trigger(node: Node) -> frozenset[Trigger] | None:
         return frozenset([term_key(node.term)])
     if isinstance(node, Name):
         return frozenset([(node.kind, node.value)])
-    if isinstance(node, Compare | Not):
+    if isinstance(node, Compare | Not | Similar):  # similar: a score, not a fact of the paper
         return None
     parts = [query_trigger(item) for item in node.items]
     if isinstance(node, Or):
@@ -361,11 +368,18 @@ class Matcher:
         return found
 
     def match(
-        self, papers: Sequence[Paper], subscriber: Subscriber, *, alerts_only: bool = False
+        self,
+        papers: Sequence[Paper],
+        subscriber: Subscriber,
+        *,
+        alerts_only: bool = False,
+        relevance: Relevance | None = None,
     ) -> list[Match]:
         """What `match.match` returns, answered from each paper's single scan."""
-        if id(subscriber) not in self._position:
-            return match_naive(papers, subscriber, alerts_only=alerts_only)
+        if id(subscriber) not in self._position or relevance is not None:
+            # relevance (issue #16): the reader's scores answer `similar` and rank; the generic
+            # evaluator handles it, so the fast path below stays score-free.
+            return match_naive(papers, subscriber, alerts_only=alerts_only, relevance=relevance)
         if alerts_only and not subscriber.has_alerts:
             return []
         if not subscriber.rules and not subscriber.exclude and subscriber.exclude_query is None:

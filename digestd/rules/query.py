@@ -11,7 +11,8 @@ Grammar (recursive descent, one function per line):
 
 AND binds tighter than OR. Fields: title, abstract (term searched there only), author, org (full
 name, folded), cat (arXiv category, `cs.*` for an archive), source (configured source name).
-Comparisons: upvotes|comments with >=, <=, >, <, =, != and a whole number.
+Comparisons: upvotes|comments with >=, <=, >, <, =, != and a whole number; `similar>=0.35` (or
+`>`): the reader's relevance score (digestd.relevance) against a number from 0 to 1.
 
 Owned here: tokenising and parsing; the tree's types are plain values in core/model.py (a
 `Rule` holds one). Evaluation lives in match.py (naive) and
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from digestd.core.model import And, Compare, Field, Name, NameKind, Node, Not, Or, Text
+from digestd.core.model import And, Compare, Field, Name, NameKind, Node, Not, Or, Similar, Text
 from digestd.core.text import fold_words, make_term
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Not",
     "Or",
     "QuerySyntaxError",
+    "Similar",
     "Text",
     "caret",
     "fold_name",
@@ -73,6 +75,8 @@ _FIELDS = {
     "source": "sources",
 }
 _COMPARE = re.compile(r'(upvotes|comments)\s*(>=|<=|!=|=|>|<)\s*([^\s()"]*)')
+_SIMILAR = re.compile(r'similar\s*(>=|<=|!=|=|>|<)\s*([^\s()"]*)', re.IGNORECASE)
+_SCORE = re.compile(r"(?:0|1)(?:\.\d{1,6})?|\.\d{1,6}")  # a relevance score: 0 to 1
 _NUMBER = re.compile(r"\d{1,9}")  # bounded: a comparison against 10**400 is a typo, not a rule
 _WORD_END = re.compile(r'[\s()"]')
 _SPACES = re.compile(r"\s*")
@@ -118,7 +122,21 @@ def _starts(out: list[_Tok], query: str, i: int) -> bool:
     return i == 0 or query[i - 1].isspace() or query[i - 1] in "()"
 
 
+def _similar(query: str, m: re.Match[str]) -> Similar:
+    op, number = m.group(1), m.group(2)
+    if op not in (">=", ">"):
+        raise QuerySyntaxError("similar takes >= or > (similar>=0.35)", m.start(1) + 1, query)
+    if not _SCORE.fullmatch(number) or float(number) > 1:
+        raise QuerySyntaxError(
+            "expected a score from 0 to 1 after similar" + op, m.start(2) + 1, query
+        )
+    return Similar(min_score=float(number), strict=op == ">")
+
+
 def _word(query: str, i: int, out: list[_Tok]) -> int:
+    if m := _SIMILAR.match(query, i):
+        out.append(_Tok("CMP", m.group(), i + 1, _similar(query, m)))
+        return m.end()
     if m := _COMPARE.match(query, i):
         number = m.group(3)
         if not _NUMBER.fullmatch(number):
@@ -228,7 +246,7 @@ class _Parser:
         if tok.kind == "CMP":
             if field is not None:
                 raise self.error(tok, "a comparison inside a field group")
-            assert isinstance(tok.value, Compare)
+            assert isinstance(tok.value, Compare | Similar)
             return tok.value
         if tok.kind in ("WORD", "PHRASE"):
             return self.atom(tok, field)

@@ -5,6 +5,9 @@ Owned here: `rule_holds` (one rule against one paper's `Evidence`), `match` (pap
 A rule asks its paper questions through `Evidence`: `PaperTokens` answers them by scanning the
 paper's words (here), `index.PaperHits` by looking up what one scan of all the config's terms found.
 Both share this evaluator, so they can differ only in what they find, never in what it means.
+`similar` asks one reader's relevance score of the paper: the caller wraps the evidence in `Scored`
+(from a `Relevance`, e.g. `ReaderScores` built from digestd.relevance's batch product); evidence
+without a score never satisfies `similar`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from typing import Protocol
 from digestd.core.model import FIELDS, Field, Match, Paper, Reason, Rule, Subscriber, Term
 from digestd.core.text import find_term, fold_words, tokens
 from digestd.rules.patterns import FoldedText, pattern_spans
-from digestd.rules.query import And, Compare, Name, NameKind, Node, Not, Or, Text
+from digestd.rules.query import And, Compare, Name, NameKind, Node, Not, Or, Similar, Text
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "Evidence",
     "PaperTokens",
+    "ReaderScores",
+    "Relevance",
     "RuleHit",
     "excluded",
     "match",
@@ -29,6 +35,7 @@ __all__ = [
     "rank",
     "rule_holds",
     "score",
+    "scored",
 ]
 
 Span = tuple[int, int]
@@ -49,6 +56,60 @@ class Evidence(Protocol):
     def names(self, kind: NameKind) -> Mapping[str, str]:
         """Folded name → name as written, for authors, orgs, categories or sources."""
         ...
+
+
+# `similar: true` without a reader's own threshold: cosine similarity to a liked paper (or the
+# linear model's probability) of 0.3 is "clearly the same topic" on the bench set (bench/relevance.py).
+DEFAULT_THRESHOLD = 0.3
+
+
+class Relevance(Protocol):
+    """One reader's relevance scores, as the evaluator asks them; None: no model (no likes)."""
+
+    @property
+    def threshold(self) -> float: ...
+
+    def score(self, paper: Paper) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderScores:
+    """A reader's scores by paper id (a row of digestd.relevance's batch product)."""
+
+    scores: Mapping[str, float]
+    threshold: float = DEFAULT_THRESHOLD
+
+    def score(self, paper: Paper) -> float | None:
+        return self.scores.get(paper.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """Evidence about a paper plus one reader's relevance score of it: what `similar` asks."""
+
+    inner: Evidence
+    relevance: float | None
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def paper(self) -> Paper:
+        return self.inner.paper
+
+    def spans(self, term: Term, field: Field) -> Sequence[Span]:
+        return self.inner.spans(term, field)
+
+    def regex_spans(self, pattern: str, field: Field) -> Sequence[Span]:
+        return self.inner.regex_spans(pattern, field)
+
+    def names(self, kind: NameKind) -> Mapping[str, str]:
+        return self.inner.names(kind)
+
+
+def scored(ev: Evidence, relevance: Relevance | None) -> Evidence:
+    """`ev` with the reader's score attached, or `ev` itself when the reader has no scores."""
+    if relevance is None:
+        return ev
+    return Scored(ev, relevance.score(ev.paper), relevance.threshold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,12 +253,23 @@ def _eval(node: Node, ev: Evidence, fields: tuple[Field, ...], col: _Positive | 
             shown = _OPS[node.op].format(node.value)
             col.reasons.append(Reason(rule=col.index, term=shown, field=node.field))
         return holds
+    if isinstance(node, Similar):
+        return _similar(node, ev, col)
     if isinstance(node, Not):
         return not _eval(node.item, ev, fields, None)
     if isinstance(node, Or):
         # A list, not a generator: every branch that hits is highlighted, not only the first.
         return any([_eval(item, ev, fields, col) for item in node.items])
     return _eval_and(node, ev, fields, col)
+
+
+def _similar(node: Similar, ev: Evidence, col: _Positive | None) -> bool:
+    if not isinstance(ev, Scored) or ev.relevance is None:
+        return False  # no model for this reader (or no scores asked): nothing is "similar"
+    holds = node.holds(ev.relevance, ev.threshold)
+    if holds and col is not None:
+        col.reasons.append(Reason(rule=col.index, term=f"{ev.relevance:.2f}", field="similar"))
+    return holds
 
 
 def _eval_and(node: And, ev: Evidence, fields: tuple[Field, ...], col: _Positive | None) -> bool:
@@ -288,20 +360,29 @@ def excluded(subscriber: Subscriber, ev: Evidence) -> bool:
 
 
 def match(
-    papers: Sequence[Paper], subscriber: Subscriber, *, alerts_only: bool = False
+    papers: Sequence[Paper],
+    subscriber: Subscriber,
+    *,
+    alerts_only: bool = False,
+    relevance: Relevance | None = None,
 ) -> list[Match]:
     """The papers that reach `subscriber`, ranked by `rank`; not capped.
 
     A subscriber without rules gets every paper (reason rule -1), except with `alerts_only`,
     where only rules marked `alert` count. This is the reference evaluator: every rule of the
-    subscriber against every paper, one at a time.
+    subscriber against every paper, one at a time. `relevance` (the reader's scores) answers
+    `similar` and adds its term to the ranking.
     """
     if not subscriber.rules and alerts_only:
         return []
     rules = [(i, r) for i, r in enumerate(subscriber.rules) if r.alert or not alerts_only]
     if subscriber.rules and not rules:
         return []
-    found = [m for p in papers if (m := match_one(PaperTokens.of(p), subscriber, rules))]
+    found = [
+        m
+        for p in papers
+        if (m := match_one(scored(PaperTokens.of(p), relevance), subscriber, rules))
+    ]
     return rank(found)
 
 
@@ -332,26 +413,37 @@ def match_one(
         reasons=tuple(dict.fromkeys(reasons)),
         alert=alert,
         highlights=_merge(spans),
+        relevance=ev.relevance if isinstance(ev, Scored) else None,
     )
 
 
 # Points for each distinct term (or pattern) found, by field, and for each name that matched.
 TITLE_POINTS, ABSTRACT_POINTS, NAME_POINTS = 3, 1, 2
+# Points per unit of relevance score (0..1): a paper at the default threshold (0.3) weighs two
+# title terms. With a model, relevance replaces the popularity term: what this reader likes, not
+# what everyone upvoted.
+RELEVANCE_POINTS = 20
 
 
 def score(m: Match) -> int:
     """3 per distinct term (or pattern) in the title + 1 per distinct term in the abstract + 2 per
-    matched author or organisation + floor(log2(1 + upvotes)). Categories and sources filter only."""
+    matched author or organisation + floor(log2(1 + upvotes)); when the reader has a relevance
+    model, round(20 × relevance) instead of the upvotes term. Categories and sources filter only."""
     weights = {"title": TITLE_POINTS, "abstract": ABSTRACT_POINTS, "authors": NAME_POINTS}
     weights["orgs"] = NAME_POINTS
     distinct = {(r.term, r.field) for r in m.reasons if r.term is not None}
     points = sum(weights.get(f or "", 0) for _, f in distinct)
+    if m.relevance is not None:
+        return points + round(RELEVANCE_POINTS * max(m.relevance, 0.0))
     return points + (1 + max(m.paper.upvotes, 0)).bit_length() - 1
 
 
 def rank(found: Iterable[Match]) -> list[Match]:
-    """Highest score first, ties by upvotes then paper id: deterministic whatever the input order."""
-    return sorted(found, key=lambda m: (-score(m), -m.paper.upvotes, m.paper.id))
+    """Highest score first, ties by relevance, upvotes, then paper id: deterministic whatever the
+    input order (a reader with likes and no rules: exactly their relevance order)."""
+    return sorted(
+        found, key=lambda m: (-score(m), -(m.relevance or 0.0), -m.paper.upvotes, m.paper.id)
+    )
 
 
 def _merge(spans: Iterable[tuple[Field, Sequence[Span]]]) -> dict[str, tuple[Span, ...]]:

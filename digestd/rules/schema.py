@@ -22,8 +22,9 @@ from pydantic import (
 )
 
 from digestd.core.addresses import check_address
-from digestd.core.model import FIELDS, Rule, Subscriber, Term
+from digestd.core.model import FIELDS, And, Rule, Similar, Subscriber, Term
 from digestd.core.text import fold_words
+from digestd.relevance.imports import arxiv_id_of
 from digestd.rules.patterns import compile_pattern
 from digestd.rules.query import Node, QuerySyntaxError, caret, fold_name, parse_query, shared_term
 
@@ -33,18 +34,23 @@ __all__ = [
     "DefaultsModel",
     "ExcludeModel",
     "FileModel",
+    "LikeModel",
+    "SimilarModel",
     "RuleModel",
     "SubscriberModel",
     "author_key",
     "check_author",
     "check_cron",
+    "check_like",
     "check_name",
     "check_org",
     "check_pattern",
     "check_query",
     "check_timezone",
+    "likes_of",
     "parsed_query",
     "rule_of",
+    "similar_node",
     "terms_of",
 ]
 
@@ -127,6 +133,16 @@ def check_pattern(value: str) -> str:
     return value
 
 
+def check_like(value: str) -> str:
+    """One `like:` entry: an arXiv id as people write it ('arXiv:2401.00001v2', a URL, the DOI)."""
+    if arxiv_id_of(value) is None:
+        raise ValueError(
+            f"'{value}' is not an arXiv id (like '2401.00001', in quotes: YAML reads 2401.10000"
+            " as the number 2401.1); a file goes as {file: path}"
+        )
+    return value
+
+
 def _one_or_many(value: object) -> object:
     """A bare string where a list is expected is a one-item list."""
     return [value] if isinstance(value, str) else value
@@ -155,13 +171,49 @@ RULE_KEYS = (
     "sources",
     "query",
     "min_upvotes",
+    "similar",
 )
 # The rule keys that take a list (a bare string is a one-item list).
-_LIST_KEYS = (*(k for k in RULE_KEYS if k not in ("query", "min_upvotes")), "in_")
+_LIST_KEYS = (*(k for k in RULE_KEYS if k not in ("query", "min_upvotes", "similar")), "in_")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+
+class SimilarModel(_Strict):
+    """`similar: {min_score: 0.35}`; `similar: true` (no min_score) is the reader's default."""
+
+    min_score: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _true(cls, value: object) -> object:
+        if value is True:
+            return {}
+        if isinstance(value, dict):
+            return value
+        raise ValueError("similar takes true or {min_score: 0.35} (a score from 0 to 1)")
+
+
+class LikeModel(_Strict):
+    """One `like:` entry: an arXiv id, or `{file: path}` (BibTeX, Zotero CSV, one id a line)."""
+
+    id: Annotated[str, AfterValidator(check_like)] | None = None
+    file: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain(cls, value: object) -> object:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return {"id": str(value)}  # YAML reads 2401.00001 as a number: keep its text
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> LikeModel:
+        if (self.id is None) == (self.file is None):
+            raise ValueError("a like is an arXiv id or {file: path}")
+        return self
 
 
 class RuleModel(_Strict):
@@ -175,6 +227,7 @@ class RuleModel(_Strict):
     categories: _Names | None = None
     sources: _Names | None = None
     query: _Query | None = None
+    similar: SimilarModel | None = None
     in_: _Fields | None = Field(default=None, alias="in")
     alert: bool = False
 
@@ -222,8 +275,9 @@ class _RuleKeys(_Strict):
     rules: list[RuleModel] | None = None
     use: _Use | None = None
     exclude: ExcludeModel | None = None
+    like: list[LikeModel] | None = None  # [] opts out of defaults.like
 
-    @field_validator("use", mode="before")
+    @field_validator("use", "like", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return _one_or_many(value)
@@ -264,6 +318,27 @@ def _names(values: list[str] | None, kind: str) -> tuple[str, ...]:
     return tuple(fold_name(v, kind) for v in values or ())  # type: ignore[arg-type]
 
 
+def similar_node(value: SimilarModel) -> Similar:
+    """The `similar:` key's value → the query node it adds to its rule."""
+    return Similar(min_score=value.min_score)
+
+
+def _query(raw: RuleModel) -> Node | None:
+    """The rule's query, with `similar:` ANDed to it (a rule holds when every key holds)."""
+    query = parsed_query(raw.query) if raw.query is not None else None
+    if raw.similar is None:
+        return query
+    node = similar_node(raw.similar)
+    return node if query is None else And((query, node))
+
+
+def likes_of(values: list[LikeModel] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A `like:` list → (arXiv ids, unversioned, each once; file paths as written)."""
+    ids = [arxiv_id_of(v.id) for v in values or () if v.id is not None]
+    files = [v.file for v in values or () if v.file is not None]
+    return tuple(dict.fromkeys(i for i in ids if i)), tuple(dict.fromkeys(files))
+
+
 def rule_of(raw: RuleModel) -> Rule:
     return Rule(
         any=terms_of(raw.any),
@@ -277,5 +352,5 @@ def rule_of(raw: RuleModel) -> Rule:
         regex=tuple(raw.regex or ()),
         categories=_names(raw.categories, "categories"),
         sources=_names(raw.sources, "sources"),
-        query=parsed_query(raw.query) if raw.query is not None else None,
+        query=_query(raw),
     )

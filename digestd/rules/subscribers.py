@@ -24,6 +24,7 @@ from digestd.rules.schema import (
     DefaultsModel,
     FileModel,
     SubscriberModel,
+    likes_of,
     parsed_query,
     rule_of,
     terms_of,
@@ -142,6 +143,7 @@ def _subscriber(
     for name in raw.use if raw.use is not None else defaults.use or ():
         rules += sets[name]
     exclude = raw.exclude if raw.exclude is not None else defaults.exclude
+    likes, like_files = likes_of(raw.like if raw.like is not None else defaults.like)
     return Subscriber(
         email=raw.email,
         name=raw.name,
@@ -155,6 +157,8 @@ def _subscriber(
         exclude=terms_of(exclude.terms) if exclude else (),
         exclude_query=parsed_query(exclude.query) if exclude and exclude.query else None,
         send_empty=raw.send_empty,
+        likes=likes,
+        like_files=like_files,
     )
 
 
@@ -176,6 +180,7 @@ def summarize(sset: SubscriberSet) -> dict[str, int]:
         "query rules": sum(1 for s in subs for r in s.rules if r.query is not None),
         "regex rules": sum(1 for s in subs for r in s.rules if r.regex),
         "with exclusions": sum(1 for s in subs if s.exclude or s.exclude_query is not None),
+        "with likes": sum(1 for s in subs if s.likes or s.like_files),
     }
 
 

@@ -7,17 +7,21 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 
 from digestd import pipeline
 from digestd.core.errors import SourceError
 from digestd.core.model import ParseResult
 from digestd.deliver.transports.base import Mailer
 from digestd.pipeline import Deps, readers
+from digestd.pipeline.likes import import_likes
+from digestd.pipeline.relevance import RelevanceState, load, refresh, save
 from digestd.service.admin_alerts import AdminAlerts
 from digestd.service.clock import utcnow
 from digestd.service.metrics import Metrics
 from digestd.service.worklock import WorkLock
 from digestd.sources.base import Source
+from digestd.sources.http import HttpGetter, Throttle, make_client
 
 __all__ = ["Jobs"]
 
@@ -51,6 +55,8 @@ class Jobs:
         self._state_lost = state_lost
         self._polling: set[str] = set()  # sources whose poll is under way
         self._fetches: set[asyncio.Task[ParseResult | SourceError]] = set()
+        self._likes_getter: HttpGetter | None = None  # arXiv's API, for `like:` papers (#16)
+        self._likes_asked: set[str] = set()  # ids requested once already
 
     def poller(self, name: str) -> Callable[[], Awaitable[None]]:
         async def poll() -> None:
@@ -117,8 +123,58 @@ class Jobs:
 
     async def digests(self) -> None:
         await readers.sync_readers_async(self.deps, now=utcnow())
+        try:
+            await self.import_likes()
+        except Exception:  # a like list is teaching material, never a reason not to send
+            log.exception("like: lists not imported this time")
+        await self.refresh_relevance()
         pipeline.compose(self.deps, now=utcnow())
         await self.deliver()
+
+    async def import_likes(self) -> None:
+        """Issue #16: every `like:` list into imported likes, missing papers fetched from arXiv
+        (its 3 s pace); problems are logged, the rest goes on."""
+        subs = [s for s in self.deps.subscribers.subscribers if s.likes or s.like_files]
+        if not subs:
+            return
+        if self._likes_getter is None:
+            self._likes_getter = HttpGetter(
+                make_client(timeout=30.0), name="arxiv-likes", throttle=Throttle(3.0)
+            )
+        report = await import_likes(
+            self.deps.store, self._likes_getter, subs, now=utcnow(),
+            base=self.deps.options.likes_base, asked=self._likes_asked,
+        )  # fmt: skip
+        for problem in report.problems:
+            log.warning("like: %s", problem)
+        if report.fetch_error or report.unknown or report.liked:
+            log.info(
+                "likes imported=%d fetched=%d unknown=%s error=%s", report.liked,
+                report.fetched, ",".join(report.unknown) or "-", report.fetch_error or "-",
+            )  # fmt: skip
+
+    async def refresh_relevance(self) -> None:
+        """Issue #16: the readers' models brought up to date before composing, in a thread with
+        its own connection (a refit must not block the loop); nothing at all until someone rates.
+        A failure keeps the previous models: digests go out regardless."""
+        store = self.deps.store
+        if store.ratings.count() == (0, 0):
+            return
+        previous, now, path = self.deps.relevance, utcnow(), Path(f"{store.path}.relevance.npz")
+
+        def work() -> RelevanceState:
+            side = store.side()
+            try:
+                state = refresh(side, previous or load(path), now=now)
+                save(path, state)
+                return state
+            finally:
+                side.close()
+
+        try:
+            self.deps.relevance = await asyncio.to_thread(work)
+        except Exception:  # relevance is a ranking aid, never a reason not to send
+            log.exception("relevance models not refreshed; the previous ones stay")
 
     async def deliver(self) -> None:
         # Every retry tick: a reader another process confirmed or edited gets their digest job.

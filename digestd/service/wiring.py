@@ -168,6 +168,7 @@ def options(settings: Settings) -> Options:
         keep_days=settings.delivery.keep_days,
         reader_defaults=ReaderDefaults(**settings.signup.defaults.model_dump()),
         confirm_within=settings.signup.confirm_within,
+        likes_base=settings.subscribers.parent,
     )
 
 

@@ -38,6 +38,8 @@ __all__ = [
     "ReaderCounts",
     "ReaderRepository",
     "ReaderState",
+    "Rating",
+    "RatingRepository",
     "SchemaError",
     "SourceStatus",
     "StateFileMoved",
@@ -178,6 +180,7 @@ class StoreStatus:
     problems: list[OutboxProblem]  # most recent first, at most 20
     suspended: list[Suspension] = field(default_factory=list)  # most recent first
     sources: list[SourceStatus] = field(default_factory=list)
+    ratings: tuple[int, int] = (0, 0)  # (likes, dislikes) of every reader (issue #16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +286,7 @@ class PaperRepository(Protocol):
     def save(self, papers: Sequence[Paper], *, seen_at: datetime) -> None: ...
     def known(self, ids: Sequence[str]) -> dict[str, Paper]: ...
     def count(self) -> int: ...
+    def corpus(self, limit: int) -> list[Paper]: ...  # newest first: the relevance model's corpus
     def get(self, ids: Iterable[str]) -> list[Paper]: ...
     def candidates(self, subscriber: str, *, since: datetime) -> list[Paper]: ...
     def candidates_for(
@@ -455,3 +459,51 @@ class ReaderRepository(Protocol):
     def end_pauses(self, *, at: datetime) -> int: ...
     def catch_ups(self) -> dict[str, datetime]: ...
     def settle_catch_up(self, email: str) -> None: ...
+
+
+# -- ratings (issue #16): what a reader liked and disliked, the relevance model's teaching ----------
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """One reader's verdict on one paper: +1 (more like this) or -1 (less like this)."""
+
+    reader: str  # address_key
+    paper_id: str
+    value: int
+    at: datetime
+    origin: str = "click"  # "click" (a mail link) or "import" (a `like:` list)
+
+
+class RatingRepository(Protocol):
+    def rate(
+        self, reader: str, paper_id: str, value: int, *, at: datetime, origin: str = "click"
+    ) -> None:
+        """Record (or replace: a second click on the other link wins) one rating."""
+        ...
+
+    def unrate(self, reader: str, paper_id: str) -> bool: ...
+
+    def ratings(self, reader: str) -> list[Rating]:
+        """The reader's ratings, oldest first."""
+        ...
+
+    def likes(self, reader: str) -> list[str]:
+        """Paper ids the reader liked, oldest first."""
+        ...
+
+    def readers(self) -> list[str]:
+        """Every reader with at least one rating."""
+        ...
+
+    def changed_since(self, at: datetime) -> list[str]:
+        """Readers whose ratings changed at or after `at` (their models need training)."""
+        ...
+
+    def forget(self, reader: str) -> int:
+        """Remove every rating of a reader (a removed reader's data goes with them)."""
+        ...
+
+    def count(self) -> tuple[int, int]:
+        """(likes, dislikes) over every reader, for `digestd status`."""
+        ...

@@ -131,14 +131,14 @@ def test_unknown_key_points_at_the_key() -> None:
     text = "subscribers:\n  - email: a@example.org\n    timezon: UTC\n"
     assert problems(text) == [
         "subs.yaml:3:5: subscribers[0].timezon: unknown key 'timezon'; allowed: abstract_chars,"
-        " email, exclude, max_papers, name, rules, schedule, send_empty, timezone, use"
+        " email, exclude, like, max_papers, name, rules, schedule, send_empty, timezone, use"
     ]
 
 
 def test_unknown_rule_key_lists_rule_keys() -> None:
     assert problems(one_rule("any: [x]\n        titles: [y]")) == [
         "subs.yaml:5:9: subscribers[0].rules[0].titles: unknown key 'titles'; allowed: alert, all,"
-        " any, authors, categories, in, min_upvotes, none, orgs, query, regex, sources"
+        " any, authors, categories, in, min_upvotes, none, orgs, query, regex, similar, sources"
     ]
 
 
@@ -275,7 +275,7 @@ def test_max_papers_range(value: int) -> None:
 def test_empty_rule() -> None:
     assert problems(one_rule("alert: true")) == [
         "subs.yaml:4:9: subscribers[0].rules[0]: a rule needs at least one of any, all, none,"
-        " authors, orgs, regex, categories, sources, query, min_upvotes"
+        " authors, orgs, regex, categories, sources, query, min_upvotes, similar"
     ]
 
 
@@ -322,7 +322,7 @@ subscribers:
         " (use an IANA name like Europe/Berlin)",
         "subs.yaml:7:14: subscribers[0].rules[0].in[0]: 'titel' is not one of title, abstract",
         "subs.yaml:8:9: subscribers[0].rules[1]: a rule needs at least one of any, all, none,"
-        " authors, orgs, regex, categories, sources, query, min_upvotes",
+        " authors, orgs, regex, categories, sources, query, min_upvotes, similar",
         "subs.yaml:9:12: subscribers[1].email: 'not-an-address' is not a valid email address"
         " (expected one local@domain)",
         "subs.yaml:10:12: subscribers[2].email: duplicate email 'ALICE@example.org'"
@@ -352,6 +352,7 @@ def test_summarize() -> None:
         "query rules": 0,
         "regex rules": 0,
         "with exclusions": 0,
+        "with likes": 0,
     }
 
 

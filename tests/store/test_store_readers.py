@@ -193,6 +193,7 @@ def test_an_older_database_gains_the_tables(tmp_path: Path) -> None:
     db.execute("DROP TABLE pauses")
     db.execute("DROP TABLE confirm_sends")
     db.execute("DROP TABLE bounces")  # and what the later migrations added
+    db.execute("DROP TABLE ratings")
     db.execute("ALTER TABLE suspensions DROP COLUMN bounces")
     db.execute("UPDATE meta SET value = '11' WHERE key = 'schema_version'")
     db.commit()

@@ -328,6 +328,23 @@ def _migration_14(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE suspensions ADD COLUMN bounces INTEGER NOT NULL DEFAULT 0")
 
 
+def _migration_15(db: sqlite3.Connection) -> None:
+    """Ratings (issue #16): per reader (address_key) and paper, +1 or -1, the latest click wins.
+    Planned as migration 15 (#15 adds 12-14); it sits at the end of the list, renumbered at merge.
+    No foreign key to papers: an imported like may name a paper fetched later."""
+    db.execute(
+        """CREATE TABLE ratings (
+            reader TEXT NOT NULL,
+            paper_id TEXT NOT NULL,
+            value INTEGER NOT NULL CHECK (value IN (-1, 1)),
+            origin TEXT NOT NULL DEFAULT 'click',
+            at TEXT NOT NULL,
+            PRIMARY KEY (reader, paper_id)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX ratings_at ON ratings(at)")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -342,5 +359,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_11,
     _migration_12,
     _migration_14,  # numbered as assigned on its branch; it is the 13th in the list
+    _migration_15,  # issue #16: ratings (the 14th)
 )
 SCHEMA_VERSION = len(MIGRATIONS)

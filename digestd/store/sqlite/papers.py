@@ -139,6 +139,13 @@ class SqlitePapers:
     def count(self) -> int:
         return cast(int, self._db.scalar("SELECT COUNT(*) FROM papers"))
 
+    def corpus(self, limit: int) -> list[Paper]:
+        """The `limit` most recently first-seen papers: what the relevance vocabulary is fitted on."""
+        rows = self._db.conn.execute(
+            f"SELECT {_PAPER_COLUMNS} FROM papers ORDER BY first_seen_at DESC, id LIMIT ?", (limit,)
+        )
+        return [_paper_from_row(row) for row in rows]
+
     def get(self, ids: Iterable[str]) -> list[Paper]:
         """The stored papers with these ids, in the order asked; unknown ids are left out."""
         wanted = list(dict.fromkeys(ids))

@@ -61,4 +61,12 @@ def store_status(
             problems=[_problem_from_row(row) for row in problems],
             suspended=[s for s in subscribers.suspensions() if s.suspended_at is not None],
             sources=polls.source_status(),
+            ratings=_ratings(db),
         )
+
+
+def _ratings(db: sqlite3.Connection) -> tuple[int, int]:
+    row = db.execute(
+        "SELECT COALESCE(SUM(value = 1), 0), COALESCE(SUM(value = -1), 0) FROM ratings"
+    ).fetchone()
+    return int(row[0]), int(row[1])

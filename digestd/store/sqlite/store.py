@@ -1,8 +1,8 @@
 """The SQLite state file: one `Database` handle and a repository per entity over it.
 
 `Store(path)` opens (creating and migrating) the file and builds the repositories: `papers`,
-`polls`, `subscribers`, `outbox`, `webcopies`, `alerts`, `readers`; `db` is the handle itself (transactions,
-batching, metadata). Not thread-safe: another thread opens its own with `side()`.
+`polls`, `subscribers`, `outbox`, `webcopies`, `alerts`, `bounces`, `readers`, `ratings`; `db` is
+the handle itself (transactions, batching, metadata). Not thread-safe: another thread opens its own with `side()`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from digestd.store.protocols import (
     OutboxRepository,
     PaperRepository,
     PollRepository,
+    RatingRepository,
     ReaderRepository,
     StoreStatus,
     SubscriberRepository,
@@ -31,6 +32,7 @@ from digestd.store.sqlite.migrations import SCHEMA_VERSION
 from digestd.store.sqlite.outbox import SqliteOutbox
 from digestd.store.sqlite.papers import SqlitePapers
 from digestd.store.sqlite.polls import SqlitePolls
+from digestd.store.sqlite.ratings import SqliteRatings
 from digestd.store.sqlite.readers import SqliteReaders
 from digestd.store.sqlite.status import store_status
 from digestd.store.sqlite.subscribers import SqliteSubscribers
@@ -55,6 +57,7 @@ class Store:
         self.alerts: AlertRepository = SqliteAlerts(self.db)
         self.bounces: BounceRepository = SqliteBounces(self.db)
         self.readers: ReaderRepository = SqliteReaders(self.db)
+        self.ratings: RatingRepository = SqliteRatings(self.db)
 
     def side(self) -> Store:
         """Another connection to this very file, for another thread; never a new empty file.
