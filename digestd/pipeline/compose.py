@@ -78,7 +78,11 @@ def _compose_all(
             with deps.store.batch(sync=False):  # new ids are redone if lost, like composing
                 ids = deps.store.subscribers.ids_of(keys) if deps.options.public_url else {}
             known = _Known(ids=ids, suppressed=deps.store.subscribers.suppressed_among(keys))
-            batch = [_prepare(deps, *it, papers[key(it[0])], known, now=now) for it in chunk]
+            # Membership for the whole batch at once; reasons only for what reaches each reader.
+            found = deps.audience.matcher.match_batch([(s, papers[key(s)]) for s, _, _ in chunk])
+            batch = [
+                _prepare(deps, *it, f, known, now=now) for it, f in zip(chunk, found, strict=True)
+            ]
             collect = mails.submit([p.job for p in batch if p.job is not None])
             totals = _add(totals, _write(deps, pending, now=now))
             pending = (batch, collect)
@@ -132,12 +136,11 @@ def _prepare(
     sub: Subscriber,
     period: str,
     expires: datetime | None,
-    papers: Sequence[Paper],
+    found: Sequence[Match],
     known: _Known,
     *,
     now: datetime,
 ) -> _Prepared:
-    found = deps.audience.matcher.match(papers, sub)
     item = _Prepared(sub, period, expires, found, suppressed=key(sub) in known.suppressed)
     try:
         # The address is the one input of the builder that is each subscriber's own: checked
