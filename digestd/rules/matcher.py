@@ -201,8 +201,8 @@ class PaperHits:
         return self._names[kind]
 
     def scan(self) -> Scan:
-        """What `membership.Plan` needs of this paper: the term numbers found per field."""
-        return (self.paper, {f: v.hits.keys() for f, v in self._fields.items()}, self)
+        """What `membership.Plan` needs of this paper: term numbers per field, candidate patterns."""
+        return (self.paper, {f: v.hits.keys() for f, v in self._fields.items()}, self._regex, self)
 
     def facts(self) -> frozenset[Trigger]:
         if self._facts is None:

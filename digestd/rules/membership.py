@@ -3,14 +3,15 @@
 Deciding *that* a paper reaches a subscriber is separated from explaining *why* (reasons and
 highlights, `reference.match_one`), which only the papers a message shows need. Every rule is
 compiled into a boolean circuit over *atoms*, the facts one scan of a paper gives: a term in a
-field, a whole name, a count compared with a number. Circuit nodes have two shapes: a disjunction
-(a count of true children ≥ 1) and a conjunction (every positive child true, no negated one: a
-count equal to the positives and a count of 0). Nodes are shared (the same clause in many rules
-is one column) and evaluated by depth: the columns of depth d are sparse products of the columns
-below with child → node matrices (scipy.sparse), for a chunk of papers at a time.
+field, a whole name, a count compared with a number, a pattern with a non-empty match in a field.
+Circuit nodes have two shapes: a disjunction (a count of true children ≥ 1) and a conjunction
+(every positive child true, no negated one: a count equal to the positives, and a count of 0).
+A rule that is a plain disjunction needs no node: its atoms belong to the subscriber directly.
+Nodes are evaluated by depth: the columns of depth d are sparse products of the columns below
+with child → node matrices (scipy.sparse), for a chunk of papers at a time.
 
-Whatever the circuit cannot express — regexes, a negation without a positive sibling under a
-conjunction, a rule with no positive key, a node type this module does not know — is left to the
+Whatever the circuit cannot express — a negation without a positive sibling under a conjunction,
+a rule with no positive key, a key or node type this module does not know — is left to the
 reference evaluator, for that rule (or that subscriber's exclusion) only, on the papers its
 trigger admits. So a new kind of term needs no change here to stay correct.
 
@@ -36,9 +37,10 @@ __all__ = ["Plan", "Scan", "members_of"]
 
 Csr = Any  # scipy.sparse.csr_matrix (scipy ships no type hints)
 Atom = tuple[Any, ...]
-# What membership needs of one scanned paper: term numbers found per field, and the evidence the
-# fallback evaluates rules against (a `matcher.PaperHits`).
-Scan = tuple[Paper, dict[Field, Iterable[int]], Evidence]
+# What membership needs of one scanned paper: term numbers found per field, the patterns that may
+# match it (a superset: each is checked), and the evidence the fallback evaluates rules against
+# (a `matcher.PaperHits`).
+Scan = tuple[Paper, dict[Field, Iterable[int]], Iterable[str], Evidence]
 
 _NAME_KINDS = ("authors", "orgs", "categories", "sources")
 # The rule keys the circuit knows; a key added to `Rule` later is the evaluator's until it is
@@ -189,7 +191,7 @@ class _Circuit:
 
         Written for speed (it runs once per rule of the file): look-ups inline, no per-term call
         unless a term is new."""
-        if rule.regex or (_UNKNOWN_KEYS and any(getattr(rule, k) != v for k, v in _UNKNOWN_KEYS)):
+        if _UNKNOWN_KEYS and any(getattr(rule, k) != v for k, v in _UNKNOWN_KEYS):
             return None
         fields = rule.fields
         pos = self._positives(rule, fields)
@@ -205,16 +207,9 @@ class _Circuit:
 
     def _positives(self, rule: Rule, fields: tuple[Field, ...]) -> list[list[int]] | None:
         """The rule's keys that must hold, each as a disjunction of columns."""
-        texts = self._texts.get(fields)
-        if texts is None:
-            texts = self._texts[fields] = {}
         pos: list[list[int]] = []
         if rule.any:
-            cols: list[int] = []
-            for term in rule.any:
-                found = texts.get(id(term))
-                cols += found if found is not None else self.term_atoms(term, fields)
-            pos.append(cols)
+            pos.append(self._any(rule.any, fields))
         if rule.all:
             pos.extend([self.text(term, fields)] for term in rule.all)
         for kind in _NAME_KINDS:
@@ -223,12 +218,24 @@ class _Circuit:
                 pos.append(self._names(kind, values))
         if rule.min_upvotes is not None:
             pos.append([self.atom(("c", "upvotes", ">=", rule.min_upvotes))])
+        if rule.regex:  # a non-empty match of one pattern in one of the fields
+            pos.append([self.atom(("r", p, f)) for p in rule.regex for f in fields])
         if rule.query is not None:
             query = self.query(rule.query, fields)
             if query is None:
                 return None
             pos.append(query)
         return pos
+
+    def _any(self, terms: tuple[Term, ...], fields: tuple[Field, ...]) -> list[int]:
+        texts = self._texts.get(fields)
+        if texts is None:
+            texts = self._texts[fields] = {}
+        cols: list[int] = []
+        for term in terms:
+            found = texts.get(id(term))
+            cols += found if found is not None else self.term_atoms(term, fields)
+        return cols
 
     def _names(self, kind: str, values: tuple[str, ...]) -> list[int]:
         atoms = self.atoms
@@ -425,9 +432,14 @@ class Plan:
 
     def _facts(self, scan: Scan) -> set[int]:
         """The atoms one paper holds: terms found per field, its names, the comparisons."""
-        paper, terms, ev = scan
+        paper, terms, patterns, ev = scan
         atoms = self.atoms
         found = {atoms.get(("t", n, f), -1) for f, numbers in terms.items() for n in numbers}
+        for pattern in patterns:
+            for f in FIELDS:
+                col = atoms.get(("r", pattern, f))
+                if col is not None and ev.regex_spans(pattern, f):
+                    found.add(col)
         for kind in _NAME_KINDS:
             names = ev.names(kind)  # type: ignore[arg-type]
             found.update(atoms.get(("n", kind, name), -1) for name in names)
@@ -494,7 +506,7 @@ class Plan:
         subs: list[int] = []
         if not fb.rules:
             return rows, subs
-        for row, (_, _, ev) in enumerate(scans):
+        for row, (_, _, _, ev) in enumerate(scans):
             numbers = set(fb.untriggered)
             for fact in ev.triggers():  # type: ignore[attr-defined]
                 numbers.update(fb.by_trigger.get(fact, ()))
@@ -518,7 +530,7 @@ class Plan:
         keep = np.ones(pairs.nnz, dtype=bool)
         for k in ask:
             row, pos = int(pairs.row[k]), int(pairs.col[k])
-            keep[k] = not excluded(self.subscribers[pos], scans[row][2])
+            keep[k] = not excluded(self.subscribers[pos], scans[row][3])
         if keep.all():
             return found
         data = np.ones(int(keep.sum()), np.int32)
