@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from digestd.rules.matcher import Matcher, PaperHits
-from digestd.rules.reference import match, rank
+from digestd.rules.reference import match
 from digestd.service.wiring import load_subscriber_file
 from digestd.sources.file import FileSource
 
@@ -88,10 +88,7 @@ def main() -> int:
     # Reasons and highlights, as compose computes them: only for the pairs of a subscriber whose
     # message is being made, timed here on the sample and extrapolated per pair.
     start = time.perf_counter()
-    explained = {
-        pos: rank(m for h in seen[pos] if (m := matcher.explain(h, subs[pos])) is not None)
-        for pos in sampled
-    }
+    explained = {pos: matcher.explain(seen[pos], subs[pos]) for pos in sampled}
     explain_seconds = time.perf_counter() - start
     sample_pairs = sum(len(seen[pos]) for pos in sampled)
 

@@ -396,21 +396,24 @@ class Matcher:
             yield from zip(hits, members_of(found), strict=True)
 
     def explain(
-        self, hits: PaperHits, subscriber: Subscriber, *, alerts_only: bool = False
-    ) -> Match | None:
-        """Reasons and highlights of one paper for one subscriber (None when it does not reach them)."""
-        facts = hits.facts()
-        rules = [
-            (i, rule)
+        self, hits: Iterable[PaperHits], subscriber: Subscriber, *, alerts_only: bool = False
+    ) -> list[Match]:
+        """Reasons and highlights of these papers for one subscriber, ranked; those that do not
+        reach them are left out. Each rule's trigger is worked out once, not once per paper."""
+        triggers = [
+            (i, rule, _numbered(rule_trigger(rule), self.index))
             for i, rule in enumerate(subscriber.rules)
-            if (rule.alert or not alerts_only)
-            and (
-                (t := _numbered(rule_trigger(rule), self.index)) is None or not facts.isdisjoint(t)
-            )
+            if rule.alert or not alerts_only
         ]
-        if subscriber.rules and not rules:
-            return None
-        return match_one(hits, subscriber, rules)
+        if subscriber.rules and not triggers:
+            return []
+        found = []
+        for h in hits:
+            facts = h.facts()
+            rules = [(i, r) for i, r, t in triggers if t is None or not facts.isdisjoint(t)]
+            if (rules or not subscriber.rules) and (m := match_one(h, subscriber, rules)):
+                found.append(m)
+        return rank(found)
 
     def match(
         self, papers: Sequence[Paper], subscriber: Subscriber, *, alerts_only: bool = False
@@ -422,8 +425,7 @@ class Matcher:
             return []
         if not subscriber.rules and not subscriber.exclude and subscriber.exclude_query is None:
             return self._everything_of(papers)
-        found = (self.explain(self._hits(p), subscriber, alerts_only=alerts_only) for p in papers)
-        return rank(m for m in found if m is not None)
+        return self.explain(map(self._hits, papers), subscriber, alerts_only=alerts_only)
 
     def match_batch(
         self, wanted: Sequence[tuple[Subscriber, Sequence[Paper]]]
@@ -439,9 +441,7 @@ class Matcher:
                 continue
             mine = batch.of(pos)
             col = batch.column
-            hits = (self._hits(p) for p in papers if col[id(p)] in mine)
-            found = (self.explain(h, sub) for h in hits)
-            out.append(rank(m for m in found if m is not None))
+            out.append(self.explain([self._hits(p) for p in papers if col[id(p)] in mine], sub))
         return out
 
     def _batch_members(self, papers: Iterable[Paper]) -> _BatchMembers:
@@ -475,11 +475,11 @@ class Matcher:
         """Paper-major: for each paper, (subscriber position, match) of everyone it reaches."""
         subs = self.subscribers.subscribers
         for hits, reached in self.members(papers, alerts_only=alerts_only):
-            found = (
-                (int(pos), self.explain(hits, subs[pos], alerts_only=alerts_only))
+            found = [
+                (int(pos), self.explain([hits], subs[pos], alerts_only=alerts_only))
                 for pos in reached
-            )
-            yield hits.paper, [(pos, m) for pos, m in found if m is not None]
+            ]
+            yield hits.paper, [(pos, m[0]) for pos, m in found if m]
 
     def match_all(
         self, papers: Sequence[Paper], *, alerts_only: bool = False
