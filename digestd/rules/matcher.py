@@ -432,14 +432,19 @@ class Matcher:
     ) -> list[list[Match]]:
         """`match(papers, subscriber)` for each pair: membership for the whole batch at once, then
         reasons and highlights only for the papers that reach each subscriber."""
-        batch = self._batch_members(p for _, papers in wanted for p in papers)
+
+        def plain(sub: Subscriber) -> bool:  # every paper, or not one of ours: no membership
+            everything = not sub.rules and not sub.exclude and sub.exclude_query is None
+            return everything or id(sub) not in self._position
+
+        needed = [papers for sub, papers in wanted if not plain(sub)]
+        batch = self._batch_members(p for papers in needed for p in papers) if needed else None
         out = []
         for sub, papers in wanted:
-            pos = self._position.get(id(sub))
-            if pos is None or (not sub.rules and not sub.exclude and sub.exclude_query is None):
+            if batch is None or plain(sub):
                 out.append(self.match(papers, sub))
                 continue
-            mine = batch.of(pos)
+            mine = batch.of(self._position[id(sub)])
             col = batch.column
             out.append(self.explain([self._hits(p) for p in papers if col[id(p)] in mine], sub))
         return out
