@@ -153,8 +153,10 @@ class TermIndex:
 
 @dataclass(slots=True)
 class _Field:
-    spans: tuple[Span, ...]  # character span of each word
-    hits: dict[int, list[Span]]  # term number → character spans
+    words: list[tuple[str, int, int]]  # each word with its character span
+    hits: dict[int, list[Span]]  # term number → (first, last) word indices
+    # The same in characters, converted when a rule first asks: membership needs only the keys.
+    chars: dict[int, list[Span]]
 
 
 class PaperHits:
@@ -167,10 +169,7 @@ class PaperHits:
         self._fields: dict[Field, _Field] = {}
         for f in FIELDS:
             toks = tokens(getattr(paper, f))
-            spans = tuple((s, e) for _, s, e in toks)
-            found = index.scan([w for w, _, _ in toks])
-            hits = {k: [(spans[i][0], spans[j][1]) for i, j in v] for k, v in found.items()}
-            self._fields[f] = _Field(spans, hits)
+            self._fields[f] = _Field(toks, index.scan([w for w, _, _ in toks]), {})
         self._names = paper_names(paper)
         self._folded: dict[Field, FoldedText] | None = None
         self._regex = patterns.hits(self) if patterns else frozenset()
@@ -183,7 +182,15 @@ class PaperHits:
         if number is None:
             number = self._index.ids.get(term_key(term))
         if number is not None:
-            return self._fields[field].hits.get(number, ())
+            where = self._fields[field]
+            found = where.chars.get(number)
+            if found is None:
+                words = where.hits.get(number)
+                if words is None:
+                    return ()
+                toks = where.words
+                found = where.chars[number] = [(toks[i][1], toks[j][2]) for i, j in words]
+            return found
         # A term the index was not built with (a subscriber from another config): scan for it.
         if self._fallback is None:
             self._fallback = PaperTokens.of(self.paper)
