@@ -28,6 +28,7 @@ PURE = [
     "rules/query.py",
     "rules/patterns.py",
     "rules/matcher.py",
+    "rules/membership.py",
     "core/periods.py",
     "mail/render.py",
     "mail/paperview.py",

@@ -86,19 +86,32 @@ def _compose_all(
         for start in range(0, len(todo), _COMPOSE_BATCH):
             chunk = todo[start : start + _COMPOSE_BATCH]
             keys = [key(sub) for sub, _, _ in chunk]
-            found = deps.store.papers.candidates_for(keys, since=since)
-            for k in catch_ups.keys() & set(keys):
-                found[k] = deps.store.papers.candidates(k, since=min(since, catch_ups[k]))
-            papers = _readable(found)
+            papers = _readable(_candidates(deps, keys, since=since, catch_ups=catch_ups))
             with deps.store.batch(sync=False):  # new ids are redone if lost, like composing
                 ids = deps.store.subscribers.ids_of(keys) if deps.options.public_url else {}
             suppressed = deps.store.subscribers.suppressed_among(keys)
             known = _Known(ids=ids, suppressed=suppressed, catch_ups=catch_ups.keys() & set(keys))
-            batch = [_prepare(deps, *it, papers[key(it[0])], known, now=now) for it in chunk]
+            # Membership for the whole batch at once; reasons only for what reaches each reader.
+            scores = deps.relevance.relevance_for if deps.relevance else None
+            wanted = [(s, papers[key(s)]) for s, _, _ in chunk]
+            matched = deps.audience.match_batch(wanted, relevance=scores)
+            batch = [
+                _prepare(deps, *it, f, known, now=now) for it, f in zip(chunk, matched, strict=True)
+            ]
             collect = mails.submit([p.job for p in batch if p.job is not None])
             totals = _add(totals, _write(deps, pending, now=now))
             pending = (batch, collect)
         return _add(totals, _write(deps, pending, now=now))
+
+
+def _candidates(
+    deps: Deps, keys: list[str], *, since: datetime, catch_ups: dict[str, datetime]
+) -> dict[str, list[Paper]]:
+    """Each address's unreserved papers since `since`; a catch-up reader's since their pause."""
+    found = deps.store.papers.candidates_for(keys, since=since)
+    for k in catch_ups.keys() & set(keys):
+        found[k] = deps.store.papers.candidates(k, since=min(since, catch_ups[k]))
+    return found
 
 
 def _readable(papers: dict[str, list[Paper]]) -> dict[str, list[Paper]]:
@@ -150,13 +163,11 @@ def _prepare(
     sub: Subscriber,
     period: str,
     expires: datetime | None,
-    papers: Sequence[Paper],
+    found: Sequence[Match],
     known: _Known,
     *,
     now: datetime,
 ) -> _Prepared:
-    scores = deps.relevance.relevance_for(sub.email, papers) if deps.relevance else None
-    found = deps.audience.match(papers, sub, relevance=scores)
     item = _Prepared(sub, period, expires, found, suppressed=key(sub) in known.suppressed)
     item.catch_up = key(sub) in known.catch_ups
     try:

@@ -114,6 +114,27 @@ class Audience:
         matcher = web or self.matcher
         return matcher.match(papers, subscriber, alerts_only=alerts_only, relevance=relevance)
 
+    def match_batch(
+        self,
+        wanted: Sequence[tuple[Subscriber, Sequence[Paper]]],
+        *,
+        relevance: Callable[[str, Sequence[Paper]], Relevance | None] | None = None,
+    ) -> list[list[Match]]:
+        """`match` for each pair: the YAML's subscribers through `Matcher.match_batch` (membership
+        for the batch at once); web readers and readers with a relevance model one by one."""
+        out: list[list[Match]] = [[] for _ in wanted]
+        fast: list[int] = []
+        for i, (sub, papers) in enumerate(wanted):
+            scores = relevance(sub.email, papers) if relevance is not None else None
+            if scores is not None or id(sub) in self.web_ids:
+                out[i] = self.match(papers, sub, relevance=scores)
+            else:
+                fast.append(i)
+        found = self.matcher.match_batch([wanted[i] for i in fast]) if fast else []
+        for i, matches in zip(fast, found, strict=True):
+            out[i] = matches
+        return out
+
     def match_all(
         self, papers: Sequence[Paper], *, alerts_only: bool = False
     ) -> list[tuple[Subscriber, list[Match]]]:

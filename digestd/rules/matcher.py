@@ -14,16 +14,19 @@ Pure: no I/O, no clock. The memo of scanned papers is bounded.
 
 from __future__ import annotations
 
-from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import re2
+import scipy.sparse as sp
 
+from digestd.core.gcpause import gc_paused
 from digestd.core.model import FIELDS, Field, Match, Paper, Rule, Subscriber, SubscriberSet, Term
 from digestd.core.text import tokens
+from digestd.rules.membership import Plan, Scan, members_of
 from digestd.rules.patterns import FoldedText, compile_pattern, pattern_spans
 from digestd.rules.query import And, Compare, Name, NameKind, Node, Not, Or, Similar, Text
 from digestd.rules.reference import (
@@ -43,6 +46,16 @@ TermKey = tuple[tuple[str, ...], bool]  # a term's folded words and whether the 
 Trigger = Any  # a TermKey, (kind, name) or ("regex", pattern)
 
 _MEMO = 4096  # scanned papers kept for subscriber-by-subscriber matching (compose, preview)
+# Papers whose membership compose keeps, subscriber-major (a few MB per 1,000 papers at 100,000
+# readers); a compose run's batches mostly share their papers, so each is decided once per run.
+_BATCH_MEMO = 2048
+_CHUNK = 256  # papers whose membership is decided together: bounds the matrices' memory
+
+
+# Per word: the single-word term it is (-1: none), the lengths of longer exact terms it starts,
+# and the prefix terms it ends ((words before the stem, term number)).
+_Entry = tuple[int, tuple[int, ...], tuple[tuple[tuple[str, ...], int], ...]]
+_NOTHING: _Entry = (-1, (), ())
 
 
 def term_key(term: Term) -> TermKey:
@@ -65,6 +78,7 @@ class TermIndex:
         self._stems: dict[str, list[tuple[tuple[str, ...], int]]] = {}
         self._stem_lengths: list[int] = []
         self._word_stems: dict[str, tuple[tuple[tuple[str, ...], int], ...]] = {}
+        self._entries: dict[str, _Entry] = {}
         for term in terms:
             self._add(term)
         self._stem_lengths = sorted({len(s) for s in self._stems})
@@ -95,22 +109,38 @@ class TermIndex:
         """Every known term found in `words`, by number, as (first, last) word indices."""
         out: dict[int, list[Span]] = {}
         n = len(words)
-        exact, lengths_of = self._exact, self._lengths
+        exact, entries = self._exact, self._entries
         for i, word in enumerate(words):
-            lengths = lengths_of.get(word)
-            if lengths is not None:
-                for length in lengths:
-                    if i + length > n:
-                        break
-                    key = exact.get(tuple(words[i : i + length])) if length > 1 else exact[(word,)]
-                    if key is not None:
-                        out.setdefault(key, []).append((i, i + length - 1))
-            if self._stems:
-                for head, key in self._prefixed(word):
-                    h = len(head)
-                    if i >= h and tuple(words[i - h : i]) == head:
-                        out.setdefault(key, []).append((i - h, i))
+            entry = entries.get(word)
+            if entry is None:
+                entry = self._entry(word)
+            if entry is _NOTHING:
+                continue
+            single, lengths, stems = entry
+            if single >= 0:
+                out.setdefault(single, []).append((i, i))
+            for length in lengths:
+                if i + length > n:
+                    break
+                key = exact.get(tuple(words[i : i + length]))
+                if key is not None:
+                    out.setdefault(key, []).append((i, i + length - 1))
+            for head, key in stems:
+                h = len(head)
+                if i >= h and tuple(words[i - h : i]) == head:
+                    out.setdefault(key, []).append((i - h, i))
         return out
+
+    def _entry(self, word: str) -> _Entry:
+        """What a word can start or end: memoised, since words repeat across papers."""
+        single = self._exact.get((word,), -1)
+        lengths = tuple(k for k in self._lengths.get(word, ()) if k > 1)
+        stems = self._prefixed(word) if self._stems else ()
+        entry = (single, lengths, stems) if single >= 0 or lengths or stems else _NOTHING
+        if len(self._entries) > 200_000:
+            self._entries.clear()
+        self._entries[word] = entry
+        return entry
 
     def _prefixed(self, word: str) -> tuple[tuple[tuple[str, ...], int], ...]:
         """The prefix terms whose stem starts `word`; memoised, since words repeat across papers."""
@@ -130,8 +160,10 @@ class TermIndex:
 
 @dataclass(slots=True)
 class _Field:
-    spans: tuple[Span, ...]  # character span of each word
-    hits: dict[int, list[Span]]  # term number → character spans
+    words: list[tuple[str, int, int]]  # each word with its character span
+    hits: dict[int, list[Span]]  # term number → (first, last) word indices
+    # The same in characters, converted when a rule first asks: membership needs only the keys.
+    chars: dict[int, list[Span]]
 
 
 class PaperHits:
@@ -144,10 +176,7 @@ class PaperHits:
         self._fields: dict[Field, _Field] = {}
         for f in FIELDS:
             toks = tokens(getattr(paper, f))
-            spans = tuple((s, e) for _, s, e in toks)
-            found = index.scan([w for w, _, _ in toks])
-            hits = {k: [(spans[i][0], spans[j][1]) for i, j in v] for k, v in found.items()}
-            self._fields[f] = _Field(spans, hits)
+            self._fields[f] = _Field(toks, index.scan([w for w, _, _ in toks]), {})
         self._names = paper_names(paper)
         self._folded: dict[Field, FoldedText] | None = None
         self._regex = patterns.hits(self) if patterns else frozenset()
@@ -160,7 +189,15 @@ class PaperHits:
         if number is None:
             number = self._index.ids.get(term_key(term))
         if number is not None:
-            return self._fields[field].hits.get(number, ())
+            where = self._fields[field]
+            found = where.chars.get(number)
+            if found is None:
+                words = where.hits.get(number)
+                if words is None:
+                    return ()
+                toks = where.words
+                found = where.chars[number] = [(toks[i][1], toks[j][2]) for i, j in words]
+            return found
         # A term the index was not built with (a subscriber from another config): scan for it.
         if self._fallback is None:
             self._fallback = PaperTokens.of(self.paper)
@@ -176,6 +213,10 @@ class PaperHits:
 
     def names(self, kind: NameKind) -> dict[str, str]:
         return self._names[kind]
+
+    def scan(self) -> Scan:
+        """What `membership.Plan` needs of this paper: term numbers per field, candidate patterns."""
+        return (self.paper, {f: v.hits.keys() for f, v in self._fields.items()}, self._regex, self)
 
     def facts(self) -> frozenset[Trigger]:
         if self._facts is None:
@@ -308,53 +349,44 @@ def _numbered(trigger: frozenset[Trigger] | None, index: TermIndex) -> frozenset
 
 @dataclass(slots=True)
 class Matcher:
-    """The subscriber set, indexed. Agrees with `match.match` on every input; only faster."""
+    """The subscriber set, indexed. Agrees with `match.match` on every input; only faster.
+
+    Membership (which pairs match) is decided for every subscriber at once by the compiled
+    `membership.Plan`; reasons and highlights (`match_one`) only for the pairs a caller explains.
+    """
 
     subscribers: SubscriberSet
     index: TermIndex
     patterns: _Patterns
-    by_trigger: dict[Trigger, array[int]]  # trigger → global rule numbers
-    rule_owner: array[int]  # global rule number → subscriber position
-    rule_index: array[int]  # global rule number → rule number within the subscriber
-    untriggered: array[int]  # global rule numbers evaluated for every paper
-    everyone: list[int]  # subscribers without rules: every paper
+    _plan: Plan | None = None  # compiled on first use: a config load or `digestd check` skips it
     _position: dict[int, int] = field(default_factory=dict)  # id(subscriber) → position
     _memo: OrderedDict[Paper, PaperHits] = field(default_factory=OrderedDict)
     # Subscribers without rules or exclusions all get the same answer for the same papers; a
     # compose batch shares its paper objects, so the last answer is keyed by their identities
     # (the kept tuple holds them, so no id can be reused while it is cached).
     _everything: tuple[tuple[Paper, ...], list[Match]] | None = None
+    _batch: _BatchMembers | None = None
 
     @classmethod
     def build(cls, sset: SubscriberSet) -> Matcher:
         index = TermIndex(_all_terms(sset))
         patterns = {p for sub in sset.subscribers for rule in sub.rules for p in rule.regex}
-        by_trigger: dict[Trigger, array[int]] = {}
-        owner, within, untriggered = array("l"), array("l"), array("l")
-        everyone = []
-        for pos, sub in enumerate(sset.subscribers):
-            if not sub.rules:
-                everyone.append(pos)
-            for i, rule in enumerate(sub.rules):
-                number = len(owner)
-                owner.append(pos)
-                within.append(i)
-                trigger = _numbered(rule_trigger(rule), index)
-                if trigger is None:
-                    untriggered.append(number)
-                for fact in trigger or ():
-                    by_trigger.setdefault(fact, array("l")).append(number)
         return cls(
             subscribers=sset,
             index=index,
             patterns=_Patterns(patterns),
-            by_trigger=by_trigger,
-            rule_owner=owner,
-            rule_index=within,
-            untriggered=untriggered,
-            everyone=everyone,
             _position={id(s): p for p, s in enumerate(sset.subscribers)},
         )
+
+    @property
+    def plan(self) -> Plan:
+        if self._plan is None:
+            index = self.index
+            with gc_paused():  # hundreds of thousands of small lists: the collector would rescan
+                self._plan = Plan(
+                    self.subscribers, index.number, lambda r: _numbered(rule_trigger(r), index)
+                )
+        return self._plan
 
     def scan(self, paper: Paper) -> PaperHits:
         return PaperHits(paper, self.index, self.patterns)
@@ -366,6 +398,36 @@ class Matcher:
             if len(self._memo) > _MEMO:
                 self._memo.popitem(last=False)
         return found
+
+    def members(
+        self, papers: Iterable[Paper], *, alerts_only: bool = False, chunk: int = _CHUNK
+    ) -> Iterator[tuple[PaperHits, np.ndarray[Any, Any]]]:
+        """Paper-major membership: each paper scanned, with the positions of everyone it reaches."""
+        todo = list(papers)
+        for start in range(0, len(todo), chunk):
+            hits = [self.scan(p) for p in todo[start : start + chunk]]
+            found = self.plan.members([h.scan() for h in hits], alerts_only=alerts_only)
+            yield from zip(hits, members_of(found), strict=True)
+
+    def explain(
+        self, hits: Iterable[PaperHits], subscriber: Subscriber, *, alerts_only: bool = False
+    ) -> list[Match]:
+        """Reasons and highlights of these papers for one subscriber, ranked; those that do not
+        reach them are left out. Each rule's trigger is worked out once, not once per paper."""
+        triggers = [
+            (i, rule, _numbered(rule_trigger(rule), self.index))
+            for i, rule in enumerate(subscriber.rules)
+            if rule.alert or not alerts_only
+        ]
+        if subscriber.rules and not triggers:
+            return []
+        found = []
+        for h in hits:
+            facts = h.facts()
+            rules = [(i, r) for i, r, t in triggers if t is None or not facts.isdisjoint(t)]
+            if (rules or not subscriber.rules) and (m := match_one(h, subscriber, rules)):
+                found.append(m)
+        return rank(found)
 
     def match(
         self,
@@ -384,23 +446,41 @@ class Matcher:
             return []
         if not subscriber.rules and not subscriber.exclude and subscriber.exclude_query is None:
             return self._everything_of(papers)
-        # Triggers are recomputed here rather than kept: 100,000 subscribers' worth costs memory,
-        # and one subscriber's are cheap next to the store query that fetched `papers`.
-        triggers = [
-            (i, r, _numbered(rule_trigger(r), self.index)) for i, r in enumerate(subscriber.rules)
-        ]
-        found = []
-        for paper in papers:
-            hits = self._hits(paper)
-            rules = [
-                (i, rule)
-                for i, rule, trigger in triggers
-                if (rule.alert or not alerts_only)
-                and (trigger is None or not hits.facts().isdisjoint(trigger))
-            ]
-            if (rules or not subscriber.rules) and (m := match_one(hits, subscriber, rules)):
-                found.append(m)
-        return rank(found)
+        return self.explain(map(self._hits, papers), subscriber, alerts_only=alerts_only)
+
+    def match_batch(
+        self, wanted: Sequence[tuple[Subscriber, Sequence[Paper]]]
+    ) -> list[list[Match]]:
+        """`match(papers, subscriber)` for each pair: membership for the whole batch at once, then
+        reasons and highlights only for the papers that reach each subscriber."""
+
+        def plain(sub: Subscriber) -> bool:  # every paper, or not one of ours: no membership
+            everything = not sub.rules and not sub.exclude and sub.exclude_query is None
+            return everything or id(sub) not in self._position
+
+        needed = [papers for sub, papers in wanted if not plain(sub)]
+        batch = self._batch_members(p for papers in needed for p in papers) if needed else None
+        out = []
+        for sub, papers in wanted:
+            if batch is None or plain(sub):
+                out.append(self.match(papers, sub))
+                continue
+            mine = batch.of(self._position[id(sub)])
+            col = batch.column
+            out.append(self.explain([self._hits(p) for p in papers if col[id(p)] in mine], sub))
+        return out
+
+    def _batch_members(self, papers: Iterable[Paper]) -> _BatchMembers:
+        """Membership of these papers for everyone, reusing what earlier batches computed."""
+        distinct = {id(p): p for p in papers}
+        batch = self._batch
+        if batch is None or len(batch.papers) + len(distinct) > _BATCH_MEMO:
+            batch = self._batch = _BatchMembers(len(self.subscribers.subscribers))
+        new = [p for p in dict.fromkeys(distinct.values()) if p not in batch.papers]
+        if new:
+            batch.add(new, list(self.members(new)))
+        batch.column = {i: batch.papers[p] for i, p in distinct.items()}
+        return batch
 
     def _everything_of(self, papers: Sequence[Paper]) -> list[Match]:
         """Every paper, ranked: what `match_one` gives a subscriber without rules or exclusions."""
@@ -420,35 +500,12 @@ class Matcher:
     ) -> Iterator[tuple[Paper, list[tuple[int, Match]]]]:
         """Paper-major: for each paper, (subscriber position, match) of everyone it reaches."""
         subs = self.subscribers.subscribers
-        for paper in papers:
-            hits = self.scan(paper)
-            wanted: dict[int, list[int]] = {}
-            for number in self._candidates(hits):
-                wanted.setdefault(self.rule_owner[number], []).append(self.rule_index[number])
-            if not alerts_only:
-                for pos in self.everyone:
-                    wanted[pos] = []
-            out = []
-            for pos in sorted(wanted):
-                sub = subs[pos]
-                rules = [(i, sub.rules[i]) for i in sorted(wanted[pos])]
-                if alerts_only:
-                    rules = [(i, r) for i, r in rules if r.alert]
-                    if not rules:
-                        continue
-                m = match_one(hits, sub, rules)
-                if m is not None:
-                    out.append((pos, m))
-            yield paper, out
-
-    def _candidates(self, hits: PaperHits) -> set[int]:
-        numbers: set[int] = set(self.untriggered)
-        by_trigger = self.by_trigger
-        for fact in hits.triggers():
-            found = by_trigger.get(fact)
-            if found is not None:
-                numbers.update(found)
-        return numbers
+        for hits, reached in self.members(papers, alerts_only=alerts_only):
+            found = [
+                (int(pos), self.explain([hits], subs[pos], alerts_only=alerts_only))
+                for pos in reached
+            ]
+            yield hits.paper, [(pos, m[0]) for pos, m in found if m]
 
     def match_all(
         self, papers: Sequence[Paper], *, alerts_only: bool = False
@@ -460,3 +517,35 @@ class Matcher:
                 by_sub.setdefault(pos, []).append(m)
         subs = self.subscribers.subscribers
         return [(subs[pos], rank(by_sub[pos])) for pos in sorted(by_sub)]
+
+
+class _BatchMembers:
+    """Membership of the papers compose batches have asked about, subscriber-major."""
+
+    def __init__(self, n_subs: int) -> None:
+        self.n_subs = n_subs
+        self.papers: dict[Paper, int] = {}  # paper → its column here
+        self.column: dict[int, int] = {}  # id(paper object) of the current batch → column
+        self._rows: list[np.ndarray[Any, Any]] = []  # per column: subscriber positions
+        self._by_sub: Any = None  # (subscriber × column) CSR, rebuilt when papers are added
+
+    def add(
+        self, papers: Sequence[Paper], found: list[tuple[PaperHits, np.ndarray[Any, Any]]]
+    ) -> None:
+        for paper, (_, reached) in zip(papers, found, strict=True):
+            self.papers[paper] = len(self._rows)
+            self._rows.append(reached)
+        self._by_sub = None
+
+    def of(self, pos: int) -> frozenset[int]:
+        if self._by_sub is None:
+            self._by_sub = _transpose(self._rows, self.n_subs)
+        m = self._by_sub
+        return frozenset(m.indices[m.indptr[pos] : m.indptr[pos + 1]].tolist())
+
+
+def _transpose(rows: list[np.ndarray[Any, Any]], n_subs: int) -> Any:
+    """Per-column subscriber positions → a (subscriber × column) CSR matrix."""
+    cols = np.repeat(np.arange(len(rows), dtype=np.int32), [len(r) for r in rows])
+    subs = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+    return sp.csr_matrix((np.ones(len(subs), np.int8), (subs, cols)), shape=(n_subs, len(rows)))

@@ -7,6 +7,7 @@ regex hit can be highlighted like a term.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = ["FoldedText", "compile_pattern", "pattern_spans"]
 
 Span = tuple[int, int]
 
+_SPACES = re.compile(r"\s+")
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # the loader reports bad patterns itself, with their position
 _OPTIONS.max_mem = 8 << 20  # a pattern whose program needs more is a mistake, not a topic
@@ -46,6 +48,8 @@ class FoldedText:
 
     @classmethod
     def of(cls, original: str) -> FoldedText:
+        if original.isascii():
+            return cls._ascii(original)
         out: list[str] = []
         origin: list[int] = []
         space = False
@@ -62,6 +66,18 @@ class FoldedText:
             origin.extend([i] * len(piece))
         origin.append(len(original))
         return cls("".join(out), tuple(origin))
+
+    @classmethod
+    def _ascii(cls, original: str) -> FoldedText:
+        """The same for ASCII text (nearly every paper), without a step per character: folding is
+        lower-casing, and a character is dropped only when it is whitespace after whitespace."""
+        text = _SPACES.sub(" ", original.lower())
+        if len(text) == len(original):
+            return cls(text, tuple(range(len(original) + 1)))
+        space = [c.isspace() for c in original]
+        kept = [i for i in range(len(original)) if not (space[i] and i and space[i - 1])]
+        kept.append(len(original))
+        return cls(text, tuple(kept))
 
     def original(self, start: int, end: int) -> Span:
         return (self.origin[start], self.origin[end - 1] + 1)

@@ -21,7 +21,7 @@ AUTHORS = ["Tri Dao", "Mei Tanaka", "Anika García"]
 ORGS = ["Microsoft", "Hugging Face"]
 CATS = ["cs.LG", "cs.CL", "stat.ML"]
 SOURCES = ["arxiv-cs", "hf"]
-PATTERNS = ["kv.?cache", "llms?", "^etude", "(a+)+$", "moe|fpga"]
+PATTERNS = ["kv.?cache", "llms?", "^etude", "(a+)+$", "moe|fpga", "z*"]  # z*: only empty matches
 
 
 def assert_agrees(sset: SubscriberSet, papers: list[Paper]) -> None:
@@ -30,10 +30,20 @@ def assert_agrees(sset: SubscriberSet, papers: list[Paper]) -> None:
         everyone = {
             s.email: found for s, found in matcher.match_all(papers, alerts_only=alerts_only)
         }
-        for sub in sset.subscribers:
+        # Membership alone (the sparse plan, fallback included), paper by paper, in chunks of 2.
+        reached: dict[int, set[str]] = {}
+        for hits, positions in matcher.members(papers, alerts_only=alerts_only, chunk=2):
+            for pos in positions:
+                reached.setdefault(int(pos), set()).add(hits.paper.id)
+        for pos, sub in enumerate(sset.subscribers):
             expected = match(papers, sub, alerts_only=alerts_only)
             assert matcher.match(papers, sub, alerts_only=alerts_only) == expected
             assert everyone.get(sub.email, []) == expected
+            assert reached.get(pos, set()) == {m.paper.id for m in expected}
+    # Compose's batch: each subscriber with their own candidates (here: every other paper too).
+    wanted = [(s, papers if i % 2 else papers[::2]) for i, s in enumerate(sset.subscribers)]
+    assert matcher.match_batch(wanted) == [match(p, s) for s, p in wanted]
+    assert matcher.match_batch(wanted[::-1]) == [match(p, s) for s, p in wanted[::-1]]
 
 
 SUBS = """\
