@@ -66,12 +66,16 @@ def _compose_all(
     """Compose `todo` in batches; (due, queued, empty).
 
     A worker (see `composer`) renders batch k while this process matches k+1 and then writes k.
+    A stop (`deps.stopping`) ends it after the next commit: the rest is composed next time.
     """
     totals = (0, 0, 0)
     pending: _Batch = ([], list)
     since = now - deps.options.lookback
     with composer(deps.envs, len(todo)) as mails:
         for start in range(0, len(todo), _COMPOSE_BATCH):
+            if deps.stopping():
+                log.info("compose stopped n_left=%d (composed at the next run)", len(todo) - start)
+                break
             chunk = todo[start : start + _COMPOSE_BATCH]
             keys = [key(sub) for sub, _, _ in chunk]
             papers = _readable(deps.store.papers.candidates_for(keys, since=since))

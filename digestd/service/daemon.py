@@ -170,6 +170,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.schedule.scheduler.shutdown(wait=False)
+            await self.jobs.aclose()
         finally:
             self.work_lock.release()
         if self.web is not None:
