@@ -4,11 +4,13 @@
 
 Starts `smtp-sink` (as bench/deliver.py does, with its setup), seeds the state file with the papers
 and with subscribers registered two days ago, so the daemon's start-up catch-up composes and sends
-a digest to every one of them; concurrent HTTP clients (asyncio, raw sockets, keep-alive) request
-each route in turn, with a short pause, from the moment the listener answers until every message
-is sent. Done twice: the current code, then the baseline with compose on the event loop
-(DIGESTD_COMPOSE_ON_LOOP=1). Prints ONE JSON line: p50/p99 latency (ms) per route for both runs,
-their p99 ratio, and each run's compose-and-deliver seconds.
+a digest to every one of them. Concurrent HTTP clients (asyncio, raw sockets, keep-alive) request
+each route in turn, one request due every 50 ms per client, from the moment the listener answers
+until every message is sent. Latency counts from when a request was due (no coordinated omission:
+a stalled loop is charged for every request it kept waiting). Done twice: the current code, then
+the baseline with compose on the event loop (DIGESTD_COMPOSE_ON_LOOP=1). Prints ONE JSON line:
+p50/p99 latency (ms) per route for both runs, their p99 ratio, each run's compose-and-deliver
+seconds.
 Route placeholders: {unsubscribe} a valid unsubscribe token, {view} a stored web copy's token
 (an unknown one until the first copy is queued), {preferences} a preferences token when digestd
 makes them. A route the server does not have (starlette's plain 404) is left out of the figures.
@@ -119,24 +121,31 @@ async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: 
 
 
 async def client(port: int, routes: list[Route], tokens: dict[str, str], done: asyncio.Event,
-                 pause: float, offset: int) -> None:  # fmt: skip
+                 every: float, offset: int) -> None:  # fmt: skip
+    """One keep-alive connection, a request due every `every` seconds (an open-loop schedule).
+
+    Latency counts from when a request was due, not from when it could be sent: a stalled
+    server is charged for every request it kept waiting, not just the one in flight
+    ("coordinated omission"); a client that falls behind sends the late ones back to back.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = offset
+    due = time.perf_counter() + every * offset / 8  # clients spread over one interval
     try:
         while not done.is_set():
             route = routes[i % len(routes)]
             i += 1
             if route.missing:
                 continue
-            start = time.perf_counter()
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
             status = await get(reader, writer, route.template.format(**tokens))
-            took = time.perf_counter() - start
+            took = time.perf_counter() - due
+            due += every
             if status == -404:
                 route.missing = True
                 continue
             route.latencies.append(took)
             route.statuses[status] = route.statuses.get(status, 0) + 1
-            await asyncio.sleep(pause)
     finally:
         writer.close()
 
@@ -148,7 +157,7 @@ async def drive(port: int, state: Path, n: int, args: argparse.Namespace,
     done = asyncio.Event()
     start = time.perf_counter()
     tasks = [
-        asyncio.create_task(client(port, routes, tokens, done, args.pause, i))
+        asyncio.create_task(client(port, routes, tokens, done, args.every, i))
         for i in range(args.clients)
     ]
     deadline = start + args.timeout
@@ -198,7 +207,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4, help="SMTP connections")
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
     parser.add_argument(
-        "--pause", type=float, default=0.05, help="seconds between a client's requests"
+        "--every",
+        type=float,
+        default=0.05,
+        help="a client's request is due every this many seconds",
     )
     parser.add_argument("--routes", default=ROUTES, help="comma-separated paths")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per run")

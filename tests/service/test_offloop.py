@@ -15,19 +15,22 @@ from typing import Literal
 
 import httpx
 import pytest
+from scenes import file_smtp_scene
+from smtpserver import SMTPTestServer
 
 from digestd import pipeline
+from digestd.core.addresses import address_key
 from digestd.core.observer import Phase
+from digestd.mail import linktokens
 from digestd.service import health
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
 from digestd.service.daemon import Daemon
+from digestd.service.metrics import Metrics
 from digestd.service.offloop import ON_LOOP_ENV, OffLoop
 from digestd.service.reload import load_config
 from digestd.service.web import WebServer
 from digestd.store.sqlite import Store
-from tests.scenes import file_smtp_scene
-from tests.smtpserver import SMTPTestServer
 
 
 class Gate:
@@ -147,4 +150,38 @@ async def test_the_baseline_switch_keeps_steps_on_the_loop(
         assert offloop.thread_ids == {threading.get_ident()}
     finally:
         await offloop.aclose()
+        await app.close(deps)
+
+
+async def test_a_one_click_unsubscribe_waits_for_the_write_lock_off_the_loop(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """Another connection (a compose's batch) holds the write lock: the POST waits for it in a
+    worker thread while the loop answers /healthz, then commits once the lock is free."""
+    config = load_config(scene(tmp_path, smtp_server.port, 1))
+    deps = app.open_deps(config.settings, now=utcnow(), subscribers=config.subscribers)
+    email = address_key("reader0@example.org")
+    key = linktokens.derive_key(deps.store.secret(), "unsubscribe")
+    token = linktokens.unsubscribe_token(key, deps.store.subscribers.id_of(email), email)
+    probe = health.HealthProbe(
+        store=deps.store, clock=utcnow, started_at=utcnow(),
+        poll_every=lambda: timedelta(minutes=30), running=lambda: True,
+    )  # fmt: skip
+    routes = app.web_routes(deps, clock=utcnow, health=health.routes(probe, Metrics(deps.store)))
+    web = WebServer("127.0.0.1:0", routes)
+    await web.start()
+    blocker = Store(deps.store.path)
+    try:
+        blocker.db.conn.execute("BEGIN IMMEDIATE")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web.port}") as client:
+            post = asyncio.create_task(client.post(f"/unsubscribe/{token}", timeout=10))
+            for _ in range(3):  # the POST is waiting for the lock; the loop is not
+                assert (await client.get("/healthz", timeout=5)).status_code in (200, 503)
+            assert not post.done() and not deps.store.subscribers.is_suppressed(email)
+            blocker.db.conn.execute("COMMIT")
+            assert (await post).status_code == 200
+        assert deps.store.subscribers.is_suppressed(email)
+    finally:
+        blocker.close()
+        await web.stop()
         await app.close(deps)
