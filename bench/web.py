@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -195,6 +196,9 @@ def one_run(args: argparse.Namespace, smtp_port: int, *, on_loop: bool) -> dict[
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+            if args.keep_logs:
+                name = f"daemon-{'on_loop' if on_loop else 'threaded'}.log"
+                shutil.copy(work / "daemon.log", Path(args.keep_logs) / name)
         return {
             "seconds": round(seconds, 2),
             "routes": {r.template.split("/{")[0]: r.figures() for r in routes if not r.missing},
@@ -215,6 +219,7 @@ def main() -> None:
     parser.add_argument("--routes", default=ROUTES, help="comma-separated paths")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per run")
     parser.add_argument("--no-baseline", action="store_true", help="skip the on-loop run")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy each run's daemon log here")
     args = parser.parse_args()
     port = free_port()
     sink = start_sink(port)
