@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 ON_LOOP_ENV = "DIGESTD_COMPOSE_ON_LOOP"
 
 _T = TypeVar("_T")
+
+# While a step runs, the thread holding the GIL is asked to hand it over after 0.5 ms, not 5 ms:
+# every socket or SQLite call of a request releases the GIL, and getting it back from a busy
+# compose thread cost the loop up to one interval each time (docs/performance.md, "Pages while
+# composing").
+_SWITCH = 0.0005
 
 
 class OffLoop:
@@ -55,7 +62,12 @@ class OffLoop:
             return step(self.deps)
         deps = self.deps  # read on the loop: a reload swaps its parts only under the work lock
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, deps, step)
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(_SWITCH)
+        try:
+            return await loop.run_in_executor(self._executor, self._call, deps, step)
+        finally:
+            sys.setswitchinterval(before)
 
     def _call(self, deps: Deps, step: Callable[[Deps], _T]) -> _T:
         self.thread_ids.add(threading.get_ident())
