@@ -8,13 +8,16 @@ a request; had the compose run on the loop, the gate would never open (it fails 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 import httpx
 import pytest
+from daemonproc import daemon, wait_for
 from scenes import file_smtp_scene
 from smtpserver import SMTPTestServer
 
@@ -185,3 +188,29 @@ async def test_a_one_click_unsubscribe_waits_for_the_write_lock_off_the_loop(
         blocker.close()
         await web.stop()
         await app.close(deps)
+
+
+def test_sigterm_during_a_compose_ends_in_time_and_the_restart_sends_each_digest_once(
+    tmp_path: Path, smtp_server: SMTPTestServer
+) -> None:
+    """The real daemon, 600 readers owed today's digest: SIGTERM as the catch-up compose starts
+    ends the process within delivery.timeout (5 s), without a traceback; the next start composes
+    what is left, and every reader gets exactly one digest."""
+    n = 600
+    config = scene(tmp_path, smtp_server.port, n)
+    log = tmp_path / "first.log"
+    with daemon(config, log) as proc:
+        wait_for(lambda: "catch-up sending late digests" in log.read_text(), what="the catch-up")
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+        assert time.monotonic() - start < 5 + 1.5, log.read_text()
+    assert "Traceback" not in log.read_text()
+    log = tmp_path / "again.log"
+    with daemon(config, log) as proc:
+        wait_for(lambda: len(smtp_server.received) >= n, 60, "every digest")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    assert "Traceback" not in log.read_text()
+    to = sorted(r.rcpt_tos[0] for r in smtp_server.received)
+    assert to == sorted(f"reader{i}@example.org" for i in range(n))
