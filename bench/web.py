@@ -37,6 +37,7 @@ from pathlib import Path
 
 from deliver import PAPERS, SEED, free_port, start_sink, wait_listening, write_setup
 
+from digestd.config import sections
 from digestd.core.addresses import address_key
 from digestd.mail import linktokens
 from digestd.pipeline.paper_merge import record_papers
@@ -76,10 +77,23 @@ def seed(work: Path, subscribers: int) -> dict[str, str]:
         store.subscribers.register(emails, at=now - timedelta(days=2))
         key = linktokens.derive_key(store.secret(), "unsubscribe")
         email = address_key(emails[-1])
-        unsubscribe = linktokens.unsubscribe_token(key, store.subscribers.id_of(email), email)
-    # /preferences checks a token of its own kind: this one is refused with a page, which is
-    # still the route's full work (token check, store lookup, page).
-    return {"unsubscribe": unsubscribe, "view": UNKNOWN_VIEW, "preferences": unsubscribe}
+        sub_id = store.subscribers.id_of(email)
+        unsubscribe = linktokens.unsubscribe_token(key, sub_id, email)
+        # The manage link's token, where digestd has the preferences page (issue 15's sign-up);
+        # without it, the unsubscribe token stands in (refused with a page: still the full work).
+        manage = getattr(linktokens, "manage_token", None)
+        secret = store.secret()
+    preferences = (
+        manage(linktokens.derive_key(secret, "manage"), sub_id, email)
+        if callable(manage)
+        else unsubscribe
+    )
+    return {"unsubscribe": unsubscribe, "view": UNKNOWN_VIEW, "preferences": preferences}
+
+
+def signup_lines() -> str:
+    """The settings that turn the sign-up and preferences pages on, where digestd has them."""
+    return "signup:\n  enabled: true\n" if hasattr(sections, "SignupSettings") else ""
 
 
 def wait_http(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -182,6 +196,7 @@ def one_run(args: argparse.Namespace, smtp_port: int, *, on_loop: bool) -> dict[
         http_port = free_port()
         config.write_text(
             config.read_text().replace("http:\n", f"http:\n  listen: 127.0.0.1:{http_port}\n")
+            + signup_lines()
         )
         tokens = seed(work, args.subscribers)
         env = {**os.environ, "DIGESTD_COMPOSE_ON_LOOP": "1" if on_loop else "0"}
