@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from digestd.core.addresses import address_key, check_address
+from digestd.mail import pagetokens
 from digestd.pipeline.readers import confirm_reader
 from digestd.rules.readers import validate_reader_spec
 from digestd.service.formguard import (
@@ -163,12 +164,19 @@ class _Signup:
         if not self.site.readers.may_send_confirmation(email, at=now, every=settings.confirm_every):
             log.info("signup mail not sent reason=per-address limit")
             return
+        if self.site.blocked(email):
+            log.info("signup mail not sent reason=address blocked")
+            return
         offered = [t for t in settings.topics if t in self.site.rule_sets()]
         spec, _ = spec_of(values, topics=offered, zones=zones(), max_papers=100)
         name = values.name or None
         reader = self.site.readers.get(email)
-        admin = self.site.admin_entry(email)
-        if admin is not None or (reader is not None and reader.state in ("active", "paused")):
+        served = self.site.admin_entry(email) is not None or (
+            reader is not None and reader.state in ("active", "paused")
+        )
+        # One who left by their own hand comes back by confirming (which lifts the suppression);
+        # for the admin's address too, whose entry then serves them again.
+        if served and not self.site.deps.store.subscribers.is_suppressed(email):
             self.site.mail_already(email, to=check_address(values.email), name=name)
             return
         reader = self.site.readers.add_pending(email, name=name, spec=spec, at=now)
@@ -187,7 +195,7 @@ class _Signup:
         token = request.path_params["token"]
         who = self.site.who(token, "confirm")
         if who is None or who.reader is None:
-            return self._bad_link()
+            return self._bad_link(token)
         if who.reader.state != "pending":
             return self._confirmed(who.email)
         form = {"action": f"/confirm/{token}", "csrf": self.site.guard.token("confirm", token),
@@ -203,7 +211,7 @@ class _Signup:
             return data
         who = self.site.who(token, "confirm")
         if who is None or who.reader is None:
-            return self._bad_link()
+            return self._bad_link(token)
         if who.reader.state == "pending":
             now = self.site.clock()
             await confirm_reader(self.site.deps, who.email, now=now)
@@ -218,13 +226,26 @@ class _Signup:
             link={"url": url, "text": "Change your topics, schedule, or pause"},
         )
 
-    def _bad_link(self) -> Response:
+    def _bad_link(self, token: str) -> Response:
+        again = {"url": self.site.url("/subscribe"), "text": "Sign up again"}
+        parsed = pagetokens.parse_page_token(token)
+        if parsed is not None and parsed.expires <= self.site.clock():
+            # The expiry is readable in any token (a forger learns nothing from this page); the
+            # pending sign-up itself is forgotten once `confirm_within` has passed.
+            hours = int(self.site.signup().confirm_within.total_seconds() // 3600)
+            return self.site.pages.message(
+                "This link has expired",
+                f"Confirmation links work for {hours} hours, and this one is older. Nothing"
+                " was subscribed. Sign up again and open the link in the new mail.",
+                status=410,
+                link=again,
+            )
         return self.site.pages.message(
             "Link not valid",
-            "This link has expired, was already replaced by a newer one, or was cut on its way."
-            " Nothing was changed.",
+            "This link was replaced by a newer one (sign-up sent again), or was cut on its way:"
+            " open the newest mail, or copy the whole link. Nothing was changed.",
             status=404,
-            link={"url": self.site.url("/subscribe"), "text": "Sign up again"},
+            link=again,
         )
 
 

@@ -227,8 +227,91 @@ async def test_forged_expired_and_swapped_confirm_tokens(site: Site) -> None:
     assert (await site.client.get(f"/unsubscribe/{token}")).status_code == 404
     site.clock.advance(timedelta(hours=48, seconds=1))
     expired = await site.client.get(path)
-    assert expired.status_code == 404 and "expired" in expired.text
+    assert expired.status_code == 410 and "This link has expired" in expired.text
+    assert "Sign up again" in expired.text and "48 hours" in expired.text
     assert site.deps.store.readers.get("new@example.org").state == "pending"  # type: ignore[union-attr]
+
+
+async def test_a_sign_up_forgotten_after_confirm_within_says_expired(site: Site) -> None:
+    """Composing forgets pending sign-ups older than `confirm_within`; their link then says so,
+    on the GET and on a POST of a form loaded in time."""
+    await site.subscribe()
+    path = await confirm_link(site)
+    csrf = await site.csrf(path)
+    site.clock.advance(timedelta(hours=48, seconds=1))
+    assert site.deps.store.readers.expire_pending(before=site.clock() - timedelta(hours=48)) == 1
+    assert site.deps.store.readers.get("new@example.org") is None
+    page = await site.client.get(path)
+    assert page.status_code == 410 and "This link has expired" in page.text
+    posted = await site.client.post(path, data={"csrf": csrf})
+    assert posted.status_code in (403, 410) and "expired" in posted.text
+    assert site.deps.store.readers.get("new@example.org") is None
+
+
+async def come_back(site: Site, email: str) -> None:
+    """Sign up again from the form and confirm from the mail."""
+    site.clock.advance(timedelta(minutes=11))
+    before = len(site.mails_to(email))
+    assert (await site.subscribe(email=email)).status_code == 303
+    await site.deliver()
+    mails = site.mails_to(email)
+    assert len(mails) == before + 1, "the confirmation did not reach the address"
+    assert mails[-1]["Subject"].startswith("Confirm your subscription")
+    path = link_in(mails[-1], "confirm")
+    done = await site.client.post(path, data={"csrf": await site.csrf(path)})
+    assert done.status_code == 200 and "You are subscribed" in done.text
+
+
+@pytest.mark.parametrize("via", ["one-click", "preferences"])
+async def test_a_reader_who_left_by_their_own_hand_comes_back(site: Site, via: str) -> None:
+    await site.subscribe()
+    path = await confirm_link(site)
+    await site.client.post(path, data={"csrf": await site.csrf(path)})
+    site.deps.store.subscribers.suppress("new@example.org", at=site.clock(), via=via)
+    assert site.deps.store.readers.get("new@example.org").state == "unsubscribed"  # type: ignore[union-attr]
+    await come_back(site, "new@example.org")
+    assert not site.deps.store.subscribers.is_suppressed("new@example.org")
+    assert site.deps.store.readers.get("new@example.org").state == "active"  # type: ignore[union-attr]
+
+
+async def test_the_admins_reader_who_left_comes_back_under_the_admins_entry(site: Site) -> None:
+    email = "admin-reader@example.org"
+    site.deps.store.subscribers.suppress(email, at=site.clock(), via="one-click")
+    await come_back(site, email)
+    assert not site.deps.store.subscribers.is_suppressed(email)
+    assert email in app.served_keys(site.deps)  # by the admin's entry: YAML wins
+
+
+async def test_complaint_bounces_and_admin_keep_an_address_blocked(site: Site) -> None:
+    store = site.deps.store
+    store.subscribers.suppress("complained@example.org", at=site.clock(), via="complaint")
+    store.subscribers.suppress("removed@example.org", at=site.clock(), via="admin")
+    with store.db.write() as db:
+        db.execute(
+            "INSERT INTO suspensions (email, failures, updated_at, suspended_at)"
+            " VALUES ('bounced@example.org', 3, '2025-01-01', '2025-01-01')"
+        )
+    blocked = ("complained@example.org", "removed@example.org", "bounced@example.org")
+    answers = set()
+    for email in ("fresh@example.org", *blocked):
+        reply = await site.subscribe(email=email)
+        answers.add((reply.status_code, reply.headers.get("location"), reply.text))
+    assert len(answers) == 1
+    await site.deliver()
+    for email in blocked:
+        assert site.mails_to(email) == [], email
+        assert store.readers.get(email) is None
+    assert store.subscribers.is_suppressed("complained@example.org")
+    assert len(site.mails_to("fresh@example.org")) == 1
+
+
+async def test_page_mails_are_notices_not_alerts(site: Site) -> None:
+    await site.subscribe()
+    await site.deliver()
+    kinds = site.deps.store.db.conn.execute("SELECT kind, period, state FROM outbox").fetchall()
+    assert [(k, p.startswith("signup-confirm-"), st) for k, p, st in kinds] == [
+        ("notice", True, "sent")
+    ]
 
 
 async def test_a_confirm_form_of_one_token_does_not_serve_another(site: Site) -> None:
