@@ -200,7 +200,7 @@ class ReaderSite:
             sender=self.deps.options.envelope_from, data=data, paper_ids=[], at=now,
             expires_at=now + self.signup().confirm_within,
         )  # fmt: skip
-        log.info("reader mail queued kind=%s", what)
+        log.info("reader notice queued what=%s", what)
         self.wake()
         return row is not None
 
