@@ -362,3 +362,24 @@ async def test_bodies_that_are_not_our_form(site: Site) -> None:
     writer.close()
     assert status.startswith(b"HTTP/1.1 413")
     assert site.deps.store.readers.counts(at=site.clock()).pending == 0
+
+
+async def test_the_one_click_page_shows_the_way_back_while_sign_up_is_open(site: Site) -> None:
+    await site.subscribe()
+    path = await confirm_link(site)
+    await site.client.post(path, data={"csrf": await site.csrf(path)})
+
+    async def one_click() -> str:
+        sub_id = site.deps.store.subscribers.id_of("new@example.org")
+        key = derive_key(b"an-operator-secret-of-32-bytes!!", "unsubscribe")
+        token = unsubscribe_token(key, sub_id, "new@example.org")
+        page = await site.client.post(
+            f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}
+        )
+        assert page.status_code == 200 and "You are unsubscribed" in page.text
+        return page.text
+
+    assert 'href="https://digest.example.org/subscribe"' in await one_click()
+    await come_back(site, "new@example.org")  # and the way back works
+    site.settings["enabled"] = False
+    assert "Write to" in await one_click() and "/subscribe" not in await one_click()
