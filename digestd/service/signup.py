@@ -35,7 +35,7 @@ from digestd.service.readerform import (
     spec_of,
     values_from_form,
 )
-from digestd.service.readersite import ReaderSite
+from digestd.service.readersite import ReaderSite, Who
 from digestd.service.webpages import HEADERS, zones
 
 __all__ = ["MAX_FORM", "routes"]
@@ -197,7 +197,7 @@ class _Signup:
         if who is None or who.reader is None:
             return self._bad_link(token)
         if who.reader.state != "pending":
-            return self._confirmed(who.email)
+            return self._confirmed(who)
         form = {"action": f"/confirm/{token}", "csrf": self.site.guard.token("confirm", token),
                 "hidden": (), "button": "Confirm my subscription"}  # fmt: skip
         return self.site.pages.message(
@@ -216,10 +216,17 @@ class _Signup:
             now = self.site.clock()
             await confirm_reader(self.site.deps, who.email, now=now)
             log.info("reader confirmed subscriber_id=%d", who.subscriber_id)
-        return self._confirmed(who.email)
+        return self._confirmed(who)
 
-    def _confirmed(self, email: str) -> Response:
-        url = self.site.manage_url(email)
+    def _confirmed(self, who: Who) -> Response:
+        url = self.site.manage_url(who.email)
+        if who.admin is not None:  # the editor's entry serves the address (YAML wins)
+            return self.site.pages.message(
+                "You are subscribed",
+                "The editor keeps the topics and schedule of this address: your digest comes"
+                " as they set it up, from its next time.",
+                link={"url": url, "text": "See your subscription, or pause"},
+            )
         return self.site.pages.message(
             "You are subscribed",
             "Your first digest comes at the next time you chose, with the papers of the last days.",

@@ -248,7 +248,7 @@ async def test_a_sign_up_forgotten_after_confirm_within_says_expired(site: Site)
     assert site.deps.store.readers.get("new@example.org") is None
 
 
-async def come_back(site: Site, email: str) -> None:
+async def come_back(site: Site, email: str) -> str:
     """Sign up again from the form and confirm from the mail."""
     site.clock.advance(timedelta(minutes=11))
     before = len(site.mails_to(email))
@@ -260,6 +260,7 @@ async def come_back(site: Site, email: str) -> None:
     path = link_in(mails[-1], "confirm")
     done = await site.client.post(path, data={"csrf": await site.csrf(path)})
     assert done.status_code == 200 and "You are subscribed" in done.text
+    return done.text
 
 
 @pytest.mark.parametrize("via", ["one-click", "preferences"])
@@ -277,7 +278,8 @@ async def test_a_reader_who_left_by_their_own_hand_comes_back(site: Site, via: s
 async def test_the_admins_reader_who_left_comes_back_under_the_admins_entry(site: Site) -> None:
     email = "admin-reader@example.org"
     site.deps.store.subscribers.suppress(email, at=site.clock(), via="one-click")
-    await come_back(site, email)
+    page = await come_back(site, email)
+    assert "The editor keeps the topics and schedule" in page
     assert not site.deps.store.subscribers.is_suppressed(email)
     assert email in app.served_keys(site.deps)  # by the admin's entry: YAML wins
 
