@@ -102,7 +102,15 @@ class ReaderSite:
         if purpose == "manage":
             return self._manager(token)
         parsed = pagetokens.parse_page_token(token)
-        email = self.deps.store.subscribers.email_of(parsed.subscriber_id) if parsed else None
+        # Confirming a reader who had unsubscribed retires their id (`unsuppress`); their link,
+        # opened again, must still say "you are subscribed", so a retired id is looked up too.
+        subscribers = self.deps.store.subscribers
+        email = (
+            subscribers.email_of(parsed.subscriber_id)
+            or subscribers.retired_email(parsed.subscriber_id)
+            if parsed
+            else None
+        )
         reader = self.readers.get(email) if email else None
         if parsed is None or email is None or reader is None:
             return None

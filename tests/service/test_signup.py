@@ -260,6 +260,8 @@ async def come_back(site: Site, email: str) -> str:
     path = link_in(mails[-1], "confirm")
     done = await site.client.post(path, data={"csrf": await site.csrf(path)})
     assert done.status_code == 200 and "You are subscribed" in done.text
+    again = await site.client.get(path)  # opened again later: still true, not "not valid"
+    assert again.status_code == 200 and "You are subscribed" in again.text
     return done.text
 
 
