@@ -204,8 +204,9 @@ class _Preferences:
     def _bad_link(self) -> Response:
         return self.site.pages.message(
             "Link not valid",
-            "This link has expired or was cut on its way; use the Manage link of your latest"
-            " digest. Nothing was changed.",
+            "This link no longer works: the subscription it managed has ended, or the link was"
+            " cut on its way (copy it whole). A subscriber finds a fresh one at the end of"
+            " their latest digest. Nothing was changed.",
             status=404,
         )
 

@@ -249,8 +249,8 @@ class _Signup:
             )
         return self.site.pages.message(
             "Link not valid",
-            "This link was replaced by a newer one (sign-up sent again), or was cut on its way:"
-            " open the newest mail, or copy the whole link. Nothing was changed.",
+            "This link no longer works: a newer mail replaced it, the subscription it was for"
+            " has ended, or the link was cut on its way (copy it whole). Nothing was changed.",
             status=404,
             link=again,
         )

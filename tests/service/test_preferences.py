@@ -159,7 +159,8 @@ async def test_unsubscribe_from_the_page_kills_the_link(site: Site) -> None:
     assert site.deps.store.subscribers.is_suppressed("new@example.org")
     assert site.deps.store.readers.get("new@example.org") is None
     assert site.deps.audience.subscribers.by_email("new@example.org") is None
-    assert (await site.client.get(path)).status_code == 404
+    dead = await site.client.get(path)
+    assert dead.status_code == 404 and "the subscription it managed has ended" in dead.text
     # Signing up again from the form is asked for by someone: like any address's, the
     # confirmation goes out (at most one per 10 minutes), and nothing else until it is used.
     site.clock.advance(timedelta(minutes=11))
