@@ -98,7 +98,8 @@ class _Signup:
     def _defaults(self) -> FormValues:
         d = self.site.signup().defaults
         hour, weekday = _hour_and_day(d.schedule)
-        frequency = "weekly" if weekday else "daily"
+        workdays = d.schedule.split()[-1:] == ["mon-fri"]
+        frequency = "weekly" if weekday else "workdays" if workdays else "daily"
         return FormValues(
             timezone=d.timezone, max_papers=str(d.max_papers), hour=hour,
             weekday=weekday or "mon", frequency=frequency,

@@ -387,3 +387,22 @@ async def test_the_one_click_page_shows_the_way_back_while_sign_up_is_open(site:
     await come_back(site, "new@example.org")  # and the way back works
     site.settings["enabled"] = False
     assert "Write to" in await one_click() and "/subscribe" not in await one_click()
+
+
+async def test_monday_to_friday_is_a_choice_and_the_default_schedule_kept(site: Site) -> None:
+    """The default schedule "0 7 * * mon-fri" is offered as it is, not turned into "daily"."""
+    form = (await site.client.get("/subscribe")).text
+    assert re.search(r'id="freq-workdays" name="frequency" value="workdays" checked', form)
+    await site.subscribe(frequency="workdays", hour="8")
+    path = await confirm_link(site)
+    done = await site.client.post(path, data={"csrf": await site.csrf(path)})
+    reader = site.deps.store.readers.get("new@example.org")
+    assert reader is not None and reader.spec["schedule"] == "0 8 * * mon-fri"
+    manage = re.search(r'href="https://digest\.example\.org(/preferences/[\w-]+)"', done.text)
+    assert manage is not None
+    page = (await site.client.get(manage.group(1))).text
+    assert "Monday to Friday at 08:00" in page
+    assert re.search(r'value="workdays" checked', page)
+    await site.subscribe(email="odd@example.org", frequency="hourly")  # not a choice: daily
+    odd = site.deps.store.readers.get("odd@example.org")
+    assert odd is not None and odd.spec["schedule"] == "0 7 * * *"
