@@ -46,8 +46,10 @@ log = logging.getLogger(__name__)
 ACTIONS = ("edit", "pause", "resume", "unsubscribe")
 _NOTICES = {
     "saved": "Saved. Your next digest follows these choices.",
-    "paused": "Paused.",
-    "resumed": "Resumed.",
+    "paused": "Paused: nothing is sent until the date below, or until you resume.",
+    "resumed": "Resumed: your next digest comes at its usual time, without the papers of the pause.",
+    "caught-up": "Resumed: your next digest also brings what you missed (up to your papers per"
+    " mail).",
 }
 _STATES = {"active": "Subscribed", "pending": "Waiting for confirmation", "paused": "Paused"}
 
@@ -95,17 +97,25 @@ class _Preferences:
         if action == "resume":
             catch_up = data.get("catch_up") == "on"
             resume_reader(self.site.deps, who.email, now=now, catch_up=catch_up)
-            return _back(token, "resumed")
+            return _back(token, "caught-up" if catch_up else "resumed")
         self.site.deps.store.subscribers.suppress(who.email, at=now, via="preferences")
         if who.reader is not None and self.site.readers.remove(who.email, at=now):
             # What remove_reader does, with the small rebuild off the event loop.
             await refresh_readers_async(self.site.deps, now=now)
         log.info("unsubscribed subscriber_id=%d via=preferences", who.subscriber_id)
+        options = self.site.deps.options
+        if not self.site.signup().enabled:
+            return self.site.pages.message(
+                "You are unsubscribed",
+                f"{mask(who.email)} will receive nothing more from {options.site_name}.",
+                f"Changed your mind? Write to {options.envelope_from}.",
+            )
         return self.site.pages.message(
             "You are unsubscribed",
-            f"{mask(who.email)} will receive nothing more from {self.site.deps.options.site_name}.",
-            f"Changed your mind? Write to {self.site.deps.options.envelope_from}.",
-        )  # fmt: skip
+            f"{mask(who.email)} will receive nothing more from {options.site_name}.",
+            "Changed your mind? Sign up again and confirm from the mail you will get.",
+            link={"url": self.site.url("/subscribe"), "text": "Sign up again"},
+        )
 
     async def _form(self, request: Request, token: str) -> Form | Response:
         """The form of one of the page's actions, with the page's anti-CSRF token."""
@@ -194,8 +204,9 @@ class _Preferences:
     def _bad_link(self) -> Response:
         return self.site.pages.message(
             "Link not valid",
-            "This link has expired or was cut on its way; use the Manage link of your latest"
-            " digest. Nothing was changed.",
+            "This link no longer works: the subscription it managed has ended, or the link was"
+            " cut on its way (copy it whole). A subscriber finds a fresh one at the end of"
+            " their latest digest. Nothing was changed.",
             status=404,
         )
 
@@ -222,6 +233,8 @@ def _schedule_words(schedule: str) -> str:
     days = dict(WEEKDAYS)
     if parts[4] == "*":
         return f"daily at {at}"
+    if parts[4] == "mon-fri":
+        return f"Monday to Friday at {at}"
     if parts[4] in days:
         return f"{days[parts[4]]}s at {at}"
     return f"at {at} ({parts[4]})"

@@ -45,6 +45,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _SPLIT = re.compile(r"[\n,;]")
 _DAILY = re.compile(r"0 (\d{1,2}) \* \* \*")
 _WEEKLY = re.compile(r"0 (\d{1,2}) \* \* (mon|tue|wed|thu|fri|sat|sun)")
+# Monday to Friday: the example defaults' schedule, so a reader can keep it (and edit it back).
+_WORKDAYS = re.compile(r"0 (\d{1,2}) \* \* mon-fri")
+_FREQUENCIES = ("daily", "workdays", "weekly")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,7 @@ def values_from_form(form: Any, *, defaults: FormValues) -> FormValues:
         authors=form.get("authors"),
         query=form.get("query").strip(),
         alerts=form.get("alerts") == "on",
-        frequency="weekly" if form.get("frequency") == "weekly" else "daily",
+        frequency=_frequency(form.get("frequency")),
         hour=int(hour) if hour.isdigit() and len(hour) <= 2 else -1,
         weekday=form.get("weekday", defaults.weekday),
         timezone=form.get("timezone", defaults.timezone),
@@ -93,6 +96,7 @@ def values_from_spec(spec: Mapping[str, Any], *, email: str, name: str | None) -
     for editing; keys the form does not edit are kept as they are."""
     schedule = str(spec.get("schedule", "0 7 * * *"))
     daily, weekly = _DAILY.fullmatch(schedule), _WEEKLY.fullmatch(schedule)
+    workdays = _WORKDAYS.fullmatch(schedule)
     keywords: list[str] = []
     authors: list[str] = []
     query = ""
@@ -104,7 +108,7 @@ def values_from_spec(spec: Mapping[str, Any], *, email: str, name: str | None) -
             query = str(rule.get("query") or query)
             alerts = alerts or bool(rule.get("alert"))
     known = {"use", "rules", "schedule", "timezone", "max_papers"}
-    timed = weekly or daily
+    timed = weekly or daily or workdays
     hour = timed.group(1) if timed is not None else "7"
     return FormValues(
         email=email,
@@ -114,7 +118,7 @@ def values_from_spec(spec: Mapping[str, Any], *, email: str, name: str | None) -
         authors="\n".join(authors),
         query=query,
         alerts=alerts,
-        frequency="weekly" if weekly else "daily",
+        frequency="weekly" if weekly else "workdays" if workdays else "daily",
         hour=int(hour),
         weekday=weekly.group(2) if weekly else "mon",
         timezone=str(spec.get("timezone", "UTC")),
@@ -150,7 +154,7 @@ def spec_of(
         errors["max_papers"] = f"a whole number from 1 to {max_papers}"
     if not (values.topics or keywords or authors or values.query):
         errors["topics"] = "choose a topic, or give keywords, authors or a query"
-    day = values.weekday if values.frequency == "weekly" else "*"
+    day = {"weekly": values.weekday, "workdays": "mon-fri"}.get(values.frequency, "*")
     spec = reader_spec(
         topics=values.topics,
         keywords=keywords,
@@ -192,3 +196,8 @@ def errors_of(problems: Iterable[ConfigProblem | str]) -> dict[str, str]:
         name = next((_FIELD_OF[p] for p in reversed(parts) if p in _FIELD_OF), "form")
         errors.setdefault(name, message)
     return errors
+
+
+def _frequency(chosen: str) -> str:
+    """The form's "daily", "workdays" or "weekly"; anything else is daily."""
+    return chosen if chosen in _FREQUENCIES else "daily"

@@ -3,7 +3,9 @@ page tokens (confirm, manage) and the two mails a page sends.
 
 Those mails go through the same path as digests: rendered from templates/web/, built by
 mail/mime.py with their own Message-ID, DKIM-signed like any message, queued in the outbox (kind
-'alert', period 'signup-…', no papers) and sent by the delivery job, which `wake` starts at once.
+'notice', period 'signup-…', no papers) and sent by the delivery job, which `wake` starts at once.
+A notice reaches an address that unsubscribed by its own hand (the person asked again, double
+opt-in); `blocked` addresses (a complaint, bounces, the admin) are not mailed at all.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from digestd.pipeline.readers import manage_address
 from digestd.rules.readers import ReaderDefaults
 from digestd.service.formguard import FormGuard, RateLimiter
 from digestd.service.webpages import Pages, mail_environment
-from digestd.store.protocols import Reader, ReaderRepository
+from digestd.store.protocols import SELF_SERVICE_VIAS, Reader, ReaderRepository
 
 __all__ = ["ReaderSite", "Who"]
 
@@ -76,6 +78,17 @@ class ReaderSite:
         """The admin's YAML entry for `email`, if any: it wins over a reader's own."""
         return self.deps.audience.yaml.by_email(email)
 
+    def blocked(self, email: str) -> bool:
+        """Whether no page may mail `email`: suppressed other than by its own hand (a complaint,
+        the admin), or suspended after bounces. The page answers the same either way."""
+        key = address_key(email)
+        if key in self.deps.store.subscribers.suspended():
+            return True
+        return any(
+            s.email == key and s.via not in SELF_SERVICE_VIAS
+            for s in self.deps.store.subscribers.suppressions()
+        )
+
     def rule_sets(self) -> Mapping[str, tuple[Rule, ...]]:
         return dict(self.deps.audience.yaml.named_sets)
 
@@ -89,7 +102,15 @@ class ReaderSite:
         if purpose == "manage":
             return self._manager(token)
         parsed = pagetokens.parse_page_token(token)
-        email = self.deps.store.subscribers.email_of(parsed.subscriber_id) if parsed else None
+        # Confirming a reader who had unsubscribed retires their id (`unsuppress`); their link,
+        # opened again, must still say "you are subscribed", so a retired id is looked up too.
+        subscribers = self.deps.store.subscribers
+        email = (
+            subscribers.email_of(parsed.subscriber_id)
+            or subscribers.retired_email(parsed.subscriber_id)
+            if parsed
+            else None
+        )
         reader = self.readers.get(email) if email else None
         if parsed is None or email is None or reader is None:
             return None
@@ -183,11 +204,11 @@ class ReaderSite:
         )  # fmt: skip
         data = signed(self.deps.sign, message) if self.deps.sign else message
         row = self.deps.store.outbox.enqueue(
-            subscriber=email, kind="alert", period=period, message_id=message_id,
+            subscriber=email, kind="notice", period=period, message_id=message_id,
             sender=self.deps.options.envelope_from, data=data, paper_ids=[], at=now,
             expires_at=now + self.signup().confirm_within,
         )  # fmt: skip
-        log.info("reader mail queued kind=%s", what)
+        log.info("reader notice queued what=%s", what)
         self.wake()
         return row is not None
 

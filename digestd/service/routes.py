@@ -65,10 +65,18 @@ button {{ font: inherit; font-weight: 600; padding: 10px 20px; border: 0; border
 
 
 def routes(
-    store: Store, *, secret: bytes, site_name: str, contact: str, clock: Callable[[], datetime]
+    store: Store,
+    *,
+    secret: bytes,
+    site_name: str,
+    contact: str,
+    clock: Callable[[], datetime],
+    rejoin: Callable[[], str | None] = lambda: None,
 ) -> list[BaseRoute]:
-    """The routes for the daemon's listener; `clock` stamps suppressions and expires web copies."""
-    pages = _Pages(store, tokens.derive_key(secret, "unsubscribe"), site_name, contact, clock)
+    """The routes for the daemon's listener; `clock` stamps suppressions and expires web copies;
+    `rejoin`: the sign-up page's URL while sign-up is open (the way back after leaving)."""
+    key = tokens.derive_key(secret, "unsubscribe")
+    pages = _Pages(store, key, site_name, contact, clock, rejoin)
     return [
         Route("/unsubscribe/{token}", pages.confirm, methods=["GET"]),
         Route("/unsubscribe/{token}", pages.unsubscribe, methods=["POST"]),
@@ -84,12 +92,14 @@ class _Pages:
         site_name: str,
         contact: str,
         clock: Callable[[], datetime],
+        rejoin: Callable[[], str | None],
     ) -> None:
         self.store = store
         self.key = key
         self.site_name = site_name
         self.contact = contact
         self.clock = clock
+        self.rejoin = rejoin
 
     def who(self, token: str) -> tuple[int, str] | Response:
         """(id, address) this token was made for, or the page to answer: forged or altered, or
@@ -115,7 +125,7 @@ class _Pages:
             return found
         email = found[1]
         if self.store.subscribers.is_suppressed(email):
-            return _done(self.site_name, self.contact, email)
+            return _done(self.site_name, self.contact, email, self.rejoin())
         body = Markup(
             "<p>Stop all email from {site} to <strong>{who}</strong>?</p>"
             '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
@@ -144,7 +154,7 @@ class _Pages:
             return _page("Try again later", body, status=503, retry=True)
         if suppressed:
             log.info("unsubscribed subscriber_id=%d via=one-click", sub_id)
-        return _done(self.site_name, self.contact, email)
+        return _done(self.site_name, self.contact, email, self.rejoin())
 
     async def view(self, request: Request) -> Response:
         token = request.path_params["token"]
@@ -183,12 +193,17 @@ def mask(email: str) -> str:
     return f"{local[:1]}{'•' * min(max(len(local) - 1, 1), 6)}@{domain}"
 
 
-def _done(site_name: str, contact: str, email: str) -> Response:
-    body = Markup(
-        "<p><strong>{who}</strong> will receive nothing more from {site}.</p>"
-        "<p>Changed your mind? Write to {contact}.</p>"
-    ).format(who=mask(email), site=site_name, contact=contact)
-    return _page("You are unsubscribed", body)
+def _done(site_name: str, contact: str, email: str, rejoin: str | None = None) -> Response:
+    again = (
+        Markup('<p>Changed your mind? <a href="{url}">Sign up again</a>, and confirm from the'
+               " mail you will get.</p>").format(url=rejoin)
+        if rejoin
+        else Markup("<p>Changed your mind? Write to {contact}.</p>").format(contact=contact)
+    )  # fmt: skip
+    body = Markup("<p><strong>{who}</strong> will receive nothing more from {site}.</p>").format(
+        who=mask(email), site=site_name
+    )
+    return _page("You are unsubscribed", body + again)
 
 
 def _invalid(site_name: str, contact: str) -> Response:

@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from digestd.core.addresses import address_key, check_address
+from digestd.mail import pagetokens
 from digestd.pipeline.readers import confirm_reader
 from digestd.rules.readers import validate_reader_spec
 from digestd.service.formguard import (
@@ -34,7 +35,7 @@ from digestd.service.readerform import (
     spec_of,
     values_from_form,
 )
-from digestd.service.readersite import ReaderSite
+from digestd.service.readersite import ReaderSite, Who
 from digestd.service.webpages import HEADERS, zones
 
 __all__ = ["MAX_FORM", "routes"]
@@ -97,7 +98,8 @@ class _Signup:
     def _defaults(self) -> FormValues:
         d = self.site.signup().defaults
         hour, weekday = _hour_and_day(d.schedule)
-        frequency = "weekly" if weekday else "daily"
+        workdays = d.schedule.split()[-1:] == ["mon-fri"]
+        frequency = "weekly" if weekday else "workdays" if workdays else "daily"
         return FormValues(
             timezone=d.timezone, max_papers=str(d.max_papers), hour=hour,
             weekday=weekday or "mon", frequency=frequency,
@@ -163,12 +165,19 @@ class _Signup:
         if not self.site.readers.may_send_confirmation(email, at=now, every=settings.confirm_every):
             log.info("signup mail not sent reason=per-address limit")
             return
+        if self.site.blocked(email):
+            log.info("signup mail not sent reason=address blocked")
+            return
         offered = [t for t in settings.topics if t in self.site.rule_sets()]
         spec, _ = spec_of(values, topics=offered, zones=zones(), max_papers=100)
         name = values.name or None
         reader = self.site.readers.get(email)
-        admin = self.site.admin_entry(email)
-        if admin is not None or (reader is not None and reader.state in ("active", "paused")):
+        served = self.site.admin_entry(email) is not None or (
+            reader is not None and reader.state in ("active", "paused")
+        )
+        # One who left by their own hand comes back by confirming (which lifts the suppression);
+        # for the admin's address too, whose entry then serves them again.
+        if served and not self.site.deps.store.subscribers.is_suppressed(email):
             self.site.mail_already(email, to=check_address(values.email), name=name)
             return
         reader = self.site.readers.add_pending(email, name=name, spec=spec, at=now)
@@ -187,9 +196,9 @@ class _Signup:
         token = request.path_params["token"]
         who = self.site.who(token, "confirm")
         if who is None or who.reader is None:
-            return self._bad_link()
+            return self._bad_link(token)
         if who.reader.state != "pending":
-            return self._confirmed(who.email)
+            return self._confirmed(who)
         form = {"action": f"/confirm/{token}", "csrf": self.site.guard.token("confirm", token),
                 "hidden": (), "button": "Confirm my subscription"}  # fmt: skip
         return self.site.pages.message(
@@ -203,28 +212,48 @@ class _Signup:
             return data
         who = self.site.who(token, "confirm")
         if who is None or who.reader is None:
-            return self._bad_link()
+            return self._bad_link(token)
         if who.reader.state == "pending":
             now = self.site.clock()
             await confirm_reader(self.site.deps, who.email, now=now)
             log.info("reader confirmed subscriber_id=%d", who.subscriber_id)
-        return self._confirmed(who.email)
+        return self._confirmed(who)
 
-    def _confirmed(self, email: str) -> Response:
-        url = self.site.manage_url(email)
+    def _confirmed(self, who: Who) -> Response:
+        url = self.site.manage_url(who.email)
+        if who.admin is not None:  # the editor's entry serves the address (YAML wins)
+            return self.site.pages.message(
+                "You are subscribed",
+                "The editor keeps the topics and schedule of this address: your digest comes"
+                " as they set it up, from its next time.",
+                link={"url": url, "text": "See your subscription, or pause"},
+            )
         return self.site.pages.message(
             "You are subscribed",
             "Your first digest comes at the next time you chose, with the papers of the last days.",
             link={"url": url, "text": "Change your topics, schedule, or pause"},
         )
 
-    def _bad_link(self) -> Response:
+    def _bad_link(self, token: str) -> Response:
+        again = {"url": self.site.url("/subscribe"), "text": "Sign up again"}
+        parsed = pagetokens.parse_page_token(token)
+        if parsed is not None and parsed.expires <= self.site.clock():
+            # The expiry is readable in any token (a forger learns nothing from this page); the
+            # pending sign-up itself is forgotten once `confirm_within` has passed.
+            hours = int(self.site.signup().confirm_within.total_seconds() // 3600)
+            return self.site.pages.message(
+                "This link has expired",
+                f"Confirmation links work for {hours} hours, and this one is older. Nothing"
+                " was subscribed. Sign up again and open the link in the new mail.",
+                status=410,
+                link=again,
+            )
         return self.site.pages.message(
             "Link not valid",
-            "This link has expired, was already replaced by a newer one, or was cut on its way."
-            " Nothing was changed.",
+            "This link no longer works: a newer mail replaced it, the subscription it was for"
+            " has ended, or the link was cut on its way (copy it whole). Nothing was changed.",
             status=404,
-            link={"url": self.site.url("/subscribe"), "text": "Sign up again"},
+            link=again,
         )
 
 

@@ -231,12 +231,13 @@ def web_routes(
     `wake`: start delivering now (a confirmation mail was queued).
     """
     secret = deps.options.secret or deps.store.secret()
+    site = ReaderSite(deps, signup=signup, clock=clock, secret=secret, wake=wake)
     pages = unsubscribe.routes(
         deps.store,
         secret=secret,
         site_name=deps.options.site_name,
         contact=deps.options.envelope_from,
         clock=clock,
+        rejoin=lambda: site.url("/subscribe") if signup().enabled else None,
     )
-    site = ReaderSite(deps, signup=signup, clock=clock, secret=secret, wake=wake)
     return [*health, *pages, *signup_pages.routes(site), *preferences.routes(site)]

@@ -17,6 +17,7 @@ from digestd.mail.parts import Spliced
 from digestd.mail.webcopy import WebBody
 
 __all__ = [
+    "SELF_SERVICE_VIAS",
     "STATES",
     "AlertRepository",
     "AlertState",
@@ -52,7 +53,13 @@ __all__ = [
     "WebCopyRepository",
 ]
 
-OutboxKind = Literal["digest", "alert"]
+# 'notice': a mail a reader's own action on the web pages asks for (confirm, "you are
+# subscribed"), not a digest or alert; counted apart from those.
+OutboxKind = Literal["digest", "alert", "notice"]
+# How an address left when it left by its own hand (the List-Unsubscribe POST, the preferences
+# page). A notice the person asks for again from the sign-up form still reaches such an address
+# (double opt-in); a complaint's, a bounce's or the admin's suppression blocks everything.
+SELF_SERVICE_VIAS: tuple[str, ...] = ("one-click", "preferences")
 ReaderState = Literal["pending", "active", "paused", "unsubscribed"]
 OutboxState = Literal[
     "queued", "sending", "sent", "deferred", "failed", "in_doubt", "expired", "empty"

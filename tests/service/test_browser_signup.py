@@ -192,7 +192,7 @@ def test_sign_up_confirm_digest_then_preferences(
                 shots(page, "preferences-paused")
                 page.get_by_label(re.compile("Send what I missed")).check()
                 page.get_by_role("button", name="Resume now").click()
-                page.wait_for_selector("text=Resumed.")
+                page.wait_for_selector("text=also brings what you missed")
                 shots(page, "preferences")
                 proc.terminate()
                 proc.wait(timeout=30)

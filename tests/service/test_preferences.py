@@ -107,10 +107,16 @@ async def test_pause_and_resume_with_what_was_missed(site: Site) -> None:
     page = await site.client.get(path)
     assert "Paused until" in page.text and "Resume now" in page.text
     site.clock.advance(timedelta(days=2))
-    assert await post(site, path, action="resume", catch_up="on") == (303, f"{path}?done=resumed")
+    resumed = (303, f"{path}?done=caught-up")
+    assert await post(site, path, action="resume", catch_up="on") == resumed
     pause = site.deps.store.readers.pause_of("new@example.org")
     assert pause is not None and pause.catch_up and pause.resumed_at == site.clock()
     assert "Pause for" in (await site.client.get(path)).text
+    page = (await site.client.get(f"{path}?done=caught-up")).text
+    assert "also brings what you missed" in page
+    assert await post(site, path, action="pause", weeks="1") == (303, f"{path}?done=paused")
+    assert await post(site, path, action="resume") == (303, f"{path}?done=resumed")
+    assert "without the papers of the pause" in (await site.client.get(f"{path}?done=resumed")).text
 
 
 async def test_an_admin_reader_sees_rules_read_only_and_may_pause(site: Site) -> None:
@@ -149,15 +155,20 @@ async def test_unsubscribe_from_the_page_kills_the_link(site: Site) -> None:
     path = await signed_up(site)
     code, text = await post(site, path, action="unsubscribe")
     assert code == 200 and "You are unsubscribed" in text
+    assert "Sign up again" in text and 'href="https://digest.example.org/subscribe"' in text
     assert site.deps.store.subscribers.is_suppressed("new@example.org")
     assert site.deps.store.readers.get("new@example.org") is None
     assert site.deps.audience.subscribers.by_email("new@example.org") is None
-    assert (await site.client.get(path)).status_code == 404
-    # Unsubscribed means nothing more, not even a confirmation mail a stranger could trigger.
+    dead = await site.client.get(path)
+    assert dead.status_code == 404 and "the subscription it managed has ended" in dead.text
+    # Signing up again from the form is asked for by someone: like any address's, the
+    # confirmation goes out (at most one per 10 minutes), and nothing else until it is used.
     site.clock.advance(timedelta(minutes=11))
     assert (await site.subscribe(email="new@example.org")).status_code == 303
     await site.deliver()
-    assert len(site.mails_to("new@example.org")) == 1  # the first confirmation only
+    again = site.mails_to("new@example.org")
+    assert len(again) == 2 and again[1]["Subject"].startswith("Confirm your subscription")
+    assert site.deps.store.subscribers.is_suppressed("new@example.org")
 
 
 async def test_forged_and_swapped_manage_tokens(site: Site) -> None:

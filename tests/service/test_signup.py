@@ -227,8 +227,95 @@ async def test_forged_expired_and_swapped_confirm_tokens(site: Site) -> None:
     assert (await site.client.get(f"/unsubscribe/{token}")).status_code == 404
     site.clock.advance(timedelta(hours=48, seconds=1))
     expired = await site.client.get(path)
-    assert expired.status_code == 404 and "expired" in expired.text
+    assert expired.status_code == 410 and "This link has expired" in expired.text
+    assert "Sign up again" in expired.text and "48 hours" in expired.text
     assert site.deps.store.readers.get("new@example.org").state == "pending"  # type: ignore[union-attr]
+
+
+async def test_a_sign_up_forgotten_after_confirm_within_says_expired(site: Site) -> None:
+    """Composing forgets pending sign-ups older than `confirm_within`; their link then says so,
+    on the GET and on a POST of a form loaded in time."""
+    await site.subscribe()
+    path = await confirm_link(site)
+    csrf = await site.csrf(path)
+    site.clock.advance(timedelta(hours=48, seconds=1))
+    assert site.deps.store.readers.expire_pending(before=site.clock() - timedelta(hours=48)) == 1
+    assert site.deps.store.readers.get("new@example.org") is None
+    page = await site.client.get(path)
+    assert page.status_code == 410 and "This link has expired" in page.text
+    posted = await site.client.post(path, data={"csrf": csrf})
+    assert posted.status_code in (403, 410) and "expired" in posted.text
+    assert site.deps.store.readers.get("new@example.org") is None
+
+
+async def come_back(site: Site, email: str) -> str:
+    """Sign up again from the form and confirm from the mail."""
+    site.clock.advance(timedelta(minutes=11))
+    before = len(site.mails_to(email))
+    assert (await site.subscribe(email=email)).status_code == 303
+    await site.deliver()
+    mails = site.mails_to(email)
+    assert len(mails) == before + 1, "the confirmation did not reach the address"
+    assert mails[-1]["Subject"].startswith("Confirm your subscription")
+    path = link_in(mails[-1], "confirm")
+    done = await site.client.post(path, data={"csrf": await site.csrf(path)})
+    assert done.status_code == 200 and "You are subscribed" in done.text
+    again = await site.client.get(path)  # opened again later: still true, not "not valid"
+    assert again.status_code == 200 and "You are subscribed" in again.text
+    return done.text
+
+
+@pytest.mark.parametrize("via", ["one-click", "preferences"])
+async def test_a_reader_who_left_by_their_own_hand_comes_back(site: Site, via: str) -> None:
+    await site.subscribe()
+    path = await confirm_link(site)
+    await site.client.post(path, data={"csrf": await site.csrf(path)})
+    site.deps.store.subscribers.suppress("new@example.org", at=site.clock(), via=via)
+    assert site.deps.store.readers.get("new@example.org").state == "unsubscribed"  # type: ignore[union-attr]
+    await come_back(site, "new@example.org")
+    assert not site.deps.store.subscribers.is_suppressed("new@example.org")
+    assert site.deps.store.readers.get("new@example.org").state == "active"  # type: ignore[union-attr]
+
+
+async def test_the_admins_reader_who_left_comes_back_under_the_admins_entry(site: Site) -> None:
+    email = "admin-reader@example.org"
+    site.deps.store.subscribers.suppress(email, at=site.clock(), via="one-click")
+    page = await come_back(site, email)
+    assert "The editor keeps the topics and schedule" in page
+    assert not site.deps.store.subscribers.is_suppressed(email)
+    assert email in app.served_keys(site.deps)  # by the admin's entry: YAML wins
+
+
+async def test_complaint_bounces_and_admin_keep_an_address_blocked(site: Site) -> None:
+    store = site.deps.store
+    store.subscribers.suppress("complained@example.org", at=site.clock(), via="complaint")
+    store.subscribers.suppress("removed@example.org", at=site.clock(), via="admin")
+    with store.db.write() as db:
+        db.execute(
+            "INSERT INTO suspensions (email, failures, updated_at, suspended_at)"
+            " VALUES ('bounced@example.org', 3, '2025-01-01', '2025-01-01')"
+        )
+    blocked = ("complained@example.org", "removed@example.org", "bounced@example.org")
+    answers = set()
+    for email in ("fresh@example.org", *blocked):
+        reply = await site.subscribe(email=email)
+        answers.add((reply.status_code, reply.headers.get("location"), reply.text))
+    assert len(answers) == 1
+    await site.deliver()
+    for email in blocked:
+        assert site.mails_to(email) == [], email
+        assert store.readers.get(email) is None
+    assert store.subscribers.is_suppressed("complained@example.org")
+    assert len(site.mails_to("fresh@example.org")) == 1
+
+
+async def test_page_mails_are_notices_not_alerts(site: Site) -> None:
+    await site.subscribe()
+    await site.deliver()
+    kinds = site.deps.store.db.conn.execute("SELECT kind, period, state FROM outbox").fetchall()
+    assert [(k, p.startswith("signup-confirm-"), st) for k, p, st in kinds] == [
+        ("notice", True, "sent")
+    ]
 
 
 async def test_a_confirm_form_of_one_token_does_not_serve_another(site: Site) -> None:
@@ -279,3 +366,43 @@ async def test_bodies_that_are_not_our_form(site: Site) -> None:
     writer.close()
     assert status.startswith(b"HTTP/1.1 413")
     assert site.deps.store.readers.counts(at=site.clock()).pending == 0
+
+
+async def test_the_one_click_page_shows_the_way_back_while_sign_up_is_open(site: Site) -> None:
+    await site.subscribe()
+    path = await confirm_link(site)
+    await site.client.post(path, data={"csrf": await site.csrf(path)})
+
+    async def one_click() -> str:
+        sub_id = site.deps.store.subscribers.id_of("new@example.org")
+        key = derive_key(b"an-operator-secret-of-32-bytes!!", "unsubscribe")
+        token = unsubscribe_token(key, sub_id, "new@example.org")
+        page = await site.client.post(
+            f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}
+        )
+        assert page.status_code == 200 and "You are unsubscribed" in page.text
+        return page.text
+
+    assert 'href="https://digest.example.org/subscribe"' in await one_click()
+    await come_back(site, "new@example.org")  # and the way back works
+    site.settings["enabled"] = False
+    assert "Write to" in await one_click() and "/subscribe" not in await one_click()
+
+
+async def test_monday_to_friday_is_a_choice_and_the_default_schedule_kept(site: Site) -> None:
+    """The default schedule "0 7 * * mon-fri" is offered as it is, not turned into "daily"."""
+    form = (await site.client.get("/subscribe")).text
+    assert re.search(r'id="freq-workdays" name="frequency" value="workdays" checked', form)
+    await site.subscribe(frequency="workdays", hour="8")
+    path = await confirm_link(site)
+    done = await site.client.post(path, data={"csrf": await site.csrf(path)})
+    reader = site.deps.store.readers.get("new@example.org")
+    assert reader is not None and reader.spec["schedule"] == "0 8 * * mon-fri"
+    manage = re.search(r'href="https://digest\.example\.org(/preferences/[\w-]+)"', done.text)
+    assert manage is not None
+    page = (await site.client.get(manage.group(1))).text
+    assert "Monday to Friday at 08:00" in page
+    assert re.search(r'value="workdays" checked', page)
+    await site.subscribe(email="odd@example.org", frequency="hourly")  # not a choice: daily
+    odd = site.deps.store.readers.get("odd@example.org")
+    assert odd is not None and odd.spec["schedule"] == "0 7 * * *"

@@ -345,6 +345,39 @@ def _migration_15(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX ratings_at ON ratings(at)")
 
 
+_KINDS_BEFORE = "CHECK (kind IN ('digest', 'alert'))"
+_KINDS_AFTER = "CHECK (kind IN ('digest', 'alert', 'notice'))"
+
+
+def _migration_16(db: sqlite3.Connection) -> None:
+    """The outbox kind 'notice' (issue 15 polish): the mails a reader's own action on the web
+    pages asks for (confirmation, "you are subscribed") were 'alert' rows with period
+    'signup-…', and counted as alerts. Those rows become notices.
+
+    SQLite cannot alter a CHECK; rebuilding the outbox would cascade-delete its deliveries and
+    parts (foreign keys are on, and cannot be turned off inside this transaction). Widening the
+    CHECK invalidates no row, so the table's stored SQL is edited in place, the documented way
+    for loosening a constraint (sqlite.org/lang_altertable.html, "writable_schema"), with the
+    schema version bumped so every connection reloads it.
+    """
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox'")
+    table = str(sql.fetchone()[0])
+    if _KINDS_AFTER not in table:  # (tests make "older" files by lowering schema_version only)
+        if _KINDS_BEFORE not in table:
+            raise sqlite3.DatabaseError("the outbox table's kind CHECK is not the one expected")
+        version = db.execute("PRAGMA schema_version").fetchone()[0]
+        db.execute("PRAGMA writable_schema = ON")
+        try:
+            db.execute(
+                "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'outbox'",
+                (table.replace(_KINDS_BEFORE, _KINDS_AFTER),),
+            )
+            db.execute(f"PRAGMA schema_version = {int(version) + 1}")
+        finally:
+            db.execute("PRAGMA writable_schema = OFF")
+    db.execute("UPDATE outbox SET kind = 'notice' WHERE kind = 'alert' AND period LIKE 'signup-%'")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -360,5 +393,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_12,
     _migration_14,  # numbered as assigned on its branch; it is the 13th in the list
     _migration_15,  # issue #16: ratings (the 14th)
+    _migration_16,  # issue #15 polish: the outbox kind 'notice' (the 15th)
 )
 SCHEMA_VERSION = len(MIGRATIONS)

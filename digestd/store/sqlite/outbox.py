@@ -15,7 +15,7 @@ from typing import cast
 
 from digestd.core.addresses import address_key
 from digestd.mail.parts import Spliced
-from digestd.store.protocols import LedgerConflict, OutboxKind, OutboxRow
+from digestd.store.protocols import SELF_SERVICE_VIAS, LedgerConflict, OutboxKind, OutboxRow
 from digestd.store.sqlite.bodies import Body, PartCache, queue_body, read_bodies
 from digestd.store.sqlite.database import Database
 from digestd.store.sqlite.outcomes import SqliteOutcomes
@@ -282,8 +282,11 @@ def _rows_by_id(db: sqlite3.Connection, ids: Sequence[int]) -> list[sqlite3.Row]
     sql = (
         "SELECT o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,"
         " o.state,"
-        " EXISTS (SELECT 1 FROM suppressions s WHERE s.email = o.subscriber) AS suppressed"
-        f" FROM outbox o WHERE o.id IN ({marks(len(ids))})"
+        # A notice the person asked for from the sign-up form still reaches an address that
+        # left by its own hand (double opt-in back in); any other suppression blocks it.
+        " EXISTS (SELECT 1 FROM suppressions s WHERE s.email = o.subscriber"
+        f" AND NOT (o.kind = 'notice' AND s.via IN ({marks(len(SELF_SERVICE_VIAS))})))"
+        f" AS suppressed FROM outbox o WHERE o.id IN ({marks(len(ids))})"
     )
-    found = {row["id"]: row for row in db.execute(sql, ids)}
+    found = {row["id"]: row for row in db.execute(sql, (*SELF_SERVICE_VIAS, *ids))}
     return [found[i] for i in ids]
