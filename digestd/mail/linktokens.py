@@ -20,6 +20,7 @@ verdict, so neither another paper's nor another reader's link can be made from i
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -152,7 +153,9 @@ class FeedbackToken:
 
 
 def feedback_token(key: bytes, subscriber_id: int, email: str, paper_id: str, value: int) -> str:
-    """The token of one "more like this" (+1) or "less like this" (-1) link (the "feedback" key)."""
+    """The token of one "more like this" (+1) or "less like this" (-1) link (the "feedback" key).
+
+    `email` is taken as given when it is already an address key (the pipeline's own)."""
     if value not in (1, -1):
         raise ValueError("a feedback verdict is +1 or -1")
     head = subscriber_id.to_bytes(_ID_BYTES, "big") + (b"+" if value > 0 else b"-")
@@ -187,10 +190,15 @@ def _feedback_mac(key: bytes, subscriber_id: int, value: int, paper_id: str, ema
             b"+" if value > 0 else b"-",
             len(paper).to_bytes(2, "big"),
             paper,
-            address_key(email).encode(),
+            _key_of(email).encode(),
         )
     )
     return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+@functools.lru_cache(maxsize=64)  # a message signs ~20 links for one address
+def _key_of(email: str) -> str:
+    return address_key(email)
 
 
 def view_token(key: bytes, message_id: str) -> str:

@@ -234,12 +234,29 @@ def slot_values(digest: Digest, ctx: RenderContext) -> dict[str, str] | None:
     if found is None:
         return None
     values = dict(zip(SLOTS, found, strict=True))
+    if ctx.feedback and not _feedback_plain(ctx.feedback):
+        return None
     for i, (more, less) in enumerate(ctx.feedback):
-        # Token alphabet and a checked public URL: anything else takes the full render.
-        if not all(safe_link(u) == u and is_plain(u) and _NONCE not in u for u in (more, less)):
-            return None
         values[f"fb{i}+"], values[f"fb{i}-"] = more, less
     return values
+
+
+_FEEDBACK_TAIL = re.compile(r"/feedback/[A-Za-z0-9_-]+")
+
+
+def _feedback_plain(pairs: tuple[tuple[str, str], ...]) -> bool:
+    """Every link is one checked base plus `/feedback/` and a base64url token: then each is what
+    `safe_link` leaves as is, plain, without a placeholder (one URL parse, not one per link)."""
+    first = pairs[0][0]
+    base = first[: first.rfind("/feedback/")]
+    if not base or safe_link(first) != first or not is_plain(base) or _NONCE in base:
+        return False
+    n = len(base)
+    return all(
+        u.startswith(base) and _FEEDBACK_TAIL.fullmatch(u, n) is not None
+        for pair in pairs
+        for u in pair
+    )
 
 
 @functools.lru_cache(maxsize=8)  # a message asks twice: for the mail, then for its web copy

@@ -30,13 +30,14 @@ LINK = re.compile(r"(More|Less) like this: https://digest\.example\.org(/feedbac
 TITLE = re.compile(r"^(\d+)\. (.+)$", re.M)
 
 
+ITEMS = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())
+
+
 @pytest.fixture
 async def site(tmp_path: Path, smtp_server: SMTPTestServer) -> AsyncIterator[Site]:
-    items = json.loads((FIXTURES / "hf_daily_papers_seed.json").read_text())
     async with serve(tmp_path, smtp_server) as running:
         # The first poll sees half the papers; `second_poll` brings the rest.
-        (tmp_path / "papers.json").write_text(json.dumps(items[:27]))
-        running.settings["_all"] = items  # kept for second_poll
+        (tmp_path / "papers.json").write_text(json.dumps(ITEMS[:27]))
         yield running
 
 
@@ -52,7 +53,7 @@ async def digest(site: Site, *, days: int = 0) -> EmailMessage:
 
 
 async def second_poll(site: Site, tmp_path: Path) -> EmailMessage:
-    (tmp_path / "papers.json").write_text(json.dumps(site.settings["_all"]))
+    (tmp_path / "papers.json").write_text(json.dumps(ITEMS))
     return await digest(site, days=1)
 
 
@@ -224,3 +225,47 @@ def flip_verdict(token: str) -> str:
     raw = bytearray(_raw(token))
     raw[8] = ord("-") if raw[8] == ord("+") else ord("+")
     return _b64(bytes(raw))
+
+
+async def wait_for_model(site: Site, *, present: bool = True) -> None:
+    """The POST's retraining runs after the answer, in a thread: wait for it (bounded)."""
+    for _ in range(250):
+        state = site.deps.relevance
+        if state is not None and (READER in state.models) == present:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the model was not retrained")
+
+
+async def test_preferences_show_what_was_learned_and_reset_forgets(site: Site) -> None:
+    first = await digest(site)
+    manage = re.search(r"https://digest\.example\.org(/preferences/[\w-]+)", text_of(first))
+    assert manage is not None
+    page = await site.client.get(manage.group(1))
+    assert "What your digest learned" in page.text and "Nothing yet" in page.text
+    assert (await click(site, links(first)[0][0]))[0] == 200
+    assert (await click(site, links(first)[1][1]))[0] == 200
+    await wait_for_model(site)
+    page = await site.client.get(manage.group(1))
+    assert "more papers like 1 paper and fewer like 1" in page.text
+    assert 'class="term-more"' in page.text  # the model's strongest terms
+    state = site.deps.relevance
+    assert state is not None
+    positive, _ = state.models[READER].top_terms(state.terms, 8)
+    assert f'<code class="term-more">{positive[0]}</code>' in page.text
+    csrf = re.search(
+        r'name="csrf" value="([^"]+)">\s*<input type="hidden" name="action" value="reset"',
+        page.text,
+    )
+    assert csrf is not None
+    # Without the form's CSRF token nothing is forgotten.
+    refused = await site.client.post(manage.group(1), data={"action": "reset"})
+    assert refused.status_code == 403 and ratings(site)
+    reply = await site.client.post(
+        manage.group(1), data={"action": "reset", "csrf": csrf.group(1)}
+    )
+    assert reply.status_code == 303 and reply.headers["location"].endswith("?done=reset")
+    assert ratings(site) == {}
+    await wait_for_model(site, present=False)
+    page = await site.client.get(reply.headers["location"])
+    assert "Forgotten" in page.text and "Nothing yet" in page.text
