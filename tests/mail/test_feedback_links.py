@@ -118,3 +118,25 @@ def test_feedback_links_cost(envs: Environments, capsys: pytest.CaptureFixture[s
             f"\nfeedback links: +{extra} bytes per 10-paper message;"
             f" personal render {base * 1e6:.0f} µs → {with_links * 1e6:.0f} µs median"
         )
+
+
+async def test_alerts_of_a_reader_with_a_model_are_ranked_and_explained(tmp_path: Path) -> None:
+    """Alice's alert rule ("kv cache"): once she liked a paper, her alert matches carry her
+    relevance scores and name the nearest liked paper; Bob (no alert rule) is unchanged."""
+    from digestd.pipeline.feedback import rate, refresh_relevance
+    from digestd.pipeline.ingest import _alert_matches
+
+    deps = make_deps(tmp_path)
+    await pipeline.ingest(deps, now=NOW)
+    papers = deps.store.papers.corpus(100)
+    before = dict((s.email, m) for s, m in _alert_matches(deps, papers))
+    alerts = before["alice@example.org"]
+    assert alerts and all(m.relevance is None for m in alerts)
+    liked = next(p for p in papers if p.id not in {m.paper.id for m in alerts})
+    rate(deps, "alice@example.org", liked.id, 1, now=NOW)
+    await refresh_relevance(deps, now=NOW)
+    after = dict((s.email, m) for s, m in _alert_matches(deps, papers))
+    assert {m.paper.id for m in after["alice@example.org"]} == {m.paper.id for m in alerts}
+    assert all(m.relevance is not None for m in after["alice@example.org"])
+    reasons = [r for m in after["alice@example.org"] for r in m.reasons if r.field == "liked"]
+    assert reasons and all("that you liked" in (r.term or "") for r in reasons)
