@@ -193,7 +193,27 @@ def _feedback_mac(key: bytes, subscriber_id: int, value: int, paper_id: str, ema
             _key_of(email).encode(),
         )
     )
-    return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+    return _hmac_sha256(key, message)[:_MAC_BYTES]
+
+
+def _hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) from the key's two padded hash states, copied: a mail signs ~20
+    links, and `hmac.digest` sets its key up again each time (~10 µs here, this ~3 µs)."""
+    inner, outer = _pads(key)
+    step = inner.copy()
+    step.update(message)
+    done = outer.copy()
+    done.update(step.digest())
+    return done.digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+    )
 
 
 @functools.lru_cache(maxsize=64)  # a message signs ~20 links for one address

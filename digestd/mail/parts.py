@@ -40,9 +40,14 @@ def fill(template: str, fills: tuple[tuple[str, str], ...]) -> str:
         for token, value in fills:
             template = template.replace(token, value)
         return template
-    # Many slots (a feedback pair per paper): the template is cut at its placeholders once, and
-    # each message is a join of the pieces and its values.
-    pieces, slots = _cut(template, tuple(token for token, _ in fills))
+    # Many slots (a feedback pair per paper): a template is cut at its placeholders once, and
+    # each message is a join of the pieces and its values. The templates and the runs of lines
+    # mail/mime.py fills are the same objects message after message: their hashes are kept.
+    tokens = tuple(token for token, _ in fills)
+    cut = _cut_run if len(template) < _SHORT else _cut_template
+    pieces, slots = cut(template, tokens)
+    if not slots:
+        return template
     values = [value for _, value in fills]
     out = [pieces[0]]
     for slot, piece in zip(slots, pieces[1:], strict=True):
@@ -51,15 +56,19 @@ def fill(template: str, fills: tuple[tuple[str, str], ...]) -> str:
 
 
 _FEW = 6
+_SHORT = 4096
 
 
-@functools.lru_cache(maxsize=32)  # a shape's template is one str object: its hash is kept
 def _cut(template: str, tokens: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """The text between placeholders, and which placeholder (index in `tokens`) each gap holds."""
     index = {t: i for i, t in enumerate(tokens)}
     pattern = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
     parts = re.split(f"({pattern})", template)
     return tuple(parts[0::2]), tuple(index[t] for t in parts[1::2])
+
+
+_cut_run = functools.lru_cache(maxsize=4096)(_cut)  # runs of a few lines: small
+_cut_template = functools.lru_cache(maxsize=32)(_cut)  # whole templates: ~40 KB each
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,9 @@ from digestd.core.model import Digest, Subscriber
 from digestd.mail import linktokens as tokens
 from digestd.mail.listheaders import FeedbackLinks
 from digestd.mail.render import Environments, RenderContext, make_environments, render_digest
-from digestd.mail.shapes import render_personal
+from digestd.mail.mime import build_message
+from digestd.mail.parts import Personal
+from digestd.mail.shapes import personal_template, render_personal
 from digestd.mail.webcopy import stored_page
 
 LINK = re.compile(r"https://digest\.example\.org/feedback/([A-Za-z0-9_-]+)")
@@ -101,22 +103,34 @@ def test_feedback_links_cost(envs: Environments, capsys: pytest.CaptureFixture[s
     assert 0 < extra < 10 * 2 * 2 * 200  # ≤ 200 bytes a link, text and HTML
     assert len(linked.html.encode()) < 90_000
 
-    def per_message(ctx: RenderContext) -> float:
+    def per_message(ctx: RenderContext, *, mime: bool = False) -> float:
         runs = []
         for _ in range(5):
             start = time.perf_counter()
             for i in range(200):
                 sub = Subscriber(email=f"r{i}@example.org", max_papers=500)
                 one = Digest(sub, "digest", digest.matches)
-                render_personal(one, envs, with_feedback(ctx, sub, one, i) if ctx.feedback else ctx)
+                mine = with_feedback(ctx, sub, one, i) if ctx.feedback else ctx
+                if not mime:
+                    render_personal(one, envs, mine)
+                    continue
+                found = personal_template(one, envs, mine)
+                assert isinstance(found, Personal)
+                build_message(
+                    found, sender="d@example.org", to=sub.email, to_name=None,
+                    message_id=f"<m{i}@example.org>", date=NOW,
+                )  # fmt: skip
             runs.append((time.perf_counter() - start) / 200)
         return sorted(runs)[2]
 
     base, with_links = per_message(CTX), per_message(ctx)
+    mime_base, mime_links = per_message(CTX, mime=True), per_message(ctx, mime=True)
     with capsys.disabled():
         print(
             f"\nfeedback links: +{extra} bytes per 10-paper message;"
-            f" personal render {base * 1e6:.0f} µs → {with_links * 1e6:.0f} µs median"
+            f" personal render {base * 1e6:.0f} µs → {with_links * 1e6:.0f} µs median;"
+            f" template + MIME (the compose path) {mime_base * 1e6:.0f} µs →"
+            f" {mime_links * 1e6:.0f} µs"
         )
 
 
@@ -140,3 +154,19 @@ async def test_alerts_of_a_reader_with_a_model_are_ranked_and_explained(tmp_path
     assert all(m.relevance is not None for m in after["alice@example.org"])
     reasons = [r for m in after["alice@example.org"] for r in m.reasons if r.field == "liked"]
     assert reasons and all("that you liked" in (r.term or "") for r in reasons)
+
+
+def test_feedback_tokens_parse_strictly() -> None:
+    import hmac
+
+    key = tokens.derive_key(SECRET, "feedback")
+    for k, m in ((key, b""), (b"x" * 100, b"abc" * 50), (b"", b"m")):
+        assert tokens._hmac_sha256(k, m) == hmac.digest(k, m, "sha256")  # standard HMAC
+    token = tokens.feedback_token(key, 7, "Ann@Example.org", "2401.12345", -1)
+    parsed = tokens.parse_feedback(token)
+    assert parsed is not None and (parsed.subscriber_id, parsed.value) == (7, -1)
+    assert parsed.paper_id == "2401.12345" and parsed.verify(key, "ann@example.org")
+    for bad in ("", "x" * 33, "A" * 400, token + "!", token[:30], "%2F" * 20):
+        assert tokens.parse_feedback(bad) is None
+    with pytest.raises(ValueError):
+        tokens.feedback_token(key, 7, "ann@example.org", "2401.12345", 0)
