@@ -17,9 +17,9 @@ from digestd import pipeline
 from digestd.core.model import Digest, Subscriber
 from digestd.mail import linktokens as tokens
 from digestd.mail.listheaders import FeedbackLinks
-from digestd.mail.render import Environments, RenderContext, make_environments, render_digest
 from digestd.mail.mime import build_message
 from digestd.mail.parts import Personal
+from digestd.mail.render import Environments, RenderContext, make_environments, render_digest
 from digestd.mail.shapes import personal_template, render_personal
 from digestd.mail.webcopy import stored_page
 

@@ -269,3 +269,19 @@ async def test_preferences_show_what_was_learned_and_reset_forgets(site: Site) -
     await wait_for_model(site, present=False)
     page = await site.client.get(reply.headers["location"])
     assert "Forgotten" in page.text and "Nothing yet" in page.text
+
+
+async def test_a_reader_who_leaves_on_their_page_takes_their_ratings(site: Site) -> None:
+    from test_preferences import signed_up
+
+    path = await signed_up(site, "new@example.org")
+    site.deps.store.ratings.rate("new@example.org", "2502.90000", 1, at=NOW)
+    page = await site.client.get(path)
+    csrf = re.search(
+        r'name="csrf" value="([^"]+)">\s*<input type="hidden" name="action" value="unsubscribe"',
+        page.text,
+    )
+    assert csrf is not None
+    reply = await site.client.post(path, data={"action": "unsubscribe", "csrf": csrf.group(1)})
+    assert reply.status_code == 200 and "You are unsubscribed" in reply.text
+    assert site.deps.store.ratings.ratings("new@example.org") == []
