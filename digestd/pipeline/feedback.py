@@ -55,7 +55,10 @@ async def refresh_relevance(deps: Deps, *, now: datetime) -> None:
     """The readers' models brought up to date with the ratings; nothing until someone rates.
     A failure keeps the previous models: relevance is a ranking aid, never a reason not to send."""
     store = deps.store
-    if store.ratings.count() == (0, 0) and deps.relevance is None:
+    if store.ratings.count() == (0, 0):
+        # Nobody rates (yet, or any more: the last reset or removal): no model, none kept.
+        deps.relevance = None
+        model_path(store).unlink(missing_ok=True)
         return
     lock = _LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
     async with lock:

@@ -231,7 +231,7 @@ async def wait_for_model(site: Site, *, present: bool = True) -> None:
     """The POST's retraining runs after the answer, in a thread: wait for it (bounded)."""
     for _ in range(250):
         state = site.deps.relevance
-        if state is not None and (READER in state.models) == present:
+        if (state is not None and READER in state.models) == present:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the model was not retrained")
@@ -267,6 +267,9 @@ async def test_preferences_show_what_was_learned_and_reset_forgets(site: Site) -
     assert reply.status_code == 303 and reply.headers["location"].endswith("?done=reset")
     assert ratings(site) == {}
     await wait_for_model(site, present=False)
+    # The last rater gone: no model in memory or on disk.
+    assert site.deps.relevance is None
+    assert not Path(f"{site.deps.store.path}.relevance.npz").exists()
     page = await site.client.get(reply.headers["location"])
     assert "Forgotten" in page.text and "Nothing yet" in page.text
 
