@@ -14,6 +14,7 @@ from digestd.cli.progress import make_progress
 from digestd.config.settings import Settings
 from digestd.deliver.drain import DeliverReport
 from digestd.pipeline.bounces import BounceTally
+from digestd.pipeline.feedback import refresh_relevance
 from digestd.service import reload
 from digestd.service import wiring as app
 from digestd.service.bounces import BounceReader
@@ -71,6 +72,7 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
         bounced = await _read_bounces(deps, settings)  # before composing: suspensions count now
         owed = pipeline.queue_owed_alerts(deps, now=now)  # a poll before a crash still owes them
         ingest = await pipeline.ingest(deps, now=now)
+        await refresh_relevance(deps, now=now)  # the readers' latest ratings rank this digest
         composed = pipeline.compose(deps, now=now, once=True)
         sent = await pipeline.deliver_due(deps, now=utcnow(), clock=utcnow)
         pending = deps.store.outbox.pending_count()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -16,9 +16,10 @@ from digestd.config.settings import Settings
 from digestd.core.addresses import address_key
 from digestd.core.model import SubscriberSet
 from digestd.core.redact import safe_text
+from digestd.relevance.imports import arxiv_id_of
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
-from digestd.store.protocols import Reader
+from digestd.store.protocols import Rating, Reader
 from digestd.store.sqlite import Store
 
 __all__ = ["EXPORT", "LIST", "REMOVE", "add_parser", "cmd_subscribers"]
@@ -73,7 +74,8 @@ def cmd_subscribers(settings: Settings, args: argparse.Namespace) -> int:
             return _remove(store, subs, args.email)
         readers = store.readers.pending() + store.readers.active()
         if args.subscribers_command == "export":
-            print(export_yaml(readers, subs, settings), end="")
+            rated = {r.email: store.ratings.ratings(r.email) for r in readers}
+            print(export_yaml(readers, subs, settings, ratings=rated), end="")
             return EXIT_OK
         paused = store.readers.paused(at=utcnow())
         suppressed = {s.email for s in store.subscribers.suppressions()}
@@ -121,12 +123,22 @@ def _line(email: str, origin: str, state: str, name: str | None) -> str:
     return f"{email}  {origin}  {state}" + (f"  {safe_text(name)}" if name else "")
 
 
-def export_yaml(readers: Iterable[Reader], subs: SubscriberSet, settings: Settings) -> str:
+def export_yaml(
+    readers: Iterable[Reader],
+    subs: SubscriberSet,
+    settings: Settings,
+    *,
+    ratings: Mapping[str, Sequence[Rating]] | None = None,
+) -> str:
     """The confirmed web readers the YAML does not list, as entries of its `subscribers:` list,
-    with the sign-up defaults written out so that they mean the same in the admin's file."""
+    with the sign-up defaults written out so that they mean the same in the admin's file.
+
+    Issue #16: their "more like this" papers (clicks and imports) as `like:`; their dislikes,
+    which the file has no key for, as one comment line each (they stay in the state file)."""
     taken = {address_key(s.email) for s in subs.subscribers}
     defaults = settings.signup.defaults
     entries = []
+    notes = []
     for reader in sorted(readers, key=lambda r: r.email):
         if reader.confirmed_at is None or reader.email in taken:
             continue
@@ -138,10 +150,16 @@ def export_yaml(readers: Iterable[Reader], subs: SubscriberSet, settings: Settin
         entry["schedule"] = reader.spec.get("schedule", defaults.schedule)
         entry["timezone"] = reader.spec.get("timezone", defaults.timezone)
         entry["max_papers"] = reader.spec.get("max_papers", defaults.max_papers)
+        theirs = (ratings or {}).get(reader.email, ())
+        if liked := [r.paper_id for r in theirs if r.value > 0 and arxiv_id_of(r.paper_id)]:
+            entry["like"] = liked
+        if disliked := [r.paper_id for r in theirs if r.value < 0]:
+            notes.append(f"# {reader.email} disliked: {', '.join(map(safe_text, disliked))}\n")
         entries.append(entry)
     head = (
         f"# {len(entries)} self-registered reader(s) from {settings.state}: paste these under\n"
         "# `subscribers:` in the subscribers file (`use: []` keeps the file's defaults.use out).\n"
+        + "".join(notes)
     )
     if not entries:
         return head
@@ -153,6 +171,9 @@ def export_yaml(readers: Iterable[Reader], subs: SubscriberSet, settings: Settin
 
 def _remove(store: Store, subs: SubscriberSet, email: str) -> int:
     if store.readers.remove(email, at=utcnow()):
+        # Their ratings are their data too (issue 16), as pipeline/readers.remove_reader does;
+        # the model file drops theirs at the daemon's next refresh.
+        store.ratings.forget(address_key(email))
         note = " (the subscribers file lists it too: it stays served from there)"
         print(f"{address_key(email)}: removed" + (note if subs.by_email(email) else ""))
         return EXIT_OK

@@ -39,7 +39,7 @@ Field = Literal["title", "abstract"]
 # the comparison ("≥ 20"), "every" is a subscriber without rules (every new paper).
 # "similar" carries the relevance score ("0.42") of `similar:` / `similar>=x`.
 ReasonKind = Literal[
-    "authors", "orgs", "categories", "sources", "upvotes", "comments", "every", "similar"
+    "authors", "orgs", "categories", "sources", "upvotes", "comments", "every", "similar", "liked"
 ]
 FIELDS: tuple[Field, ...] = ("title", "abstract")
 

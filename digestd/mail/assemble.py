@@ -15,7 +15,13 @@ from typing import Literal, Protocol
 from digestd.core import periods
 from digestd.core.model import Digest, Match, Subscriber
 from digestd.mail import linktokens as tokens
-from digestd.mail.listheaders import MailLinks, default_list_id, list_headers, mail_links
+from digestd.mail.listheaders import (
+    FeedbackLinks,
+    MailLinks,
+    default_list_id,
+    list_headers,
+    mail_links,
+)
 from digestd.mail.render import RenderContext
 from digestd.mail.workers import MailJob
 
@@ -67,12 +73,14 @@ def message_links(
 
     `email` is the store's key of the subscriber; `sub_id` their id, needed with a public URL.
     """
-    unsub = view = manage = None
+    unsub = view = manage = feedback = None
     if options.public_url:
         if sub_id is None:
             raise ValueError("an unsubscribe link needs the subscriber's id")
         unsub = tokens.unsubscribe_token(_key(secret, "unsubscribe"), sub_id, email)
         manage = tokens.manage_token(_key(secret, "manage"), sub_id, email)
+        base = options.public_url.rstrip("/")
+        feedback = FeedbackLinks(base, _key(secret, "feedback"), sub_id, email)
         if options.view_days > 0:
             view = tokens.view_token(_key(secret, "view"), message_id)
     mailto = options.unsubscribe_mailto
@@ -84,6 +92,7 @@ def message_links(
         view_token=view,
         mailto=mailto,
         manage_token=manage,
+        feedback=feedback,
     )
 
 
@@ -104,8 +113,12 @@ def render_context(
     links: MailLinks | None = None,
     sub: Subscriber | None = None,
     web_copy: bool = False,
+    papers: Sequence[Match] = (),
 ) -> RenderContext:
+    """`papers`: the ones the mail shows, for their "more / less like this" links (not on the
+    web copy, whose URL may be shared)."""
     links = links or MailLinks()
+    signer = None if web_copy else links.feedback
     return RenderContext(
         site_name=options.site_name,
         # The reader's day: 23:00 UTC on Tuesday is Wednesday morning in Tokyo.
@@ -124,6 +137,7 @@ def render_context(
         web_copy=web_copy,
         max_papers=sub.max_papers if sub is not None else None,
         abstract_chars=sub.abstract_chars if sub is not None else None,
+        feedback=tuple(signer.pair(m.paper.id) for m in papers) if signer else (),
     )
 
 
@@ -139,9 +153,10 @@ def mail_job(
 ) -> MailJob:
     """Everything a compose worker needs to render this subscriber's message."""
     list_id = options.list_id or default_list_id(options.site_name, options.domain)
+    digest = digest_for(sub, kind, found)
     return MailJob(
-        digest=digest_for(sub, kind, found),
-        ctx=render_context(options, now=now, links=links, sub=sub),
+        digest=digest,
+        ctx=render_context(options, now=now, links=links, sub=sub, papers=digest.matches),
         sender=options.sender,
         to=sub.email,
         to_name=sub.name,

@@ -11,11 +11,16 @@ lower-case: an envelope local part may pass through software that folds case, an
 Every purpose has its own key (`derive_key(secret, purpose)`: "unsubscribe", "manage", "view",
 and "confirm" and "feedback" for the pages that use them), so a token made for one use verifies
 for no other: a manage token is an unsubscribe token's format under the "manage" key.
+
+A feedback token ("more / less like this" under one paper) is base64url(subscriber id ‖ verdict ‖
+MAC(key, id ‖ verdict ‖ paper id ‖ email)[:16] ‖ paper id): signed per subscriber AND paper AND
+verdict, so neither another paper's nor another reader's link can be made from it.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -24,12 +29,15 @@ from digestd.core.addresses import address_key
 
 __all__ = [
     "BounceToken",
+    "FeedbackToken",
     "UnsubscribeToken",
     "bounce_token",
     "derive_key",
+    "feedback_token",
     "is_view_token",
     "manage_token",
     "parse_bounce",
+    "parse_feedback",
     "parse_manage",
     "parse_unsubscribe",
     "unsubscribe_token",
@@ -121,6 +129,96 @@ def manage_token(key: bytes, subscriber_id: int, email: str) -> str:
 def parse_manage(token: str) -> UnsubscribeToken | None:
     """A manage token's id and MAC (verify with the "manage" key), or None."""
     return parse_unsubscribe(token)
+
+
+_FEEDBACK_HEAD = _ID_BYTES + 1 + _MAC_BYTES
+_PAPER_ID_MAX = 160  # store ids are arXiv ids (~10) or `feed:` keys; longer is not ours
+
+
+class FeedbackToken:
+    """A decoded, not yet verified feedback token: who, which paper, more (+1) or less (-1)."""
+
+    __slots__ = ("mac", "paper_id", "subscriber_id", "value")
+
+    def __init__(self, subscriber_id: int, value: int, paper_id: str, mac: bytes) -> None:
+        self.subscriber_id = subscriber_id
+        self.value = value
+        self.paper_id = paper_id
+        self.mac = mac
+
+    def verify(self, key: bytes, email: str) -> bool:
+        """Constant-time: the MAC matches this id, verdict, paper and address."""
+        expected = _feedback_mac(key, self.subscriber_id, self.value, self.paper_id, email)
+        return hmac.compare_digest(self.mac, expected)
+
+
+def feedback_token(key: bytes, subscriber_id: int, email: str, paper_id: str, value: int) -> str:
+    """The token of one "more like this" (+1) or "less like this" (-1) link (the "feedback" key).
+
+    `email` is taken as given when it is already an address key (the pipeline's own)."""
+    if value not in (1, -1):
+        raise ValueError("a feedback verdict is +1 or -1")
+    head = subscriber_id.to_bytes(_ID_BYTES, "big") + (b"+" if value > 0 else b"-")
+    mac = _feedback_mac(key, subscriber_id, value, paper_id, email)
+    return _b64(head + mac + paper_id.encode("utf-8"))
+
+
+def parse_feedback(token: str) -> FeedbackToken | None:
+    """The parts of `token`, or None when it cannot be a feedback token (length, alphabet, verdict)."""
+    limit = (_FEEDBACK_HEAD + _PAPER_ID_MAX) * 4 // 3 + 4
+    if not _FEEDBACK_HEAD * 4 // 3 < len(token) <= limit or not _TOKEN.fullmatch(token):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        paper_id = raw[_FEEDBACK_HEAD:].decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    subscriber_id = int.from_bytes(raw[:_ID_BYTES], "big")
+    verdict = raw[_ID_BYTES : _ID_BYTES + 1]
+    if subscriber_id >= 2**63 or verdict not in (b"+", b"-") or not paper_id.isprintable():
+        return None
+    mac = raw[_ID_BYTES + 1 : _FEEDBACK_HEAD]
+    return FeedbackToken(subscriber_id, 1 if verdict == b"+" else -1, paper_id, mac)
+
+
+def _feedback_mac(key: bytes, subscriber_id: int, value: int, paper_id: str, email: str) -> bytes:
+    paper = paper_id.encode("utf-8")
+    # The paper id's length first: no (paper, address) pair reads as another.
+    message = b"".join(
+        (
+            subscriber_id.to_bytes(_ID_BYTES, "big"),
+            b"+" if value > 0 else b"-",
+            len(paper).to_bytes(2, "big"),
+            paper,
+            _key_of(email).encode(),
+        )
+    )
+    return _hmac_sha256(key, message)[:_MAC_BYTES]
+
+
+def _hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) from the key's two padded hash states, copied: a mail signs ~20
+    links, and `hmac.digest` sets its key up again each time (~10 µs here, this ~3 µs)."""
+    inner, outer = _pads(key)
+    step = inner.copy()
+    step.update(message)
+    done = outer.copy()
+    done.update(step.digest())
+    return done.digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+    )
+
+
+@functools.lru_cache(maxsize=64)  # a message signs ~20 links for one address
+def _key_of(email: str) -> str:
+    return address_key(email)
 
 
 def view_token(key: bytes, message_id: str) -> str:

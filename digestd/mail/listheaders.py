@@ -10,7 +10,10 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from digestd.mail.linktokens import feedback_token
+
 __all__ = [
+    "FeedbackLinks",
     "MailLinks",
     "default_list_id",
     "format_list_id",
@@ -23,6 +26,23 @@ _ATOM_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackLinks:
+    """What signs one reader's "more / less like this" links: the "feedback" key, their id and
+    address key, the site's base URL. Plain values: a compose worker process receives it."""
+
+    base: str
+    key: bytes
+    subscriber_id: int
+    email: str
+
+    def pair(self, paper_id: str) -> tuple[str, str]:
+        """The ("more like this", "less like this") URLs of one paper."""
+        more = feedback_token(self.key, self.subscriber_id, self.email, paper_id, 1)
+        less = feedback_token(self.key, self.subscriber_id, self.email, paper_id, -1)
+        return f"{self.base}/feedback/{more}", f"{self.base}/feedback/{less}"
+
+
+@dataclass(frozen=True, slots=True)
 class MailLinks:
     """Where a recipient can go from this mail; None when the operator has no such page."""
 
@@ -30,6 +50,7 @@ class MailLinks:
     unsubscribe_mailto: str | None = None  # mailto:…?subject=unsubscribe
     view_url: str | None = None
     manage_url: str | None = None  # the reader's preferences page (needs http.public_url)
+    feedback: FeedbackLinks | None = None  # "more / less like this" per paper (issue #16)
 
     @property
     def visible_unsubscribe(self) -> str | None:
@@ -44,6 +65,7 @@ def mail_links(
     view_token: str | None,
     mailto: str | None,
     manage_token: str | None = None,
+    feedback: FeedbackLinks | None = None,
 ) -> MailLinks:
     base = public_url.rstrip("/") if public_url else None
     return MailLinks(
@@ -55,6 +77,7 @@ def mail_links(
         else None,
         view_url=f"{base}/view/{view_token}" if base and view_token else None,
         manage_url=f"{base}/preferences/{manage_token}" if base and manage_token else None,
+        feedback=feedback if base else None,
     )
 
 

@@ -224,6 +224,8 @@ def _reason(r: Reason) -> str:
     term = clean_header(r.term, limit=80) if r.term else None
     if r.field == "every":
         return "new today, most upvoted first"
+    if r.field == "liked" and r.term:  # "similar to ‘X’ that you liked: a, b", already words
+        return clean_header(r.term, limit=200)
     if r.field == "similar":
         return f"similar to papers you liked ({term})" if term else "similar to papers you liked"
     if r.field in ("upvotes", "comments") and term:

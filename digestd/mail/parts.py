@@ -7,6 +7,8 @@ change to them: splicing, and the DKIM header a signer puts before them (`signed
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,9 +36,39 @@ class Personal:
 
 def fill(template: str, fills: tuple[tuple[str, str], ...]) -> str:
     """`template` with each placeholder replaced by its value."""
-    for token, value in fills:
-        template = template.replace(token, value)
-    return template
+    if len(fills) <= _FEW:
+        for token, value in fills:
+            template = template.replace(token, value)
+        return template
+    # Many slots (a feedback pair per paper): a template is cut at its placeholders once, and
+    # each message is a join of the pieces and its values. The templates and the runs of lines
+    # mail/mime.py fills are the same objects message after message: their hashes are kept.
+    tokens = tuple(token for token, _ in fills)
+    cut = _cut_run if len(template) < _SHORT else _cut_template
+    pieces, slots = cut(template, tokens)
+    if not slots:
+        return template
+    values = [value for _, value in fills]
+    out = [pieces[0]]
+    for slot, piece in zip(slots, pieces[1:], strict=True):
+        out += (values[slot], piece)
+    return "".join(out)
+
+
+_FEW = 6
+_SHORT = 4096
+
+
+def _cut(template: str, tokens: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The text between placeholders, and which placeholder (index in `tokens`) each gap holds."""
+    index = {t: i for i, t in enumerate(tokens)}
+    pattern = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+    parts = re.split(f"({pattern})", template)
+    return tuple(parts[0::2]), tuple(index[t] for t in parts[1::2])
+
+
+_cut_run = functools.lru_cache(maxsize=4096)(_cut)  # runs of a few lines: small
+_cut_template = functools.lru_cache(maxsize=32)(_cut)  # whole templates: ~40 KB each
 
 
 @dataclass(frozen=True, slots=True)

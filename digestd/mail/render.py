@@ -75,6 +75,9 @@ class RenderContext:
     web_copy: bool = False  # rendering the page the web_url serves, not the mail
     max_papers: int | None = None  # the subscriber's cap, to explain `more`
     abstract_chars: int | None = None  # the subscriber's choice (0: titles only); None: no cap
+    # Issue #16: ("more like this", "less like this") links per paper of `Digest.matches`, in
+    # order; empty without a public URL, and never on the web copy (its URL may be shared).
+    feedback: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +264,12 @@ def _values(digest: Digest, ctx: RenderContext, layout: Layout) -> dict[str, obj
         "manage_url": safe_link(ctx.manage_url),
         "web_url": safe_url(ctx.web_url),
         "web_copy": ctx.web_copy,
+        "feedback": [] if ctx.web_copy else [_safe_pair(f) for f in ctx.feedback[:n_full]],
     }
+
+
+def _safe_pair(links: tuple[str, str]) -> tuple[str | None, str | None]:
+    return safe_link(links[0]), safe_link(links[1])
 
 
 def _abstract_chars(layout: Layout, ctx: RenderContext) -> int:

@@ -1,7 +1,8 @@
 """Personalised renders at the cost of a string substitution: `render_personal` ≡ `render_digest`.
 
 Thousands of subscribers get the same papers in one run, and their mails differ only in a few
-values: the greeting's name, the unsubscribe, manage and web-copy links. Rendering and CSS-inlining
+values: the greeting's name, the unsubscribe, manage and web-copy links, and each paper's "more /
+less like this" links (issue #16: one slot pair per paper, signed per reader and paper). Rendering and CSS-inlining
 ~40 KB of HTML per subscriber cost ~1 ms; here each distinct *shape* (papers, layout, kind, run-wide
 context, which of those values are present) is rendered once with unique placeholder tokens, and
 each subscriber's mail is that template with the tokens replaced by their values.
@@ -58,39 +59,68 @@ _MatchKey = tuple[Paper, tuple[Reason, ...], tuple[tuple[str, _Spans], ...], boo
 
 @dataclass(frozen=True, slots=True)
 class _Tokens:
-    """One placeholder per slot; the URL ones pass `safe_link`/`safe_url`, the name `clean_header`."""
+    """One placeholder per slot; the URL ones pass `safe_link`/`safe_url`, the name `clean_header`.
+    `feedback`: one ("more", "less") pair per paper (issue #16), slots `fb{i}+` / `fb{i}-`."""
 
     name: str
     unsubscribe: str
     web: str
     manage: str
+    feedback: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
-    def make(tag: str) -> _Tokens:
+    def make(tag: str, papers: int = 0) -> _Tokens:
         stem = f"{tag}{_NONCE}"
         return _Tokens(
             name=f"Zname{stem}Z",
             unsubscribe=f"https://u{stem}.invalid/{tag}",
             web=f"https://w{stem}.invalid/{tag}{tag}",
             manage=f"https://m{stem}.invalid/{tag}{tag}{tag}",
+            # Fixed width: no placeholder is a prefix of another.
+            feedback=tuple(
+                (f"https://f{stem}.invalid/{tag}{i:04d}p", f"https://f{stem}.invalid/{tag}{i:04d}n")
+                for i in range(papers)
+            ),
         )
 
     def as_map(self) -> dict[str, str]:
-        return {
+        found = {
             "name": self.name,
             "unsubscribe": self.unsubscribe,
             "web": self.web,
             "manage": self.manage,
         }
+        for i, (more, less) in enumerate(self.feedback):
+            found[f"fb{i}+"], found[f"fb{i}-"] = more, less
+        return found
 
 
-_A = _Tokens.make("a")
-_B = _Tokens.make("bbbbbbb")  # a different length: length-dependent output shows up as a mismatch
-_A_PATTERN = re.compile("|".join(re.escape(t) for t in _A.as_map().values()))
-_B_PATTERN = re.compile("|".join(re.escape(t) for t in _B.as_map().values()))
-_B_TO_A = {_B.as_map()[slot]: token for slot, token in _A.as_map().items()}
-_A_BYTES = {slot: len(token.encode("utf-8")) for slot, token in _A.as_map().items()}
-TOKENS = tuple(_A.as_map().items())  # (slot, placeholder) pairs of every template's HTML
+@dataclass(frozen=True, slots=True)
+class _Set:
+    """The A and B tokens for shapes of `papers` feedback pairs, and what maps one onto the other."""
+
+    a: _Tokens
+    a_pattern: re.Pattern[str]
+    b_pattern: re.Pattern[str]
+    b_to_a: Mapping[str, str]
+    a_bytes: Mapping[str, int]
+
+
+@functools.lru_cache(maxsize=128)  # one per number of papers in a message (≤ max_papers)
+def _set(papers: int) -> _Set:
+    a, b = _Tokens.make("a", papers), _Tokens.make("bbbbbbb", papers)  # B: a different length
+    a_map, b_map = a.as_map(), b.as_map()
+    return _Set(
+        a=a,
+        a_pattern=re.compile("|".join(re.escape(t) for t in a_map.values())),
+        b_pattern=re.compile("|".join(re.escape(t) for t in b_map.values())),
+        b_to_a={b_map[slot]: token for slot, token in a_map.items()},
+        a_bytes={slot: len(token.encode("utf-8")) for slot, token in a_map.items()},
+    )
+
+
+_A = _set(0).a
+TOKENS = tuple(_A.as_map().items())  # (slot, placeholder) pairs of every web copy's HTML
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +173,14 @@ def personal_template(
     if values is None:
         return render_digest(digest, envs, ctx, budget=budget)
     shape = _shape(digest, envs, ctx, values, budget)
+    tokens = _set(len(ctx.feedback))
 
     def size(layout: Layout) -> int:
         found = _template(shape, layout)
         if found is None:
             raise _Unsubstitutable
         return found.html_bytes + sum(
-            n * (len(values[slot].encode("utf-8")) - _A_BYTES[slot])
+            n * (len(values[slot].encode("utf-8")) - tokens.a_bytes[slot])
             for slot, n in found.counts.items()
             if n
         )
@@ -171,7 +202,7 @@ def personal_template(
             raise _Unsubstitutable
     except _Unsubstitutable:
         return render_digest(digest, envs, ctx, budget=budget)
-    fills = tuple((token, values[slot]) for slot, token in _A.as_map().items())
+    fills = tuple((token, values[slot]) for slot, token in tokens.a.as_map().items())
     return Personal(subject(digest), template.text, template.html, fills)
 
 
@@ -200,7 +231,32 @@ def slot_values(digest: Digest, ctx: RenderContext) -> dict[str, str] | None:
     found = _slot_values(
         digest.subscriber.name or "", ctx.unsubscribe_url, ctx.web_url, ctx.manage_url
     )
-    return None if found is None else dict(zip(SLOTS, found, strict=True))
+    if found is None:
+        return None
+    values = dict(zip(SLOTS, found, strict=True))
+    if ctx.feedback and not _feedback_plain(ctx.feedback):
+        return None
+    for i, (more, less) in enumerate(ctx.feedback):
+        values[f"fb{i}+"], values[f"fb{i}-"] = more, less
+    return values
+
+
+_FEEDBACK_TAIL = re.compile(r"/feedback/[A-Za-z0-9_-]+")
+
+
+def _feedback_plain(pairs: tuple[tuple[str, str], ...]) -> bool:
+    """Every link is one checked base plus `/feedback/` and a base64url token: then each is what
+    `safe_link` leaves as is, plain, without a placeholder (one URL parse, not one per link)."""
+    first = pairs[0][0]
+    base = first[: first.rfind("/feedback/")]
+    if not base or safe_link(first) != first or not is_plain(base) or _NONCE in base:
+        return False
+    n = len(base)
+    return all(
+        u.startswith(base) and _FEEDBACK_TAIL.fullmatch(u, n) is not None
+        for pair in pairs
+        for u in pair
+    )
 
 
 @functools.lru_cache(maxsize=8)  # a message asks twice: for the mail, then for its web copy
@@ -238,7 +294,7 @@ def _shape(
         content=_content(digest.matches),
         rest=_content(digest.rest),
         more=digest.more,
-        ctx=_tokened_ctx(ctx, values, _A),
+        ctx=_tokened_ctx(ctx, values, _set(len(ctx.feedback)).a),
         has_name=bool(values["name"]),
         budget=budget,
     )
@@ -290,25 +346,27 @@ def _tokened_ctx(ctx: RenderContext, values: Mapping[str, str], tokens: _Tokens)
         unsubscribe_url=tokens.unsubscribe if values["unsubscribe"] else None,
         web_url=tokens.web if values["web"] else None,
         manage_url=tokens.manage if values["manage"] else None,
+        feedback=tokens.feedback if ctx.feedback else (),
     )
 
 
 @functools.lru_cache(maxsize=256)
 def _template(shape: _Shape, layout: Layout) -> _Template | None:
     """The shape in `layout` with the A tokens, or None when the B render disagrees."""
-    html_a, text_a = _render(shape, layout, _A)
-    html_b, text_b = _render(shape, layout, _B)
+    tokens = _set(len(shape.ctx.feedback))
+    html_a, text_a = _render(shape, layout, tokens.a)
+    html_b, text_b = _render(shape, layout, _Tokens.make("bbbbbbb", len(shape.ctx.feedback)))
     # An A token in the B render came from elsewhere (paper text): substituting it would be wrong.
-    if _A_PATTERN.search(html_b) or _A_PATTERN.search(text_b):
+    if tokens.a_pattern.search(html_b) or tokens.a_pattern.search(text_b):
         return None
-    if _B_PATTERN.sub(_to_a, html_b) != html_a or _B_PATTERN.sub(_to_a, text_b) != text_a:
+
+    def to_a(found: re.Match[str]) -> str:
+        return tokens.b_to_a[found.group()]
+
+    if tokens.b_pattern.sub(to_a, html_b) != html_a or tokens.b_pattern.sub(to_a, text_b) != text_a:
         return None
-    counts = {slot: html_a.count(token) for slot, token in _A.as_map().items()}
+    counts = {slot: html_a.count(token) for slot, token in tokens.a.as_map().items()}
     return _Template(html_a, text_a, len(html_a.encode("utf-8")), counts)
-
-
-def _to_a(found: re.Match[str]) -> str:
-    return _B_TO_A[found.group()]
 
 
 def _render(shape: _Shape, layout: Layout, tokens: _Tokens) -> tuple[str, str]:

@@ -99,6 +99,12 @@ def _compose_all(
             scores = deps.relevance.relevance_for if deps.relevance else None
             wanted = [(s, papers[key(s)]) for s, _, _ in chunk]
             matched = deps.audience.match_batch(wanted, relevance=scores)
+            if deps.relevance is not None:  # what each shown paper is like, in words
+                state = deps.relevance
+                matched = [
+                    state.with_why(deps.store, s.email, f[: s.max_papers]) + list(f[s.max_papers :])
+                    for (s, _), f in zip(wanted, matched, strict=True)
+                ]
             batch = [
                 _prepare(deps, *it, f, known, now=now) for it, f in zip(chunk, matched, strict=True)
             ]

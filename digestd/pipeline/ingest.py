@@ -10,7 +10,7 @@ from datetime import datetime
 
 from digestd.core.errors import SourceError
 from digestd.core.latex import readable_paper
-from digestd.core.model import Paper, ParseResult
+from digestd.core.model import Match, Paper, ParseResult, Subscriber
 from digestd.core.redact import safe_text, secrets_of
 from digestd.pipeline.deps import Deps, key
 from digestd.pipeline.enqueue import enqueue_alert
@@ -150,6 +150,30 @@ def queue_owed_alerts(deps: Deps, *, now: datetime) -> int:
     return queued
 
 
+def _alert_matches(deps: Deps, papers: Sequence[Paper]) -> list[tuple[Subscriber, list[Match]]]:
+    """Everyone's alert matches, paper-major; a reader with a relevance model and an alert rule
+    is matched again with their scores (issue #16): `similar` holds in their alert rules, the
+    model ranks the alert, and its why names the nearest liked paper. Those readers are few (an
+    alert rule and likes), each costs one small product: cheap beside a poll."""
+    found = deps.audience.match_all(papers, alerts_only=True)
+    state = deps.relevance
+    if state is None or not state.models:
+        return found
+    taught = [
+        s for s in deps.audience.subscribers.subscribers if s.has_alerts and key(s) in state.models
+    ]
+    if not taught:
+        return found
+    ids = {id(s) for s in taught}
+    rest = [(sub, matches) for sub, matches in found if id(sub) not in ids]
+    for sub in taught:
+        scores = state.relevance_for(sub.email, papers)
+        ranked = deps.audience.match(papers, sub, alerts_only=True, relevance=scores)
+        shown = state.with_why(deps.store, sub.email, ranked[: sub.max_papers])
+        rest.append((sub, shown + ranked[sub.max_papers :]))
+    return rest
+
+
 def _queue_alerts(
     deps: Deps, new: Sequence[Paper], *, poll_id: int, now: datetime, expires: datetime
 ) -> int:
@@ -162,7 +186,7 @@ def _queue_alerts(
     readable = [readable_paper(p) for p in new]
     matched = [
         (sub, found)
-        for sub, found in deps.audience.match_all(readable, alerts_only=True)
+        for sub, found in _alert_matches(deps, readable)
         if found and key(sub) not in suspended
     ]
     # A paper reserved already (a digest composed before these owed alerts were queued) is not

@@ -14,16 +14,18 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import scipy.sparse as sp
 
 from digestd.core.addresses import address_key
 from digestd.core.latex import readable_paper
-from digestd.core.model import Paper
+from digestd.core.model import Match, Paper, Reason
+from digestd.relevance.explain import Liked, explain, why_text
 from digestd.relevance.features import Features, paper_text, should_refit
 from digestd.relevance.model import Bank, ReaderModel, train
 from digestd.relevance.persist import ModelFileError, dumps, loads_with_meta
@@ -72,6 +74,37 @@ class RelevanceState:
             self._rows.update((p.id, rows[i]) for i, p in enumerate(missing))
         return sp.vstack([self._rows[p.id] for p in papers], format="csr")
 
+    def with_why(self, store: Store, email: str, matches: Sequence[Match]) -> list[Match]:
+        """`matches` with, on each paper the reader's model ranked, a reason naming the nearest
+        liked paper and the strongest shared terms ("similar to ‘X’ that you liked: a, b").
+
+        For the few papers a mail shows: one product of their rows with the liked rows picks each
+        one's nearest liked paper, `explain` names the terms. Unchanged without a model or likes."""
+        reader = address_key(email)
+        if reader not in self.models or not matches:
+            return list(matches)
+        liked = [readable_paper(p) for p in store.papers.get(store.ratings.likes(reader))]
+        if not liked:
+            return list(matches)
+        liked_rows = self.features.papers(liked)
+        rows = self._paper_rows([m.paper for m in matches])
+        nearest = np.asarray((rows @ liked_rows.T).argmax(axis=1)).ravel()
+        out = []
+        for i, m in enumerate(matches):
+            j = int(nearest[i])
+            why = explain(rows[i], [Liked(liked[j].id, liked[j].title, liked_rows[j])], self.terms)
+            if why is None or liked[j].id == m.paper.id:
+                out.append(m)
+                continue
+            kept = tuple(r for r in m.reasons if r.field != "similar")
+            rule = m.reasons[0].rule if m.reasons else 0
+            out.append(replace(m, reasons=(*kept, Reason(rule, why_text(why), "liked"))))
+        return out
+
+    @property
+    def terms(self) -> Sequence[str]:
+        return self.features.terms
+
     def score_all(self, papers: Sequence[Paper]) -> dict[str, ReaderScores]:
         """Every reader with a model × `papers`: one sparse product."""
         if not papers or not self.models:
@@ -107,6 +140,9 @@ def refresh(
             models.pop(reader, None)
         else:
             models[reader] = model
+    # A reader who reset their ratings or left keeps no model, even one loaded from the file.
+    rated = set(store.ratings.readers())
+    models = {reader: model for reader, model in models.items() if reader in rated}
     return RelevanceState(state.features, models, state.fitted_on, now, state.threshold)
 
 

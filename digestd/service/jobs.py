@@ -7,15 +7,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
 
 from digestd import pipeline
 from digestd.core.errors import SourceError
 from digestd.core.model import ParseResult
 from digestd.deliver.transports.base import Mailer
 from digestd.pipeline import Deps, readers
+from digestd.pipeline.feedback import refresh_relevance
 from digestd.pipeline.likes import import_likes
-from digestd.pipeline.relevance import RelevanceState, load, refresh, save
 from digestd.service.admin_alerts import AdminAlerts
 from digestd.service.clock import utcnow
 from digestd.service.metrics import Metrics
@@ -166,27 +165,8 @@ class Jobs:
             )  # fmt: skip
 
     async def refresh_relevance(self) -> None:
-        """Issue #16: the readers' models brought up to date before composing, in a thread with
-        its own connection (a refit must not block the loop); nothing at all until someone rates.
-        A failure keeps the previous models: digests go out regardless."""
-        store = self.deps.store
-        if store.ratings.count() == (0, 0):
-            return
-        previous, now, path = self.deps.relevance, utcnow(), Path(f"{store.path}.relevance.npz")
-
-        def work() -> RelevanceState:
-            side = store.side()
-            try:
-                state = refresh(side, previous or load(path), now=now)
-                save(path, state)
-                return state
-            finally:
-                side.close()
-
-        try:
-            self.deps.relevance = await asyncio.to_thread(work)
-        except Exception:  # relevance is a ranking aid, never a reason not to send
-            log.exception("relevance models not refreshed; the previous ones stay")
+        """Issue #16: the readers' models brought up to date before composing, off the loop."""
+        await refresh_relevance(self.deps, now=utcnow())
 
     async def deliver(self) -> None:
         # Every retry tick: a reader another process confirmed or edited gets their digest job.

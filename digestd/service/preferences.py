@@ -9,13 +9,17 @@ unsubscribe like anyone. Each form carries its own anti-CSRF token, bound to the
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from digestd.core.addresses import address_key
 from digestd.core.model import Rule, Subscriber
+from digestd.pipeline.feedback import forget_model, refresh_relevance
 from digestd.pipeline.readers import (
     edit_reader,
     pause_reader,
@@ -43,13 +47,14 @@ __all__ = ["routes"]
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("edit", "pause", "resume", "unsubscribe")
+ACTIONS = ("edit", "pause", "resume", "unsubscribe", "reset")
 _NOTICES = {
     "saved": "Saved. Your next digest follows these choices.",
     "paused": "Paused: nothing is sent until the date below, or until you resume.",
     "resumed": "Resumed: your next digest comes at its usual time, without the papers of the pause.",
     "caught-up": "Resumed: your next digest also brings what you missed (up to your papers per"
     " mail).",
+    "reset": "Forgotten: your ratings and what your digest learned from them.",
 }
 _STATES = {"active": "Subscribed", "pending": "Waiting for confirmation", "paused": "Paused"}
 
@@ -94,13 +99,20 @@ class _Preferences:
                 )
             pause_reader(self.site.deps, who.email, weeks=int(weeks), now=now)
             return _back(token, "paused")
+        if action == "reset":  # issue #16: their ratings and model, gone
+            forgotten = forget_model(self.site.deps, who.email)
+            log.info("ratings reset subscriber_id=%d n=%d", who.subscriber_id, forgotten)
+            response = _back(token, "reset")
+            response.background = BackgroundTask(refresh_relevance, self.site.deps, now=now)
+            return response
         if action == "resume":
             catch_up = data.get("catch_up") == "on"
             resume_reader(self.site.deps, who.email, now=now, catch_up=catch_up)
             return _back(token, "caught-up" if catch_up else "resumed")
         self.site.deps.store.subscribers.suppress(who.email, at=now, via="preferences")
         if who.reader is not None and self.site.readers.remove(who.email, at=now):
-            # What remove_reader does, with the small rebuild off the event loop.
+            # What remove_reader does (their ratings go too), the small rebuild off the loop.
+            forget_model(self.site.deps, who.email)
             await refresh_readers_async(self.site.deps, now=now)
         log.info("unsubscribed subscriber_id=%d via=preferences", who.subscriber_id)
         options = self.site.deps.options
@@ -177,7 +189,8 @@ class _Preferences:
         left = self.site.deps.store.subscribers.is_suppressed(who.email)
         state = "Unsubscribed" if left else "Paused" if paused_until else _state_words(who)
         csrf = {
-            a: self.site.guard.token("prefs", token) for a in ("edit", "pause", "resume", "leave")
+            a: self.site.guard.token("prefs", token)
+            for a in ("edit", "pause", "resume", "leave", "reset")
         }
         return self.site.pages.render(
             "preferences.html.j2", "Your subscription", status=status, script=False,
@@ -190,7 +203,17 @@ class _Preferences:
             contact=self.site.deps.options.envelope_from,
             rule_lines=[_rule_words(r) for r in sub.rules] if sub else [],
             paused_until=paused_until.strftime("%A %d %B %Y") if paused_until else None,
+            learned=self._learned(who.email),
         )  # fmt: skip
+
+    def _learned(self, email: str) -> Learned:
+        """Issue #16: how many papers they rated, and the model's strongest terms either way."""
+        reader = address_key(email)
+        values = [r.value for r in self.site.deps.store.ratings.ratings(reader)]
+        state = self.site.deps.relevance
+        model = state.models.get(reader) if state is not None else None
+        positive, negative = model.top_terms(state.terms, 8) if model and state else ([], [])
+        return Learned(values.count(1), values.count(-1), positive, negative)
 
     def _reader_subscriber(self, who: Who) -> Subscriber | None:
         if who.reader is None:
@@ -209,6 +232,16 @@ class _Preferences:
             " their latest digest. Nothing was changed.",
             status=404,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """What the preferences page shows of the reader's relevance model."""
+
+    likes: int
+    dislikes: int
+    positive: list[str]
+    negative: list[str]
 
 
 def _open(pause: Pause | None, now: datetime) -> bool:

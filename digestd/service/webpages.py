@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, Response
 from digestd.mail.paperview import wrap
 from digestd.mail.render import templates_dir
 
-__all__ = ["HEADERS", "Pages", "mail_environment", "zones"]
+__all__ = ["FEEDBACK_SCRIPT", "HEADERS", "Pages", "mail_environment", "zones"]
 
 HEADERS = {
     "Cache-Control": "no-store",
@@ -41,12 +41,21 @@ ZONE_SCRIPT = (
     "var z;try{z=Intl.DateTimeFormat().resolvedOptions().timeZone}catch(e){return}"
     "for(var i=0;i<s.options.length;i++){if(s.options[i].value===z){s.selectedIndex=i;break}}})();"
 )
-_SCRIPT_HASH = base64.b64encode(hashlib.sha256(ZONE_SCRIPT.encode()).digest()).decode()
-_SCRIPT_HEADERS = {
-    **HEADERS,
-    "Content-Security-Policy": HEADERS["Content-Security-Policy"]
-    + f"; script-src 'sha256-{_SCRIPT_HASH}'",
-}
+# Issue #16: the feedback page records by POST at once where script runs (a GET never records).
+FEEDBACK_SCRIPT = (
+    "(function(){var f=document.getElementById('feedback-form');"
+    "if(f&&!f.dataset.sent){f.dataset.sent='1';f.submit()}})();"
+)
+
+
+def _script_headers(script: str) -> dict[str, str]:
+    """HEADERS with a CSP that allows exactly `script`, by its hash, and nothing else."""
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    policy = HEADERS["Content-Security-Policy"] + f"; script-src 'sha256-{digest}'"
+    return {**HEADERS, "Content-Security-Policy": policy}
+
+
+_SCRIPT_HEADERS = {script: _script_headers(script) for script in (ZONE_SCRIPT, FEEDBACK_SCRIPT)}
 
 
 @cache
@@ -91,17 +100,19 @@ class Pages:
         title: str,
         *,
         status: int = 200,
-        script: bool = False,
+        script: bool | str = False,
         headers: Mapping[str, str] | None = None,
         **context: Any,
     ) -> Response:
+        """`script`: True for the time-zone script, or one of this module's scripts by text."""
+        text = ZONE_SCRIPT if script is True else script or ""
         html = self.env.get_template(f"web/{template}").render(
             title=title,
             site_name=self.site_name,
-            script=Markup(ZONE_SCRIPT) if script else "",
+            script=Markup(text) if text else "",
             **context,
         )
-        base = _SCRIPT_HEADERS if script else HEADERS
+        base = _SCRIPT_HEADERS[text] if text else HEADERS
         return HTMLResponse(html, status_code=status, headers={**base, **(headers or {})})
 
     def message(
@@ -112,9 +123,10 @@ class Pages:
         form: Mapping[str, Any] | None = None,
         link: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        script: str = "",
     ) -> Response:
         """A short page: a title, a few sentences, perhaps one button (a POST form) or a link."""
         return self.render(
             "message.html.j2", title, status=status, lines=lines, form=form, link=link,
-            headers=headers, body="",
+            headers=headers, body="", script=script,
         )  # fmt: skip

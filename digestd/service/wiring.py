@@ -25,7 +25,7 @@ from digestd.pipeline import Audience, Deps, Options, key
 from digestd.pipeline import register as register_subscribers
 from digestd.rules.readers import ReaderDefaults, topic_problems
 from digestd.rules.subscribers import load_subscribers
-from digestd.service import preferences
+from digestd.service import feedback, preferences
 from digestd.service import routes as unsubscribe
 from digestd.service import signup as signup_pages
 from digestd.service.readersite import ReaderSite
@@ -240,4 +240,10 @@ def web_routes(
         clock=clock,
         rejoin=lambda: site.url("/subscribe") if signup().enabled else None,
     )
-    return [*health, *pages, *signup_pages.routes(site), *preferences.routes(site)]
+    return [
+        *health,
+        *pages,
+        *signup_pages.routes(site),
+        *preferences.routes(site),
+        *feedback.routes(site),
+    ]

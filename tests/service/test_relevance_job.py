@@ -49,7 +49,7 @@ async def test_models_are_refreshed_saved_and_kept_on_failure(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("digestd.service.jobs.refresh", broken)
+    monkeypatch.setattr("digestd.pipeline.feedback.refresh", broken)
     kept = deps.relevance
     await jobs.refresh_relevance()
     assert deps.relevance is kept
