@@ -24,7 +24,7 @@ from digestd.store.postgres.migrations import MIGRATIONS
 from digestd.store.protocols import SchemaError
 from digestd.store.sqlite.migrations import SCHEMA_VERSION
 
-__all__ = ["PgDatabase", "pg_explain", "pg_probe"]
+__all__ = ["PgDatabase", "conninfo", "pg_explain", "pg_probe"]
 
 _CONNECT_TIMEOUT = 10  # s: an unreachable server is an error, not a hang
 _POOL_MAX = 8  # connections per process: the daemon's thread plus the drain's side connections
@@ -45,7 +45,8 @@ def _passwords(url: str) -> set[str]:
     return {str(password)} if password else set()
 
 
-def _conninfo(url: str, password: str | None) -> str:
+def conninfo(url: str, password: str | None) -> str:
+    """libpq parameters: the URL's, a connect timeout, and the password kept out of the URL."""
     extra: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT, "application_name": "digestd"}
     if password is not None:
         extra["password"] = password  # a kwarg: never part of the URL that messages show
@@ -58,7 +59,7 @@ def pg_probe(url: str, password: str | None = None) -> str:
 
     :raises psycopg.Error: unreachable, refused, no such database…
     """
-    with psycopg.connect(_conninfo(url, password), autocommit=True) as conn:
+    with psycopg.connect(conninfo(url, password), autocommit=True) as conn:
         found = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
         version = "0"
         if found and found[0]:
@@ -72,12 +73,12 @@ class _Pool:
     """A connection pool shared by a store and its side stores; closed with the last of them."""
 
     def __init__(self, url: str, password: str | None) -> None:
-        conninfo = _conninfo(url, password)
+        params = conninfo(url, password)
         # One plain connection first: the pool would retry a refused or unreachable server in
         # the background until its timeout, and then say only "timed out"; this says why, now.
-        psycopg.connect(conninfo).close()
+        psycopg.connect(params).close()
         self.pool = ConnectionPool(
-            conninfo,
+            params,
             min_size=1,
             max_size=_POOL_MAX,
             kwargs={"autocommit": True},

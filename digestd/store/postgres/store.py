@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from digestd.core.redact import redact
+from digestd.store.factory import state_label
 from digestd.store.postgres.alerts import PgAlerts
 from digestd.store.postgres.database import PgDatabase
 from digestd.store.postgres.outbox import PgOutbox
@@ -49,7 +49,7 @@ class PgStore:
         shown (`path` is the URL redacted, for messages and logs).
         """
         self.db = db if db is not None else PgDatabase(url, password=password)
-        self.path = redact(url)
+        self.path = state_label(url)
         self.papers: PaperRepository = PgPapers(self.db)
         self.polls: PollRepository = PgPolls(self.db)
         self.subscribers: SubscriberRepository = PgSubscribers(self.db)
