@@ -7,15 +7,11 @@ only when a PostgreSQL state is opened: a SQLite installation does not pay for i
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-from digestd.core.redact import MASK, redact
+from digestd.core.redact import redact
 from digestd.store.protocols import StateStore
-
-_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 __all__ = [
     "explain_error",
@@ -50,20 +46,12 @@ def open_store(state: str | Path, *, password: str | None = None) -> StateStore:
 
 
 def state_label(state: str | Path) -> str:
-    """The state as a person may read it: a file's path, or the URL with its password (in the
-    userinfo or a `password=` parameter) masked and the rest, user name included, as written."""
+    """The state as a person may read it: a file's path, or the URL with its password masked."""
     if not is_postgres(state):
         return str(state)
-    text = str(state)
-    try:
-        parts = urlsplit(text)
-        password = parts.password
-    except ValueError:
-        return redact(text)
-    if password:
-        netloc = parts.netloc.replace(f":{password}@", f":{MASK}@", 1)
-        text = urlunsplit(parts._replace(netloc=netloc))
-    return _PASSWORD_PARAM.sub(rf"\1{MASK}", text)
+    from digestd.store.postgres.database import pg_label
+
+    return pg_label(str(state))
 
 
 def probe_state(state: str | Path, *, password: str | None = None) -> str:

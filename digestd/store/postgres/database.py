@@ -10,25 +10,44 @@ text order is time order (the database collation must order ASCII bytewise: C or
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from digestd.core.redact import redact
+from digestd.core.redact import MASK, redact
 from digestd.store.postgres.migrations import MIGRATIONS
 from digestd.store.protocols import SchemaError
 from digestd.store.sqlite.migrations import SCHEMA_VERSION
 
-__all__ = ["PgDatabase", "conninfo", "pg_explain", "pg_probe"]
+__all__ = ["PgDatabase", "conninfo", "pg_explain", "pg_label", "pg_probe"]
+
+_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 _CONNECT_TIMEOUT = 10  # s: an unreachable server is an error, not a hang
 _POOL_MAX = 8  # connections per process: the daemon's thread plus the drain's side connections
 _MIGRATION_LOCK = 0x64696765  # advisory lock key ("dige"): one instance migrates at a time
+
+
+def pg_label(url: str) -> str:
+    """The URL with its password (in the userinfo or a `password=` parameter) masked and the
+    rest, user name included, as written: what `check`, `status` and `migrate` print."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return redact(url)
+    if password:
+        url = urlunsplit(
+            parts._replace(netloc=parts.netloc.replace(f":{password}@", f":{MASK}@", 1))
+        )
+    return _PASSWORD_PARAM.sub(rf"\1{MASK}", url)
 
 
 def pg_explain(url: str, exc: BaseException) -> str:

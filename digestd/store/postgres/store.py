@@ -14,9 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from digestd.store.factory import state_label
 from digestd.store.postgres.alerts import PgAlerts
-from digestd.store.postgres.database import PgDatabase
+from digestd.store.postgres.database import PgDatabase, pg_label
 from digestd.store.postgres.outbox import PgOutbox
 from digestd.store.postgres.papers import PgPapers
 from digestd.store.postgres.polls import PgPolls
@@ -49,7 +48,7 @@ class PgStore:
         shown (`path` is the URL redacted, for messages and logs).
         """
         self.db = db if db is not None else PgDatabase(url, password=password)
-        self.path = state_label(url)
+        self.path = pg_label(url)
         self.papers: PaperRepository = PgPapers(self.db)
         self.polls: PollRepository = PgPolls(self.db)
         self.subscribers: SubscriberRepository = PgSubscribers(self.db)
