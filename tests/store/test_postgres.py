@@ -123,3 +123,19 @@ def test_the_state_setting_takes_a_path_or_a_url_and_shows_no_password(
     monkeypatch.setenv("DIGESTD_STATE_PASSWORD", "from-env-pw")
     assert load_settings(config).state_secret() == "from-env-pw"
     assert "from-env-pw" not in str(load_settings(config).redacted())
+
+
+def test_a_connection_the_server_dropped_is_replaced_at_the_next_use(url: str) -> None:
+    """A server restart or a cut: the operation in flight fails (a state error the jobs log),
+    the next one runs on a fresh connection and finds everything committed before."""
+    with open_store(url) as store:
+        store.polls.record("hf", at=T0, ok=True)
+        pid = store.db.conn.info.backend_pid
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            store.polls.last("hf")
+        poll = store.polls.last("hf")
+        assert poll is not None and poll.at == T0
+        assert store.db.conn.info.backend_pid != pid
+        store.ping()

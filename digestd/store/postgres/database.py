@@ -113,6 +113,13 @@ class _Pool:
             self.users += 1
         return self.pool.getconn()
 
+    def give_back(self, conn: psycopg.Connection[Any]) -> None:
+        """A broken connection returned while its user stays (the pool discards it)."""
+        self.pool.putconn(conn)
+
+    def take_again(self) -> psycopg.Connection[Any]:
+        return self.pool.getconn()
+
     def give(self, conn: psycopg.Connection[Any]) -> None:
         self.pool.putconn(conn)
         with self.lock:
@@ -135,7 +142,7 @@ class PgDatabase:
         """
         self.url = url
         self._pool: _Pool = same_as._pool if same_as is not None else _Pool(url, password)
-        self.conn = self._pool.take()
+        self._conn = self._pool.take()
         self._secret: bytes | None = same_as._secret if same_as is not None else None
         self._batching = False
         self._closed = False
@@ -146,6 +153,20 @@ class PgDatabase:
             except BaseException:
                 self.close()
                 raise
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection; one the server dropped (a restart, a network cut) is replaced by a
+        fresh one from the pool at the next use outside a transaction, so the daemon resumes
+        when the server is back. Inside a transaction the broken one stays: its error tells
+        the caller the transaction is lost.
+
+        :raises psycopg_pool.PoolTimeout: the server is still unreachable (an OperationalError).
+        """
+        if self._conn.broken and not self._batching:
+            self._pool.give_back(self._conn)
+            self._conn = self._pool.take_again()
+        return self._conn
 
     def side(self) -> PgDatabase:
         """Another connection to the same database, for another thread."""
@@ -177,9 +198,12 @@ class PgDatabase:
         if self._closed:
             return
         self._closed = True
-        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            self.conn.rollback()
-        self._pool.give(self.conn)
+        try:
+            if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self._conn.rollback()
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it
+        self._pool.give(self._conn)
 
     def ping(self) -> None:
         """A cheap query, for the systemd watchdog: raises if the database is unusable."""
