@@ -242,6 +242,13 @@ class PgDatabase:
             yield self.conn
 
     @contextmanager
+    def single(self) -> Iterator[psycopg.Connection[Any]]:
+        """For a write that is ONE statement (atomic by itself, committed when it returns):
+        no BEGIN and COMMIT round trips around it (the connection is in autocommit mode), or
+        the batch it is called in."""
+        yield self.conn
+
+    @contextmanager
     def read(self) -> Iterator[psycopg.Connection[Any]]:
         """A read-only transaction: several SELECTs see one snapshot."""
         if self._batching or self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
