@@ -188,10 +188,13 @@ def _verify(
     query = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(table)
     )
-    pg_rows = conn.execute(query).fetchall()
-    if table == "meta":
-        pg_rows = [row for row in pg_rows if row[0] not in _META_SKIPPED]
-    there_n, there = _checksum(tuple(row) for row in pg_rows)
+    with conn.cursor(name=f"digestd_verify_{table}") as cursor:  # server-side: streamed
+        cursor.itersize = _READ_ROWS
+        cursor.execute(query)
+        pg_rows = (tuple(row) for row in cursor)
+        if table == "meta":
+            pg_rows = (row for row in pg_rows if row[0] not in _META_SKIPPED)
+        there_n, there = _checksum(pg_rows)
     if (here_n, here) != (there_n, there):
         raise DigestdError(
             f"migrate: table {table} does not verify ({here_n} rows in the file, {there_n}"

@@ -5,9 +5,10 @@ non-empty target refused; the password never printed."""
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +18,7 @@ from digestd.cli.main import main
 from digestd.core.model import Paper, Validators
 from digestd.mail.parts import Part, Spliced
 from digestd.mail.webcopy import WebBody
-from digestd.store import open_store
+from digestd.store import open_store, transfer
 from digestd.store.protocols import AlertState
 from digestd.store.sqlite import Store
 
@@ -173,3 +174,26 @@ def test_migrate_never_prints_the_password(
     assert main(["migrate", "--config", str(config), "--to", url]) != 0
     err = capsys.readouterr().err
     assert "hunter2-pw" not in err and "***@127.0.0.1" in err and "Traceback" not in err
+
+
+def test_a_copy_that_does_not_verify_keeps_nothing(
+    tmp_path: Path, target: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = settings_file(tmp_path)
+    seed(tmp_path / "var" / "digestd.sqlite3")
+    real = transfer._checksum
+    calls: list[int] = []
+
+    def tampered(rows: Iterable[tuple[Any, ...]]) -> tuple[int, str]:
+        n, digest = real(rows)
+        calls.append(n)
+        return (n, "differs") if len(calls) == 4 else (n, digest)  # the 2nd table's copy
+
+    monkeypatch.setattr(transfer, "_checksum", tampered)
+    assert main(["migrate", "--config", str(config), "--to", target]) == 1
+    assert "does not verify" in capsys.readouterr().err
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM papers").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM admin_alerts").fetchone() == (0,)
+    monkeypatch.setattr(transfer, "_checksum", real)
+    assert main(["migrate", "--config", str(config), "--to", target]) == 0  # and can be redone
