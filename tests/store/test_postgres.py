@@ -139,3 +139,15 @@ def test_a_connection_the_server_dropped_is_replaced_at_the_next_use(url: str) -
         assert poll is not None and poll.at == T0
         assert store.db.conn.info.backend_pid != pid
         store.ping()
+        # The same inside a write transaction and a batch: the error is the server's, once.
+        for write in (
+            lambda: store.polls.record("hf", at=T0, ok=True),
+            lambda: store.batch().__enter__(),
+        ):
+            pid = store.db.conn.info.backend_pid
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(psycopg.OperationalError):
+                write()
+            store.polls.record("feed", at=T0, ok=True)
+        assert store.polls.last("feed") is not None

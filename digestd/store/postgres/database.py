@@ -31,6 +31,7 @@ __all__ = ["PgDatabase", "conninfo", "pg_explain", "pg_label", "pg_probe"]
 _PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 _CONNECT_TIMEOUT = 10  # s: an unreachable server is an error, not a hang
+_RECONNECT_WAIT = 2.0  # s a use waits for a new connection after the server dropped ours
 _POOL_MAX = 8  # connections per process: the daemon's thread plus the drain's side connections
 _MIGRATION_LOCK = 0x64696765  # advisory lock key ("dige"): one instance migrates at a time
 
@@ -118,7 +119,9 @@ class _Pool:
         self.pool.putconn(conn)
 
     def take_again(self) -> psycopg.Connection[Any]:
-        return self.pool.getconn()
+        # Short: during an outage every use waits this long before failing (health, jobs), and
+        # the pool keeps reconnecting in the background meanwhile.
+        return self.pool.getconn(timeout=_RECONNECT_WAIT)
 
     def give(self, conn: psycopg.Connection[Any]) -> None:
         self.pool.putconn(conn)
