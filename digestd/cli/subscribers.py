@@ -18,8 +18,8 @@ from digestd.core.model import SubscriberSet
 from digestd.core.redact import safe_text
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
+from digestd.store import StateStore, open_store
 from digestd.store.protocols import Reader
-from digestd.store.sqlite import Store
 
 __all__ = ["EXPORT", "LIST", "REMOVE", "add_parser", "cmd_subscribers"]
 
@@ -68,7 +68,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_subscribers(settings: Settings, args: argparse.Namespace) -> int:
     subs = app.load_subscriber_file(settings.subscribers)
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         if args.subscribers_command == "remove":
             return _remove(store, subs, args.email)
         readers = store.readers.pending() + store.readers.active()
@@ -151,7 +151,7 @@ def export_yaml(readers: Iterable[Reader], subs: SubscriberSet, settings: Settin
     return head + body
 
 
-def _remove(store: Store, subs: SubscriberSet, email: str) -> int:
+def _remove(store: StateStore, subs: SubscriberSet, email: str) -> int:
     if store.readers.remove(email, at=utcnow()):
         note = " (the subscribers file lists it too: it stays served from there)"
         print(f"{address_key(email)}: removed" + (note if subs.by_email(email) else ""))
