@@ -4,6 +4,7 @@ non-empty target refused; the password never printed."""
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from digestd.core.model import Paper, Validators
 from digestd.mail.parts import Part, Spliced
 from digestd.mail.webcopy import WebBody
 from digestd.store import open_store, transfer
-from digestd.store.protocols import AlertState
+from digestd.store.protocols import AlertState, BounceEvent, StateStore
 from digestd.store.sqlite import Store
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -90,7 +91,29 @@ def seed(state: Path) -> tuple[bytes, dict[str, int]]:
             AlertState("delivery", firing=True, notified=True, streak=3, since=T0, detail="x"),
             at=T0,
         )
+        seed_readers(store, failed=third.id, sent=first.id)
     return secret, ids
+
+
+def seed_readers(store: StateStore, *, failed: int, sent: int) -> None:
+    """What issues 15 and 16 added: readers (pending, confirmed), pauses (open, owed a catch-up),
+    the confirmation rate limit, bounces (a strike, a complaint) and ratings."""
+    spec = {"rules": [{"any": ["kv cache"]}], "timezone": "Europe/Berlin"}
+    store.readers.add_pending("ann@example.org", name="Ann 'Ä'", spec=spec, at=T0)
+    store.readers.confirm("ann@example.org", at=T0)
+    store.readers.add_pending("pat@example.org", name=None, spec={"rules": []}, at=T0)
+    store.readers.may_send_confirmation("pat@example.org", at=T0, every=timedelta(minutes=10))
+    store.readers.pause("ann@example.org", until=T0 + timedelta(weeks=1), at=T0)
+    store.readers.pause("bob@example.org", until=T0 + timedelta(weeks=2), at=T0, catch_up=True)
+    store.readers.resume("bob@example.org", at=T0 + timedelta(days=1))
+    for event in (
+        BounceEvent("d1", "permanent", failed, "eve@example.org", "5.1.1", "550 no such user"),
+        BounceEvent("d2", "complaint", sent, "alice@example.org", None, "abuse report"),
+        BounceEvent("d3", "ignored", None, None, None, "an autoreply"),
+    ):
+        store.bounces.record(event, at=T0, suspend=lambda n: "bounced" if n >= 3 else None)
+    store.ratings.rate("ann@example.org", "2603.00001", 1, at=T0)
+    store.ratings.rate("ann@example.org", "2603.00002", -1, at=T0, origin="import")
 
 
 def test_migrate_copies_every_table_verifies_and_the_database_works_as_the_state(
@@ -102,6 +125,10 @@ def test_migrate_copies_every_table_verifies_and_the_database_works_as_the_state
     assert main(["migrate", "--config", str(config), "--to", target]) == 0
     out = capsys.readouterr().out
     assert "counts and checksums match" in out and "outbox_parts" in out
+    copied = {m[1]: int(m[2]) for m in re.finditer(r"(?m)^  (\w+) +(\d+) rows", out)}
+    assert {t: copied[t] for t in ("readers", "pauses", "confirm_sends", "bounces", "ratings")} == {
+        "readers": 2, "pauses": 2, "confirm_sends": 1, "bounces": 3, "ratings": 2,
+    }  # fmt: skip
     with Store(state) as lite, open_store(target) as pg:
         assert pg.secret() == secret  # old links and Message-IDs keep verifying
         assert pg.status() == lite.status()
@@ -114,6 +141,7 @@ def test_migrate_copies_every_table_verifies_and_the_database_works_as_the_state
         )
         assert pg.webcopies.find("tok2", now=T0) == lite.webcopies.find("tok2", now=T0)
         assert pg.alerts.state("delivery") == lite.alerts.state("delivery")
+        assert_readers_copied(lite, pg)
         since = T0 - timedelta(days=1)
         assert pg.papers.candidates("alice@example.org", since=since) == lite.papers.candidates(
             "alice@example.org", since=since
@@ -135,6 +163,22 @@ def test_migrate_copies_every_table_verifies_and_the_database_works_as_the_state
             at=T0,
         )
         assert new is not None and new > row.id
+
+
+def assert_readers_copied(lite: StateStore, pg: StateStore) -> None:
+    assert pg.readers.active() == lite.readers.active() != []
+    assert pg.readers.pending() == lite.readers.pending() != []
+    assert pg.readers.version() == lite.readers.version() == 1
+    assert pg.readers.counts(at=T0) == lite.readers.counts(at=T0)
+    assert pg.readers.pause_of("ann@example.org") == lite.readers.pause_of("ann@example.org")
+    assert pg.readers.catch_ups() == lite.readers.catch_ups() == {"bob@example.org": T0}
+    # The rate limit came along: pat was sent a confirmation at T0, so not again so soon.
+    assert not pg.readers.may_send_confirmation("pat@example.org", at=T0, every=timedelta(hours=1))
+    assert pg.bounces.counts() == lite.bounces.counts()
+    assert pg.bounces.kind_of("d1") == "permanent"
+    assert pg.subscribers.is_suppressed("alice@example.org")  # by the complaint
+    assert pg.ratings.ratings("ann@example.org") == lite.ratings.ratings("ann@example.org")
+    assert pg.ratings.count() == (1, 1)
 
 
 def test_migrate_refuses_a_target_that_is_not_empty(
