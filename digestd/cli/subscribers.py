@@ -18,7 +18,7 @@ from digestd.core.model import SubscriberSet
 from digestd.core.redact import safe_text
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
-from digestd.store import StateStore, open_store
+from digestd.store import StateStore, open_store, state_label
 from digestd.store.protocols import Reader
 
 __all__ = ["EXPORT", "LIST", "REMOVE", "add_parser", "cmd_subscribers"]
@@ -140,7 +140,7 @@ def export_yaml(readers: Iterable[Reader], subs: SubscriberSet, settings: Settin
         entry["max_papers"] = reader.spec.get("max_papers", defaults.max_papers)
         entries.append(entry)
     head = (
-        f"# {len(entries)} self-registered reader(s) from {settings.state}: paste these under\n"
+        f"# {len(entries)} self-registered reader(s) from {state_label(settings.state)}: paste these under\n"
         "# `subscribers:` in the subscribers file (`use: []` keeps the file's defaults.use out).\n"
     )
     if not entries:

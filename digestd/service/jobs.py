@@ -160,13 +160,17 @@ class Jobs:
         store = self.deps.store
         if store.ratings.count() == (0, 0):
             return
-        previous, now, path = self.deps.relevance, utcnow(), Path(f"{store.path}.relevance.npz")
+        previous, now = self.deps.relevance, utcnow()
+        # Saved beside a state file; a database has no "beside" (and several instances share
+        # it): there each instance keeps its models in memory and refits after a restart.
+        path = Path(f"{store.path}.relevance.npz") if isinstance(store.path, Path) else None
 
         def work() -> RelevanceState:
             side = store.side()
             try:
-                state = refresh(side, previous or load(path), now=now)
-                save(path, state)
+                state = refresh(side, previous or (load(path) if path else None), now=now)
+                if path is not None:
+                    save(path, state)
                 return state
             finally:
                 side.close()
