@@ -9,11 +9,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from pgstate import pg_schema
 
+from digestd.store import open_store
 from digestd.store.sqlite import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,3 +76,27 @@ def test_an_unreachable_database_is_one_line_without_the_password(demo: Path) ->
         assert "pw-in-url" not in output and "pw-from-env" not in output
         assert "Traceback" not in output
         assert "digestd: the state database postgresql://***@127.0.0.1:1/digestd" in done.stderr
+
+
+def test_web_readers_on_postgresql_through_the_commands(demo: Path) -> None:
+    """A sign-up confirmed on the database (as the pages do) is listed, previewed, counted and
+    removed by the commands, which open the state through `open_store`."""
+    url = str(yaml.safe_load(demo.read_text())["state"])
+    at = datetime.now(UTC)
+    with open_store(url) as store:
+        spec = {"rules": [{"any": ["attention"]}], "timezone": "Europe/Berlin"}
+        store.readers.add_pending("Ann@Example.org", name="Ann", spec=spec, at=at)
+        store.readers.confirm("ann@example.org", at=at)
+        store.readers.pause("paused@example.org", until=at + timedelta(days=7), at=at)
+    listed = digestd(demo, "subscribers", "list", "--from", "web")
+    assert listed.returncode == 0, listed.stderr
+    assert "ann@example.org" in listed.stdout
+    preview = digestd(demo, "preview", "ann@example.org")
+    assert preview.returncode == 0, preview.stderr
+    status = digestd(demo, "status")
+    assert status.returncode == 0, status.stderr
+    assert "0 pending, 1 active, 1 paused" in status.stdout
+    removed = digestd(demo, "subscribers", "remove", "ann@example.org")
+    assert removed.returncode == 0, removed.stderr
+    with open_store(url) as store:
+        assert store.readers.get("ann@example.org") is None
