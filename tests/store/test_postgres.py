@@ -1,8 +1,9 @@
-"""What only the PostgreSQL backend has: its migrations beside SQLite's, several connections
+"""What only the PostgreSQL backend has: its migrations beside SQLite's (the same columns), several connections
 claiming at once, a schema from a newer digestd, the password kept out of messages."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -32,6 +33,40 @@ def url() -> Iterator[str]:
 def test_both_backends_have_every_migration() -> None:
     """A SQLite migration N needs its PostgreSQL counterpart N (store/postgres/migrations.py)."""
     assert len(PG_MIGRATIONS) == len(SQLITE_MIGRATIONS) == SCHEMA_VERSION
+
+
+_TYPES = {"TEXT": {"text"}, "INTEGER": {"integer", "bigint"}, "BLOB": {"bytea"}}
+
+
+def sqlite_columns(path: Path) -> dict[tuple[str, str], tuple[str, bool]]:
+    """(table, column) → (declared type, nullable) of a fresh state file."""
+    open_store(path).close()
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            (table, row[1]): (row[2].upper(), not row[3] and not row[5])
+            for table in tables
+            if not table.startswith("sqlite_")
+            for row in db.execute(f'PRAGMA table_info("{table}")')
+        }
+
+
+def test_both_backends_have_the_same_columns_of_the_same_kinds(tmp_path: Path, url: str) -> None:
+    """What `migrate --to` copies verbatim: every SQLite column exists on PostgreSQL with a type
+    of the same family and the same nullability (a migration added on one side only fails here,
+    not in a user's migrate)."""
+    lite = sqlite_columns(tmp_path / "s.sqlite3")
+    open_store(url).close()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name, data_type, is_nullable = 'YES'"
+            " FROM information_schema.columns WHERE table_schema = current_schema()"
+        ).fetchall()
+    pg = {(t, c): (kind, nullable) for t, c, kind, nullable in rows}
+    assert set(pg) == set(lite) and len(lite) > 100
+    for column, (kind, nullable) in lite.items():
+        assert pg[column][0] in _TYPES[kind], column
+        assert pg[column][1] == nullable, column
 
 
 def test_a_new_database_reaches_the_schema_version_and_keeps_its_secret(url: str) -> None:
