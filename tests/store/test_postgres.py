@@ -1,5 +1,6 @@
-"""What only the PostgreSQL backend has: its migrations beside SQLite's (the same columns), several connections
-claiming at once, a schema from a newer digestd, the password kept out of messages."""
+"""What only the PostgreSQL backend has: its migrations beside SQLite's (the same columns),
+several connections claiming at once, a schema from a newer digestd, the password kept out of
+messages."""
 
 from __future__ import annotations
 
