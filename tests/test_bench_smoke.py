@@ -49,3 +49,23 @@ def test_bench_relevance_prints_one_json_line() -> None:
     quality = figures["quality"]["k3"]
     assert quality["model_ndcg10"] > quality["random_ndcg10"]
     assert figures["readers"] == 50 and figures["train_200_ms_median"] > 0
+
+
+@pytest.mark.skipif(not _have("smtp-sink"), reason="postfix's smtp-sink not installed")
+def test_bench_web_prints_one_json_line() -> None:
+    """bench/web.py at N=20: both runs (threaded, on the loop) give figures for each route."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "web.py"), "--subscribers", "20", "--clients", "2"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    figures = json.loads(line)
+    for run in ("threaded", "on_loop"):
+        routes = figures[run]["routes"]
+        assert {"/healthz", "/unsubscribe", "/view"} <= set(routes), routes
+        assert routes["/healthz"]["statuses"] == {"200": routes["/healthz"]["n"]}
+        assert routes["/unsubscribe"]["p99_ms"] is not None
+    assert set(figures["p99_ratio_on_loop_vs_threaded"]) == set(figures["threaded"]["routes"])

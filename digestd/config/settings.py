@@ -302,8 +302,8 @@ def load_settings(path: Path) -> Settings:
 
 
 ENV_PREFIX = "DIGESTD_"
-# Read by the command line itself, not a setting.
-_ENV_OTHER = frozenset({"DIGESTD_CONFIG"})
+# Read by the command line itself, or by the daemon (bench/web.py's baseline), not a setting.
+_ENV_OTHER = frozenset({"DIGESTD_CONFIG", "DIGESTD_COMPOSE_ON_LOOP"})
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, str]:

@@ -77,6 +77,7 @@ def _compose_all(
     """Compose `todo` in batches; (due, queued, empty).
 
     A worker (see `composer`) renders batch k while this process matches k+1 and then writes k.
+    A stop (`deps.stopping`) ends it after the next commit: the rest is composed next time.
     """
     totals = (0, 0, 0)
     pending: _Batch = ([], list)
@@ -84,6 +85,9 @@ def _compose_all(
     catch_ups = deps.store.readers.catch_ups()  # "send what I missed": back to the pause's start
     with composer(deps.envs, len(todo)) as mails:
         for start in range(0, len(todo), _COMPOSE_BATCH):
+            if deps.stopping():
+                log.info("compose stopped n_left=%d (composed at the next run)", len(todo) - start)
+                break
             chunk = todo[start : start + _COMPOSE_BATCH]
             keys = [key(sub) for sub, _, _ in chunk]
             papers = _readable(_candidates(deps, keys, since=since, catch_ups=catch_ups))

@@ -124,7 +124,12 @@ class Daemon:
         self.schedule.scheduler.start()
         self._background()
         self.notifier.ready(self.status.text())
-        self._log_overdue()
+        # 20,000 lookups: in the compose thread, so the pages answer meanwhile. Only a log line:
+        # a failure here (a state file gone already) is the jobs' to report, not a reason to stop.
+        try:
+            await self.jobs.offloop.run(self._log_overdue)
+        except Exception as exc:
+            log.warning("catch-up not listed error=%s", exc)
         # Owed alerts, then a digest missed while down, once, now; a task, so a stop can bound it
         # like a job.
         self._spawn(self.work_lock.run(self.jobs.catch_up), "catch-up")
@@ -175,6 +180,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.schedule.scheduler.shutdown(wait=False)
+            await self.jobs.aclose()
         finally:
             self.work_lock.release()
         if self.web is not None:
@@ -247,10 +253,10 @@ class Daemon:
         if n:
             log.warning("expired unsent mail of removed subscribers n=%d", n)
 
-    def _log_overdue(self) -> None:
+    def _log_overdue(self, deps: Deps) -> None:
         """Catch-up made explicit: which digests go out late now, and which max_late drops."""
-        max_late = self.deps.options.max_late
-        for late in pipeline.overdue(self.deps, now=utcnow()):
+        max_late = deps.options.max_late
+        for late in pipeline.overdue(deps, now=utcnow()):
             log.warning(
                 "catch-up %s n_subscribers=%d schedule=%r timezone=%s period=%s late_by=%s"
                 " max_late=%s",

@@ -19,6 +19,7 @@ from digestd.pipeline.relevance import RelevanceState, load, refresh, save
 from digestd.service.admin_alerts import AdminAlerts
 from digestd.service.clock import utcnow
 from digestd.service.metrics import Metrics
+from digestd.service.offloop import OffLoop
 from digestd.service.worklock import WorkLock
 from digestd.sources.base import Source
 from digestd.sources.http import HttpGetter, Throttle, make_client
@@ -33,6 +34,8 @@ class Jobs:
 
     A poll fetches outside the lock (one poll per source at a time) and takes the lock only to
     store what it fetched: a slow source delays nobody but itself, and a stop cancels its fetch.
+    Storing a poll, queueing owed alerts and composing run in `offloop`'s thread, so the loop
+    keeps answering HTTP meanwhile; delivering stays on the loop (its store work is threaded).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Jobs:
         self._fetches: set[asyncio.Task[ParseResult | SourceError]] = set()
         self._likes_getter: HttpGetter | None = None  # arXiv's API, for `like:` papers (#16)
         self._likes_asked: set[str] = set()  # ids requested once already
+        self.offloop = OffLoop(deps, stopping=stopping)
 
     def poller(self, name: str) -> Callable[[], Awaitable[None]]:
         async def poll() -> None:
@@ -85,7 +89,9 @@ class Jobs:
             return
 
         async def _store_poll() -> None:
-            report = pipeline.record_poll(self.deps, name, fetched, now=now)
+            report = await self.offloop.run(
+                lambda deps: pipeline.record_poll(deps, name, fetched, now=now)
+            )
             self._metrics.poll(report.ok)
             await self._check_alerts()
             await self.deliver()
@@ -118,7 +124,8 @@ class Jobs:
     async def catch_up(self) -> None:
         """At start-up: the alerts a poll committed before a crash still owes, then the digests
         missed while down, each once."""
-        pipeline.queue_owed_alerts(self.deps, now=utcnow())
+        now = utcnow()
+        await self.offloop.run(lambda deps: pipeline.queue_owed_alerts(deps, now=now))
         await self.digests()
 
     async def digests(self) -> None:
@@ -128,8 +135,13 @@ class Jobs:
         except Exception:  # a like list is teaching material, never a reason not to send
             log.exception("like: lists not imported this time")
         await self.refresh_relevance()
-        pipeline.compose(self.deps, now=utcnow())
+        now = utcnow()
+        await self.offloop.run(lambda deps: pipeline.compose(deps, now=now))
         await self.deliver()
+
+    async def aclose(self) -> None:
+        """At a stop, once no job runs: a step the stop cut ends at its next commit."""
+        await self.offloop.aclose()
 
     async def import_likes(self) -> None:
         """Issue #16: every `like:` list into imported likes, missing papers fetched from arXiv

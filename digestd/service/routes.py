@@ -6,11 +6,14 @@ redirect (a redirected POST becomes a GET), no cookies, whatever the form encodi
 every link in a mail and must not unsubscribe anyone. `GET /view/{token}` serves a stored copy.
 
 The handlers are coroutines, so they run on the daemon's loop thread, the only thread that
-uses the store's connection; each store call is one short transaction.
+uses the store's connection; each store call is one short read (WAL: a compose writing meanwhile
+does not block it). The one write, a suppression, runs in a worker thread on a connection of its
+own: it may have to wait for a compose's batch to commit, and the loop must not wait with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -23,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from digestd.mail import linktokens as tokens
 from digestd.mail.webcopy import stored_page
 from digestd.store import StateStore
+from digestd.store.protocols import StateFileMoved
 
 __all__ = ["routes"]
 
@@ -130,11 +134,15 @@ class _Pages:
         if isinstance(found, Response):
             return found
         sub_id, email = found
-        if self.store.moved() is not None:
+        try:
+            if self.store.moved() is not None:
+                raise StateFileMoved("moved")
+            suppressed = await _suppress(self.store, email, at=self.clock())
+        except StateFileMoved:
             # It would be written to a file nobody reads again: the client should retry.
             body = Markup("<p>We cannot record this right now. Please try again later.</p>")
             return _page("Try again later", body, status=503, retry=True)
-        if self.store.subscribers.suppress(email, at=self.clock(), via="one-click"):
+        if suppressed:
             log.info("unsubscribed subscriber_id=%d via=one-click", sub_id)
         return _done(self.site_name, self.contact, email)
 
@@ -147,6 +155,18 @@ class _Pages:
             body = Markup("<p>This copy has expired or never existed; the email has it all.</p>")
             return _page("Not found", body, status=404)
         return HTMLResponse(html, headers=_HEADERS)
+
+
+async def _suppress(store: StateStore, email: str, *, at: datetime) -> bool:
+    """`suppress`, committed on a connection of its own in a worker thread (see the top)."""
+    if str(store.path) == ":memory:":  # no second connection to it
+        return store.subscribers.suppress(email, at=at, via="one-click")
+
+    def aside() -> bool:
+        with store.side() as side:
+            return side.subscribers.suppress(email, at=at, via="one-click")
+
+    return await asyncio.to_thread(aside)
 
 
 def web_page(store: StateStore, token: str, *, now: datetime) -> str | None:
