@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -17,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digestd import __version__
-from digestd.cli import addresses, check, dkim, preview, run, status, subscribers
+from digestd.cli import addresses, check, dkim, migrate, preview, run, status, subscribers
 from digestd.cli.exitcodes import EXIT_CODES, EXIT_CONFIG, EXIT_LOCKED, EXIT_RUNTIME
 from digestd.cli.options import config_path, global_options
 from digestd.config.settings import Settings, load_settings
 from digestd.core.errors import ConfigError, DigestdError
 from digestd.service.logs import setup_logging
+from digestd.store import explain_error, store_errors
 from digestd.store.runlock import StateLocked
-from digestd.store.sqlite import explain
 
 __all__ = ["build_parser", "main"]
 
@@ -38,6 +37,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "resubscribe": addresses.cmd_resubscribe,
     "unsuspend": addresses.cmd_unsuspend,
     "subscribers": subscribers.cmd_subscribers,
+    "migrate": migrate.cmd_migrate,
 }
 
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         status.add_parser,
         addresses.add_parsers,
         subscribers.add_parser,
+        migrate.add_parser,
         dkim.add_parser,
     ):
         add(sub)
@@ -85,11 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"digestd: {exc}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
         return EXIT_RUNTIME
-    except sqlite3.DatabaseError as exc:
-        # Read-only, full disk, missing directory: one line that says what to do, no traceback.
+    except store_errors() as exc:
+        # Read-only, full disk, missing directory, server unreachable: one line that says what
+        # to do, no traceback, no password.
         if args.debug:
             traceback.print_exc()
-        print(f"digestd: {explain(where.path, exc)}", file=sys.stderr)
+        print(f"digestd: {explain_error(where.path, exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
@@ -101,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @dataclass(slots=True)
 class _StatePath:
-    path: Path = Path("the state file")
+    path: Path | str = Path("the state file")
 
 
 def _dispatch(args: argparse.Namespace, where: _StatePath) -> int:

@@ -20,7 +20,7 @@ from digestd.core.model import Digest, Rendered
 from digestd.pipeline.webreaders import build_web
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
-from digestd.store.sqlite import Store
+from digestd.store import open_store
 
 __all__ = ["PREVIEW", "add_parser", "cmd_preview"]
 
@@ -53,7 +53,7 @@ def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
-    if not args.poll and not settings.state.exists():
+    if not args.poll and isinstance(settings.state, Path) and not settings.state.exists():
         # A fresh install: opening the store would create it; there is nothing to show anyway.
         print(_empty_store_hint(settings, args.email), file=sys.stderr)
         return EXIT_OK
@@ -104,16 +104,16 @@ def _empty_store_hint(settings: Settings | None, email: str) -> str:
 
 
 def _is_web_reader(settings: Settings, email: str) -> bool:
-    if not settings.state.exists():
+    if isinstance(settings.state, Path) and not settings.state.exists():
         return False
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         reader = store.readers.get(email)
     return reader is not None and reader.confirmed_at is not None
 
 
 def _audience_notes(settings: Settings, email: str) -> list[str]:
     """Why EMAIL would get nothing now, whatever the preview shows."""
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         paused = store.readers.pause_of(email)
         suppressed = store.subscribers.is_suppressed(email)
         suspended = [

@@ -19,8 +19,8 @@ from digestd.core.redact import safe_text
 from digestd.relevance.imports import arxiv_id_of
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
+from digestd.store import StateStore, open_store, state_label
 from digestd.store.protocols import Rating, Reader
-from digestd.store.sqlite import Store
 
 __all__ = ["EXPORT", "LIST", "REMOVE", "add_parser", "cmd_subscribers"]
 
@@ -69,7 +69,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_subscribers(settings: Settings, args: argparse.Namespace) -> int:
     subs = app.load_subscriber_file(settings.subscribers)
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         if args.subscribers_command == "remove":
             return _remove(store, subs, args.email)
         readers = store.readers.pending() + store.readers.active()
@@ -157,7 +157,7 @@ def export_yaml(
             notes.append(f"# {reader.email} disliked: {', '.join(map(safe_text, disliked))}\n")
         entries.append(entry)
     head = (
-        f"# {len(entries)} self-registered reader(s) from {settings.state}: paste these under\n"
+        f"# {len(entries)} self-registered reader(s) from {state_label(settings.state)}: paste these under\n"
         "# `subscribers:` in the subscribers file (`use: []` keeps the file's defaults.use out).\n"
         + "".join(notes)
     )
@@ -169,7 +169,7 @@ def export_yaml(
     return head + body
 
 
-def _remove(store: Store, subs: SubscriberSet, email: str) -> int:
+def _remove(store: StateStore, subs: SubscriberSet, email: str) -> int:
     if store.readers.remove(email, at=utcnow()):
         # Their ratings are their data too (issue 16), as pipeline/readers.remove_reader does;
         # the model file drops theirs at the daemon's next refresh.

@@ -20,8 +20,8 @@ from digestd.bounces.parse import Report, parse_report
 from digestd.bounces.verp import BOUNCE_PURPOSE
 from digestd.deliver.drain import suspend_after
 from digestd.mail import linktokens
+from digestd.store import StateStore
 from digestd.store.protocols import BounceEvent
-from digestd.store.sqlite import Store
 
 __all__ = ["BounceTally", "bounce_key", "read_bounces"]
 
@@ -47,7 +47,7 @@ def bounce_key(secret: bytes) -> bytes:
 
 
 async def read_bounces(
-    store: Store,
+    store: StateStore,
     inbox: Inbox,
     *,
     verp: str | None,
@@ -73,7 +73,7 @@ async def read_bounces(
 
 
 def _record(
-    store: Store,
+    store: StateStore,
     item: Incoming,
     *,
     verp: str | None,
@@ -102,7 +102,7 @@ def _record(
     return event.kind != "ignored"
 
 
-def _event(store: Store, report: Report, digest: str, key: bytes) -> BounceEvent:
+def _event(store: StateStore, report: Report, digest: str, key: bytes) -> BounceEvent:
     """The report as recorded: acted upon only with a token that verifies for a message we sent."""
     if report.kind == "ignored":
         return BounceEvent(digest, "ignored", detail=report.detail)

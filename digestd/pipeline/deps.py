@@ -22,7 +22,7 @@ from digestd.rules.matcher import Matcher
 from digestd.rules.readers import ReaderDefaults
 from digestd.rules.reference import Relevance
 from digestd.sources.base import Source
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["Audience", "Deps", "Options", "key", "register", "swap_subscribers", "swap_web"]
 
@@ -46,7 +46,7 @@ class Options:
     secret: bytes | None = field(default=None, repr=False)  # None: the store's own secret
     connections: int = 1  # parallel senders; the mailer must be a pool at least that large
     suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
-    keep_days: int = 7  # then the bytes of a message that ended are dropped (`Store.prune`)
+    keep_days: int = 7  # then the bytes of a message that ended are dropped (`StateStore.prune`)
     verp: str | None = None  # VERP base (bounces@domain): each message's own envelope sender
     reader_defaults: ReaderDefaults = ReaderDefaults()  # `signup.defaults`
     confirm_within: timedelta = timedelta(hours=48)  # then an unconfirmed sign-up is forgotten
@@ -152,7 +152,7 @@ class Deps:
     The pipeline only reads it; the service swaps whole parts on reload (`swap_subscribers`).
     """
 
-    store: Store
+    store: StateStore
     source: Source
     mailer: Mailer
     audience: Audience
@@ -206,7 +206,7 @@ def swap_web(deps: Deps, web: Matcher | None, *, now: datetime) -> None:
     deps.audience_changed()
 
 
-def _registered(store: Store, audience: Audience, *, now: datetime) -> Audience:
+def _registered(store: StateStore, audience: Audience, *, now: datetime) -> Audience:
     emails: Iterable[str] = (key(s) for s in audience.subscribers.subscribers)
     registered = store.subscribers.register(emails, at=now)
     return replace(audience, registered=MappingProxyType(registered))

@@ -17,7 +17,7 @@ from pathlib import Path
 from digestd.core.addresses import address_key
 from digestd.pipeline.deps import Deps
 from digestd.pipeline.relevance import RelevanceState, load, refresh, save
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["forget_model", "model_path", "rate", "refresh_relevance"]
 
@@ -29,8 +29,10 @@ _LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
 )
 
 
-def model_path(store: Store) -> Path:
-    return Path(f"{store.path}.relevance.npz")
+def model_path(store: StateStore) -> Path | None:
+    """Where the models are saved: beside a state file. A database has no "beside" (and several
+    instances share it): there each instance keeps its models in memory and refits after a restart."""
+    return Path(f"{store.path}.relevance.npz") if isinstance(store.path, Path) else None
 
 
 def rate(deps: Deps, email: str, paper_id: str, value: int, *, now: datetime) -> None:
@@ -58,7 +60,8 @@ async def refresh_relevance(deps: Deps, *, now: datetime) -> None:
     if store.ratings.count() == (0, 0):
         # Nobody rates (yet, or any more: the last reset or removal): no model, none kept.
         deps.relevance = None
-        model_path(store).unlink(missing_ok=True)
+        if (path := model_path(store)) is not None:
+            path.unlink(missing_ok=True)
         return
     lock = _LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
     async with lock:
@@ -67,8 +70,9 @@ async def refresh_relevance(deps: Deps, *, now: datetime) -> None:
         def work() -> RelevanceState:
             side = store.side()
             try:
-                state = refresh(side, previous or load(path), now=now)
-                save(path, state)
+                state = refresh(side, previous or (load(path) if path else None), now=now)
+                if path is not None:
+                    save(path, state)
                 return state
             finally:
                 side.close()

@@ -23,7 +23,7 @@ from digestd.pipeline.paper_merge import record_papers
 from digestd.relevance.likesfile import read_like_file
 from digestd.sources.arxiv import ARXIV_API, fetch_ids
 from digestd.sources.http import HttpGetter
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["LikeReport", "import_likes", "like_ids"]
 
@@ -52,7 +52,7 @@ def like_ids(sub: Subscriber, *, base: Path) -> tuple[list[str], list[ConfigProb
 
 
 async def import_likes(
-    store: Store,
+    store: StateStore,
     getter: HttpGetter | None,
     subscribers: Sequence[Subscriber],
     *,
@@ -87,7 +87,7 @@ async def import_likes(
 
 
 async def _fetch(
-    store: Store, getter: HttpGetter | None, ids: list[str], *, now: datetime, url: str
+    store: StateStore, getter: HttpGetter | None, ids: list[str], *, now: datetime, url: str
 ) -> tuple[int, str | None]:
     if not ids or getter is None:
         return 0, None
@@ -111,7 +111,9 @@ def _by_first_seen(papers: Sequence[Paper], now: datetime) -> dict[datetime, lis
     return groups
 
 
-def _record(store: Store, wanted: dict[str, list[str]], have: set[str], *, now: datetime) -> int:
+def _record(
+    store: StateStore, wanted: dict[str, list[str]], have: set[str], *, now: datetime
+) -> int:
     count = 0
     with store.batch():
         for reader, ids in wanted.items():

@@ -30,7 +30,7 @@ from digestd.relevance.features import Features, paper_text, should_refit
 from digestd.relevance.model import Bank, ReaderModel, train
 from digestd.relevance.persist import ModelFileError, dumps, loads_with_meta
 from digestd.rules.reference import DEFAULT_THRESHOLD, ReaderScores
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["CORPUS", "RelevanceState", "load", "refresh", "save"]
 
@@ -74,7 +74,7 @@ class RelevanceState:
             self._rows.update((p.id, rows[i]) for i, p in enumerate(missing))
         return sp.vstack([self._rows[p.id] for p in papers], format="csr")
 
-    def with_why(self, store: Store, email: str, matches: Sequence[Match]) -> list[Match]:
+    def with_why(self, store: StateStore, email: str, matches: Sequence[Match]) -> list[Match]:
         """`matches` with, on each paper the reader's model ranked, a reason naming the nearest
         liked paper and the strongest shared terms ("similar to ‘X’ that you liked: a, b").
 
@@ -118,7 +118,7 @@ class RelevanceState:
 
 
 def refresh(
-    store: Store, state: RelevanceState | None, *, now: datetime, seed: int = 0
+    store: StateStore, state: RelevanceState | None, *, now: datetime, seed: int = 0
 ) -> RelevanceState:
     """`state` brought up to date with the store's papers and ratings (a new state when refitted)."""
     corpus = store.papers.count()
@@ -154,7 +154,7 @@ class _Pool:
     rows: Any  # csr_matrix
 
     @classmethod
-    def of(cls, store: Store, features: Features) -> _Pool:
+    def of(cls, store: StateStore, features: Features) -> _Pool:
         papers = [readable_paper(p) for p in store.papers.corpus(POOL)]
         return cls([p.id for p in papers], features.papers(papers))
 
@@ -164,7 +164,7 @@ class _Pool:
 
 
 def _train_one(
-    store: Store, features: Features, pool: _Pool, reader: str, *, seed: int, fingerprint: str
+    store: StateStore, features: Features, pool: _Pool, reader: str, *, seed: int, fingerprint: str
 ) -> ReaderModel | None:
     ratings = store.ratings.ratings(reader)
     papers = {p.id: readable_paper(p) for p in store.papers.get(r.paper_id for r in ratings)}

@@ -2,9 +2,10 @@
 
 Composing 20,000 digests (match, queue, commit) takes tens of seconds of Python; run on the loop
 that serves HTTP, every page would wait for it. Here the step runs in one thread, in order, on a
-connection of its own (SQLite connections are not shared between threads), with a copy of `Deps`
-that names that connection. One step at a time is still the work lock's promise: the job awaits
-its step under the lock, so nothing else composes, queues or reloads meanwhile.
+connection of its own (`side()`: SQLite connections are not shared between threads; PostgreSQL's
+comes from the pool), with a copy of `Deps` that names that connection. One step at a time is
+still the work lock's promise: the job awaits its step under the lock, so nothing else composes,
+queues or reloads meanwhile.
 
 A stop cannot cut a thread: the copy's `stopping` is read by `compose` between its batches, so a
 step ends at its next commit; an abandoned compose is redone by the next one (`has_period`).
@@ -23,7 +24,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from digestd.pipeline import Deps
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["ON_LOOP_ENV", "OffLoop"]
 
@@ -51,7 +52,7 @@ class OffLoop:
         on_loop = os.environ.get(ON_LOOP_ENV, "") not in ("", "0")
         self.threaded = not on_loop and str(deps.store.path) != ":memory:"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digestd-compose")
-        self._side: Store | None = None  # opened, used and closed in the executor's thread only
+        self._side: StateStore | None = None  # opened, used, closed in the executor's thread only
         self.thread_ids: set[int] = set()  # the threads steps ran in (tests: never the loop's)
 
     async def run(self, step: Callable[[Deps], _T]) -> _T:
@@ -76,10 +77,10 @@ class OffLoop:
         # a moved file through it): the flag, and one stat of this connection's file.
         return step(replace(deps, store=side, stopping=lambda: self._stop_now(side)))
 
-    def _stop_now(self, side: Store) -> bool:
+    def _stop_now(self, side: StateStore) -> bool:
         return self._stopping() or side.moved() is not None
 
-    def _open(self) -> Store:
+    def _open(self) -> StateStore:
         if self._side is None:
             # The very file the store has open: never a new empty one made under a lost name.
             self._side = self.deps.store.side()

@@ -25,8 +25,8 @@ from starlette.routing import BaseRoute, Route
 
 from digestd.mail import linktokens as tokens
 from digestd.mail.webcopy import stored_page
+from digestd.store import StateStore
 from digestd.store.protocols import StateFileMoved
-from digestd.store.sqlite import Store
 
 __all__ = ["routes"]
 
@@ -65,7 +65,7 @@ button {{ font: inherit; font-weight: 600; padding: 10px 20px; border: 0; border
 
 
 def routes(
-    store: Store,
+    store: StateStore,
     *,
     secret: bytes,
     site_name: str,
@@ -87,7 +87,7 @@ def routes(
 class _Pages:
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         key: bytes,
         site_name: str,
         contact: str,
@@ -167,7 +167,7 @@ class _Pages:
         return HTMLResponse(html, headers=_HEADERS)
 
 
-async def _suppress(store: Store, email: str, *, at: datetime) -> bool:
+async def _suppress(store: StateStore, email: str, *, at: datetime) -> bool:
     """`suppress`, committed on a connection of its own in a worker thread (see the top)."""
     if str(store.path) == ":memory:":  # no second connection to it
         return store.subscribers.suppress(email, at=at, via="one-click")
@@ -179,7 +179,7 @@ async def _suppress(store: Store, email: str, *, at: datetime) -> bool:
     return await asyncio.to_thread(aside)
 
 
-def web_page(store: Store, token: str, *, now: datetime) -> str | None:
+def web_page(store: StateStore, token: str, *, now: datetime) -> str | None:
     """The web copy `token` names, as a page; None when unknown or expired."""
     copy = store.webcopies.find(token, now=now)
     if copy is None:

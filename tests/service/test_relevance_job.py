@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgstate import pg_schema
 from test_pipeline import make_deps
 
 from digestd import pipeline
 from digestd.pipeline import relevance as relevance_module
 from digestd.service.jobs import Jobs
+from digestd.store import open_store
 
 MON_0600 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
@@ -54,6 +56,25 @@ async def test_models_are_refreshed_saved_and_kept_on_failure(
     await jobs.refresh_relevance()
     assert deps.relevance is kept
     assert relevance_module.load(saved) is not None
+
+
+async def test_on_a_database_state_the_models_are_kept_in_memory_not_written_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a path made from the URL would land here
+    deps = make_deps(tmp_path, now=MON_0600 - timedelta(days=1))
+    deps.store.close()
+    with pg_schema("pgparity") as url, open_store(url) as store:
+        deps.store = store
+        pipeline.register(deps, now=MON_0600 - timedelta(days=1))
+        await pipeline.ingest(deps, now=MON_0600)
+        store.ratings.rate("bob@example.org", "2501.90011", 1, at=MON_0600)
+        jobs = jobs_for(deps)
+        await jobs.refresh_relevance()
+        assert deps.relevance is not None and set(deps.relevance.models) == {"bob@example.org"}
+        assert list(work.iterdir()) == []
 
 
 async def test_like_lists_are_imported_once_before_the_models_are_refreshed(tmp_path: Path) -> None:

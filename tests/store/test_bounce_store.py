@@ -1,26 +1,17 @@
 """The bounces table: a message counted once, a permanent bounce a strike that a later accepted send
-does not reset, a complaint a suppression, all in one transaction."""
+does not reset, a complaint a suppression, all in one transaction; on both backends (`store` is
+tests/store/conftest.py's)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import pytest
 
 from digestd.deliver.drain import suspend_after
+from digestd.store import StateStore as Store
 from digestd.store.protocols import BounceEvent
-from digestd.store.sqlite import Store
 
 T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
 ADA = "ada@example.org"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "state.sqlite3") as s:
-        yield s
 
 
 def sent(store: Store, who: str = ADA, *, period: str) -> int:

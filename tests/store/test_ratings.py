@@ -1,4 +1,5 @@
-"""Ratings storage: one verdict per reader and paper (the latest wins), likes, forgetting a reader."""
+"""Ratings storage: one verdict per reader and paper (the latest wins), likes, forgetting a reader;
+on both backends (`store` and `state` are tests/store/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from digestd.store.sqlite import Store
+from digestd.store import StateStore as Store
+from digestd.store import open_store
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "state.sqlite3")
 
 
 def test_a_second_click_on_the_other_link_replaces_the_first(store: Store) -> None:
@@ -56,8 +53,9 @@ def test_a_rating_is_plus_or_minus_one(store: Store) -> None:
         store.ratings.rate("ada@example.org", "2502.60001", 2, at=T0)
 
 
-def test_ratings_survive_reopening(tmp_path: Path) -> None:
-    with Store(tmp_path / "s.sqlite3") as store:
+def test_ratings_survive_reopening(state: str | Path) -> None:
+    with open_store(state) as store:
         store.ratings.rate("ada@example.org", "2502.60001", 1, at=T0)
-    with Store(tmp_path / "s.sqlite3") as store:
+    with open_store(state) as store:
+        assert store.status().ratings == (1, 0)
         assert store.ratings.likes("ada@example.org") == ["2502.60001"]

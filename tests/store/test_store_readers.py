@@ -1,28 +1,34 @@
-"""The readers repository (issue 15) against a real SQLite file: sign-up, confirmation, edits,
-pauses with the ledger's skip or catch-up, removal, the confirmation-mail rate limit."""
+"""The readers repository (issue 15): sign-up, confirmation, edits, pauses with the ledger's skip
+or catch-up, removal, the confirmation-mail rate limit; on both backends (`store` and `state` are
+tests/store/conftest.py's), a SQLite file's upgrade on SQLite only."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from digestd.core.model import Paper
+from digestd.store import StateStore as Store
+from digestd.store import open_store
 from digestd.store.protocols import ReaderCounts
-from digestd.store.sqlite import SCHEMA_VERSION, Store
+from digestd.store.sqlite import SCHEMA_VERSION
+from digestd.store.sqlite import Store as SqliteStore
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
 ANN = "Ann@Example.org"
 SPEC = {"use": [], "rules": [{"any": ["kv cache"]}], "timezone": "Europe/Berlin"}
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "state.sqlite3") as s:
-        yield s
+def raw(store: Any, query: str, params: Any = ()) -> Any:
+    """Run SQL written for SQLite (`?` placeholders) on either backend's connection."""
+    if isinstance(store, SqliteStore):
+        return store.db.conn.execute(query, params)
+    return store.db.conn.execute(query.replace("?", "%s"), params)
 
 
 def seen(store: Store, pid: str, at: datetime) -> None:
@@ -31,8 +37,8 @@ def seen(store: Store, pid: str, at: datetime) -> None:
 
 def test_schema_has_the_readers_tables(store: Store) -> None:
     assert SCHEMA_VERSION >= 12
-    tables = {r[0] for r in store.db.conn.execute("SELECT name FROM sqlite_master")}
-    assert {"readers", "pauses", "confirm_sends"} <= tables
+    for table in ("readers", "pauses", "confirm_sends"):
+        assert raw(store, f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
 
 
 def test_pending_then_confirmed_then_edited(store: Store) -> None:
@@ -115,8 +121,8 @@ def test_a_pause_skips_its_papers_in_the_ledger(store: Store) -> None:
     assert store.readers.paused(at=T0 + timedelta(days=3)) == set()
     assert store.readers.pause_of(email) is None
     assert not store.readers.resume(email, at=T0 + timedelta(days=5))
-    state, n = store.db.conn.execute(
-        "SELECT state, n_papers FROM outbox WHERE subscriber = ?", (email,)
+    state, n = raw(
+        store, "SELECT state, n_papers FROM outbox WHERE subscriber = ?", (email,)
     ).fetchone()
     assert (state, n) == ("empty", 1)
 
@@ -187,7 +193,7 @@ def test_hostile_values_are_stored_as_values(store: Store) -> None:
 
 def test_an_older_database_gains_the_tables(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    Store(path).close()
+    SqliteStore(path).close()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE readers")
     db.execute("DROP TABLE pauses")
@@ -198,7 +204,7 @@ def test_an_older_database_gains_the_tables(tmp_path: Path) -> None:
     db.execute("UPDATE meta SET value = '11' WHERE key = 'schema_version'")
     db.commit()
     db.close()
-    with Store(path) as store:
+    with SqliteStore(path) as store:
         store.readers.add_pending(ANN, name=None, spec=SPEC, at=T0)
         assert store.readers.get(ANN) is not None
 
@@ -223,3 +229,49 @@ def test_the_store_refuses_a_huge_spec_whoever_forgot_to_validate(store: Store) 
     with pytest.raises(ValueError, match="may not exceed"):
         store.readers.update(ANN, spec=huge, at=T0)
     assert store.readers.get(ANN).spec == SPEC  # type: ignore[union-attr]
+
+
+def both_at_once(state: str | Path, act: Any) -> list[Any]:
+    """`act(store)` by two instances at once: each thread opens its own store (as two daemons
+    would), then they start together. Their results in order."""
+    start, results = threading.Barrier(2), [None, None]
+
+    def run(i: int) -> None:
+        with open_store(state) as store:
+            start.wait()
+            results[i] = act(store)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_two_instances_see_one_readers_version_and_one_rate_limit(state: str | Path) -> None:
+    every = timedelta(minutes=10)
+    with open_store(state) as one, open_store(state) as two:
+        one.readers.add_pending(ANN, name="Ann", spec=SPEC, at=T0)
+        one.readers.confirm(ANN, at=T0)
+        assert two.readers.version() == one.readers.version() == 1
+        assert [r.email for r in two.readers.active()] == ["ann@example.org"]
+    for round_ in range(5):  # a race lost once would show in a few rounds
+        at = T0 + round_ * every
+
+        def ask(store: Store, at: datetime = at) -> bool:
+            return store.readers.may_send_confirmation(ANN, at=at, every=every)
+
+        assert sorted(both_at_once(state, ask)) == [False, True]
+
+
+def test_a_due_pause_is_ended_once_by_two_instances(state: str | Path) -> None:
+    email = "ann@example.org"
+    with open_store(state) as store:
+        store.readers.pause(email, until=T0 + timedelta(weeks=1), at=T0)
+        seen(store, "during", T0 + timedelta(days=2))
+    ended = both_at_once(state, lambda s: s.readers.end_pauses(at=T0 + timedelta(days=8)))
+    assert sum(ended) == 1
+    with open_store(state) as store:
+        assert store.status().outbox["empty"] == 1
+        assert store.papers.candidates(email, since=T0) == []
