@@ -116,7 +116,8 @@ def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProb
         email = entry.get("email") if isinstance(entry, dict) else None
         if not isinstance(email, str):
             continue
-        key = address_key(_sent_as(email))
+        # An ASCII address is sent as written (stripped) or refused: its key needs no check.
+        key = address_key(email if email.isascii() else _sent_as(email))
         if key not in first:
             first[key] = i
             continue

@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from digestd.core.addresses import address_key
 from digestd.rules.subscribers import (
+    _sent_as,
     address_notes,
     load_subscribers,
     may_have_address_notes,
@@ -49,3 +51,19 @@ def test_a_note_is_never_skipped(domains: list[list[str]]) -> None:
     subs = load_subscribers(text, file="s.yaml")
     if _notes(text):
         assert may_have_address_notes(text, subs)
+
+
+_ASCII_ADDRESS = st.builds(
+    "{}{}@{}{}".format,
+    st.sampled_from(["", " ", "\t"]),
+    st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=12),
+    st.text(st.sampled_from("abcXYZ09.-_ \x00@"), max_size=14),
+    st.sampled_from(["", " ", ".", ".1", ".org "]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ASCII_ADDRESS)
+def test_an_ascii_address_keys_as_written(email: str) -> None:
+    """The duplicate check keys an ASCII address without checking it: the same key either way."""
+    assert address_key(email) == address_key(_sent_as(email))
