@@ -50,7 +50,7 @@ _MEMO = 4096  # scanned papers kept for subscriber-by-subscriber matching (compo
 # readers); a compose run's batches mostly share their papers, so each is decided once per run.
 _BATCH_MEMO = 2048
 _CHUNK = 256  # papers whose membership is decided together: bounds the matrices' memory
-_CELLS = 1 << 25  # ... and (papers × subscribers) of a chunk's dense membership block, 32 MB
+_CELLS = 1 << 23  # ... and (papers × subscribers) of a chunk's dense membership block, 8 MB
 
 
 # Per word: the single-word term it is (-1: none), the lengths of longer exact terms it starts,

@@ -480,7 +480,7 @@ class Plan:
 
         The pairs are marked in a dense (paper × subscriber) boolean block: setting and clearing
         bits costs nothing per duplicate, and each row's positions come out sorted, where a sparse
-        matrix would sort millions of indices (a chunk of 256 papers × 100,000 readers is 26 MB;
+        matrix would sort millions of indices (a chunk is at most 8 MB: 83 papers at 100,000 readers;
         `Matcher.members` keeps chunks that size)."""
         values = self._evaluate(scans)
         found = np.zeros((len(scans), self.n_subs), dtype=bool)
