@@ -16,7 +16,12 @@ from digestd.core.model import SubscriberSet
 from digestd.mail.dkim import check_notes
 from digestd.mail.render import check_templates, make_environments
 from digestd.relevance.likesfile import read_like_file
-from digestd.rules.subscribers import address_notes, subscriber_address_paths, summarize
+from digestd.rules.subscribers import (
+    address_notes,
+    may_have_address_notes,
+    subscriber_address_paths,
+    summarize,
+)
 from digestd.service import wiring as app
 from digestd.store import probe_state, state_label
 
@@ -60,7 +65,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {note}")
     _print_section(
         "addresses:",
-        [str(n) for n in _address_notes(config_path(args.config), settings.subscribers)],
+        [str(n) for n in _address_notes(config_path(args.config), settings.subscribers, subs)],
     )
     _print_section("environment:", env_warnings(os.environ))
     found = probe_state(settings.state, password=settings.state_secret())  # a run must write there
@@ -76,15 +81,18 @@ def _print_section(title: str, lines: Sequence[str]) -> None:
         print("\n".join(f"  {line}" for line in lines))
 
 
-def _address_notes(config: Path, subscribers: Path) -> list[ConfigProblem]:
-    """Single-label domains and IDN rewrites in both files (both loaded fine already)."""
-    files = ((config, settings_address_paths), (subscribers, subscriber_address_paths))
-    return [
-        note
-        for path, paths in files
-        if path.is_file()
-        for note in address_notes(path.read_text(encoding="utf-8"), file=str(path), paths=paths)
-    ]
+def _address_notes(config: Path, subscribers: Path, subs: SubscriberSet) -> list[ConfigProblem]:
+    """Single-label domains and IDN rewrites in both files (both loaded fine already); the
+    subscribers file is read again only when the loaded set says it may have one."""
+    notes: list[ConfigProblem] = []
+    for path, paths in ((config, settings_address_paths), (subscribers, subscriber_address_paths)):
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        if path == subscribers and not may_have_address_notes(text, subs):
+            continue
+        notes += address_notes(text, file=str(path), paths=paths)
+    return notes
 
 
 def _like_problems(subs: SubscriberSet, base: Path) -> list[ConfigProblem]:

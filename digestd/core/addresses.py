@@ -105,6 +105,7 @@ def _refuse(reason: str) -> NoReturn:
     raise ValueError(reason)
 
 
+@functools.lru_cache(maxsize=4096)  # a subscriber file has 100,000 addresses but few domains
 def _a_labels(domain: str) -> str:
     """The domain as ASCII host labels; non-ASCII labels as IDNA 2008 A-labels."""
     labels = domain.split(".")

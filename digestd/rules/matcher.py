@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from digestd.core.gcpause import gc_paused
 from digestd.core.model import FIELDS, Field, Match, Paper, Rule, Subscriber, SubscriberSet, Term
 from digestd.core.text import tokens
-from digestd.rules.membership import Plan, Scan, members_of
+from digestd.rules.membership import Plan, Scan
 from digestd.rules.patterns import FoldedText, compile_pattern, pattern_spans
 from digestd.rules.query import And, Compare, Name, NameKind, Node, Not, Or, Similar, Text
 from digestd.rules.reference import (
@@ -50,6 +50,7 @@ _MEMO = 4096  # scanned papers kept for subscriber-by-subscriber matching (compo
 # readers); a compose run's batches mostly share their papers, so each is decided once per run.
 _BATCH_MEMO = 2048
 _CHUNK = 256  # papers whose membership is decided together: bounds the matrices' memory
+_CELLS = 1 << 23  # ... and (papers × subscribers) of a chunk's dense membership block, 8 MB
 
 
 # Per word: the single-word term it is (-1: none), the lengths of longer exact terms it starts,
@@ -404,10 +405,11 @@ class Matcher:
     ) -> Iterator[tuple[PaperHits, np.ndarray[Any, Any]]]:
         """Paper-major membership: each paper scanned, with the positions of everyone it reaches."""
         todo = list(papers)
+        chunk = max(1, min(chunk, _CELLS // max(len(self.subscribers.subscribers), 1)))
         for start in range(0, len(todo), chunk):
             hits = [self.scan(p) for p in todo[start : start + chunk]]
             found = self.plan.members([h.scan() for h in hits], alerts_only=alerts_only)
-            yield from zip(hits, members_of(found), strict=True)
+            yield from zip(hits, found, strict=True)
 
     def explain(
         self, hits: Iterable[PaperHits], subscriber: Subscriber, *, alerts_only: bool = False

@@ -33,7 +33,7 @@ from digestd.core.model import FIELDS, Field, Paper, Rule, Subscriber, Subscribe
 from digestd.rules.query import And, Compare, Name, Node, Not, Or, Text
 from digestd.rules.reference import Evidence, excluded, rule_holds
 
-__all__ = ["Plan", "Scan", "members_of"]
+__all__ = ["Plan", "Scan"]
 
 Csr = Any  # scipy.sparse.csr_matrix (scipy ships no type hints)
 Atom = tuple[Any, ...]
@@ -473,29 +473,25 @@ class Plan:
             values.append(count)
         return values
 
-    def members(self, scans: Sequence[Scan], *, alerts_only: bool = False) -> Csr:
-        """The (paper × subscriber) matrix of the pairs that match: 1 where the paper reaches them."""
+    def members(
+        self, scans: Sequence[Scan], *, alerts_only: bool = False
+    ) -> list[np.ndarray[Any, Any]]:
+        """Per paper, the positions of the subscribers it reaches, ascending.
+
+        The pairs are marked in a dense (paper × subscriber) boolean block: setting and clearing
+        bits costs nothing per duplicate, and each row's positions come out sorted, where a sparse
+        matrix would sort millions of indices (a chunk is at most 8 MB: 83 papers at 100,000 readers;
+        `Matcher.members` keeps chunks that size)."""
         values = self._evaluate(scans)
-        held = _product(values, self._alert_owners if alerts_only else self._owners)
-        held = held.tocoo()
-        rows = [held.row]
-        subs = [held.col]
+        found = np.zeros((len(scans), self.n_subs), dtype=bool)
+        _mark(found, values, self._alert_owners if alerts_only else self._owners, True)
         fb_rows, fb_subs = self._fallback_pairs(scans, alerts_only)
-        rows.append(np.asarray(fb_rows, dtype=np.int32))
-        subs.append(np.asarray(fb_subs, dtype=np.int32))
+        found[np.asarray(fb_rows, dtype=np.intp), np.asarray(fb_subs, dtype=np.intp)] = True
         if not alerts_only and len(self.everyone):
-            rows.append(np.repeat(np.arange(len(scans), dtype=np.int32), len(self.everyone)))
-            subs.append(np.tile(self.everyone, len(scans)))
-        r, s = np.concatenate(rows), np.concatenate(subs)
-        found = sp.csr_matrix((np.ones(len(r), np.int32), (r, s)), shape=(len(scans), self.n_subs))
-        found.sum_duplicates()
-        found.data[:] = 1
-        dropped = _product(values, self._excl)
-        if dropped.nnz:
-            dropped.data[:] = 1
-            found = found - found.multiply(dropped)
-            found.eliminate_zeros()
-        return self._fallback_exclusions(scans, found)
+            found[:, self.everyone] = True
+        _mark(found, values, self._excl, False)
+        self._fallback_exclusions(scans, found)
+        return [np.flatnonzero(row) for row in found]
 
     def _fallback_pairs(
         self, scans: Sequence[Scan], alerts_only: bool
@@ -521,20 +517,26 @@ class Plan:
                     subs.append(pos)
         return rows, subs
 
-    def _fallback_exclusions(self, scans: Sequence[Scan], found: Csr) -> Csr:
-        """Drop the pairs whose subscriber's exclusion only the evaluator can decide, and holds."""
+    def _fallback_exclusions(self, scans: Sequence[Scan], found: np.ndarray[Any, Any]) -> None:
+        """Clear the pairs whose subscriber's exclusion only the evaluator can decide, and holds."""
         if not self.fallback.exclusions:
-            return found
-        pairs = found.tocoo()
-        ask = np.flatnonzero(np.isin(pairs.col, self.fallback.exclusions))
-        keep = np.ones(pairs.nnz, dtype=bool)
-        for k in ask:
-            row, pos = int(pairs.row[k]), int(pairs.col[k])
-            keep[k] = not excluded(self.subscribers[pos], scans[row][3])
-        if keep.all():
-            return found
-        data = np.ones(int(keep.sum()), np.int32)
-        return sp.csr_matrix((data, (pairs.row[keep], pairs.col[keep])), shape=found.shape)
+            return
+        who = np.asarray(self.fallback.exclusions, dtype=np.intp)
+        rows, k = np.nonzero(found[:, who])
+        for row, pos in zip(rows.tolist(), who[k].tolist(), strict=True):
+            if excluded(self.subscribers[pos], scans[row][3]):
+                found[row, pos] = False
+
+
+def _mark(found: np.ndarray[Any, Any], values: list[Csr], weights: list[Csr], value: bool) -> None:
+    """Set to `value` the dense block's cells where Σ values[b] @ weights[b] is non-zero: level by
+    level, without summing the products (a sum of sparse matrices sorts them)."""
+    for v, w in zip(values, weights, strict=False):
+        if w.nnz == 0 or v.nnz == 0:
+            continue
+        part = (v @ w).tocsr()
+        rows = np.repeat(np.arange(part.shape[0]), np.diff(part.indptr))
+        found[rows, part.indices] = value
 
 
 def _depths(
@@ -569,9 +571,3 @@ def _product(values: list[Csr], weights: list[Csr]) -> Csr:
     if total is None:
         return sp.csr_matrix((values[0].shape[0], weights[0].shape[1]), dtype=np.int32)
     return total.tocsr()
-
-
-def members_of(found: Csr) -> list[np.ndarray[Any, Any]]:
-    """Per row (paper) of a membership matrix, the subscriber positions it reaches, ascending."""
-    found.sort_indices()
-    return [found.indices[found.indptr[i] : found.indptr[i + 1]] for i in range(found.shape[0])]

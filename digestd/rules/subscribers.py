@@ -32,6 +32,7 @@ from digestd.rules.schema import (
 
 __all__ = [
     "address_notes",
+    "may_have_address_notes",
     "load_subscribers",
     "subscriber_address_paths",
     "subscriber_of",
@@ -115,7 +116,8 @@ def _duplicates(subscribers: object, marks: Marks, file: str) -> list[ConfigProb
         email = entry.get("email") if isinstance(entry, dict) else None
         if not isinstance(email, str):
             continue
-        key = address_key(_sent_as(email))
+        # An ASCII address is sent as written (stripped) or refused: its key needs no check.
+        key = address_key(email if email.isascii() else _sent_as(email))
         if key not in first:
             first[key] = i
             continue
@@ -224,6 +226,18 @@ def address_notes(
             where = (file, *marks.position(path), dotted(path))
             notes += [ConfigProblem(*where, message) for message in found]
     return notes
+
+
+def may_have_address_notes(text: str, subs: SubscriberSet) -> bool:
+    """Whether `address_notes` can say anything of the subscribers file `subs` was loaded from.
+
+    Its notes are an IDN domain rewritten (a domain with non-ASCII letters: none in an ASCII text)
+    and a single-label domain (seen on the loaded, checked addresses). When neither can occur,
+    `digestd check` need not read the YAML a second time (seconds at 100,000 subscribers).
+    """
+    if not text.isascii():
+        return True
+    return any("." not in sub.email.rpartition("@")[2] for sub in subs.subscribers)
 
 
 def _value_at(data: object, path: YamlPath) -> object:
