@@ -14,10 +14,17 @@ from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
 from digestd.core.redact import safe_text
 from digestd.service.health import source_problems
-from digestd.store.protocols import SourceStatus, StoreStatus
+from digestd.store.protocols import InstanceInfo, SourceStatus, StoreStatus
 from digestd.store.sqlite import Store
 
-__all__ = ["STATUS", "add_parser", "cmd_status", "format_sources", "format_status"]
+__all__ = [
+    "STATUS",
+    "add_parser",
+    "cmd_status",
+    "format_instances",
+    "format_sources",
+    "format_status",
+]
 
 STATUS = Command(
     "status",
@@ -88,8 +95,24 @@ def format_status(status: StoreStatus) -> str:
         *("  " + _entry(item) for item in status.problems),
         f"suspended:   {len(status.suspended)}",
         *("  " + _entry(item) for item in status.suspended),
+        *format_instances(status.instances),
     ]
     return "\n".join(lines)
+
+
+def format_instances(instances: Sequence[InstanceInfo]) -> list[str]:
+    """The running daemons (several on one PostgreSQL database): name, where, last heartbeat, and
+    the sources each polls as the leader. Nothing for a daemon that has never run."""
+    if not instances:
+        return []
+    lines = [f"instances:   {len(instances)}"]
+    for i in instances:
+        leads = ", ".join(i.leads) or "no source"
+        lines.append(
+            f"  {i.name}: host {i.host} pid {i.pid}, up since {_when(i.started_at)},"
+            f" last seen {_when(i.last_seen)}; leads {leads}"
+        )
+    return lines
 
 
 def _when(moment: datetime | None) -> str:

@@ -42,6 +42,8 @@ class Options:
     connections: int = 1  # parallel senders; the mailer must be a pool at least that large
     suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
     keep_days: int = 7  # then the bytes of a message that ended are dropped (`Store.prune`)
+    instance: str | None = None  # this daemon's name: the claimant of the rows it sends
+    lease: timedelta = timedelta(minutes=2)  # a claim's life without its claimant's heartbeat
 
     @property
     def envelope_from(self) -> str:

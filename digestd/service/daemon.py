@@ -24,6 +24,7 @@ from digestd.service import health
 from digestd.service import wiring as app
 from digestd.service.admin_alerts import AdminAlerts, AlertPolicy
 from digestd.service.clock import utcnow
+from digestd.service.instance import Instance, default_name
 from digestd.service.jobs import Jobs
 from digestd.service.metrics import MeteredMailer, Metrics
 from digestd.service.reload import Changes, Config
@@ -95,9 +96,15 @@ class Daemon:
             self.deps.store, self.work_lock, alerts=self.alerts, alert_mailer=alert_mailer,
             on_change=self.status.tell,
         )  # fmt: skip
+        options = self.deps.options
+        self.instance = Instance(
+            self.deps.store, name=options.instance or default_name(), lease=options.lease,
+            leader=self.deps.store.leadership(), state_lost=lambda: self.state.lost,
+        )  # fmt: skip
         self.jobs = Jobs(
             self.deps, self.work_lock, metrics=self.metrics, alerts=self.alerts,
             alert_mailer=alert_mailer, stopping=stopping, state_lost=lost,
+            leads=self.instance.try_lead,
         )  # fmt: skip
         self.schedule = Schedule(
             self.deps, self.work_lock, self.jobs, poll_every=poll_every, intervals=intervals
@@ -144,14 +151,18 @@ class Daemon:
 
     def _start_up(self) -> None:
         now = utcnow()
-        recovered = self.deps.store.outbox.recover(now=now)
+        # On a shared database the others' rows in 'sending' are theirs: only this instance's
+        # own (an earlier run under its name) and expired leases are taken back.
+        mine = self.instance.name if self.deps.store.shared else None
+        recovered = self.deps.store.outbox.recover(now=now, by=mine)
         if recovered:
             log.warning(
                 "recovered in-doubt messages n=%d (re-sent with the same Message-ID)", recovered
             )
         self._expire_removed(now)
         log.info(
-            "started subscribers=%d poll_every=%ss",
+            "started instance=%s subscribers=%d poll_every=%ss",
+            self.instance.name,
             len(self.deps.subscribers.subscribers),
             int(self.schedule.poll_every.total_seconds()),
         )
@@ -170,6 +181,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.schedule.scheduler.shutdown(wait=False)
+            self.instance.stop()
         finally:
             self.work_lock.release()
         if self.web is not None:
@@ -177,6 +189,7 @@ class Daemon:
         log.info("stopped")
 
     def _background(self) -> None:
+        self._spawn(self.instance.run(), "heartbeat")
         self._spawn(self.reloader.serve(), "reloader")
         self._spawn(self.state.watch(), "state-watch")
         if self.config is not None:

@@ -41,8 +41,10 @@ class Jobs:
         alert_mailer: Callable[[], Mailer],
         stopping: Callable[[], bool],
         state_lost: Callable[[], str | None],
+        leads: Callable[[str], bool] = lambda source: True,
     ) -> None:
         self.deps = deps
+        self._leads = leads  # poll leadership: among several instances, one polls a source
         self._lock = lock
         self._metrics = metrics
         self._alerts = alerts
@@ -56,6 +58,9 @@ class Jobs:
         async def poll() -> None:
             if name in self._polling or self._stopping():
                 log.debug("poll skipped source=%s: the previous poll is still running", name)
+                return
+            if not self._leads(name):
+                log.debug("poll skipped source=%s: another instance leads it", name)
                 return
             self._polling.add(name)
             try:

@@ -24,6 +24,7 @@ from digestd.pipeline import Audience, Deps, Options
 from digestd.pipeline import register as register_subscribers
 from digestd.rules.subscribers import load_subscribers
 from digestd.service import routes as unsubscribe
+from digestd.service.instance import default_name
 from digestd.sources import FileSource, HuggingFaceSource, Source, make_client
 from digestd.sources.arxiv import ArxivApiSource, category_query
 from digestd.sources.arxiv_rss import ArxivRssSource
@@ -147,6 +148,8 @@ def options(settings: Settings) -> Options:
         connections=settings.delivery.connections if settings.delivery.kind == "smtp" else 1,
         suspend_after=settings.delivery.suspend_after,
         keep_days=settings.delivery.keep_days,
+        instance=settings.instance or default_name(),
+        lease=settings.lease,
     )
 
 

@@ -20,6 +20,9 @@ __all__ = [
     "STATES",
     "AlertRepository",
     "AlertState",
+    "InstanceInfo",
+    "InstanceRepository",
+    "Leadership",
     "LedgerConflict",
     "OutboxKind",
     "OutboxProblem",
@@ -169,6 +172,7 @@ class StoreStatus:
     problems: list[OutboxProblem]  # most recent first, at most 20
     suspended: list[Suspension] = field(default_factory=list)  # most recent first
     sources: list[SourceStatus] = field(default_factory=list)
+    instances: list[InstanceInfo] = field(default_factory=list)  # by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +206,19 @@ class StoredWebCopy:
     template: bytes | None = None
     slots: str | None = None
     fills: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """One `digestd run` on this state, as its heartbeat last wrote it (`leads`: the sources it
+    polls as the leader)."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen: datetime
+    leads: tuple[str, ...] = ()
 
 
 # Given an address's consecutive hard failures, why it is suspended now, or None (not yet): the
@@ -295,8 +312,16 @@ class OutboxRepository(Protocol):
     def last_digest_at(self, subscriber: str) -> datetime | None: ...
     def has_period(self, subscriber: str, kind: OutboxKind, period: str) -> bool: ...
     def claim_due(
-        self, *, now: datetime, limit: int = 100, bodies: bool = True
+        self,
+        *,
+        now: datetime,
+        limit: int = 100,
+        bodies: bool = True,
+        by: str | None = None,
+        lease_until: datetime | None = None,
     ) -> list[OutboxRow]: ...
+    def renew_leases(self, by: str, *, until: datetime) -> int: ...
+    def recover_expired(self, *, now: datetime) -> int: ...
     def with_bodies(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]: ...
     def unclaim(self, rows: Iterable[OutboxRow]) -> int: ...
     def mark_sent(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None: ...
@@ -318,7 +343,7 @@ class OutboxRepository(Protocol):
     def mark_expired(self, outbox_id: int, *, at: datetime, reason: str) -> None: ...
     def release_stale(self, *, now: datetime, reason: str) -> int: ...
     def expire_except(self, keep: Iterable[str], *, at: datetime, reason: str) -> int: ...
-    def recover(self, *, now: datetime) -> int: ...
+    def recover(self, *, now: datetime, by: str | None = None) -> int: ...
     def due_count(self, *, now: datetime) -> int: ...
     def pending_count(self) -> int: ...
     def last_sent_at(self) -> datetime | None: ...
@@ -346,3 +371,22 @@ class WebCopyRepository(Protocol):
 class AlertRepository(Protocol):
     def state(self, name: str) -> AlertState: ...
     def save(self, state: AlertState, *, at: datetime) -> None: ...
+
+
+class InstanceRepository(Protocol):
+    """The running instances: each writes its row (`beat`) every few seconds."""
+
+    def beat(self, me: InstanceInfo) -> None: ...
+    def forget(self, name: str) -> None: ...
+    def all(self) -> list[InstanceInfo]: ...
+
+
+class Leadership(Protocol):
+    """Who polls a source: one leader at a time among the instances on one state. Leadership is
+    held by a session (PostgreSQL: an advisory lock on a connection of its own), so it ends
+    when its holder dies, and `try_lead` by another instance then succeeds."""
+
+    def try_lead(self, source: str) -> bool: ...
+    def release(self, source: str) -> None: ...
+    def leading(self) -> frozenset[str]: ...
+    def close(self) -> None: ...

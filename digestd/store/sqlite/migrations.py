@@ -271,6 +271,28 @@ def _migration_11(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_13(db: sqlite3.Connection) -> None:
+    """Several instances on one state (issue 18): a claimed row names its claimant and how long
+    the claim holds (`lease_until`, renewed by the claimant's heartbeat); a row in 'sending' whose
+    lease passed belonged to an instance that died and is re-sent by another, same Message-ID.
+    `instances`: each running daemon's heartbeat and the sources it leads (status, metrics).
+    SQLite has one daemon per file, but the columns mean the same as in PostgreSQL.
+    """
+    db.execute("ALTER TABLE outbox ADD COLUMN claimed_by TEXT")
+    db.execute("ALTER TABLE outbox ADD COLUMN lease_until TEXT")
+    db.execute("CREATE INDEX outbox_leases ON outbox(lease_until) WHERE state = 'sending'")
+    db.execute(
+        """CREATE TABLE instances (
+            name TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            leads TEXT NOT NULL DEFAULT '[]'
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -283,5 +305,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_9,
     _migration_10,
     _migration_11,
+    _migration_13,  # 12 is the readers' branch: the lead renumbers at merge
 )
 SCHEMA_VERSION = len(MIGRATIONS)
