@@ -7,9 +7,12 @@ implements these protocols, not an `if` in the callers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Protocol, Self
 
 from digestd.core.errors import DigestdError
 from digestd.core.model import Paper, Validators
@@ -36,6 +39,7 @@ __all__ = [
     "SchemaError",
     "SourceStatus",
     "StateFileMoved",
+    "StateStore",
     "StoreStatus",
     "StoredWebCopy",
     "SubscriberRepository",
@@ -390,3 +394,58 @@ class Leadership(Protocol):
     def release(self, source: str) -> None: ...
     def leading(self) -> frozenset[str]: ...
     def close(self) -> None: ...
+
+
+class StateStore(Protocol):
+    """The state as callers see it, whatever the backend (`digestd.store.open_store`): one
+    repository per entity, transactions, the server secret, health. Not thread-safe: another
+    thread opens its own with `side()`."""
+
+    papers: PaperRepository
+    polls: PollRepository
+    subscribers: SubscriberRepository
+    outbox: OutboxRepository
+    webcopies: WebCopyRepository
+    alerts: AlertRepository
+    instances: InstanceRepository
+    # Whether other daemons may share this state (PostgreSQL): their claims are then not ours.
+    shared: bool
+
+    def leadership(self) -> Leadership:
+        """Poll leadership for one daemon (see `Leadership`)."""
+        ...
+
+    @property
+    def path(self) -> Path | str:
+        """Where the state is, as a person may read it (a file, or a URL without password)."""
+        ...
+
+    def side(self) -> StateStore:
+        """Another connection to the same state, for another thread; never a new empty one."""
+        ...
+
+    def batch(self, *, sync: bool = True) -> AbstractContextManager[None]:
+        """One transaction for several writes of any repositories."""
+        ...
+
+    def status(self) -> StoreStatus: ...
+    def secret(self) -> bytes: ...
+
+    def moved(self) -> str | None:
+        """Why the state is no longer the one opened (a file deleted, replaced), or None."""
+        ...
+
+    def rescue(self, at: datetime) -> Path:
+        """A consistent copy of a moved file's data (only called when `moved()` said so)."""
+        ...
+
+    def ping(self) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

@@ -1,12 +1,15 @@
-"""The SQLite store against a real database file in tmp_path."""
+"""The store against both backends (tests/store/conftest.py: `state` is a SQLite file in tmp_path or a
+PostgreSQL schema of its own); tests of what only a file has open `Store(db_path)` themselves."""
 
 from __future__ import annotations
 
 import sqlite3
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +17,7 @@ from digestd.core.model import Authority, Paper
 from digestd.deliver.drain import STALE_REASON
 from digestd.mail.parts import Part, Spliced
 from digestd.pipeline.paper_merge import record_papers
+from digestd.store import open_store, store_errors
 from digestd.store.protocols import LedgerConflict, SchemaError, StateFileMoved
 from digestd.store.sqlite import SCHEMA_VERSION, Store, probe
 
@@ -38,8 +42,15 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "nested" / "digestd.sqlite3"
 
 
+def raw(store: Any, query: str, params: Any = ()) -> Any:
+    """Run SQL written for SQLite (`?` placeholders) on either backend's connection."""
+    if isinstance(store, Store):
+        return store.db.conn.execute(query, params)
+    return store.db.conn.execute(query.replace("?", "%s"), params)
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
+def sqlite_store(db_path: Path) -> Iterator[Store]:
     with Store(db_path) as s:
         yield s
 
@@ -71,7 +82,8 @@ def enqueue(
 # -- opening, schema, pragmas --------------------------------------------------------------------
 
 
-def test_open_creates_parents_and_sets_pragmas(db_path: Path, store: Store) -> None:
+def test_open_creates_parents_and_sets_pragmas(db_path: Path, sqlite_store: Store) -> None:
+    store = sqlite_store
     assert db_path.exists()
     assert store.db.schema_version() == SCHEMA_VERSION
     db = store.db.conn
@@ -193,8 +205,8 @@ def test_times_round_trip_as_aware_utc(store: Store) -> None:
     assert poll.at.hour == 7
     (stored,) = record_papers(store, [paper("a")], seen_at=at)
     assert stored.first_seen_at is not None and stored.first_seen_at.tzinfo is UTC
-    raw = store.db.conn.execute("SELECT first_seen_at FROM papers").fetchone()[0]
-    assert raw == "2025-03-10T07:00:00.123456+00:00"
+    stamp = raw(store, "SELECT first_seen_at FROM papers").fetchone()[0]
+    assert stamp == "2025-03-10T07:00:00.123456+00:00"
 
 
 def test_whole_second_and_fraction_compare_in_time_order(store: Store) -> None:
@@ -234,7 +246,7 @@ def test_register_subscribers_idempotent_and_case_insensitive(store: Store) -> N
     again = store.subscribers.register(["ALICE@EXAMPLE.ORG", "carol@example.org"], at=later)
     assert again == {"ALICE@EXAMPLE.ORG": T0, "carol@example.org": later}
     assert store.subscribers.count() == 3
-    emails = [r[0] for r in store.db.conn.execute("SELECT email FROM subscribers ORDER BY email")]
+    emails = [r[0] for r in raw(store, "SELECT email FROM subscribers ORDER BY email")]
     assert emails == ["alice@example.org", BOB, "carol@example.org"]
 
 
@@ -291,11 +303,11 @@ def test_item8_conflicting_reservation_aborts_the_message(store: Store) -> None:
     first = enqueue(store, ids=("a",))
     with pytest.raises(LedgerConflict, match="already reserved"):
         enqueue(store, period="2025-03-11", ids=("a", "b"))
-    owners = dict(store.db.conn.execute("SELECT paper_id, outbox_id FROM deliveries").fetchall())
+    owners = dict(raw(store, "SELECT paper_id, outbox_id FROM deliveries").fetchall())
     assert owners == {"a": first}
     assert not store.outbox.has_period(ALICE, "digest", "2025-03-11")
     assert store.outbox.pending_count() == 1
-    assert store.db.conn.execute("SELECT COUNT(*) FROM outbox_bodies").fetchone()[0] == 1
+    assert raw(store, "SELECT COUNT(*) FROM outbox_bodies").fetchone()[0] == 1
 
 
 def test_item8_conflict_in_a_batch_rolls_back_only_that_message(store: Store) -> None:
@@ -319,7 +331,7 @@ def test_item8_conflict_in_a_batch_rolls_back_only_that_message(store: Store) ->
     assert not store.outbox.has_period(ALICE, "digest", "p2")
     claimed = {row.id: row.data for row in store.outbox.claim_due(now=T0 + timedelta(days=1))}
     assert claimed[bob] == b"shared part bytes" + b"own"
-    assert store.db.conn.execute("SELECT COUNT(*) FROM message_parts").fetchone()[0] == 1
+    assert raw(store, "SELECT COUNT(*) FROM message_parts").fetchone()[0] == 1
 
 
 def test_enqueue_empty_period(store: Store) -> None:
@@ -410,14 +422,14 @@ def test_release_stale(store: Store) -> None:
     assert store.outbox.pending_count() == 2
 
 
-def test_recover_after_crash(db_path: Path) -> None:
-    with Store(db_path) as s:
+def test_recover_after_crash(state: str | Path) -> None:
+    with open_store(state) as s:
         record_papers(s, [paper("a")], seen_at=T0)
         outbox_id = enqueue(s, ids=("a",))
         (row,) = s.outbox.claim_due(now=T0)
         # The process dies here, between claiming and the relay's reply.
     restart = T0 + timedelta(minutes=5)
-    with Store(db_path) as s:
+    with open_store(state) as s:
         assert s.status().outbox["sending"] == 1
         assert s.outbox.recover(now=restart) == 1
         assert s.outbox.recover(now=restart) == 0
@@ -477,7 +489,7 @@ def test_prune_drops_old_sent_bytes_only(store: Store) -> None:
     old, new, _ = store.outbox.claim_due(now=T0)
     store.outbox.mark_sent(old.id, at=T0, code=250, reply="ok")
     store.outbox.mark_sent(new.id, at=T0 + timedelta(days=10), code=250, reply="ok")
-    store.db.conn.execute("UPDATE outbox SET state = 'queued' WHERE period = 'queued'")
+    raw(store, "UPDATE outbox SET state = 'queued' WHERE period = 'queued'")
 
     assert store.outbox.prune(before=T0 + timedelta(days=5)) == 1
     assert store.outbox.prune(before=T0 + timedelta(days=5)) == 0
@@ -485,7 +497,7 @@ def test_prune_drops_old_sent_bytes_only(store: Store) -> None:
         "SELECT period, COALESCE(b.data, o.data) FROM outbox o"
         " LEFT JOIN outbox_bodies b ON b.outbox_id = o.id"
     )
-    data = dict(store.db.conn.execute(bytes_by_period).fetchall())
+    data = dict(raw(store, bytes_by_period).fetchall())
     assert data == {"old": None, "new": b"message bytes", "queued": b"message bytes"}
     # The ledger survives pruning: the paper is still not a candidate.
     assert store.papers.candidates(ALICE, since=T0) == []
@@ -510,7 +522,8 @@ def test_compressed_bodies_are_claimed_as_plain_bytes(store: Store) -> None:
     message = b"Subject: x\r\n\r\n" + b"body line\r\n" * 500
     zipped = enqueue(store, ALICE, ids=(), period="z")
     # As `enqueue(compressed=True)` stored it (gone: nothing used it); such rows stay readable.
-    store.db.conn.execute(
+    raw(
+        store,
         "UPDATE outbox_bodies SET data = ?, zlib = 1 WHERE outbox_id = ?",
         (zlib.compress(message, 1), zipped),
     )
@@ -537,7 +550,7 @@ def test_a_claim_says_which_addresses_left_since_they_were_queued(store: Store) 
 
 
 def test_a_claim_without_bodies_is_completed_by_another_connection(
-    store: Store, db_path: Path
+    store: Store, state: str | Path
 ) -> None:
     enqueue(store, ALICE, data=b"alice's bytes")
     store.outbox.enqueue(
@@ -546,7 +559,7 @@ def test_a_claim_without_bodies_is_completed_by_another_connection(
     )  # fmt: skip
     heads = store.outbox.claim_due(now=T0, limit=10, bodies=False)
     assert [row.data for row in heads] == [b"", b""]
-    with Store(db_path) as reader:
+    with open_store(state) as reader:
         rows = reader.outbox.with_bodies(heads)
     assert [(r.subscriber, r.data, r.attempts) for r in rows] == [
         (ALICE, b"alice's bytes", 1),
@@ -565,7 +578,8 @@ def test_canonical_bodies_come_back_marked(store: Store) -> None:
     assert rows[BOB].canonical and not rows[ALICE].canonical
 
 
-def test_new_state_files_use_16_kib_pages(store: Store, db_path: Path) -> None:
+def test_new_state_files_use_16_kib_pages(sqlite_store: Store, db_path: Path) -> None:
+    store = sqlite_store
     assert store.db.conn.execute("PRAGMA page_size").fetchone()[0] == 16384
     store.close()
     with Store(db_path) as again:  # reopening keeps it (and would keep a 4 KiB file's, too)
@@ -591,11 +605,27 @@ def queue_spliced(store: Store, who: str, *, period: str = "p") -> int | None:
     )  # fmt: skip
 
 
-def count(store: Store, table: str) -> int:
-    return int(store.db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+@contextmanager
+def unchecked(store: Any) -> Iterator[None]:
+    """Foreign keys off for a moment, to damage a state on purpose."""
+    if isinstance(store, Store):
+        raw(store, "PRAGMA foreign_keys = OFF")
+        yield
+        return
+    raw(store, "SET session_replication_role = replica")
+    try:
+        yield
+    finally:
+        raw(store, "SET session_replication_role = DEFAULT")
 
 
-def test_shared_parts_are_stored_once_and_claimed_spliced_back(store: Store, db_path: Path) -> None:
+def count(store: Any, table: str) -> int:
+    return int(raw(store, f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_shared_parts_are_stored_once_and_claimed_spliced_back(
+    store: Store, state: str | Path
+) -> None:
     who = [f"r{i}@example.org" for i in range(30)]
     with store.batch():
         for address in who[:20]:
@@ -603,21 +633,21 @@ def test_shared_parts_are_stored_once_and_claimed_spliced_back(store: Store, db_
     for address in who[20:]:  # one transaction each: still one copy of each part
         queue_spliced(store, address)
     assert count(store, "message_parts") == 2
-    own = store.db.conn.execute("SELECT MAX(LENGTH(data)) FROM outbox_bodies").fetchone()[0]
+    own = raw(store, "SELECT MAX(LENGTH(data)) FROM outbox_bodies").fetchone()[0]
     assert own < 100  # each message's own bytes only
     claimed = store.outbox.claim_due(now=T0, limit=10)
     assert [row.data for row in claimed] == [spliced(a.encode()).whole() for a in who[:10]]
     assert all(row.canonical for row in claimed)
     heads = store.outbox.claim_due(now=T0, limit=30, bodies=False)
-    with Store(db_path) as reader:
+    with open_store(state) as reader:
         rows = reader.outbox.with_bodies(heads)
     assert [row.data for row in rows] == [spliced(a.encode()).whole() for a in who[10:]]
 
 
 def test_a_message_that_names_a_missing_part_is_never_handed_out(store: Store) -> None:
     queue_spliced(store, ALICE)
-    store.db.conn.execute("PRAGMA foreign_keys = OFF")
-    store.db.conn.execute("DELETE FROM message_parts WHERE key = 'papers-key'")
+    with unchecked(store):
+        raw(store, "DELETE FROM message_parts WHERE key = 'papers-key'")
     with pytest.raises(KeyError):
         store.outbox.claim_due(now=T0)
     assert store.status().outbox["queued"] == 1  # the claim rolled back
@@ -636,10 +666,10 @@ def test_prune_drops_parts_only_when_no_message_names_them(store: Store) -> None
         store.outbox.mark_sent(row.id, at=T0, code=250, reply="ok")
     store.outbox.unclaim(rows[1:2])
     # A part the foreign key still needs cannot be dropped by mistake.
-    with pytest.raises(sqlite3.IntegrityError):
-        store.db.conn.execute("DELETE FROM message_parts WHERE key = 'style-key'")
+    with pytest.raises(store_errors()):
+        raw(store, "DELETE FROM message_parts WHERE key = 'style-key'")
     assert store.outbox.prune(before=T0 + timedelta(days=1)) == 2
-    keys = {row[0] for row in store.db.conn.execute("SELECT key FROM message_parts")}
+    keys = {row[0] for row in raw(store, "SELECT key FROM message_parts")}
     assert keys == {"style-key", "papers-key"}  # bob's message still names both
     (bob,) = store.outbox.claim_due(now=T0)
     assert bob.data == spliced(BOB.encode()).whole()
@@ -713,14 +743,14 @@ def test_item9_a_feed_never_rewrites_the_stored_text_of_hf_or_arxiv(store: Store
         authority=Authority.FEED, link="https://evil.example/x",
     )  # fmt: skip
     for first, then in ((real, claim), (claim, real)):
-        with Store(store.path.with_name(f"{first.authority}.sqlite3")) as one:
-            record_papers(one, [first], seen_at=T0)
-            record_papers(one, [then], seen_at=T0 + timedelta(hours=1))
-            (stored,) = one.papers.get(["2502.60001"])
-            assert (stored.title, stored.abstract, stored.authors) == (
-                "Real title", "Abstract of 2502.60001.", ("Ada Lovelace", "Émile Borel"),
-            )  # fmt: skip
-            assert stored.authority == Authority.HUGGINGFACE and stored.version is None
+        raw(store, "DELETE FROM papers")  # each order from an empty table
+        record_papers(store, [first], seen_at=T0)
+        record_papers(store, [then], seen_at=T0 + timedelta(hours=1))
+        (stored,) = store.papers.get(["2502.60001"])
+        assert (stored.title, stored.abstract, stored.authors) == (
+            "Real title", "Abstract of 2502.60001.", ("Ada Lovelace", "Émile Borel"),
+        )  # fmt: skip
+        assert stored.authority == Authority.HUGGINGFACE and stored.version is None
 
 
 def test_item9_a_version_8_file_forgets_version_claims_of_rows_a_feed_touched(
