@@ -60,7 +60,11 @@ class Jobs:
                 log.debug("poll skipped source=%s: the previous poll is still running", name)
                 return
             if not self._leads(name):
+                # Another instance polls it; this tick sends what is due instead, so every
+                # instance shares the sending (claims skip each other's rows) and takes over
+                # the claims of one that died within a lease and a poll interval.
                 log.debug("poll skipped source=%s: another instance leads it", name)
+                await self._lock.run(self.deliver)
                 return
             self._polling.add(name)
             try:
