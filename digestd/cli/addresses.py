@@ -11,7 +11,7 @@ from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
-from digestd.store.sqlite import Store
+from digestd.store import open_store
 
 __all__ = [
     "RESUBSCRIBE",
@@ -63,7 +63,7 @@ def cmd_unsubscribe(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         new = store.subscribers.suppress(args.email, at=utcnow(), via="admin")
     print(f"{args.email} " + ("will receive nothing more" if new else "was already unsubscribed"))
     return EXIT_OK
@@ -74,7 +74,7 @@ def _unknown(settings: Settings, email: str) -> bool:
 
 
 def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         lifted = store.subscribers.unsuppress(args.email, at=utcnow())
     if not lifted:
         print(f"digestd: {args.email} is not unsubscribed", file=sys.stderr)
@@ -87,7 +87,7 @@ def cmd_resubscribe(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_unsuspend(settings: Settings, args: argparse.Namespace) -> int:
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         lifted = store.subscribers.unsuspend(args.email)
     if lifted is None or lifted.suspended_at is None:
         print(f"digestd: {args.email} is not suspended", file=sys.stderr)

@@ -16,7 +16,7 @@ from digestd.mail.dkim import check_notes
 from digestd.mail.render import check_templates, make_environments
 from digestd.rules.subscribers import address_notes, subscriber_address_paths, summarize
 from digestd.service import wiring as app
-from digestd.store.sqlite import probe
+from digestd.store import probe_state, state_label
 
 __all__ = ["CHECK", "add_parser", "cmd_check"]
 
@@ -58,7 +58,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         [str(n) for n in _address_notes(config_path(args.config), settings.subscribers)],
     )
     _print_section("environment:", env_warnings(os.environ))
-    print(f"state:       {settings.state} ({probe(settings.state)})")  # a run must write there
+    found = probe_state(settings.state, password=settings.state_secret())  # a run must write there
+    print(f"state:       {state_label(settings.state)} ({found})")
     print("ok")
     return 0
 

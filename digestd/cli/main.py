@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -23,8 +22,8 @@ from digestd.cli.options import config_path, global_options
 from digestd.config.settings import Settings, load_settings
 from digestd.core.errors import ConfigError, DigestdError
 from digestd.service.logs import setup_logging
+from digestd.store import explain_error, store_errors
 from digestd.store.runlock import StateLocked
-from digestd.store.sqlite import explain
 
 __all__ = ["build_parser", "main"]
 
@@ -83,11 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"digestd: {exc}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
         return EXIT_RUNTIME
-    except sqlite3.DatabaseError as exc:
-        # Read-only, full disk, missing directory: one line that says what to do, no traceback.
+    except store_errors() as exc:
+        # Read-only, full disk, missing directory, server unreachable: one line that says what
+        # to do, no traceback, no password.
         if args.debug:
             traceback.print_exc()
-        print(f"digestd: {explain(where.path, exc)}", file=sys.stderr)
+        print(f"digestd: {explain_error(where.path, exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @dataclass(slots=True)
 class _StatePath:
-    path: Path = Path("the state file")
+    path: Path | str = Path("the state file")
 
 
 def _dispatch(args: argparse.Namespace, where: _StatePath) -> int:

@@ -19,7 +19,7 @@ from digestd.core.addresses import address_key
 from digestd.core.model import Digest, Rendered
 from digestd.service import wiring as app
 from digestd.service.clock import utcnow
-from digestd.store.sqlite import Store
+from digestd.store import open_store
 
 __all__ = ["PREVIEW", "add_parser", "cmd_preview"]
 
@@ -49,7 +49,7 @@ def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
     if subs.by_email(args.email) is None:
         print(f"digestd: {args.email} is not in {settings.subscribers}", file=sys.stderr)
         return EXIT_RUNTIME
-    if not args.poll and not settings.state.exists():
+    if not args.poll and isinstance(settings.state, Path) and not settings.state.exists():
         # A fresh install: opening the store would create it; there is nothing to show anyway.
         print(_empty_store_hint(settings, args.email), file=sys.stderr)
         return EXIT_OK
@@ -98,7 +98,7 @@ def _empty_store_hint(settings: Settings | None, email: str) -> str:
 
 def _audience_notes(settings: Settings, email: str) -> list[str]:
     """Why EMAIL would get nothing now, whatever the preview shows."""
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         suppressed = store.subscribers.is_suppressed(email)
         suspended = [
             s

@@ -14,8 +14,8 @@ from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
 from digestd.core.redact import safe_text
 from digestd.service.health import source_problems
+from digestd.store import open_store, state_label
 from digestd.store.protocols import InstanceInfo, SourceStatus, StoreStatus
-from digestd.store.sqlite import Store
 
 __all__ = [
     "STATUS",
@@ -41,10 +41,10 @@ def add_parser(sub: Any) -> None:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     names = [src.key for src in settings.all_sources()]
-    with Store(settings.state) as store:
+    with open_store(settings.state, password=settings.state_secret()) as store:
         status = replace(store.status(), sources=store.polls.source_status(names))
         suppressed = store.subscribers.suppressions()
-    print(f"state:       {settings.state}")
+    print(f"state:       {state_label(settings.state)}")
     print(format_status(status))
     print(format_sources(status.sources))
     print(f"unsubscribed: {len(suppressed)}")

@@ -12,7 +12,9 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
+    SecretStr,
     ValidationError,
     model_validator,
 )
@@ -42,6 +44,13 @@ __all__ = [
 DEFAULT_CONFIG = Path("/etc/digestd/digestd.yaml")
 
 
+def _state_location(value: object) -> object:
+    """`state:` → a `Path`, or the URL as text when it names a PostgreSQL database."""
+    if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+        return value
+    return Path(value) if isinstance(value, str) else value
+
+
 def settings_address_paths(data: object) -> list[tuple[str | int, ...]]:
     """Where the settings file holds addresses (for `rules.address_notes`)."""
     paths: list[tuple[str | int, ...]] = [("delivery", "from"), ("delivery", "unsubscribe_mailto")]
@@ -61,7 +70,12 @@ class Settings(BaseSettings):
 
     source: SourceSettings = Field(default_factory=SourceSettings)
     sources: list[SourceSettings] | None = Field(None, min_length=1)
-    state: Path = Path("var/digestd.sqlite3")
+    # A file (SQLite, the default) or `postgresql://user@host/db` (several instances may share it).
+    state: Annotated[Path | str, BeforeValidator(_state_location)] = Path("var/digestd.sqlite3")
+    # The PostgreSQL password, never in the URL people see: DIGESTD_STATE_PASSWORD, a file, or
+    # libpq's own PGPASSWORD / ~/.pgpass.
+    state_password: SecretStr | None = None
+    state_password_file: Path | None = None
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     subscribers: Path = Path("subscribers.yaml")
@@ -108,6 +122,27 @@ class Settings(BaseSettings):
         """The configured sources: the `sources` list, or the single `source`."""
         return list(self.sources) if self.sources is not None else [self.source]
 
+    def state_url(self) -> str | None:
+        """The PostgreSQL URL `state` names, or None for a state file."""
+        return self.state if isinstance(self.state, str) else None
+
+    def state_secret(self) -> str | None:
+        """The state database's password from DIGESTD_STATE_PASSWORD or `state_password_file`
+        (None: libpq looks for PGPASSWORD and ~/.pgpass itself).
+
+        :raises ConfigError: the file cannot be read.
+        """
+        if self.state_password is not None:
+            return self.state_password.get_secret_value()
+        path = self.state_password_file or _credential("state_password")
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problem = ConfigProblem(str(path), 1, 1, "state_password_file", str(exc.strerror))
+            raise ConfigError([problem]) from None
+
     def smtp_password(self) -> str | None:
         """The SMTP password from the environment, `password_file`, or systemd's credential."""
         d = self.delivery
@@ -141,6 +176,9 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The effective settings for display, secrets shown as <redacted>."""
         data = self.model_dump(mode="json", by_alias=True)
+        data["state"] = redact_url(str(data["state"]))  # a password written into the URL
+        if data.get("state_password") is not None:
+            data["state_password"] = "<redacted>"
         for section, key in (("delivery", "password"), ("source", "token"), ("http", "secret")):
             if data[section].get(key) is not None:
                 data[section][key] = "<redacted>"
@@ -311,7 +349,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     sources = [file_url(s) for s in settings.sources] if settings.sources is not None else None
     return settings.model_copy(
         update={
-            "state": rel(settings.state),
+            "state": rel(settings.state) if isinstance(settings.state, Path) else settings.state,
+            "state_password_file": rel(settings.state_password_file)
+            if settings.state_password_file
+            else None,
             "subscribers": rel(settings.subscribers),
             "templates": rel(settings.templates) if settings.templates else None,
             "delivery": delivery,

@@ -31,8 +31,8 @@ from typing import Protocol, TypeVar
 from digestd.core.model import Outcome
 from digestd.core.observer import Observer
 from digestd.deliver.transports.base import Mailer
+from digestd.store import StateStore
 from digestd.store.protocols import OutboxRow
-from digestd.store.sqlite import Store
 
 __all__ = [
     "STALE_REASON",
@@ -69,7 +69,7 @@ class Outlet(Protocol):
     import the pipeline that calls it."""
 
     @property
-    def store(self) -> Store: ...
+    def store(self) -> StateStore: ...
     @property
     def mailer(self) -> Mailer: ...
     @property
@@ -108,19 +108,19 @@ class _Side:
     ":memory:" has no second connection: the work then runs inline on the store itself.
     """
 
-    def __init__(self, store: Store, name: str) -> None:
+    def __init__(self, store: StateStore, name: str) -> None:
         self.store = store
         self.threaded = str(store.path) != ":memory:"
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self.side: Store | None = None  # opened, used and closed in the executor's thread only
+        self.side: StateStore | None = None  # opened, used and closed in the executor's thread only
 
-    async def call(self, work: Callable[[Store], _T]) -> _T:
+    async def call(self, work: Callable[[StateStore], _T]) -> _T:
         if not self.threaded:
             return work(self.store)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: work(self._open()))
 
-    def _open(self) -> Store:
+    def _open(self) -> StateStore:
         if self.side is None:
             # The very file the store has open: never a new empty one made under a lost name.
             self.side = self.store.side()
@@ -204,7 +204,7 @@ class _Claimer:
         finally:
             self.refill = None
 
-    async def aclose(self, store: Store) -> None:
+    async def aclose(self, store: StateStore) -> None:
         """Unclaim what was claimed and not handed out, once a claim in progress has landed."""
         if self.refill is not None:
             with contextlib.suppress(Exception):
@@ -254,7 +254,7 @@ class _Committer:
             self.flusher = None
 
     def _commit(
-        self, store: Store, outcomes: list[tuple[OutboxRow, Outcome, datetime]]
+        self, store: StateStore, outcomes: list[tuple[OutboxRow, Outcome, datetime]]
     ) -> DeliverReport:
         """One transaction for `outcomes`."""
         delta = DeliverReport()
@@ -365,7 +365,7 @@ def record(
     *,
     at: datetime,
     report: DeliverReport,
-    store: Store | None = None,
+    store: StateStore | None = None,
 ) -> None:
     """Commit what the relay said about `row` (sent, failed, deferred), then log one line.
 

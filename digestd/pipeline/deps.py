@@ -17,7 +17,7 @@ from digestd.deliver.transports.base import Mailer
 from digestd.mail.render import Environments
 from digestd.rules.matcher import Matcher
 from digestd.sources.base import Source
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["Audience", "Deps", "Options", "key", "register", "swap_subscribers"]
 
@@ -41,7 +41,7 @@ class Options:
     secret: bytes | None = field(default=None, repr=False)  # None: the store's own secret
     connections: int = 1  # parallel senders; the mailer must be a pool at least that large
     suspend_after: int | None = 3  # consecutive hard failures before an address is suspended
-    keep_days: int = 7  # then the bytes of a message that ended are dropped (`Store.prune`)
+    keep_days: int = 7  # then the bytes of a message that ended are dropped (`StateStore.prune`)
     instance: str | None = None  # this daemon's name: the claimant of the rows it sends
     lease: timedelta = timedelta(minutes=2)  # a claim's life without its claimant's heartbeat
 
@@ -83,7 +83,7 @@ class Deps:
     The pipeline only reads it; the service swaps whole parts on reload (`swap_subscribers`).
     """
 
-    store: Store
+    store: StateStore
     source: Source
     mailer: Mailer
     audience: Audience
@@ -113,7 +113,7 @@ def swap_subscribers(deps: Deps, subscribers: SubscriberSet, *, now: datetime) -
     deps.audience = _registered(deps.store, Audience.of(subscribers), now=now)
 
 
-def _registered(store: Store, audience: Audience, *, now: datetime) -> Audience:
+def _registered(store: StateStore, audience: Audience, *, now: datetime) -> Audience:
     emails = (key(s) for s in audience.subscribers.subscribers)
     registered = store.subscribers.register(emails, at=now)
     return replace(audience, registered=MappingProxyType(registered))

@@ -4,7 +4,6 @@ cannot be built, the failure recorded as that subscriber's own."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -17,6 +16,7 @@ from digestd.mail.mime import build_message
 from digestd.mail.parts import Spliced, signed
 from digestd.mail.workers import Composed, WebCopy
 from digestd.pipeline.deps import Deps, key
+from digestd.store import store_errors
 from digestd.store.protocols import LedgerConflict
 
 __all__ = ["enqueue", "enqueue_alert", "enqueue_note", "links_for", "make_message_id", "unbuilt"]
@@ -59,7 +59,7 @@ def enqueue_alert(
     failure (its papers stay unreserved), never the others'."""
     try:
         return enqueue(deps, sub, "alert", period, found, now=now, expires=expires)
-    except sqlite3.Error:
+    except store_errors():
         raise  # the store's, not the subscriber's: the batch rolls back and the alerts stay owed
     except Exception as exc:  # anything building this one subscriber's message
         unbuilt(deps, sub, "alert", period, exc, now=now)

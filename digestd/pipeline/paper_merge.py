@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 
 from digestd.core.merge import merge, merge_all
 from digestd.core.model import Paper
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["record_papers"]
 
 
-def record_papers(store: Store, papers: Sequence[Paper], *, seen_at: datetime) -> list[Paper]:
+def record_papers(store: StateStore, papers: Sequence[Paper], *, seen_at: datetime) -> list[Paper]:
     """Insert unknown papers, merge known ones; return the inserted ones with first_seen_at.
 
     A paper known already (from another source, or in another version) is merged with what

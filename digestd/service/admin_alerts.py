@@ -19,8 +19,8 @@ from digestd.core.model import Outcome, Rendered
 from digestd.deliver.transports.base import Mailer
 from digestd.mail.mime import build_message
 from digestd.mail.parts import signed
+from digestd.store import StateStore
 from digestd.store.protocols import AlertState
-from digestd.store.sqlite import Store
 
 __all__ = ["AdminAlerts", "AlertPolicy"]
 
@@ -44,7 +44,9 @@ class AlertPolicy:
 class AdminAlerts:
     """Tracks the delivery failure streak and mails the admins on each transition."""
 
-    def __init__(self, store: Store, policy: AlertPolicy, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, store: StateStore, policy: AlertPolicy, clock: Callable[[], datetime]
+    ) -> None:
         self.store = store
         self.policy = policy
         self._clock = clock

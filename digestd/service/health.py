@@ -7,7 +7,6 @@ event loop's thread, the only one allowed to use the store's SQLite connection.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,8 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from digestd.service.metrics import CONTENT_TYPE, Metrics
+from digestd.store import StateStore, store_errors
 from digestd.store.protocols import SourceStatus
-from digestd.store.sqlite import Store
 
 __all__ = ["HealthProbe", "routes", "source_problems", "status_line"]
 
@@ -30,7 +29,7 @@ STALE_POLLS = 3
 class HealthProbe:
     """What `/healthz` looks at; callables because poll_every and the scheduler change on reload."""
 
-    store: Store
+    store: StateStore
     clock: Callable[[], datetime]
     started_at: datetime
     poll_every: Callable[[], timedelta]
@@ -46,7 +45,7 @@ class HealthProbe:
         try:
             self.store.ping()
             last = self.store.polls.last_success_at()
-        except sqlite3.Error as exc:
+        except store_errors() as exc:
             return [f"the store does not answer: {exc}"]
         now, limit = self.clock(), self.poll_every() * STALE_POLLS
         since = last or self.started_at
@@ -73,7 +72,7 @@ def routes(probe: HealthProbe, metrics: Metrics) -> list[BaseRoute]:
         try:
             last = probe.store.polls.last_success_at()
             failing = source_problems(probe.store.polls.source_status())
-        except sqlite3.Error:  # already among the reasons
+        except store_errors():  # already among the reasons
             last, failing = None, []
         body = {
             "status": "unhealthy" if problems else "ok",
@@ -93,7 +92,7 @@ def routes(probe: HealthProbe, metrics: Metrics) -> list[BaseRoute]:
     ]
 
 
-def status_line(store: Store, *, now: datetime) -> str:
+def status_line(store: StateStore, *, now: datetime) -> str:
     """'polled 2 min ago, 54 papers, 0 queued' (+ the source's failure when the last poll failed)."""
     last = store.polls.last()
     if last is None:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from digestd.service.clock import utcnow
+from digestd.store import StateStore
 from digestd.store.protocols import InstanceInfo, Leadership
-from digestd.store.sqlite import Store
 
 __all__ = ["Instance", "default_name", "heartbeat_every"]
 
@@ -39,7 +39,7 @@ class Instance:
 
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         *,
         name: str,
         lease: timedelta,

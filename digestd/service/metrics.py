@@ -18,8 +18,8 @@ from digestd import __version__
 from digestd.core.model import Outcome
 from digestd.core.observer import Phase
 from digestd.deliver.transports.base import Mailer
+from digestd.store import StateStore
 from digestd.store.protocols import STATES, InstanceInfo
-from digestd.store.sqlite import Store
 
 __all__ = ["CONTENT_TYPE", "MeteredMailer", "Metrics"]
 
@@ -31,7 +31,7 @@ _SEND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 60
 class Metrics:
     """The daemon's metrics; also an `Observer` for the pipeline."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.polls = Counter(
@@ -99,7 +99,7 @@ def reply_class(code: int | None) -> str:
 class _StoreCollector:
     """Gauges read from the store when scraped: cheap COUNT/MAX queries on indexed columns."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
 
     def collect(self) -> Iterable[Metric]:

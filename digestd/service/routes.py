@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from digestd.mail import linktokens as tokens
 from digestd.mail.webcopy import stored_page
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["routes"]
 
@@ -61,7 +61,7 @@ button {{ font: inherit; font-weight: 600; padding: 10px 20px; border: 0; border
 
 
 def routes(
-    store: Store, *, secret: bytes, site_name: str, contact: str, clock: Callable[[], datetime]
+    store: StateStore, *, secret: bytes, site_name: str, contact: str, clock: Callable[[], datetime]
 ) -> list[BaseRoute]:
     """The routes for the daemon's listener; `clock` stamps suppressions and expires web copies."""
     pages = _Pages(store, tokens.derive_key(secret, "unsubscribe"), site_name, contact, clock)
@@ -75,7 +75,7 @@ def routes(
 class _Pages:
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         key: bytes,
         site_name: str,
         contact: str,
@@ -149,7 +149,7 @@ class _Pages:
         return HTMLResponse(html, headers=_HEADERS)
 
 
-def web_page(store: Store, token: str, *, now: datetime) -> str | None:
+def web_page(store: StateStore, token: str, *, now: datetime) -> str | None:
     """The web copy `token` names, as a page; None when unknown or expired."""
     copy = store.webcopies.find(token, now=now)
     if copy is None:

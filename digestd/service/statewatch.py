@@ -14,8 +14,8 @@ from digestd.service.admin_alerts import STATE, AdminAlerts
 from digestd.service.clock import utcnow
 from digestd.service.schedule import RETRY_TICK
 from digestd.service.worklock import WorkLock
+from digestd.store import StateStore
 from digestd.store.protocols import AlertState
-from digestd.store.sqlite import Store
 
 __all__ = ["STATE_CHECK", "StateWatch"]
 
@@ -29,7 +29,7 @@ STATE_CHECK = 1.0
 class StateWatch:
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         lock: WorkLock,
         *,
         alerts: AdminAlerts,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from digestd.service import health
 from digestd.service.clock import utcnow
 from digestd.service.sdnotify import Notifier
-from digestd.store.sqlite import Store
+from digestd.store import StateStore
 
 __all__ = ["StatusLine"]
 
@@ -16,7 +16,7 @@ class StatusLine:
     def __init__(
         self,
         notifier: Notifier,
-        store: Store,
+        store: StateStore,
         *,
         state_lost: Callable[[], str | None],
         stopping: Callable[[], bool],

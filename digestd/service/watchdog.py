@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 
 from digestd.service.sdnotify import Notifier
 from digestd.service.worklock import WorkLock
-from digestd.store.sqlite import Store
+from digestd.store import StateStore, store_errors
 
 __all__ = ["watchdog"]
 
 log = logging.getLogger(__name__)
 
 
-async def watchdog(notifier: Notifier, store: Store, lock: WorkLock, every: float) -> None:
+async def watchdog(notifier: Notifier, store: StateStore, lock: WorkLock, every: float) -> None:
     """A stalled loop, a dead store or a stuck job stops the pings, and systemd restarts the
     service (WatchdogSec=, Restart=on-failure)."""
     said = False
@@ -31,10 +30,10 @@ async def watchdog(notifier: Notifier, store: Store, lock: WorkLock, every: floa
         await asyncio.sleep(every)
 
 
-def _ping(notifier: Notifier, store: Store) -> None:
+def _ping(notifier: Notifier, store: StateStore) -> None:
     try:
         store.ping()
-    except sqlite3.Error as exc:
+    except store_errors() as exc:
         log.error("watchdog: the store does not answer error=%s", exc)
     else:
         notifier.watchdog()

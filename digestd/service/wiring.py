@@ -31,7 +31,7 @@ from digestd.sources.arxiv_rss import ArxivRssSource
 from digestd.sources.feed import FeedSource
 from digestd.sources.http import HttpGetter, Throttle, ValidatorStore
 from digestd.sources.huggingface import HF_ACCEPT, HF_MAX_BODY
-from digestd.store.sqlite import Store
+from digestd.store import open_store
 
 __all__ = [
     "close",
@@ -165,7 +165,7 @@ def open_deps(
     envs = make_environments(settings.templates)
     opts = options(settings)
     sign = load_signer(settings.delivery.dkim) if settings.delivery.dkim else None
-    store = Store(settings.state)
+    store = open_store(settings.state, password=settings.state_secret())
     sources = make_sources(settings, cache=store.polls)
     deps = Deps(
         store=store,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,7 +14,7 @@ from typing import Any
 
 from digestd.config.sections import format_duration
 from digestd.service.reload import Config
-from digestd.store.sqlite import explain
+from digestd.store import explain_error, operational_errors
 
 __all__ = ["STOP_WITHIN", "WorkLock", "bounds"]
 
@@ -31,7 +30,7 @@ class WorkLock:
     def __init__(
         self,
         *,
-        store_path: Path,
+        store_path: Path | str,
         stopping: Callable[[], bool],
         state_lost: Callable[[], str | None],
         after_job: Callable[[], None],
@@ -80,8 +79,8 @@ class WorkLock:
         self.progressed()
         try:
             await body()
-        except sqlite3.OperationalError as exc:  # read-only, full: what to do, not where
-            log.error("job failed job=%s error=%s", name, explain(self._store_path, exc))
+        except operational_errors() as exc:  # read-only, full, unreachable: what to do
+            log.error("job failed job=%s error=%s", name, explain_error(self._store_path, exc))
         except Exception:
             log.exception("job failed job=%s", name)
         except asyncio.CancelledError:

@@ -3,7 +3,24 @@ polls, subscribers, the outbox and its ledger, web copies and admin alert state,
 `StateStore` protocol; `open_store` picks the backend. And the lock that admits one running
 pipeline per state file."""
 
-from digestd.store.factory import explain_error, is_postgres, open_store, store_errors
+from digestd.store.factory import (
+    explain_error,
+    is_postgres,
+    open_store,
+    operational_errors,
+    probe_state,
+    state_label,
+    store_errors,
+)
 from digestd.store.protocols import StateStore
 
-__all__ = ["StateStore", "explain_error", "is_postgres", "open_store", "store_errors"]
+__all__ = [
+    "StateStore",
+    "explain_error",
+    "is_postgres",
+    "open_store",
+    "operational_errors",
+    "probe_state",
+    "state_label",
+    "store_errors",
+]

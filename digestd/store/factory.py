@@ -13,7 +13,15 @@ from pathlib import Path
 from digestd.core.redact import redact
 from digestd.store.protocols import StateStore
 
-__all__ = ["explain_error", "is_postgres", "open_store", "store_errors"]
+__all__ = [
+    "explain_error",
+    "is_postgres",
+    "open_store",
+    "operational_errors",
+    "probe_state",
+    "state_label",
+    "store_errors",
+]
 
 
 def is_postgres(state: str | Path) -> bool:
@@ -37,6 +45,26 @@ def open_store(state: str | Path, *, password: str | None = None) -> StateStore:
     return Store(state)
 
 
+def state_label(state: str | Path) -> str:
+    """The state as a person may read it: a file's path, or the URL without its password."""
+    return redact(str(state))
+
+
+def probe_state(state: str | Path, *, password: str | None = None) -> str:
+    """What `digestd check` says of the state, changing nothing: a file is writable (or not
+    created yet), a database is reachable; either way, the schema version found.
+
+    :raises sqlite3.Error | psycopg.Error | OSError: it is not usable.
+    """
+    if is_postgres(state):
+        from digestd.store.postgres.database import pg_probe
+
+        return pg_probe(str(state), password)
+    from digestd.store.sqlite import probe
+
+    return probe(Path(state))
+
+
 def store_errors() -> tuple[type[Exception], ...]:
     """The database errors any backend raises, for an `except` that means "the state failed"."""
     try:
@@ -44,6 +72,14 @@ def store_errors() -> tuple[type[Exception], ...]:
     except ImportError:  # pragma: no cover - psycopg is a dependency
         return (sqlite3.Error,)
     return (sqlite3.Error, psycopg.Error)
+
+
+def operational_errors() -> tuple[type[Exception], ...]:
+    """The errors of a state that cannot be used right now (read-only, full, unreachable), as
+    opposed to a bug: a job logs them and the next run tries again."""
+    import psycopg
+
+    return (sqlite3.OperationalError, psycopg.OperationalError)
 
 
 def explain_error(state: str | Path, exc: BaseException) -> str:

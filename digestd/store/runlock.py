@@ -42,9 +42,13 @@ def lock_path(state: Path) -> Path:
 
 
 @contextlib.contextmanager
-def run_lock(state: Path) -> Iterator[None]:
-    """Hold the state file's run lock for the body; :raises StateLocked: someone else holds it."""
-    if str(state) == ":memory:":  # nobody else can open it
+def run_lock(state: Path | str) -> Iterator[None]:
+    """Hold the state file's run lock for the body; :raises StateLocked: someone else holds it.
+
+    A PostgreSQL state (a URL) takes no file lock: several daemons may share one database, and
+    the database's own locks keep them from doing the same work twice.
+    """
+    if isinstance(state, str) or str(state) == ":memory:":  # nobody else can open it
         yield
         return
     path = lock_path(state)
