@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from digestd.cli.exitcodes import EXIT_OK
@@ -33,6 +33,10 @@ STATUS = Command(
     "problems with their reasons, suspended and unsubscribed addresses.",
     "digestd status",
 )
+
+
+# An instance beats every quarter lease (30 s by default): a minute and a half without means gone.
+_SILENT = timedelta(seconds=90)
 
 
 def add_parser(sub: Any) -> None:
@@ -100,17 +104,28 @@ def format_status(status: StoreStatus) -> str:
     return "\n".join(lines)
 
 
-def format_instances(instances: Sequence[InstanceInfo]) -> list[str]:
+def format_instances(
+    instances: Sequence[InstanceInfo],
+    *,
+    now: datetime | None = None,
+    silent_after: timedelta = _SILENT,
+) -> list[str]:
     """The running daemons (several on one PostgreSQL database): name, where, last heartbeat, and
-    the sources each polls as the leader. Nothing for a daemon that has never run."""
+    the sources each polls as the leader. A daemon killed without a clean stop keeps its row: past
+    `silent_after` without a heartbeat it is shown SILENT, and leads nothing any more (the
+    database dropped its locks with its session)."""
     if not instances:
         return []
+    now = now or datetime.now(UTC)
     lines = [f"instances:   {len(instances)}"]
     for i in instances:
-        leads = ", ".join(i.leads) or "no source"
+        silent = now - i.last_seen > silent_after
+        leads = (
+            "SILENT (dead or cut off)" if silent else "leads " + (", ".join(i.leads) or "no source")
+        )
         lines.append(
             f"  {i.name}: host {i.host} pid {i.pid}, up since {_when(i.started_at)},"
-            f" last seen {_when(i.last_seen)}; leads {leads}"
+            f" last seen {_when(i.last_seen)}; {leads}"
         )
     return lines
 

@@ -152,12 +152,12 @@ class _Claimer:
         *,
         now: datetime,
         batch: int,
-        clock: Callable[[], datetime],
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.committer = committer
         self.reader = _Side(committer.deps.store, "digestd-read")
         self.now = now
-        self.clock = clock
+        self.clock = clock or (lambda: now)
         self.batch = batch
         self.claimed: deque[OutboxRow] = deque()
         self.exhausted = False
@@ -308,7 +308,7 @@ async def drain(
 ) -> DeliverReport:
     """Send every due message with `workers` parallel senders; returns what happened."""
     report = DeliverReport()
-    _recover_expired(deps, now)
+    _recover_orphans(deps, now)
     deps.store.outbox.release_stale(now=now, reason=STALE_REASON)
     deps.observer.begin("send", deps.store.outbox.due_count(now=now))
     committer = _Committer(deps, report)
@@ -326,15 +326,15 @@ async def drain(
     return report
 
 
-def _recover_expired(deps: Outlet, now: datetime) -> None:
-    """Rows another instance claimed and never finished (it died; its lease passed): in doubt and
-    due now, so this drain re-sends them with their Message-ID."""
-    recovered = deps.store.outbox.recover_expired(now=now)
+def _recover_orphans(deps: Outlet, now: datetime) -> None:
+    """Rows in 'sending' that nobody is sending: this instance's own (one drain at a time runs
+    per instance, so they are left from one that failed, e.g. when the database went away), and
+    those of an instance whose lease passed (it died). In doubt and due now, so this drain
+    re-sends them with their Message-ID."""
+    recovered = deps.store.outbox.recover(now=now, by=deps.options.instance)
     if recovered:
         log.warning(
-            "recovered messages of an instance whose lease expired n=%d"
-            " (re-sent with the same Message-ID)",
-            recovered,
+            "recovered messages left in sending n=%d (re-sent with the same Message-ID)", recovered
         )
 
 

@@ -27,6 +27,9 @@ from digestd.store.sqlite.migrations import SCHEMA_VERSION
 __all__ = ["PgDatabase", "pg_explain", "pg_probe"]
 
 _CONNECT_TIMEOUT = 10  # s: an unreachable server is an error, not a hang
+# s: how long a query waits for a fresh connection after the server dropped ours (the loop's
+# thread waits with it: short, and the next tick tries again)
+_RECONNECT_WAIT = 1.0
 _POOL_MAX = 8  # connections per process: the daemon's thread plus the drain's side connections
 _MIGRATION_LOCK = 0x64696765  # advisory lock key ("dige"): one instance migrates at a time
 
@@ -162,13 +165,26 @@ class PgDatabase:
         if self._closed:
             return
         self._closed = True
-        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        status = self.conn.info.transaction_status
+        if not self.conn.broken and status != psycopg.pq.TransactionStatus.IDLE:
             self.conn.rollback()
         self._pool.give(self.conn)
 
     def ping(self) -> None:
         """A cheap query, for the systemd watchdog: raises if the database is unusable."""
-        self.conn.execute("SELECT 1").fetchone()
+        self._ready().execute("SELECT 1").fetchone()
+
+    def _ready(self) -> psycopg.Connection[Any]:
+        """The connection, replaced by a fresh one from the pool when the server dropped it (an
+        outage, a restart, a cut network): the daemon resumes by itself once the server is back.
+
+        :raises psycopg.OperationalError: (the pool's timeout) the server is still unreachable.
+        """
+        if (self.conn.broken or self.conn.closed) and not self._batching:
+            fresh = self._pool.pool.getconn(timeout=_RECONNECT_WAIT)
+            stale, self.conn = self.conn, fresh
+            self._pool.pool.putconn(stale)  # the pool discards a broken connection
+        return self.conn
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -199,14 +215,16 @@ class PgDatabase:
             yield self.conn
             return
         self._written.clear()
-        with self.conn.transaction():
-            yield self.conn
+        conn = self._ready()
+        with conn.transaction():
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[psycopg.Connection[Any]]:
         """A read-only transaction: several SELECTs see one snapshot."""
-        if self._batching or self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            yield self.conn  # inside a write: its snapshot is the one to read
+        conn = self.conn if self._batching else self._ready()
+        if self._batching or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            yield conn  # inside a write: its snapshot is the one to read
             return
         with self.conn.transaction():
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
