@@ -13,6 +13,7 @@ from digestd.cli.exitcodes import EXIT_OK
 from digestd.cli.options import Command, subparser
 from digestd.config.settings import Settings
 from digestd.core.redact import safe_text
+from digestd.service.clock import utcnow
 from digestd.service.health import source_problems
 from digestd.store import open_store, state_label
 from digestd.store.protocols import InstanceInfo, SourceStatus, StoreStatus
@@ -116,7 +117,7 @@ def format_instances(
     database dropped its locks with its session)."""
     if not instances:
         return []
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     lines = [f"instances:   {len(instances)}"]
     for i in instances:
         silent = now - i.last_seen > silent_after
