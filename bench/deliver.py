@@ -129,7 +129,8 @@ def run_digestd(config: Path, profile: str | None, instances: int = 1) -> tuple[
         out = proc.stdout.read().decode() if proc.stdout else ""
         err = proc.stderr.read().decode() if proc.stderr else ""
         proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        # 75: mail still owed when it ended, which another instance was still sending.
+        if proc.returncode not in ((0, 75) if instances > 1 else (0,)):
             raise SystemExit(f"digestd failed ({proc.returncode}): {err[-2000:]}")
         outs.append(out.strip())
     return time.perf_counter() - start, rss, outs[0]
@@ -160,7 +161,8 @@ def message_stats(state: Path | str) -> tuple[int, int, int]:
         shared = db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM message_parts").fetchone()
     if not sent:
         return 0, 0, 0
-    return sent, total // sent, (own + shared[0]) // sent
+    # int(): PostgreSQL's SUM of integers is a numeric (Decimal).
+    return int(sent), int(total) // int(sent), int(own + shared[0]) // int(sent)
 
 
 @contextmanager
