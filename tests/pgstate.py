@@ -1,8 +1,8 @@
 """A PostgreSQL state for tests: a schema of its own on the machine's server, dropped after.
 
 The server is the one the machines and CI start (127.0.0.1:5432, trust auth, database `test`);
-DIGESTD_TEST_PG names another. Unreachable: the PostgreSQL cases skip, saying why (`.ci/run`
-checks the server first, so CI never skips silently).
+DIGESTD_TEST_PG names another. Unreachable: the PostgreSQL cases skip, saying why, or fail
+with DIGESTD_REQUIRE_PG=1 (for CI).
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ def _unreachable() -> str | None:
 
 
 def require_pg() -> None:
-    """Skip the calling test, saying why, when the server cannot be reached."""
+    """Skip the calling test, saying why, when the server cannot be reached; fail it instead
+    when DIGESTD_REQUIRE_PG=1 (CI, where a missing server must not pass as skipped tests)."""
     reason = _unreachable()
     if reason is not None:
+        if os.environ.get("DIGESTD_REQUIRE_PG") == "1":
+            pytest.fail(reason)
         pytest.skip(reason)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digestd import __version__
-from digestd.cli import addresses, check, dkim, preview, run, status
+from digestd.cli import addresses, check, dkim, migrate, preview, run, status
 from digestd.cli.exitcodes import EXIT_CODES, EXIT_CONFIG, EXIT_LOCKED, EXIT_RUNTIME
 from digestd.cli.options import config_path, global_options
 from digestd.config.settings import Settings, load_settings
@@ -36,6 +36,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "unsubscribe": addresses.cmd_unsubscribe,
     "resubscribe": addresses.cmd_resubscribe,
     "unsuspend": addresses.cmd_unsuspend,
+    "migrate": migrate.cmd_migrate,
 }
 
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         preview.add_parser,
         status.add_parser,
         addresses.add_parsers,
+        migrate.add_parser,
         dkim.add_parser,
     ):
         add(sub)

@@ -46,8 +46,12 @@ def open_store(state: str | Path, *, password: str | None = None) -> StateStore:
 
 
 def state_label(state: str | Path) -> str:
-    """The state as a person may read it: a file's path, or the URL without its password."""
-    return redact(str(state))
+    """The state as a person may read it: a file's path, or the URL with its password masked."""
+    if not is_postgres(state):
+        return str(state)
+    from digestd.store.postgres.database import pg_label
+
+    return pg_label(str(state))
 
 
 def probe_state(state: str | Path, *, password: str | None = None) -> str:

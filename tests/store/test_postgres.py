@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
 from pgstate import pg_schema
 
-from digestd.store import explain_error, open_store
+from digestd.config.settings import load_settings
+from digestd.store import explain_error, open_store, state_label
 from digestd.store.postgres import PgStore, pg_probe
 from digestd.store.postgres.migrations import MIGRATIONS as PG_MIGRATIONS
 from digestd.store.protocols import SchemaError
@@ -100,3 +102,52 @@ def test_the_password_never_shows_in_an_error() -> None:
         open_store(url)
     message = explain_error(url, caught.value)
     assert "s3cret-pw" not in message and "***@127.0.0.1" in message
+
+
+def test_the_state_setting_takes_a_path_or_a_url_and_shows_no_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "digestd.yaml"
+    config.write_text("state: var/x.sqlite3\n")
+    assert load_settings(config).state == tmp_path / "var" / "x.sqlite3"
+    config.write_text(
+        "state: postgresql://digestd:in-url-pw@db.example/digestd\nstate_password_file: pw.txt\n"
+    )
+    (tmp_path / "pw.txt").write_text("from-file-pw\n")
+    settings = load_settings(config)
+    assert settings.state == "postgresql://digestd:in-url-pw@db.example/digestd"
+    assert settings.state_secret() == "from-file-pw"
+    shown = str(settings.redacted())
+    assert "in-url-pw" not in shown and "from-file-pw" not in shown
+    assert state_label(settings.state) == "postgresql://digestd:***@db.example/digestd"
+    monkeypatch.setenv("DIGESTD_STATE_PASSWORD", "from-env-pw")
+    assert load_settings(config).state_secret() == "from-env-pw"
+    assert "from-env-pw" not in str(load_settings(config).redacted())
+
+
+def test_a_connection_the_server_dropped_is_replaced_at_the_next_use(url: str) -> None:
+    """A server restart or a cut: the operation in flight fails (a state error the jobs log),
+    the next one runs on a fresh connection and finds everything committed before."""
+    with open_store(url) as store:
+        store.polls.record("hf", at=T0, ok=True)
+        pid = store.db.conn.info.backend_pid
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            store.polls.last("hf")
+        poll = store.polls.last("hf")
+        assert poll is not None and poll.at == T0
+        assert store.db.conn.info.backend_pid != pid
+        store.ping()
+        # The same inside a write transaction and a batch: the error is the server's, once.
+        for write in (
+            lambda: store.polls.record("hf", at=T0, ok=True),
+            lambda: store.batch().__enter__(),
+        ):
+            pid = store.db.conn.info.backend_pid
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(psycopg.OperationalError):
+                write()
+            store.polls.record("feed", at=T0, ok=True)
+        assert store.polls.last("feed") is not None

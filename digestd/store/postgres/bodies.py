@@ -5,36 +5,37 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 from digestd.mail.parts import Part, Spliced
 from digestd.store.postgres.database import PgDatabase
 from digestd.store.postgres.values import Conn
 
-__all__ = ["Body", "PartCache", "drop_bodies", "queue_body", "read_bodies"]
+__all__ = ["Body", "PartCache", "drop_bodies", "part_columns", "read_bodies", "store_parts"]
 
 _PART_CACHE = 64  # shared message parts kept in memory: a few per shape, a few shapes per run
 
 Body = tuple[bytes, bool]  # a message's whole bytes and whether they are canonical
 
 
-def queue_body(db: PgDatabase, outbox_id: int, data: bytes | Spliced) -> None:
-    """Store the bytes of the new outbox row `outbox_id` (inside its enqueue's `write`)."""
-    message = data if isinstance(data, Spliced) else Spliced(data)
-    db.conn.execute(
-        "INSERT INTO outbox_bodies (outbox_id, data, zlib, canonical) VALUES (%s, %s, 0, %s)",
-        (outbox_id, message.own, int(message.canonical)),
-    )
+def store_parts(db: PgDatabase, message: Spliced) -> None:
+    """The shared parts `message` names, each once per transaction (inside its enqueue's)."""
     for _, part in message.parts:
         db.insert_once(
             ("part", part.key),
             "INSERT INTO message_parts (key, data) VALUES (%s, %s) ON CONFLICT DO NOTHING",
             (part.key, part.data),
         )
-    if message.parts:
-        db.conn.cursor().executemany(
-            "INSERT INTO outbox_parts (outbox_id, seq, at, part) VALUES (%s, %s, %s, %s)",
-            [(outbox_id, seq, at, part.key) for seq, (at, part) in enumerate(message.parts)],
-        )
+
+
+def part_columns(message: Spliced | None) -> dict[str, list[Any]]:
+    """Where each shared part goes in `message`, as the arrays the enqueue statement unnests."""
+    parts = () if message is None else message.parts
+    return {
+        "seqs": list(range(len(parts))),
+        "ats": [at for at, _ in parts],
+        "keys": [part.key for _, part in parts],
+    }
 
 
 class PartCache:

@@ -10,28 +10,45 @@ text order is time order (the database collation must order ASCII bytewise: C or
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from digestd.core.redact import redact
+from digestd.core.redact import MASK, redact
 from digestd.store.postgres.migrations import MIGRATIONS
 from digestd.store.protocols import SchemaError
 from digestd.store.sqlite.migrations import SCHEMA_VERSION
 
-__all__ = ["PgDatabase", "pg_explain", "pg_probe"]
+__all__ = ["PgDatabase", "conninfo", "pg_explain", "pg_label", "pg_probe"]
+
+_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 _CONNECT_TIMEOUT = 10  # s: an unreachable server is an error, not a hang
-# s: how long a query waits for a fresh connection after the server dropped ours (the loop's
-# thread waits with it: short, and the next tick tries again)
-_RECONNECT_WAIT = 1.0
+_RECONNECT_WAIT = 2.0  # s a use waits for a new connection after the server dropped ours
 _POOL_MAX = 8  # connections per process: the daemon's thread plus the drain's side connections
 _MIGRATION_LOCK = 0x64696765  # advisory lock key ("dige"): one instance migrates at a time
+
+
+def pg_label(url: str) -> str:
+    """The URL with its password (in the userinfo or a `password=` parameter) masked and the
+    rest, user name included, as written: what `check`, `status` and `migrate` print."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return redact(url)
+    if password:
+        url = urlunsplit(
+            parts._replace(netloc=parts.netloc.replace(f":{password}@", f":{MASK}@", 1))
+        )
+    return _PASSWORD_PARAM.sub(rf"\1{MASK}", url)
 
 
 def pg_explain(url: str, exc: BaseException) -> str:
@@ -48,7 +65,8 @@ def _passwords(url: str) -> set[str]:
     return {str(password)} if password else set()
 
 
-def _conninfo(url: str, password: str | None) -> str:
+def conninfo(url: str, password: str | None) -> str:
+    """libpq parameters: the URL's, a connect timeout, and the password kept out of the URL."""
     extra: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT, "application_name": "digestd"}
     if password is not None:
         extra["password"] = password  # a kwarg: never part of the URL that messages show
@@ -61,7 +79,7 @@ def pg_probe(url: str, password: str | None = None) -> str:
 
     :raises psycopg.Error: unreachable, refused, no such database…
     """
-    with psycopg.connect(_conninfo(url, password), autocommit=True) as conn:
+    with psycopg.connect(conninfo(url, password), autocommit=True) as conn:
         found = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
         version = "0"
         if found and found[0]:
@@ -75,12 +93,12 @@ class _Pool:
     """A connection pool shared by a store and its side stores; closed with the last of them."""
 
     def __init__(self, url: str, password: str | None) -> None:
-        conninfo = self.conninfo = _conninfo(url, password)
+        params = self.conninfo = conninfo(url, password)
         # One plain connection first: the pool would retry a refused or unreachable server in
         # the background until its timeout, and then say only "timed out"; this says why, now.
-        psycopg.connect(conninfo).close()
+        psycopg.connect(params).close()
         self.pool = ConnectionPool(
-            conninfo,
+            params,
             min_size=1,
             max_size=_POOL_MAX,
             kwargs={"autocommit": True},
@@ -95,6 +113,15 @@ class _Pool:
         with self.lock:
             self.users += 1
         return self.pool.getconn()
+
+    def give_back(self, conn: psycopg.Connection[Any]) -> None:
+        """A broken connection returned while its user stays (the pool discards it)."""
+        self.pool.putconn(conn)
+
+    def take_again(self) -> psycopg.Connection[Any]:
+        # Short: during an outage every use waits this long before failing (health, jobs), and
+        # the pool keeps reconnecting in the background meanwhile.
+        return self.pool.getconn(timeout=_RECONNECT_WAIT)
 
     def give(self, conn: psycopg.Connection[Any]) -> None:
         self.pool.putconn(conn)
@@ -118,7 +145,7 @@ class PgDatabase:
         """
         self.url = url
         self._pool: _Pool = same_as._pool if same_as is not None else _Pool(url, password)
-        self.conn = self._pool.take()
+        self._conn = self._pool.take()
         self._secret: bytes | None = same_as._secret if same_as is not None else None
         self._batching = False
         self._closed = False
@@ -130,13 +157,28 @@ class PgDatabase:
                 self.close()
                 raise
 
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection; one the server dropped (a restart, a network cut) is replaced by a
+        fresh one from the pool at the next use outside a transaction, so the daemon resumes
+        when the server is back. Inside a transaction the broken one stays: its error tells
+        the caller the transaction is lost.
+
+        :raises psycopg_pool.PoolTimeout: the server is still unreachable (an OperationalError).
+        """
+        if self._conn.broken and not self._batching:
+            self._pool.give_back(self._conn)
+            self._conn = self._pool.take_again()
+        return self._conn
+
     def side(self) -> PgDatabase:
         """Another connection to the same database, for another thread."""
         return PgDatabase(self.url, same_as=self)
 
     @property
     def conninfo(self) -> str:
-        """What the pool connects with (the password included: never to be shown)."""
+        """What the pool connects with (the password included: never to be shown); the poll
+        leadership's own connection uses it too."""
         return self._pool.conninfo
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -165,26 +207,16 @@ class PgDatabase:
         if self._closed:
             return
         self._closed = True
-        status = self.conn.info.transaction_status
-        if not self.conn.broken and status != psycopg.pq.TransactionStatus.IDLE:
-            self.conn.rollback()
-        self._pool.give(self.conn)
+        try:
+            if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self._conn.rollback()
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it
+        self._pool.give(self._conn)
 
     def ping(self) -> None:
         """A cheap query, for the systemd watchdog: raises if the database is unusable."""
-        self._ready().execute("SELECT 1").fetchone()
-
-    def _ready(self) -> psycopg.Connection[Any]:
-        """The connection, replaced by a fresh one from the pool when the server dropped it (an
-        outage, a restart, a cut network): the daemon resumes by itself once the server is back.
-
-        :raises psycopg.OperationalError: (the pool's timeout) the server is still unreachable.
-        """
-        if (self.conn.broken or self.conn.closed) and not self._batching:
-            fresh = self._pool.pool.getconn(timeout=_RECONNECT_WAIT)
-            stale, self.conn = self.conn, fresh
-            self._pool.pool.putconn(stale)  # the pool discards a broken connection
-        return self.conn
+        self.conn.execute("SELECT 1").fetchone()
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -215,16 +247,21 @@ class PgDatabase:
             yield self.conn
             return
         self._written.clear()
-        conn = self._ready()
-        with conn.transaction():
-            yield conn
+        with self.conn.transaction():
+            yield self.conn
+
+    @contextmanager
+    def single(self) -> Iterator[psycopg.Connection[Any]]:
+        """For a write that is ONE statement (atomic by itself, committed when it returns):
+        no BEGIN and COMMIT round trips around it (the connection is in autocommit mode), or
+        the batch it is called in."""
+        yield self.conn
 
     @contextmanager
     def read(self) -> Iterator[psycopg.Connection[Any]]:
         """A read-only transaction: several SELECTs see one snapshot."""
-        conn = self.conn if self._batching else self._ready()
-        if self._batching or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            yield conn  # inside a write: its snapshot is the one to read
+        if self._batching or self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            yield self.conn  # inside a write: its snapshot is the one to read
             return
         with self.conn.transaction():
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")

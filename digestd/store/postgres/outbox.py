@@ -15,11 +15,11 @@ from typing import Any, cast
 
 from digestd.core.addresses import address_key
 from digestd.mail.parts import Spliced
-from digestd.store.postgres.bodies import Body, PartCache, queue_body, read_bodies
+from digestd.store.postgres.bodies import Body, PartCache, part_columns, read_bodies, store_parts
 from digestd.store.postgres.database import PgDatabase
 from digestd.store.postgres.outcomes import PgOutcomes
 from digestd.store.postgres.pruning import prune_outbox
-from digestd.store.postgres.values import Conn, dicts
+from digestd.store.postgres.values import dicts
 from digestd.store.protocols import LedgerConflict, OutboxKind, OutboxRow
 from digestd.store.sqlite.pruning import PRUNE_ROWS
 from digestd.store.sqlite.values import opt_dt, opt_ts, ts
@@ -44,6 +44,32 @@ FROM due WHERE o.id = due.id
 RETURNING o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,
           due.before AS state, due.next_attempt_at,
           EXISTS (SELECT 1 FROM suppressions s WHERE s.email = o.subscriber) AS suppressed
+"""
+
+
+# One round trip per message: the row, its own bytes, where its shared parts go and the ledger's
+# reservations, as one statement (the shared parts themselves are stored once, before). A
+# (subscriber, kind, period) that exists already yields no row and nothing else happens.
+_ENQUEUE = """
+WITH o AS (
+    INSERT INTO outbox (subscriber, kind, period, message_id, sender, data, n_papers, state,
+                        attempts, next_attempt_at, created_at, updated_at, expires_at)
+    VALUES (%(subscriber)s, %(kind)s, %(period)s, %(message_id)s, %(sender)s, NULL,
+            %(n_papers)s, %(state)s, 0, %(now)s, %(now)s, %(now)s, %(expires_at)s)
+    ON CONFLICT (subscriber, kind, period) DO NOTHING RETURNING id
+), b AS (
+    INSERT INTO outbox_bodies (outbox_id, data, zlib, canonical)
+    SELECT id, %(own)s, 0, %(canonical)s FROM o WHERE %(has_body)s
+), p AS (
+    INSERT INTO outbox_parts (outbox_id, seq, at, part)
+    SELECT o.id, x.seq, x.at, x.part
+    FROM o, unnest(%(seqs)s::int[], %(ats)s::int[], %(keys)s::text[]) AS x(seq, at, part)
+), d AS (
+    INSERT INTO deliveries (subscriber, paper_id, outbox_id)
+    SELECT %(subscriber)s, paper, o.id FROM o, unnest(%(papers)s::text[]) AS paper
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+SELECT (SELECT id FROM o), (SELECT COUNT(*) FROM d)
 """
 
 
@@ -97,22 +123,32 @@ class PgOutbox(PgOutcomes):
         if data is None and ids:
             raise ValueError("an empty outbox row (data=None) cannot carry papers")
         key, stamp = address_key(subscriber), ts(at)
+        message = None if data is None else data if isinstance(data, Spliced) else Spliced(data)
         with self._db.write() as db:
+            if message is not None:
+                store_parts(self._db, message)
             row = db.execute(
-                """INSERT INTO outbox (subscriber, kind, period, message_id, sender, data,
-                                       n_papers, state, attempts, next_attempt_at, created_at,
-                                       updated_at, expires_at)
-                   VALUES (%s, %s, %s, %s, %s, NULL, %s, %s, 0, %s, %s, %s, %s)
-                   ON CONFLICT (subscriber, kind, period) DO NOTHING RETURNING id""",
-                (key, kind, period, message_id, sender, len(ids),
-                 "empty" if data is None else "queued", stamp, stamp, stamp, opt_ts(expires_at)),
+                _ENQUEUE,
+                {
+                    "subscriber": key, "kind": kind, "period": period, "message_id": message_id,
+                    "sender": sender, "n_papers": len(ids), "now": stamp,
+                    "state": "empty" if message is None else "queued",
+                    "expires_at": opt_ts(expires_at), "has_body": message is not None,
+                    "own": b"" if message is None else message.own,
+                    "canonical": int(message is not None and message.canonical),
+                    **part_columns(message),
+                    "papers": ids,
+                },
             ).fetchone()  # fmt: skip
-            if row is None:
+            if row is None or row[0] is None:
                 return None
-            outbox_id = cast(int, row[0])
-            if data is not None:
-                queue_body(self._db, outbox_id, data)
-            _reserve(db, key, outbox_id, ids)
+            outbox_id, reserved = cast(int, row[0]), int(row[1])
+            if reserved != len(ids):
+                # Another message carries one of them (another instance composed it meanwhile:
+                # the insert waited for its commit, then saw the conflict): this one goes, with
+                # its body, parts and reservations (the foreign keys cascade).
+                db.execute("DELETE FROM outbox WHERE id = %s", (outbox_id,))
+                raise LedgerConflict("a paper of this message is already reserved by another")
         return outbox_id
 
     def record_unbuilt(
@@ -241,22 +277,3 @@ class PgOutbox(PgOutcomes):
 
     def prune(self, *, before: datetime, limit: int = PRUNE_ROWS) -> int:
         return prune_outbox(self._db, before=before, limit=limit)
-
-
-def _reserve(db: Conn, key: str, outbox_id: int, paper_ids: Sequence[str]) -> None:
-    """Reserve `paper_ids` for subscriber `key`, for message `outbox_id`.
-
-    :raises LedgerConflict: another message carries one of them (another instance composed it
-        meanwhile: its insert waits for that one's commit, then sees the conflict): this message
-        goes, with its body, parts and reservations (the foreign keys cascade).
-    """
-    if not paper_ids:
-        return
-    reserved = db.execute(
-        "INSERT INTO deliveries (subscriber, paper_id, outbox_id)"
-        " SELECT %s, p, %s FROM unnest(%s::text[]) AS p ON CONFLICT DO NOTHING",
-        (key, outbox_id, list(paper_ids)),
-    ).rowcount
-    if reserved != len(paper_ids):
-        db.execute("DELETE FROM outbox WHERE id = %s", (outbox_id,))
-        raise LedgerConflict("a paper of this message is already reserved by another")

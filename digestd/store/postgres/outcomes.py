@@ -19,6 +19,20 @@ __all__ = ["PgOutcomes"]
 _EXPIRABLE = ("queued", "sending", "deferred", "in_doubt")
 
 
+_MARK_SENT = """
+WITH s AS (
+    UPDATE outbox SET state = 'sent', sent_at = %s, last_code = %s, last_reply = %s,
+                      updated_at = %s
+    WHERE id = %s AND state IN ('sending', 'in_doubt') RETURNING subscriber
+), d AS (
+    UPDATE deliveries SET sent_at = %s WHERE outbox_id = %s AND EXISTS (SELECT 1 FROM s)
+), x AS (
+    DELETE FROM suspensions WHERE suspended_at IS NULL AND email IN (SELECT subscriber FROM s)
+)
+SELECT COUNT(*) FROM s
+"""
+
+
 class PgOutcomes:
     """The outbox's state transitions (the queueing and claiming side is `PgOutbox`)."""
 
@@ -28,22 +42,13 @@ class PgOutcomes:
     def mark_sent(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None:
         """The relay accepted the message. :raises ValueError: the row is not in 'sending'."""
         stamp = ts(at)
-        with self._db.write() as db:
-            # From 'in_doubt' too: accepted after its lease passed and it was recovered.
-            transition(
-                db, outbox_id, ("sending", "in_doubt"),
-                "state = 'sent', sent_at = %s, last_code = %s, last_reply = %s, updated_at = %s",
-                (stamp, code, reply, stamp),
-            )  # fmt: skip
-            # The ledger says "sent" in the very transaction that says the message was sent.
-            db.execute(
-                "UPDATE deliveries SET sent_at = %s WHERE outbox_id = %s", (stamp, outbox_id)
-            )
-            db.execute(
-                "DELETE FROM suspensions WHERE suspended_at IS NULL AND email ="
-                " (SELECT subscriber FROM outbox WHERE id = %s)",
-                (outbox_id,),
-            )
+        with self._db.single() as db:
+            # One statement: the state, the ledger's stamp (the ledger says "sent" in the very
+            # transaction that says the message was sent) and the end of the address's run of
+            # hard failures.
+            sent = db.execute(_MARK_SENT, (stamp, code, reply, stamp, outbox_id, stamp, outbox_id))
+            if sent.fetchone() != (1,):
+                transition(db, outbox_id, ("sending", "in_doubt"), "state = state", ())  # raises
 
     def mark_deferred(
         self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
@@ -66,7 +71,7 @@ class PgOutcomes:
         retry_at: datetime,
         outcome: tuple[int | None, str],
     ) -> None:
-        with self._db.write() as db:
+        with self._db.single() as db:
             transition(
                 db, outbox_id, ("sending",),
                 "state = %s, next_attempt_at = %s, last_code = %s, last_reply = %s,"

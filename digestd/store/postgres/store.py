@@ -14,10 +14,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from digestd.core.redact import redact
 from digestd.store.leadership import AdvisoryLeader
 from digestd.store.postgres.alerts import PgAlerts
-from digestd.store.postgres.database import PgDatabase
+from digestd.store.postgres.database import PgDatabase, pg_label
 from digestd.store.postgres.instances import PgInstances
 from digestd.store.postgres.outbox import PgOutbox
 from digestd.store.postgres.papers import PgPapers
@@ -56,7 +55,7 @@ class PgStore:
         shown (`path` is the URL redacted, for messages and logs).
         """
         self.db = db if db is not None else PgDatabase(url, password=password)
-        self.path = redact(url)
+        self.path = pg_label(url)
         self.papers: PaperRepository = PgPapers(self.db)
         self.polls: PollRepository = PgPolls(self.db)
         self.subscribers: SubscriberRepository = PgSubscribers(self.db)
