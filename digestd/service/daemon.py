@@ -97,9 +97,11 @@ class Daemon:
             on_change=self.status.tell,
         )  # fmt: skip
         options = self.deps.options
+        name = options.instance or default_name()
         self.instance = Instance(
-            self.deps.store, name=options.instance or default_name(), lease=options.lease,
-            leader=self.deps.store.leadership(), state_lost=lambda: self.state.lost,
+            self.deps.store, name=name, lease=options.lease,
+            leader=self.deps.store.leadership(name), state_lost=lambda: self.state.lost,
+            sources=lambda: [s.name for s in self.deps.all_sources()], every=self._poll_seconds,
         )  # fmt: skip
         self.jobs = Jobs(
             self.deps, self.work_lock, metrics=self.metrics, alerts=self.alerts,
@@ -189,6 +191,7 @@ class Daemon:
         log.info("stopped")
 
     def _background(self) -> None:
+        self.instance.start_leading()
         self._spawn(self.instance.run(), "heartbeat")
         self._spawn(self.reloader.serve(), "reloader")
         self._spawn(self.state.watch(), "state-watch")
@@ -236,6 +239,10 @@ class Daemon:
     def _on_outcome(self, outcome: Outcome) -> None:
         self.work_lock.progressed()
         self.alerts.record(outcome)
+
+    def _poll_seconds(self) -> float:
+        """The shortest poll interval: how often the leadership is asked for."""
+        return min([self.schedule.poll_every, *self.schedule.intervals.values()]).total_seconds()
 
     def _expire_removed(self, now: datetime) -> None:
         keep = (pipeline.key(s) for s in self.deps.subscribers.subscribers)

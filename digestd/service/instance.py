@@ -12,7 +12,8 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from digestd.service.clock import utcnow
@@ -45,6 +46,8 @@ class Instance:
         lease: timedelta,
         leader: Leadership,
         state_lost: Callable[[], str | None] = lambda: None,
+        sources: Callable[[], Sequence[str]] = tuple,
+        every: Callable[[], float] = lambda: 60.0,
     ) -> None:
         self.store = store
         self.name = name
@@ -55,15 +58,45 @@ class Instance:
         self.pid = os.getpid()
         self.started_at = utcnow()
         self._failing = False
+        self._sources = sources
+        self._every = every
+        self._leading: frozenset[str] = frozenset()  # what the leadership thread last won
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start_leading(self) -> None:
+        """On a shared database, ask for each source's leadership from a thread of its own every
+        poll interval: a loop busy composing for seconds must not delay a takeover."""
+        if not self.store.shared:
+            return
+        self._thread = threading.Thread(target=self._lead, name="digestd-leader", daemon=True)
+        self._thread.start()
 
     def try_lead(self, source: str) -> bool:
         """Whether this instance polls `source` now (it leads it, or just took it over)."""
+        if self._thread is not None:
+            return source in self._leading
+        leads = self._ask(source)
+        self._leading = self.leader.leading()
+        return leads
+
+    def _lead(self) -> None:
+        try:
+            while not self._halt.is_set():
+                if self._state_lost() is None:
+                    for source in self._sources():
+                        self._ask(source)
+                    self._leading = self.leader.leading()
+                self._halt.wait(self._every())
+        finally:
+            self.leader.close()  # its session ends: the others take over at their next ask
+
+    def _ask(self, source: str) -> bool:
         had = source in self.leader.leading()
         leads = self.leader.try_lead(source)
         if leads != had:
             log.info("poll leadership %s source=%s instance=%s",
                      "taken" if leads else "lost", source, self.name)  # fmt: skip
-            self._beat_quietly()  # status and /metrics show the new leader at once
         return leads
 
     def beat(self, now: datetime | None = None) -> None:
@@ -72,22 +105,31 @@ class Instance:
         self.store.instances.beat(
             InstanceInfo(
                 self.name, self.host, self.pid, self.started_at, now,
-                tuple(sorted(self.leader.leading())),
+                tuple(sorted(self._leading)),
             )
         )  # fmt: skip
         self.store.outbox.renew_leases(self.name, until=now + self.lease)
 
     async def run(self) -> None:
-        """Beat until cancelled."""
-        every = heartbeat_every(self.lease)
+        """Beat until cancelled; a change of leadership is written at once (status, /metrics)."""
+        every, step = heartbeat_every(self.lease), 0.25
+        last = (-1.0, self._leading)
         while True:
-            self._beat_quietly()
-            await asyncio.sleep(every)
+            now = asyncio.get_running_loop().time()
+            if now - last[0] >= every or self._leading != last[1]:
+                self._beat_quietly()
+                last = (now, self._leading)
+            await asyncio.sleep(min(step, every))
 
     def stop(self) -> None:
         """A clean stop: leadership released at once (the others take over at their next poll),
         the instance's row removed."""
-        self.leader.close()
+        if self._thread is not None:
+            self._halt.set()
+            self._thread.join(timeout=10)
+        else:
+            self.leader.close()
+        self._leading = frozenset()
         try:
             self.store.instances.forget(self.name)
         except Exception as exc:

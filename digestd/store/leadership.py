@@ -53,8 +53,10 @@ class AdvisoryLeader:
     to reach the server reads as "not the leader" (the caller skips its poll and tries again).
     """
 
-    def __init__(self, conninfo: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, conninfo: str, *, connect_timeout: float = 5.0, name: str = "") -> None:
         self._conninfo = conninfo
+        # Shown in pg_stat_activity: who holds which lock (pg_locks) is one join away.
+        self._application = f"digestd leader {name}".strip()
         self._timeout = connect_timeout
         self._conn: Any = None  # psycopg.Connection, imported lazily: SQLite users need no driver
         self._namespace = ""
@@ -106,8 +108,9 @@ class AdvisoryLeader:
 
             self._leads.clear()  # a new session holds nothing yet
             self._conn = psycopg.connect(
-                self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout))
-            )
+                self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout)),
+                application_name=self._application,
+            )  # fmt: skip
             row = self._conn.execute("SELECT current_database(), current_schema()").fetchone()
             self._namespace = f"{row[0]}/{row[1]}"
         return self._conn

@@ -411,7 +411,7 @@ class StateStore(Protocol):
     # Whether other daemons may share this state (PostgreSQL): their claims are then not ours.
     shared: bool
 
-    def leadership(self) -> Leadership:
+    def leadership(self, name: str = "") -> Leadership:
         """Poll leadership for one daemon (see `Leadership`)."""
         ...
 

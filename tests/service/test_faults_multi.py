@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -32,6 +31,8 @@ from daemonproc import item
 from pgstate import pg_schema
 from scenes import file_smtp_scene
 from smtpserver import SMTPTestServer
+
+from digestd.store.leadership import lock_key
 
 RECIPIENTS = int(os.environ.get("DIGESTD_MULTI_RECIPIENTS", "2000"))
 # Then the fleet finishes undisturbed: a restart costs seconds of start-up, so kills set the pace.
@@ -114,30 +115,29 @@ def fleet(config: Path) -> Iterator[Fleet]:
                 proc.wait()
 
 
-def leaders(db: psycopg.Connection[tuple[object, ...]], after: float = 0.0) -> set[str]:
-    """Instances whose row says they lead the source, written after `after` (Unix time)."""
-    try:
-        rows = db.execute("SELECT name, leads, last_seen FROM instances").fetchall()
-    except psycopg.errors.UndefinedTable:  # nobody has migrated the schema yet
-        return set()
-    found = set()
-    for name, leads, last_seen in rows:
-        seen = datetime.fromisoformat(str(last_seen)).timestamp()
-        if SOURCE in json.loads(str(leads)) and seen >= after:
-            found.add(str(name))
-    return found
+def leader(db: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """The instance holding the source's advisory lock now (its leadership connection names
+    it in pg_stat_activity), or None."""
+    schema = str(db.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
+    database = str(db.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+    key = lock_key(f"{database}/{schema}", SOURCE) & 0xFFFFFFFFFFFFFFFF
+    row = db.execute(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s"
+        " AND l.objsubid = 1",
+        (key >> 32, key & 0xFFFFFFFF),
+    ).fetchone()
+    return None if row is None else str(row[0]).removeprefix("digestd leader ")
 
 
-def current_leader(db: psycopg.Connection[tuple[object, ...]]) -> set[str]:
-    """The instance leading the source now: a fresh heartbeat saying so (waited for a while: a
-    loaded machine delays beats, and a leader may be being elected)."""
+def current_leader(db: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """The leader, waited for a while (one may be being elected)."""
     deadline = time.time() + 3 * POLL_EVERY
     while time.time() < deadline:
-        led = leaders(db, after=time.time() - 3)
-        if len(led) == 1:
-            return led
-        time.sleep(0.1)
-    return set()
+        if (name := leader(db)) is not None:
+            return name
+        time.sleep(0.05)
+    return None
 
 
 def instances(db: psycopg.Connection[tuple[object, ...]]) -> list[str]:
@@ -191,12 +191,12 @@ def test_three_daemons_killed_at_random_lose_nothing(tmp_path: Path) -> None:
                     break
                 if kills >= KILLS:
                     continue
-                led = current_leader(db) if kills % 2 == 0 else set()
-                victim = sorted(led)[0] if led else rng.choice(NAMES)
+                led = current_leader(db) if kills % 2 == 0 else leader(db)
+                victim = led if led and kills % 2 == 0 else rng.choice(NAMES)
                 killed_at = time.time()
                 ships.kill(victim)
                 kills += 1
-                if victim in led:
+                if victim == led:
                     leader_kills += 1
                     takeovers.append(took_over(db, victim, killed_at))
                 time.sleep(rng.uniform(0.2, 1.0))
@@ -231,10 +231,9 @@ def test_three_daemons_killed_at_random_lose_nothing(tmp_path: Path) -> None:
 
 
 def took_over(db: psycopg.Connection[tuple[object, ...]], dead: str, killed_at: float) -> float:
-    """Seconds from the leader's death until a live instance says it leads (its row is written
-    when it takes over)."""
+    """Seconds from the leader's death until another instance holds the source's lock."""
     while time.time() < killed_at + 4 * POLL_EVERY:
-        if leaders(db, after=killed_at) - {dead}:
+        if leader(db) not in (None, dead):
             return time.time() - killed_at
-        time.sleep(0.05)
+        time.sleep(0.02)
     return float("inf")

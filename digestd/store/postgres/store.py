@@ -74,10 +74,10 @@ class PgStore:
     def status(self) -> StoreStatus:
         return store_status(self.db, self.papers, self.polls, self.subscribers, self.instances)
 
-    def leadership(self) -> Leadership:
+    def leadership(self, name: str = "") -> Leadership:
         """Advisory locks on a connection of their own (not the pool's: a lock lives as long
         as its session, and a pooled connection is handed to whoever asks next)."""
-        return AdvisoryLeader(self.db.conninfo)
+        return AdvisoryLeader(self.db.conninfo, name=name)
 
     def secret(self) -> bytes:
         return self.db.secret()

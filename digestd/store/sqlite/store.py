@@ -73,7 +73,7 @@ class Store:
         """A snapshot for `digestd status`."""
         return store_status(self.db, self.papers, self.polls, self.subscribers, self.instances)
 
-    def leadership(self) -> Leadership:
+    def leadership(self, name: str = "") -> Leadership:
         """Poll leadership for one daemon: a file has one daemon (its run lock), the leader."""
         return SoleLeader()
 
