@@ -114,20 +114,27 @@ def run_digestd(config: Path, profile: str | None, instances: int = 1) -> tuple[
     if profile:
         prefix += ["-m", "cProfile", "-o", profile]
     cmd = [*prefix, "-m", "digestd", "--log-level", "warning", "--config", str(config)]
+    # Output to files, read after the exit: a pipe nobody reads while waiting fills and blocks
+    # the child (a second instance warns once per message the first one already queued).
+    outputs = [
+        (config.with_name(f"out{i}.txt"), config.with_name(f"err{i}.txt")) for i in range(instances)
+    ]
     start = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            [*cmd, "run", "--once"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "DIGESTD_INSTANCE": f"bench{i}"},
-        )
-        for i in range(instances)
-    ]  # fmt: skip
+    procs = []
+    for i, (out_path, err_path) in enumerate(outputs):
+        with out_path.open("wb") as out_file, err_path.open("wb") as err_file:
+            procs.append(
+                subprocess.Popen(
+                    [*cmd, "run", "--once"], stdout=out_file, stderr=err_file,
+                    env={**os.environ, "DIGESTD_INSTANCE": f"bench{i}"},
+                )
+            )  # fmt: skip
     rss, outs = 0, []
-    for proc in procs:
+    for proc, (out_path, err_path) in zip(procs, outputs, strict=True):
         _, status, usage = os.wait4(proc.pid, 0)
         rss = max(rss, int(usage.ru_maxrss))
-        out = proc.stdout.read().decode() if proc.stdout else ""
-        err = proc.stderr.read().decode() if proc.stderr else ""
+        out = out_path.read_text(errors="replace")
+        err = err_path.read_text(errors="replace")
         proc.returncode = os.waitstatus_to_exitcode(status)
         # 75: mail still owed when it ended, which another instance was still sending.
         if proc.returncode not in ((0, 75) if instances > 1 else (0,)):
