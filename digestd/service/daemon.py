@@ -216,6 +216,7 @@ class Daemon:
             started_at=self.started_at,
             poll_every=lambda: self.schedule.poll_every,
             running=lambda: bool(self.schedule.scheduler.running) and not self._stopping,
+            lost=lambda: self.state.lost,
         )
         routes = health.routes(probe, self.metrics)
         http = self.config.settings.http
