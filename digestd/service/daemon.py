@@ -163,10 +163,10 @@ class Daemon:
             )
         self._expire_removed(now)
         log.info(
-            "started instance=%s subscribers=%d poll_every=%ss",
-            self.instance.name,
+            "started subscribers=%d poll_every=%ss instance=%s",
             len(self.deps.subscribers.subscribers),
             int(self.schedule.poll_every.total_seconds()),
+            self.instance.name,
         )
 
     def _schedule(self) -> None:
