@@ -191,6 +191,9 @@ def test_three_daemons_killed_at_random_lose_nothing(tmp_path: Path) -> None:
                     break
                 if kills >= KILLS:
                     continue
+                # The last one restarted is up again first: a dead leader always leaves a live
+                # instance to take over (with 20,000 subscribers a start takes seconds).
+                ships.wait_up(db)
                 led = current_leader(db) if kills % 2 == 0 else leader(db)
                 victim = led if led and kills % 2 == 0 else rng.choice(NAMES)
                 killed_at = time.time()
