@@ -1,5 +1,5 @@
 """`digestd migrate --to postgresql://…`: copy the SQLite state file into an empty PostgreSQL
-database, verified table by table; the file itself is left as it was."""
+database, verified table by table; the file keeps its data (brought to this schema first)."""
 
 from __future__ import annotations
 

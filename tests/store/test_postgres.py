@@ -16,7 +16,7 @@ from digestd.config.settings import load_settings
 from digestd.store import explain_error, open_store, state_label
 from digestd.store.postgres import PgStore, pg_probe
 from digestd.store.postgres.migrations import MIGRATIONS as PG_MIGRATIONS
-from digestd.store.protocols import SchemaError
+from digestd.store.protocols import LedgerConflict, SchemaError
 from digestd.store.sqlite import SCHEMA_VERSION
 from digestd.store.sqlite.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
@@ -151,3 +151,37 @@ def test_a_connection_the_server_dropped_is_replaced_at_the_next_use(url: str) -
                 write()
             store.polls.record("feed", at=T0, ok=True)
         assert store.polls.last("feed") is not None
+
+
+def test_a_reservation_racing_another_instances_aborts_when_that_one_commits(url: str) -> None:
+    """Two instances compose for one subscriber at once from the same snapshot: the second's
+    reservation of a paper waits for the first's transaction, then aborts its message
+    (LedgerConflict), never queues the paper twice."""
+    with open_store(url) as one, open_store(url) as two:
+        started, outcome = threading.Event(), []
+
+        def second() -> None:
+            started.set()
+            try:
+                two.outbox.enqueue(
+                    subscriber="a@example.org", kind="digest", period="p2", message_id="<2@x>",
+                    sender="d@example.org", data=b"y", paper_ids=["paper"], at=T0,
+                )  # fmt: skip
+                outcome.append("queued")
+            except LedgerConflict:
+                outcome.append("conflict")
+
+        with one.batch():
+            one.outbox.enqueue(
+                subscriber="a@example.org", kind="digest", period="p1", message_id="<1@x>",
+                sender="d@example.org", data=b"x", paper_ids=["paper"], at=T0,
+            )  # fmt: skip
+            thread = threading.Thread(target=second)
+            thread.start()
+            started.wait()
+            thread.join(0.5)
+            assert thread.is_alive()  # waiting on the first's uncommitted reservation
+        thread.join(10)
+        assert outcome == ["conflict"]
+        assert not two.outbox.has_period("a@example.org", "digest", "p2")
+        assert one.outbox.pending_count() == 1
