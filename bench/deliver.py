@@ -1,6 +1,7 @@
 """End-to-end delivery speed: `digestd run --once` vs Postfix's `smtp-source`, same sink, same run.
 
     python bench/deliver.py [--subscribers 20000] [--connections 4] [--profile out.prof]
+                            [--state postgresql://postgres@127.0.0.1/test] [--instances 2]
 
 Starts `smtp-sink` on a free loopback port, runs the real CLI as a subprocess for N subscribers (no
 rules, the same 10 papers each, ~20 KB messages), then drives `smtp-source` with connection reuse
@@ -8,6 +9,10 @@ rules, the same 10 papers each, ~20 KB messages), then drives `smtp-source` with
 Prints ONE JSON line: both rates (messages/s), their ratio, digestd's peak RSS (KiB), wall times
 (digestd's whole run and its match/compose and send phases) and the bytes the outbox stored per
 message (its own plus its share of the parts common to many).
+`--state postgresql://…`: the state in a fresh schema of that database (dropped after) instead of
+a SQLite file; `--instances N` (PostgreSQL only) runs N `run --once` at the same time on it, each
+composing and sending (claims skip each other's rows); the rate counts from the first start to the
+last exit.
 Needs `smtp-sink` and `smtp-source` (Debian package `postfix`).
 """
 
@@ -24,7 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "tests" / "fixtures" / "hf_daily_papers_seed.json"
@@ -68,7 +76,9 @@ def tool(name: str) -> str:
     return path
 
 
-def write_setup(work: Path, *, subscribers: int, port: int, connections: int) -> Path:
+def write_setup(
+    work: Path, *, subscribers: int, port: int, connections: int, state: str = "state.sqlite3"
+) -> Path:
     items = json.loads(SEED.read_text())[:PAPERS]
     (work / "papers.json").write_text(json.dumps(items))
     with (work / "subscribers.yaml").open("w") as out:
@@ -80,7 +90,7 @@ def write_setup(work: Path, *, subscribers: int, port: int, connections: int) ->
 source:
   kind: file
   url: papers.json
-state: state.sqlite3
+state: "{state}"
 delivery:
   kind: smtp
   host: 127.0.0.1
@@ -97,22 +107,40 @@ http:
     return config
 
 
-def run_digestd(config: Path, profile: str | None) -> tuple[float, int, str]:
-    """(seconds, peak RSS KiB, stdout) of one `digestd run --once`."""
+def run_digestd(config: Path, profile: str | None, instances: int = 1) -> tuple[float, int, str]:
+    """(seconds, peak RSS KiB, stdout) of `instances` concurrent `digestd run --once` (the
+    seconds from the first start to the last exit, the largest RSS, the first one's stdout)."""
     prefix = [sys.executable]
     if profile:
         prefix += ["-m", "cProfile", "-o", profile]
     cmd = [*prefix, "-m", "digestd", "--log-level", "warning", "--config", str(config)]
+    # Output to files, read after the exit: a pipe nobody reads while waiting fills and blocks
+    # the child (a second instance warns once per message the first one already queued).
+    outputs = [
+        (config.with_name(f"out{i}.txt"), config.with_name(f"err{i}.txt")) for i in range(instances)
+    ]
     start = time.perf_counter()
-    proc = subprocess.Popen([*cmd, "run", "--once"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"digestd failed ({proc.returncode}): {err[-2000:]}")
-    return elapsed, int(usage.ru_maxrss), out.strip()
+    procs = []
+    for i, (out_path, err_path) in enumerate(outputs):
+        with out_path.open("wb") as out_file, err_path.open("wb") as err_file:
+            procs.append(
+                subprocess.Popen(
+                    [*cmd, "run", "--once"], stdout=out_file, stderr=err_file,
+                    env={**os.environ, "DIGESTD_INSTANCE": f"bench{i}"},
+                )
+            )  # fmt: skip
+    rss, outs = 0, []
+    for proc, (out_path, err_path) in zip(procs, outputs, strict=True):
+        _, status, usage = os.wait4(proc.pid, 0)
+        rss = max(rss, int(usage.ru_maxrss))
+        out = out_path.read_text(errors="replace")
+        err = err_path.read_text(errors="replace")
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        # 75: mail still owed when it ended, which another instance was still sending.
+        if proc.returncode not in ((0, 75) if instances > 1 else (0,)):
+            raise SystemExit(f"digestd failed ({proc.returncode}): {err[-2000:]}")
+        outs.append(out.strip())
+    return time.perf_counter() - start, rss, outs[0]
 
 
 def phase_seconds(summary: str) -> dict[str, float]:
@@ -121,10 +149,16 @@ def phase_seconds(summary: str) -> dict[str, float]:
     return {f"{phase}_seconds": float(took) for phase, took in found}
 
 
-def message_stats(state: Path) -> tuple[int, int, int]:
+def message_stats(state: Path | str) -> tuple[int, int, int]:
     """(messages sent, their mean size as sent, the mean bytes each queued): a message is its
     body's own bytes plus its shared parts, which are stored once for all messages."""
-    with sqlite3.connect(state) as db:
+    if isinstance(state, str):
+        import psycopg  # the same SQL; PostgreSQL's LENGTH of a bytea counts bytes too
+
+        connect: Any = psycopg.connect
+    else:
+        connect = sqlite3.connect
+    with connect(state) as db:
         sent, total, own = db.execute(
             "SELECT COUNT(*), SUM(LENGTH(b.data) + (SELECT COALESCE(SUM(LENGTH(p.data)), 0)"
             "  FROM outbox_parts r JOIN message_parts p ON p.key = r.part"
@@ -134,7 +168,34 @@ def message_stats(state: Path) -> tuple[int, int, int]:
         shared = db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM message_parts").fetchone()
     if not sent:
         return 0, 0, 0
-    return sent, total // sent, (own + shared[0]) // sent
+    # int(): PostgreSQL's SUM of integers is a numeric (Decimal).
+    return int(sent), int(total) // int(sent), int(own + shared[0]) // int(sent)
+
+
+@contextmanager
+def pg_schema(url: str) -> Iterator[str]:
+    """A fresh schema in the database `url` names, for this run only; yields its state URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@contextmanager
+def state_for(url: str | None, work: Path) -> Iterator[Path | str]:
+    if url is None:
+        yield work / "state.sqlite3"
+        return
+    with pg_schema(url) as state:
+        yield state
 
 
 def run_source(port: int, *, count: int, size: int, sessions: int) -> float:
@@ -150,17 +211,25 @@ def main() -> None:
     parser.add_argument("--subscribers", "-n", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--profile", help="write digestd's cProfile stats to this file")
+    parser.add_argument("--state", help="postgresql://… : the state in a fresh schema there")
+    parser.add_argument("--instances", type=int, default=1, help="concurrent runs (PostgreSQL)")
     args = parser.parse_args()
+    if args.instances > 1 and not args.state:
+        raise SystemExit("--instances needs --state postgresql://… (a SQLite file has one run)")
     port = free_port()
     sink = start_sink(port)
     try:
-        with tempfile.TemporaryDirectory(prefix="digestd-bench-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="digestd-bench-") as tmp,
+            state_for(args.state, Path(tmp)) as state,
+        ):
             work = Path(tmp)
             config = write_setup(
-                work, subscribers=args.subscribers, port=port, connections=args.connections
-            )
-            seconds, rss, summary = run_digestd(config, args.profile)
-            sent, size, queued = message_stats(work / "state.sqlite3")
+                work, subscribers=args.subscribers, port=port, connections=args.connections,
+                state=str(state),
+            )  # fmt: skip
+            seconds, rss, summary = run_digestd(config, args.profile, args.instances)
+            sent, size, queued = message_stats(state)
             source_seconds = run_source(
                 port, count=args.subscribers, size=size, sessions=args.connections
             )
@@ -177,6 +246,8 @@ def main() -> None:
                 "bench": "deliver",
                 "subscribers": args.subscribers,
                 "connections": args.connections,
+                "state": "postgresql" if args.state else "sqlite",
+                "instances": args.instances,
                 "message_bytes": size,
                 "queued_bytes_per_message": queued,
                 "digestd_seconds": round(seconds, 3),

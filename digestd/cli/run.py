@@ -68,7 +68,8 @@ async def _run_once(deps: pipeline.Deps, settings: Settings) -> int:
     progress = deps.observer = make_progress(sys.stdout)
     try:
         now = utcnow()
-        deps.store.outbox.recover(now=now)
+        # On a shared database other instances are sending their claims: only ours are taken.
+        deps.store.outbox.recover(now=now, by=deps.options.instance if deps.store.shared else None)
         bounced = await _read_bounces(deps, settings)  # before composing: suspensions count now
         owed = pipeline.queue_owed_alerts(deps, now=now)  # a poll before a crash still owes them
         ingest = await pipeline.ingest(deps, now=now)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from digestd.cli.exitcodes import EXIT_OK
@@ -16,9 +16,16 @@ from digestd.core.redact import safe_text
 from digestd.service.clock import utcnow
 from digestd.service.health import source_problems
 from digestd.store import open_store, state_label
-from digestd.store.protocols import SourceStatus, StoreStatus
+from digestd.store.protocols import InstanceInfo, SourceStatus, StoreStatus
 
-__all__ = ["STATUS", "add_parser", "cmd_status", "format_sources", "format_status"]
+__all__ = [
+    "STATUS",
+    "add_parser",
+    "cmd_status",
+    "format_instances",
+    "format_sources",
+    "format_status",
+]
 
 STATUS = Command(
     "status",
@@ -27,6 +34,10 @@ STATUS = Command(
     "problems with their reasons, suspended and unsubscribed addresses.",
     "digestd status",
 )
+
+
+# An instance beats every quarter lease (30 s by default): a minute and a half without means gone.
+_SILENT = timedelta(seconds=90)
 
 
 def add_parser(sub: Any) -> None:
@@ -100,8 +111,35 @@ def format_status(status: StoreStatus) -> str:
         *("  " + _entry(item) for item in status.problems),
         f"suspended:   {len(status.suspended)}",
         *("  " + _entry(item) for item in status.suspended),
+        *format_instances(status.instances),
     ]
     return "\n".join(lines)
+
+
+def format_instances(
+    instances: Sequence[InstanceInfo],
+    *,
+    now: datetime | None = None,
+    silent_after: timedelta = _SILENT,
+) -> list[str]:
+    """The running daemons (several on one PostgreSQL database): name, where, last heartbeat, and
+    the sources each polls as the leader. A daemon killed without a clean stop keeps its row: past
+    `silent_after` without a heartbeat it is shown SILENT, and leads nothing any more (the
+    database dropped its locks with its session)."""
+    if not instances:
+        return []
+    now = now or utcnow()
+    lines = [f"instances:   {len(instances)}"]
+    for i in instances:
+        silent = now - i.last_seen > silent_after
+        leads = (
+            "SILENT (dead or cut off)" if silent else "leads " + (", ".join(i.leads) or "no source")
+        )
+        lines.append(
+            f"  {i.name}: host {i.host} pid {i.pid}, up since {_when(i.started_at)},"
+            f" last seen {_when(i.last_seen)}; {leads}"
+        )
+    return lines
 
 
 def _when(moment: datetime | None) -> str:

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     # How often the daemon looks at both files' mtimes to reload by itself; 0 turns it off (SIGHUP
     # still reloads).
     config_check_every: Duration = timedelta(seconds=5)
+    # This daemon's name among several on one PostgreSQL database: logs, `digestd status`,
+    # /metrics, and the claims it holds. Unique per running daemon; default: host-pid.
+    instance: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    # How long a message this daemon claimed stays its own without a heartbeat: a daemon that
+    # died leaves its claims to the others once it passes (re-sent, same Message-ID).
+    lease: Duration = Field(timedelta(minutes=2), description="how long a claim outlives its owner")
 
     @classmethod
     def settings_customise_sources(

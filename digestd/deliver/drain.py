@@ -64,6 +64,10 @@ class RetryOptions(Protocol):
     def verp(self) -> str | None: ...  # VERP base address (bounces@…); None: the row's sender
     @property
     def secret(self) -> bytes | None: ...  # None: the store's own
+    @property
+    def instance(self) -> str | None: ...
+    @property
+    def lease(self) -> timedelta: ...
 
 
 class Outlet(Protocol):
@@ -148,10 +152,18 @@ class _Claimer:
     nor holds the write lock that the outcome commits wait for.
     """
 
-    def __init__(self, committer: _Committer, *, now: datetime, batch: int) -> None:
+    def __init__(
+        self,
+        committer: _Committer,
+        *,
+        now: datetime,
+        batch: int,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.committer = committer
         self.reader = _Side(committer.deps.store, "digestd-read")
         self.now = now
+        self.clock = clock or (lambda: now)
         self.batch = batch
         self.claimed: deque[OutboxRow] = deque()
         self.exhausted = False
@@ -174,9 +186,16 @@ class _Claimer:
 
     async def _claim(self) -> None:
         try:
+            options = self.committer.deps.options
+            # The claimant's name and lease: if this process dies, another instance re-sends
+            # these rows once the lease passes (the heartbeat renews it while we live).
+            lease_until = self.clock() + options.lease
             heads = await self.committer.side.call(
-                lambda store: store.outbox.claim_due(now=self.now, limit=self.batch, bodies=False)
-            )
+                lambda store: store.outbox.claim_due(
+                    now=self.now, limit=self.batch, bodies=False,
+                    by=options.instance, lease_until=lease_until,
+                )
+            )  # fmt: skip
             self.exhausted = len(heads) < self.batch
             try:
                 rows = await self.reader.call(lambda store: store.outbox.with_bodies(heads))
@@ -247,7 +266,10 @@ class _Committer:
         delta = DeliverReport()
         with store.batch():
             for row, outcome, at in outcomes:
-                record(self.deps, row, outcome, at=at, report=delta, store=store)
+                try:
+                    record(self.deps, row, outcome, at=at, report=delta, store=store)
+                except ValueError as exc:  # changed nothing: see `_taken_over`
+                    _taken_over(row, outcome, exc)
         return delta
 
     def _merge(self, delta: DeliverReport) -> None:
@@ -261,6 +283,17 @@ class _Committer:
         if self.flusher is not None:
             await asyncio.shield(self.flusher)
         await self.side.aclose()
+
+
+def _taken_over(row: OutboxRow, outcome: Outcome, exc: ValueError) -> None:
+    """The row left 'sending' before its outcome came: its lease passed (this instance lost the
+    database, or stalled, for longer than a lease) and another instance recovered it. A "sent" is
+    recorded all the same (`mark_sent` accepts in-doubt rows); any other outcome is the other
+    instance's to decide, so it is only said."""
+    log.warning(
+        "outcome dropped kind=%s period=%s outcome=%s reason=%s",
+        row.kind, row.period, outcome.status, str(exc),
+    )  # fmt: skip
 
 
 def _settle(
@@ -281,10 +314,11 @@ async def drain(
 ) -> DeliverReport:
     """Send every due message with `workers` parallel senders; returns what happened."""
     report = DeliverReport()
+    _recover_orphans(deps, now)
     deps.store.outbox.release_stale(now=now, reason=STALE_REASON)
     deps.observer.begin("send", deps.store.outbox.due_count(now=now))
     committer = _Committer(deps, report)
-    claimer = _Claimer(committer, now=now, batch=max(1, workers) * _CLAIM_PER_WORKER)
+    claimer = _Claimer(committer, now=now, batch=max(1, workers) * _CLAIM_PER_WORKER, clock=clock)
     envelope = _envelope(deps)
     try:
         async with asyncio.TaskGroup() as group:
@@ -307,6 +341,18 @@ def _envelope(deps: Outlet) -> Callable[[OutboxRow], str]:
         return lambda row: row.sender
     key = linktokens.derive_key(deps.options.secret or deps.store.secret(), BOUNCE_PURPOSE)
     return lambda row: verp_sender(base, key, row.id, row.subscriber)
+
+
+def _recover_orphans(deps: Outlet, now: datetime) -> None:
+    """Rows in 'sending' that nobody is sending: this instance's own (one drain at a time runs
+    per instance, so they are left from one that failed, e.g. when the database went away), and
+    those of an instance whose lease passed (it died). In doubt and due now, so this drain
+    re-sends them with their Message-ID."""
+    recovered = deps.store.outbox.recover(now=now, by=deps.options.instance)
+    if recovered:
+        log.warning(
+            "recovered messages left in sending n=%d (re-sent with the same Message-ID)", recovered
+        )
 
 
 async def _worker(

@@ -51,6 +51,8 @@ class Options:
     reader_defaults: ReaderDefaults = ReaderDefaults()  # `signup.defaults`
     confirm_within: timedelta = timedelta(hours=48)  # then an unconfirmed sign-up is forgotten
     likes_base: Path = Path()  # `like:` files are relative to the subscribers file's folder
+    instance: str | None = None  # this daemon's name: the claimant of the rows it sends
+    lease: timedelta = timedelta(minutes=2)  # a claim's life without its claimant's heartbeat
 
     @property
     def envelope_from(self) -> str:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SOURCE = "source"
 DELIVERY = "delivery"
 STATE = "state"  # the state file was deleted or replaced: kept in memory (`tell`), not the store
+DATABASE = "database"  # the state database does not answer: in memory too, per instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,13 @@ def compose(state: AlertState, policy: AlertPolicy, *, now: datetime) -> Rendere
         hint = (
             "Put the original file back under its name (digestd resumes by itself), or stop"
             " digestd, restore the rescued copy named in its log, and start it again."
+        )
+    elif state.name == DATABASE:
+        problem = "the state database does not answer; this instance stopped composing and sending"
+        fixed = "the state database answers again; this instance composes and sends again"
+        hint = (
+            "Check the PostgreSQL server and the network to it. Nothing is lost: queued mail"
+            " waits in the database, and each instance resumes by itself when it answers."
         )
     else:
         problem = f"deliveries keep failing ({policy.delivery_failures}+ attempts in a row)"

@@ -25,6 +25,7 @@ from digestd.service import wiring as app
 from digestd.service.admin_alerts import AdminAlerts, AlertPolicy
 from digestd.service.bounces import schedule_bounces
 from digestd.service.clock import utcnow
+from digestd.service.instance import Instance, default_name
 from digestd.service.jobs import Jobs
 from digestd.service.metrics import MeteredMailer, Metrics
 from digestd.service.reload import Changes, Config
@@ -96,9 +97,17 @@ class Daemon:
             self.deps.store, self.work_lock, alerts=self.alerts, alert_mailer=alert_mailer,
             on_change=self.status.tell,
         )  # fmt: skip
+        options = self.deps.options
+        name = options.instance or default_name()
+        self.instance = Instance(
+            self.deps.store, name=name, lease=options.lease,
+            leader=self.deps.store.leadership(name), state_lost=lambda: self.state.lost,
+            sources=lambda: [s.name for s in self.deps.all_sources()], every=self._poll_seconds,
+        )  # fmt: skip
         self.jobs = Jobs(
             self.deps, self.work_lock, metrics=self.metrics, alerts=self.alerts,
             alert_mailer=alert_mailer, stopping=stopping, state_lost=lost,
+            leads=self.instance.try_lead,
         )  # fmt: skip
         self.schedule = Schedule(
             self.deps, self.work_lock, self.jobs, poll_every=poll_every, intervals=intervals
@@ -150,16 +159,20 @@ class Daemon:
 
     def _start_up(self) -> None:
         now = utcnow()
-        recovered = self.deps.store.outbox.recover(now=now)
+        # On a shared database the others' rows in 'sending' are theirs: only this instance's
+        # own (an earlier run under its name) and expired leases are taken back.
+        mine = self.instance.name if self.deps.store.shared else None
+        recovered = self.deps.store.outbox.recover(now=now, by=mine)
         if recovered:
             log.warning(
                 "recovered in-doubt messages n=%d (re-sent with the same Message-ID)", recovered
             )
         self._expire_removed(now)
         log.info(
-            "started subscribers=%d poll_every=%ss",
+            "started subscribers=%d poll_every=%ss instance=%s",
             len(self.deps.subscribers.subscribers),
             int(self.schedule.poll_every.total_seconds()),
+            self.instance.name,
         )
 
     def _schedule(self) -> None:
@@ -181,6 +194,7 @@ class Daemon:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.schedule.scheduler.shutdown(wait=False)
             await self.jobs.aclose()
+            self.instance.stop()
         finally:
             self.work_lock.release()
         if self.web is not None:
@@ -188,6 +202,8 @@ class Daemon:
         log.info("stopped")
 
     def _background(self) -> None:
+        self.instance.start_leading()
+        self._spawn(self.instance.run(), "heartbeat")
         self._spawn(self.reloader.serve(), "reloader")
         self._spawn(self.state.watch(), "state-watch")
         if self.config is not None:
@@ -211,6 +227,7 @@ class Daemon:
             started_at=self.started_at,
             poll_every=lambda: self.schedule.poll_every,
             running=lambda: bool(self.schedule.scheduler.running) and not self._stopping,
+            lost=lambda: self.state.lost,
         )
         routes = health.routes(probe, self.metrics)
         http = self.config.settings.http
@@ -246,6 +263,10 @@ class Daemon:
     def _on_outcome(self, outcome: Outcome) -> None:
         self.work_lock.progressed()
         self.alerts.record(outcome)
+
+    def _poll_seconds(self) -> float:
+        """The shortest poll interval: how often the leadership is asked for."""
+        return min([self.schedule.poll_every, *self.schedule.intervals.values()]).total_seconds()
 
     def _expire_removed(self, now: datetime) -> None:
         keep = app.served_keys(self.deps)

@@ -34,9 +34,15 @@ class HealthProbe:
     started_at: datetime
     poll_every: Callable[[], timedelta]
     running: Callable[[], bool]
+    # Why work stopped, as the state watch last found (a moved file, a database that does not
+    # answer): said without asking the store again, which may wait seconds for a connection.
+    lost: Callable[[], str | None] = lambda: None
 
     def problems(self) -> list[str]:
         """Why the daemon is unhealthy; empty when it is healthy."""
+        lost = self.lost()
+        if lost is not None:
+            return [f"{lost}; composing and sending are stopped"]
         moved = self.store.moved()
         if moved is not None:
             return [f"{moved}; composing and sending are stopped"]
@@ -69,11 +75,13 @@ def source_problems(sources: Sequence[SourceStatus]) -> list[str]:
 def routes(probe: HealthProbe, metrics: Metrics) -> list[BaseRoute]:
     async def healthz(request: Request) -> Response:
         problems = probe.problems()
-        try:
-            last = probe.store.polls.last_success_at()
-            failing = source_problems(probe.store.polls.source_status())
-        except store_errors():  # already among the reasons
-            last, failing = None, []
+        last, failing = None, []
+        if probe.lost() is None:  # else the store is what is in question: not asked again
+            try:
+                last = probe.store.polls.last_success_at()
+                failing = source_problems(probe.store.polls.source_status())
+            except store_errors():  # already among the reasons
+                last, failing = None, []
         body = {
             "status": "unhealthy" if problems else "ok",
             "reasons": problems,

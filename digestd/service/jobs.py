@@ -47,8 +47,10 @@ class Jobs:
         alert_mailer: Callable[[], Mailer],
         stopping: Callable[[], bool],
         state_lost: Callable[[], str | None],
+        leads: Callable[[str], bool] = lambda source: True,
     ) -> None:
         self.deps = deps
+        self._leads = leads  # poll leadership: among several instances, one polls a source
         self._lock = lock
         self._metrics = metrics
         self._alerts = alerts
@@ -56,6 +58,7 @@ class Jobs:
         self._stopping = stopping
         self._state_lost = state_lost
         self._polling: set[str] = set()  # sources whose poll is under way
+        self._sharing = False  # a follower's drain is under way
         self._fetches: set[asyncio.Task[ParseResult | SourceError]] = set()
         self._likes_getter: HttpGetter | None = None  # arXiv's API, for `like:` papers (#16)
         self._likes_asked: set[str] = set()  # ids requested once already
@@ -66,6 +69,16 @@ class Jobs:
             if name in self._polling or self._stopping():
                 log.debug("poll skipped source=%s: the previous poll is still running", name)
                 return
+            if self._state_lost() is not None:  # nothing to lead, nothing to send: skipped
+                log.debug("job skipped job=poll source=%s reason=state lost", name)
+                return
+            if not self._leads(name):
+                # Another instance polls it; this tick sends what is due instead, so every
+                # instance shares the sending (claims skip each other's rows) and takes over
+                # the claims of one that died within a lease and a poll interval.
+                log.debug("poll skipped source=%s: another instance leads it", name)
+                await self._share_sending()
+                return
             self._polling.add(name)
             try:
                 await self._poll(name)
@@ -73,6 +86,17 @@ class Jobs:
                 self._polling.discard(name)
 
         return poll
+
+    async def _share_sending(self) -> None:
+        """A follower's tick: one drain at a time, so a long one never holds back the next
+        ticks, which must keep asking for the leadership."""
+        if self._sharing:
+            return
+        self._sharing = True
+        try:
+            await self._lock.run(self.deliver)
+        finally:
+            self._sharing = False
 
     async def _poll(self, name: str) -> None:
         """Fetch outside the work lock (bounded by the source's deadline), then store under it."""

@@ -19,7 +19,7 @@ from digestd.core.model import Outcome
 from digestd.core.observer import Phase
 from digestd.deliver.transports.base import Mailer
 from digestd.store import StateStore
-from digestd.store.protocols import STATES
+from digestd.store.protocols import STATES, InstanceInfo
 
 __all__ = ["CONTENT_TYPE", "MeteredMailer", "Metrics"]
 
@@ -130,9 +130,30 @@ class _StoreCollector:
             "Unix time the relay last accepted a message (0: never)",
             last_sent.timestamp() if last_sent else 0,
         )
+        yield from _instance_gauges(status.instances)
         info = GaugeMetricFamily("digestd_info", "digestd version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+
+
+def _instance_gauges(instances: Iterable[InstanceInfo]) -> Iterable[Metric]:
+    """Each instance on this state (its last heartbeat) and the leader of each source."""
+    seen = GaugeMetricFamily(
+        "digestd_instance_last_seen_timestamp_seconds",
+        "Unix time of each instance's last heartbeat",
+        labels=["instance", "host"],
+    )
+    leader = GaugeMetricFamily(
+        "digestd_poll_leader",
+        "1 for the instance that polls the source",
+        labels=["source", "instance"],
+    )
+    for i in instances:
+        seen.add_metric([i.name, i.host], i.last_seen.timestamp())
+        for source in i.leads:
+            leader.add_metric([source, i.name], 1)
+    yield seen
+    yield leader
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -9,12 +9,13 @@ import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 
+from digestd.core.redact import redact
 from digestd.deliver.transports.base import Mailer
-from digestd.service.admin_alerts import STATE, AdminAlerts
+from digestd.service.admin_alerts import DATABASE, STATE, AdminAlerts
 from digestd.service.clock import utcnow
 from digestd.service.schedule import RETRY_TICK
 from digestd.service.worklock import WorkLock
-from digestd.store import StateStore
+from digestd.store import StateStore, store_errors
 from digestd.store.protocols import AlertState
 
 __all__ = ["STATE_CHECK", "StateWatch"]
@@ -42,6 +43,8 @@ class StateWatch:
         self._alert_mailer = alert_mailer
         self._on_change = on_change
         self.lost: str | None = None  # why the state file is not ours any more
+        self._down: str | None = None  # why the state database does not answer (`_probe`)
+        self._alert = STATE  # which alert the loss is: the file's, or the database's
         self._lost_since: datetime | None = None
         self._rescued: str | None = None
         self._last_loss = ""  # the reason, still told in the "back" mail
@@ -49,16 +52,19 @@ class StateWatch:
         self._next_tell = utcnow()
 
     def check(self) -> str | None:
-        """Why the state file is no longer the one open (None: it is); acts on each change."""
-        reason = self._store.moved()
+        """Why the state file is no longer the one open, or the state database does not answer
+        (None: all is well); acts on each change."""
+        reason = self._store.moved() or self._down
         if reason == self.lost:
             return reason
         if reason is None:
-            log.warning("state file back path=%s; composing and sending resume", self._store.path)
+            log.warning("state back path=%s; composing and sending resume", self._store.path)
         elif self.lost is None:
             log.error("%s; composing and sending stopped until it is back or a restart", reason)
             self._lost_since, self._last_loss = utcnow(), reason
-            self._rescue()
+            self._alert = DATABASE if self._down else STATE
+            if self._down is None:  # a file to copy out; a database keeps its rows itself
+                self._rescue()
         self.lost = reason
         self._on_change()
         return reason
@@ -77,8 +83,21 @@ class StateWatch:
             path, self._store.path,
         )  # fmt: skip
 
+    def _probe(self) -> None:
+        """A shared database (PostgreSQL) may go away and come back: ask it (it reconnects)."""
+        if not self._store.shared:
+            return
+        try:
+            self._store.ping()
+        except store_errors() as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self._down = redact(f"the state database does not answer: {type(exc).__name__} {first}")
+        else:
+            self._down = None
+
     async def watch(self) -> None:
         while True:
+            self._probe()
             self.check()
             await self._tell_admins()
             await asyncio.sleep(STATE_CHECK)
@@ -93,12 +112,12 @@ class StateWatch:
         detail = self._last_loss
         if self._rescued:
             detail += f". A copy of the file as digestd last had it: {self._rescued}"
-        state = AlertState(STATE, firing=lost, since=self._lost_since, detail=detail)
+        state = AlertState(self._alert, firing=lost, since=self._lost_since, detail=detail)
         async with self._lock.held():  # the mailer's connections are not shared with a job's sends
             try:
                 told = await self._alerts.tell(state, self._alert_mailer(), now=now)
             except Exception as exc:  # the watch must go on: retried at the next tick
-                log.error("admin alert failed alert=%s error=%s", STATE, exc)
+                log.error("admin alert failed alert=%s error=%s", self._alert, exc)
                 told = False
         if told:
             self._told_lost = lost

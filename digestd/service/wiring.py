@@ -28,6 +28,7 @@ from digestd.rules.subscribers import load_subscribers
 from digestd.service import feedback, preferences
 from digestd.service import routes as unsubscribe
 from digestd.service import signup as signup_pages
+from digestd.service.instance import default_name
 from digestd.service.readersite import ReaderSite
 from digestd.sources import FileSource, HuggingFaceSource, Source, make_client
 from digestd.sources.arxiv import ArxivApiSource, category_query
@@ -169,6 +170,8 @@ def options(settings: Settings) -> Options:
         reader_defaults=ReaderDefaults(**settings.signup.defaults.model_dump()),
         confirm_within=settings.signup.confirm_within,
         likes_base=settings.subscribers.parent,
+        instance=settings.instance or default_name(),
+        lease=settings.lease,
     )
 
 

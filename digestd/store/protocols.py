@@ -27,6 +27,9 @@ __all__ = [
     "BounceEvent",
     "BounceKind",
     "BounceRepository",
+    "InstanceInfo",
+    "InstanceRepository",
+    "Leadership",
     "LedgerConflict",
     "OutboxKind",
     "OutboxProblem",
@@ -192,6 +195,7 @@ class StoreStatus:
     suspended: list[Suspension] = field(default_factory=list)  # most recent first
     sources: list[SourceStatus] = field(default_factory=list)
     ratings: tuple[int, int] = (0, 0)  # (likes, dislikes) of every reader (issue #16)
+    instances: list[InstanceInfo] = field(default_factory=list)  # by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +287,19 @@ class BounceEvent:
     email: str | None = None
     status: str | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """One `digestd run` on this state, as its heartbeat last wrote it (`leads`: the sources it
+    polls as the leader)."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen: datetime
+    leads: tuple[str, ...] = ()
 
 
 # Given an address's consecutive hard failures, why it is suspended now, or None (not yet): the
@@ -377,8 +394,16 @@ class OutboxRepository(Protocol):
     def last_digest_at(self, subscriber: str) -> datetime | None: ...
     def has_period(self, subscriber: str, kind: OutboxKind, period: str) -> bool: ...
     def claim_due(
-        self, *, now: datetime, limit: int = 100, bodies: bool = True
+        self,
+        *,
+        now: datetime,
+        limit: int = 100,
+        bodies: bool = True,
+        by: str | None = None,
+        lease_until: datetime | None = None,
     ) -> list[OutboxRow]: ...
+    def renew_leases(self, by: str, *, until: datetime) -> int: ...
+    def recover_expired(self, *, now: datetime) -> int: ...
     def with_bodies(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]: ...
     def unclaim(self, rows: Iterable[OutboxRow]) -> int: ...
     def mark_sent(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None: ...
@@ -400,7 +425,7 @@ class OutboxRepository(Protocol):
     def mark_expired(self, outbox_id: int, *, at: datetime, reason: str) -> None: ...
     def release_stale(self, *, now: datetime, reason: str) -> int: ...
     def expire_except(self, keep: Iterable[str], *, at: datetime, reason: str) -> int: ...
-    def recover(self, *, now: datetime) -> int: ...
+    def recover(self, *, now: datetime, by: str | None = None) -> int: ...
     def due_count(self, *, now: datetime) -> int: ...
     def pending_count(self) -> int: ...
     def last_sent_at(self) -> datetime | None: ...
@@ -520,6 +545,25 @@ class RatingRepository(Protocol):
         ...
 
 
+class InstanceRepository(Protocol):
+    """The running instances: each writes its row (`beat`) every few seconds."""
+
+    def beat(self, me: InstanceInfo) -> None: ...
+    def forget(self, name: str) -> None: ...
+    def all(self) -> list[InstanceInfo]: ...
+
+
+class Leadership(Protocol):
+    """Who polls a source: one leader at a time among the instances on one state. Leadership is
+    held by a session (PostgreSQL: an advisory lock on a connection of its own), so it ends
+    when its holder dies, and `try_lead` by another instance then succeeds."""
+
+    def try_lead(self, source: str) -> bool: ...
+    def release(self, source: str) -> None: ...
+    def leading(self) -> frozenset[str]: ...
+    def close(self) -> None: ...
+
+
 class StateStore(Protocol):
     """The state as callers see it, whatever the backend (`digestd.store.open_store`): one
     repository per entity, transactions, the server secret, health. Not thread-safe: another
@@ -534,6 +578,13 @@ class StateStore(Protocol):
     bounces: BounceRepository
     readers: ReaderRepository
     ratings: RatingRepository
+    instances: InstanceRepository
+    # Whether other daemons may share this state (PostgreSQL): their claims are then not ours.
+    shared: bool
+
+    def leadership(self, name: str = "") -> Leadership:
+        """Poll leadership for one daemon (see `Leadership`)."""
+        ...
 
     @property
     def path(self) -> Path | str:

@@ -34,6 +34,8 @@ from digestd.store.sqlite.outbox import SqliteOutbox
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday
 LATER = T0 + timedelta(days=1)  # past any backoff
+# The claimant's name and lease, what a drain's options carry (issue 18).
+CLAIMANT = SimpleNamespace(instance="one", lease=timedelta(minutes=2))
 
 
 @pytest.fixture
@@ -320,7 +322,7 @@ def queue_plain(store: Store, n: int) -> None:
 async def test_claimer_hands_each_row_out_once(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
         queue_plain(store, 25)
-        deps: Any = SimpleNamespace(store=store)
+        deps: Any = SimpleNamespace(store=store, options=CLAIMANT)
         committer = _Committer(deps, DeliverReport())  # claims in its thread, on its connection
         claimer = _Claimer(committer, now=T0, batch=8)
 
@@ -399,7 +401,7 @@ async def test_rows_whose_bytes_cannot_be_read_go_back_to_the_queue(
             raise OSError("disk I/O error")
 
         monkeypatch.setattr(SqliteOutbox, "with_bodies", unreadable)
-        deps: Any = SimpleNamespace(store=store)
+        deps: Any = SimpleNamespace(store=store, options=CLAIMANT)
         committer = _Committer(deps, DeliverReport())
         claimer = _Claimer(committer, now=T0, batch=8)
         with pytest.raises(OSError, match="disk I/O"):

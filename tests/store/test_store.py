@@ -705,6 +705,10 @@ def test_a_version_7_file_upgrades_and_its_queued_bodies_still_go_out(db_path: P
         store.db.conn.execute("DROP TABLE bounces")  # migration 14's (bounces)
         store.db.conn.execute("ALTER TABLE suspensions DROP COLUMN bounces")
         store.db.conn.execute("DROP TABLE ratings")  # issue 16's (migration 15, renumbered)
+        store.db.conn.execute("DROP TABLE instances")  # migration 13's (leases, instances)
+        store.db.conn.execute("DROP INDEX outbox_leases")
+        store.db.conn.execute("ALTER TABLE outbox DROP COLUMN claimed_by")
+        store.db.conn.execute("ALTER TABLE outbox DROP COLUMN lease_until")
         store.db.conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     with Store(db_path) as store:
         assert store.db.schema_version() == SCHEMA_VERSION
@@ -770,6 +774,10 @@ def test_item9_a_version_8_file_forgets_version_claims_of_rows_a_feed_touched(
         store.db.conn.execute("DROP TABLE bounces")  # migration 14's (bounces)
         store.db.conn.execute("ALTER TABLE suspensions DROP COLUMN bounces")
         store.db.conn.execute("DROP TABLE ratings")  # issue 16's (migration 15, renumbered)
+        store.db.conn.execute("DROP TABLE instances")  # migration 13's (leases, instances)
+        store.db.conn.execute("DROP INDEX outbox_leases")
+        store.db.conn.execute("ALTER TABLE outbox DROP COLUMN claimed_by")
+        store.db.conn.execute("ALTER TABLE outbox DROP COLUMN lease_until")
         store.db.conn.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
     with Store(db_path) as store:
         poisoned, clean = store.papers.get(["2502.60001", "2502.60002"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from digestd.store.sqlite import SCHEMA_VERSION, Store
+from digestd.store.sqlite.migrations import MIGRATIONS, _migration_16
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
 OLD_CHECK = "CHECK (kind IN ('digest', 'alert'))"
@@ -22,6 +23,14 @@ def queue(store: Store, email: str, kind: str, period: str) -> None:
         message_id=f"<{email}.{kind}.{period}@digestd.test>", sender="digestd@example.org",
         data=b"bytes", paper_ids=(), at=T0,
     )  # fmt: skip
+
+
+def undo_leases(raw: sqlite3.Connection) -> None:
+    """Take back what migration 13 (leases and instances, issue 18) added, to make an older file."""
+    raw.execute("DROP TABLE instances")
+    raw.execute("DROP INDEX outbox_leases")
+    raw.execute("ALTER TABLE outbox DROP COLUMN claimed_by")
+    raw.execute("ALTER TABLE outbox DROP COLUMN lease_until")
 
 
 def make_older_file(path: Path) -> None:
@@ -38,7 +47,9 @@ def make_older_file(path: Path) -> None:
     )
     raw.execute(f"PRAGMA schema_version = {version + 1}")
     raw.execute("PRAGMA writable_schema = OFF")
-    raw.execute(f"UPDATE meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'")
+    undo_leases(raw)  # the migration after the notices' (issue 18)
+    before = MIGRATIONS.index(_migration_16)
+    raw.execute(f"UPDATE meta SET value = '{before}' WHERE key = 'schema_version'")
     raw.close()
     raw = sqlite3.connect(path)
     with pytest.raises(sqlite3.IntegrityError):

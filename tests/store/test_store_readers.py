@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_store_notices import undo_leases
 
 from digestd.core.model import Paper
 from digestd.store import StateStore as Store
@@ -200,6 +201,7 @@ def test_an_older_database_gains_the_tables(tmp_path: Path) -> None:
     db.execute("DROP TABLE confirm_sends")
     db.execute("DROP TABLE bounces")  # and what the later migrations added
     db.execute("DROP TABLE ratings")
+    undo_leases(db)
     db.execute("ALTER TABLE suspensions DROP COLUMN bounces")
     db.execute("UPDATE meta SET value = '11' WHERE key = 'schema_version'")
     db.commit()

@@ -93,7 +93,7 @@ class _Pool:
     """A connection pool shared by a store and its side stores; closed with the last of them."""
 
     def __init__(self, url: str, password: str | None) -> None:
-        params = conninfo(url, password)
+        params = self.conninfo = conninfo(url, password)
         # One plain connection first: the pool would retry a refused or unreachable server in
         # the background until its timeout, and then say only "timed out"; this says why, now.
         psycopg.connect(params).close()
@@ -174,6 +174,12 @@ class PgDatabase:
     def side(self) -> PgDatabase:
         """Another connection to the same database, for another thread."""
         return PgDatabase(self.url, same_as=self)
+
+    @property
+    def conninfo(self) -> str:
+        """What the pool connects with (the password included: never to be shown); the poll
+        leadership's own connection uses it too."""
+        return self._pool.conninfo
 
     # -- lifecycle -------------------------------------------------------------------------
 

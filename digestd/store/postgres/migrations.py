@@ -302,6 +302,23 @@ def _migration_16(db: Conn) -> None:
     ))  # fmt: skip
 
 
+def _migration_13(db: Conn) -> None:
+    """Claims with a claimant and a lease; the running instances (see SQLite's migration 13)."""
+    _run(db, (
+        "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE outbox ADD COLUMN lease_until TEXT",
+        "CREATE INDEX outbox_leases ON outbox(lease_until) WHERE state = 'sending'",
+        """CREATE TABLE instances (
+            name TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid BIGINT NOT NULL,
+            started_at TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            leads TEXT NOT NULL DEFAULT '[]'
+        )""",
+    ))  # fmt: skip
+
+
 MIGRATIONS: tuple[Callable[[Conn], None], ...] = (
     _migration_1,
     _migration_2,
@@ -318,4 +335,5 @@ MIGRATIONS: tuple[Callable[[Conn], None], ...] = (
     _migration_14,  # as SQLite's list: numbered as assigned, the 13th (bounces)
     _migration_15,  # issue #16: ratings (the 14th)
     _migration_16,  # issue #15: the outbox kind 'notice' (the 15th)
+    _migration_13,  # issue #18: leases and instances (the 16th)
 )

@@ -38,7 +38,8 @@ WITH due AS (
     ORDER BY next_attempt_at, id LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-UPDATE outbox o SET state = 'sending', attempts = o.attempts + 1, updated_at = %(now)s
+UPDATE outbox o SET state = 'sending', attempts = o.attempts + 1, updated_at = %(now)s,
+    claimed_by = %(by)s, lease_until = %(lease_until)s
 FROM due WHERE o.id = due.id
 RETURNING o.id, o.subscriber, o.kind, o.period, o.message_id, o.sender, o.attempts,
           due.before AS state, due.next_attempt_at,
@@ -207,16 +208,26 @@ class PgOutbox(PgOutcomes):
 
     # -- claiming --------------------------------------------------------------------------
 
-    def claim_due(self, *, now: datetime, limit: int = 100, bodies: bool = True) -> list[OutboxRow]:
+    def claim_due(
+        self,
+        *,
+        now: datetime,
+        limit: int = 100,
+        bodies: bool = True,
+        by: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> list[OutboxRow]:
         """Move due rows to 'sending' (attempts + 1) and return them, oldest due first, committed.
 
         Each row is claimed once however many instances claim at the same time: the selection
         locks its rows (`FOR UPDATE SKIP LOCKED`) and another claim passes them by.
         `bodies=False`: rows with empty `data`, for `with_bodies` to fill in after the commit.
+        `by`, `lease_until`: the claimant and how long its claim holds unrenewed (SQLite's doc).
         """
         params = {
             "claimable": _CLAIMABLE, "now": ts(now), "limit": limit,
             "self_vias": list(SELF_SERVICE_VIAS),
+            "by": by, "lease_until": None if lease_until is None else ts(lease_until),
         }  # fmt: skip
         with self._db.write() as db:
             rows = sorted(dicts(db, _CLAIM, params), key=lambda r: (r["next_attempt_at"], r["id"]))

@@ -23,7 +23,7 @@ _MARK_SENT = """
 WITH s AS (
     UPDATE outbox SET state = 'sent', sent_at = %s, last_code = %s, last_reply = %s,
                       updated_at = %s
-    WHERE id = %s AND state = 'sending' RETURNING subscriber
+    WHERE id = %s AND state IN ('sending', 'in_doubt') RETURNING subscriber
 ), d AS (
     UPDATE deliveries SET sent_at = %s WHERE outbox_id = %s AND EXISTS (SELECT 1 FROM s)
 ), x AS (
@@ -55,7 +55,7 @@ class PgOutcomes:
             # hard failures.
             sent = db.execute(_MARK_SENT, (stamp, code, reply, stamp, outbox_id, stamp, outbox_id))
             if sent.fetchone() != (1,):
-                transition(db, outbox_id, ("sending",), "state = state", ())  # raises, saying why
+                transition(db, outbox_id, ("sending", "in_doubt"), "state = state", ())  # raises
 
     def mark_deferred(
         self, outbox_id: int, *, at: datetime, retry_at: datetime, code: int | None, reply: str
@@ -144,18 +144,44 @@ class PgOutcomes:
             ).fetchall()
             return expire(db, [(r[0], reason) for r in rows if r[1] not in kept], ts(at))
 
-    def recover(self, *, now: datetime) -> int:
+    def recover(self, *, now: datetime, by: str | None = None) -> int:
         """Rows left in 'sending' become 'in_doubt', due at once (same Message-ID and bytes).
 
-        With several instances on one database this is only right when none of them is sending
-        (a lease per claim is the multi-instance answer, built on top of this).
+        `by`: this instance's name. Others on the database are sending theirs: only its own
+        rows (an earlier run under the same name), unnamed ones and expired leases are taken.
         """
+        stamp = ts(now)
+        where, params = "", tuple[str, ...]()
+        if by is not None:
+            where = " AND (claimed_by IS NULL OR claimed_by = %s OR lease_until <= %s)"
+            params = (by, stamp)
+        with self._db.write() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET state = 'in_doubt', next_attempt_at = %s, updated_at = %s,"
+                " claimed_by = NULL, lease_until = NULL"
+                f" WHERE state = 'sending'{where}",
+                (stamp, stamp, *params),
+            )
+        return cursor.rowcount
+
+    def recover_expired(self, *, now: datetime) -> int:
+        """Rows in 'sending' whose lease passed (their instance died): in doubt, due now."""
         stamp = ts(now)
         with self._db.write() as db:
             cursor = db.execute(
-                "UPDATE outbox SET state = 'in_doubt', next_attempt_at = %s, updated_at = %s"
-                " WHERE state = 'sending'",
-                (stamp, stamp),
+                "UPDATE outbox SET state = 'in_doubt', next_attempt_at = %s, updated_at = %s,"
+                " claimed_by = NULL, lease_until = NULL"
+                " WHERE state = 'sending' AND lease_until <= %s",
+                (stamp, stamp, stamp),
+            )
+        return cursor.rowcount
+
+    def renew_leases(self, by: str, *, until: datetime) -> int:
+        """The heartbeat: every row `by` is sending stays its own until `until`."""
+        with self._db.write() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET lease_until = %s WHERE state = 'sending' AND claimed_by = %s",
+                (ts(until), by),
             )
         return cursor.rowcount
 

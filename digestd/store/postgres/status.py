@@ -9,6 +9,7 @@ from digestd.store.postgres.ratings import rating_counts
 from digestd.store.postgres.values import dicts
 from digestd.store.protocols import (
     STATES,
+    InstanceRepository,
     PaperRepository,
     PollRepository,
     StoreStatus,
@@ -24,6 +25,7 @@ def store_status(
     papers: PaperRepository,
     polls: PollRepository,
     subscribers: SubscriberRepository,
+    instances: InstanceRepository | None = None,
 ) -> StoreStatus:
     """A snapshot for `digestd status` (reads only: one snapshot of every table)."""
     with database.read() as db:
@@ -45,4 +47,5 @@ def store_status(
             suspended=[s for s in subscribers.suspensions() if s.suspended_at is not None],
             sources=polls.source_status(),
             ratings=rating_counts(db),
+            instances=instances.all() if instances is not None else [],
         )

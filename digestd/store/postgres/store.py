@@ -14,9 +14,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from digestd.store.leadership import AdvisoryLeader
 from digestd.store.postgres.alerts import PgAlerts
 from digestd.store.postgres.bounces import PgBounces
 from digestd.store.postgres.database import PgDatabase, pg_label
+from digestd.store.postgres.instances import PgInstances
 from digestd.store.postgres.outbox import PgOutbox
 from digestd.store.postgres.papers import PgPapers
 from digestd.store.postgres.polls import PgPolls
@@ -28,6 +30,8 @@ from digestd.store.postgres.webcopies import PgWebCopies
 from digestd.store.protocols import (
     AlertRepository,
     BounceRepository,
+    InstanceRepository,
+    Leadership,
     OutboxRepository,
     PaperRepository,
     PollRepository,
@@ -44,6 +48,9 @@ __all__ = ["PgStore"]
 
 class PgStore:
     """A PostgreSQL state: its database handle and one repository per entity over it."""
+
+    # Several daemons may run on one database: the rows others claimed are theirs.
+    shared = True
 
     def __init__(
         self, url: str, *, password: str | None = None, db: PgDatabase | None = None
@@ -64,6 +71,7 @@ class PgStore:
         self.bounces: BounceRepository = PgBounces(self.db)
         self.readers: ReaderRepository = PgReaders(self.db)
         self.ratings: RatingRepository = PgRatings(self.db)
+        self.instances: InstanceRepository = PgInstances(self.db)
 
     def side(self) -> PgStore:
         """Another connection from the same pool, for another thread."""
@@ -73,7 +81,12 @@ class PgStore:
         return self.db.batch(sync=sync)
 
     def status(self) -> StoreStatus:
-        return store_status(self.db, self.papers, self.polls, self.subscribers)
+        return store_status(self.db, self.papers, self.polls, self.subscribers, self.instances)
+
+    def leadership(self, name: str = "") -> Leadership:
+        """Advisory locks on a connection of their own (not the pool's: a lock lives as long
+        as its session, and a pooled connection is handed to whoever asks next)."""
+        return AdvisoryLeader(self.db.conninfo, name=name)
 
     def secret(self) -> bytes:
         return self.db.secret()

@@ -378,6 +378,28 @@ def _migration_16(db: sqlite3.Connection) -> None:
     db.execute("UPDATE outbox SET kind = 'notice' WHERE kind = 'alert' AND period LIKE 'signup-%'")
 
 
+def _migration_13(db: sqlite3.Connection) -> None:
+    """Several instances on one state (issue 18): a claimed row names its claimant and how long
+    the claim holds (`lease_until`, renewed by the claimant's heartbeat); a row in 'sending' whose
+    lease passed belonged to an instance that died and is re-sent by another, same Message-ID.
+    `instances`: each running daemon's heartbeat and the sources it leads (status, metrics).
+    SQLite has one daemon per file, but the columns mean the same as in PostgreSQL.
+    """
+    db.execute("ALTER TABLE outbox ADD COLUMN claimed_by TEXT")
+    db.execute("ALTER TABLE outbox ADD COLUMN lease_until TEXT")
+    db.execute("CREATE INDEX outbox_leases ON outbox(lease_until) WHERE state = 'sending'")
+    db.execute(
+        """CREATE TABLE instances (
+            name TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            leads TEXT NOT NULL DEFAULT '[]'
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1,
     _migration_2,
@@ -394,5 +416,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_14,  # numbered as assigned on its branch; it is the 13th in the list
     _migration_15,  # issue #16: ratings (the 14th)
     _migration_16,  # issue #15 polish: the outbox kind 'notice' (the 15th)
+    _migration_13,  # issue #18: leases and instances (the 16th)
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -167,22 +167,33 @@ class SqliteOutbox(SqliteOutcomes):
 
     # -- claiming --------------------------------------------------------------------------
 
-    def claim_due(self, *, now: datetime, limit: int = 100, bodies: bool = True) -> list[OutboxRow]:
+    def claim_due(
+        self,
+        *,
+        now: datetime,
+        limit: int = 100,
+        bodies: bool = True,
+        by: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> list[OutboxRow]:
         """Move due rows to 'sending' (attempts + 1) and return them, oldest due first, committed.
 
         Each row is claimed once: the selection and the update are one write transaction.
         `bodies=False`: the rows come with empty `data`, for `with_bodies` to fill in outside the
         write transaction (and on another connection, if the caller likes).
+        `by` and `lease_until` record the claimant and how long its claim holds without renewal
+        (`recover_expired`).
         """
         stamp = ts(now)
+        lease = (by, opt_ts(lease_until))
         with self._db.write() as db:
             ids = _due_ids(db, stamp, limit)
             rows = _rows_by_id(db, ids)
             data = read_bodies(db, ids, self._parts) if bodies else dict.fromkeys(ids, (b"", False))
             db.executemany(
-                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ?",
-                ((stamp, row["id"]) for row in rows),
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?,"
+                " claimed_by = ?, lease_until = ? WHERE id = ?",
+                ((stamp, *lease, row["id"]) for row in rows),
             )
             # A row without bytes raises here (KeyError), inside the claim: it stays queued.
             return [

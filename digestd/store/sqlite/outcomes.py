@@ -31,12 +31,14 @@ class SqliteOutcomes:
     def mark_sent(self, outbox_id: int, *, at: datetime, code: int | None, reply: str) -> None:
         """The relay accepted the message (250 after DATA).
 
-        :raises ValueError: the row is not in 'sending'.
+        :raises ValueError: the row is not in 'sending' (nor 'in_doubt').
         """
         stamp = ts(at)
         with self._db.write() as db:
+            # From 'in_doubt' too: the relay took it after the lease passed and the row was
+            # recovered for a re-send; "sent" is the truth, and the re-send is saved.
             transition(
-                db, outbox_id, ("sending",),
+                db, outbox_id, ("sending", "in_doubt"),
                 "state = 'sent', sent_at = ?, last_code = ?, last_reply = ?, updated_at = ?",
                 (stamp, code, reply, stamp),
             )  # fmt: skip
@@ -162,17 +164,46 @@ class SqliteOutcomes:
             ).fetchall()
             return expire(db, [(r[0], reason) for r in rows if r[1] not in kept], ts(at))
 
-    def recover(self, *, now: datetime) -> int:
+    def recover(self, *, now: datetime, by: str | None = None) -> int:
         """At start-up: rows left in 'sending' were interrupted mid-send and become 'in_doubt'.
 
-        They are due at once and will be re-sent with the same Message-ID and bytes.
+        They are due at once and will be re-sent with the same Message-ID and bytes. `by`: this
+        instance's name, when others may be sending from the same state: only its own rows (an
+        earlier run under the same name), unnamed ones and expired leases are taken back.
         """
+        stamp = ts(now)
+        where, params = "", tuple[str, ...]()
+        if by is not None:
+            where = " AND (claimed_by IS NULL OR claimed_by = ? OR lease_until <= ?)"
+            params = (by, stamp)
+        with self._db.write() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET state = 'in_doubt', next_attempt_at = ?, updated_at = ?,"
+                " claimed_by = NULL, lease_until = NULL"
+                f" WHERE state = 'sending'{where}",
+                (stamp, stamp, *params),
+            )
+        return cursor.rowcount
+
+    def recover_expired(self, *, now: datetime) -> int:
+        """While running: rows in 'sending' whose lease passed (their instance died, or lost the
+        database for longer than a lease) become 'in_doubt', due now, same Message-ID."""
         stamp = ts(now)
         with self._db.write() as db:
             cursor = db.execute(
-                "UPDATE outbox SET state = 'in_doubt', next_attempt_at = ?, updated_at = ?"
-                " WHERE state = 'sending'",
-                (stamp, stamp),
+                "UPDATE outbox SET state = 'in_doubt', next_attempt_at = ?, updated_at = ?,"
+                " claimed_by = NULL, lease_until = NULL"
+                " WHERE state = 'sending' AND lease_until <= ?",
+                (stamp, stamp, stamp),
+            )
+        return cursor.rowcount
+
+    def renew_leases(self, by: str, *, until: datetime) -> int:
+        """The heartbeat: every row `by` is sending stays its own until `until`."""
+        with self._db.write() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET lease_until = ? WHERE state = 'sending' AND claimed_by = ?",
+                (ts(until), by),
             )
         return cursor.rowcount
 

@@ -7,6 +7,7 @@ from typing import cast
 
 from digestd.store.protocols import (
     STATES,
+    InstanceRepository,
     OutboxProblem,
     PaperRepository,
     PollRepository,
@@ -41,6 +42,7 @@ def store_status(
     papers: PaperRepository,
     polls: PollRepository,
     subscribers: SubscriberRepository,
+    instances: InstanceRepository | None = None,
 ) -> StoreStatus:
     """A snapshot for `digestd status` (reads only: one snapshot of every table)."""
     with database.read() as db:
@@ -62,6 +64,7 @@ def store_status(
             suspended=[s for s in subscribers.suspensions() if s.suspended_at is not None],
             sources=polls.source_status(),
             ratings=_ratings(db),
+            instances=instances.all() if instances is not None else [],
         )
 
 

@@ -13,9 +13,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from digestd.store.leadership import SoleLeader
 from digestd.store.protocols import (
     AlertRepository,
     BounceRepository,
+    InstanceRepository,
+    Leadership,
     OutboxRepository,
     PaperRepository,
     PollRepository,
@@ -28,6 +31,7 @@ from digestd.store.protocols import (
 from digestd.store.sqlite.alerts import SqliteAlerts
 from digestd.store.sqlite.bounces import SqliteBounces
 from digestd.store.sqlite.database import Database, explain, probe
+from digestd.store.sqlite.instances import SqliteInstances
 from digestd.store.sqlite.migrations import SCHEMA_VERSION
 from digestd.store.sqlite.outbox import SqliteOutbox
 from digestd.store.sqlite.papers import SqlitePapers
@@ -44,6 +48,9 @@ __all__ = ["SCHEMA_VERSION", "Database", "Store", "explain", "probe"]
 class Store:
     """The state file: its database handle and one repository per entity over it."""
 
+    # One daemon per file (its run lock): nobody else's claims to respect at start-up.
+    shared = False
+
     def __init__(self, path: str | Path, *, db: Database | None = None) -> None:
         """Open (and create) the database at `path`, or use `db`, already open."""
         self.db = db if db is not None else Database(path)
@@ -58,6 +65,7 @@ class Store:
         self.bounces: BounceRepository = SqliteBounces(self.db)
         self.readers: ReaderRepository = SqliteReaders(self.db)
         self.ratings: RatingRepository = SqliteRatings(self.db)
+        self.instances: InstanceRepository = SqliteInstances(self.db)
 
     def side(self) -> Store:
         """Another connection to this very file, for another thread; never a new empty file.
@@ -72,7 +80,11 @@ class Store:
 
     def status(self) -> StoreStatus:
         """A snapshot for `digestd status`."""
-        return store_status(self.db, self.papers, self.polls, self.subscribers)
+        return store_status(self.db, self.papers, self.polls, self.subscribers, self.instances)
+
+    def leadership(self, name: str = "") -> Leadership:
+        """Poll leadership for one daemon: a file has one daemon (its run lock), the leader."""
+        return SoleLeader()
 
     def secret(self) -> bytes:
         """The server secret (32 random bytes), created on first use and kept forever."""
