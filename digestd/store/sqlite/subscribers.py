@@ -64,16 +64,31 @@ class SqliteSubscribers:
         return self.ids_of([email])[address_key(email)]
 
     def ids_of(self, emails: Iterable[str]) -> dict[str, int]:
-        """`id_of` many addresses at once (keys lowercased): one transaction a batch."""
+        """`id_of` many addresses at once (keys lowercased): one transaction a batch.
+
+        Ids that exist are read without taking the write lock: the reader pages look up an id
+        on the event loop for every request, and a BEGIN IMMEDIATE there waited (busy_timeout)
+        for each compose batch's commit, stalling every page for seconds. Only new addresses
+        need the write transaction.
+        """
         keys = list(dict.fromkeys(address_key(e) for e in emails))
+        found = self._known_ids(self._db.conn, keys)
+        missing = [k for k in keys if k not in found]
+        if missing:
+            with self._db.write() as db:
+                db.executemany(
+                    "INSERT OR IGNORE INTO subscriber_ids (email) VALUES (?)",
+                    ((k,) for k in missing),
+                )
+                found.update(self._known_ids(db, missing))
+        return found
+
+    @staticmethod
+    def _known_ids(db: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
-        with self._db.write() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO subscriber_ids (email) VALUES (?)", ((k,) for k in keys)
-            )
-            for chunk in chunks(keys):
-                sql = f"SELECT email, id FROM subscriber_ids WHERE email IN ({marks(len(chunk))})"
-                found.update(db.execute(sql, chunk).fetchall())
+        for chunk in chunks(keys):
+            sql = f"SELECT email, id FROM subscriber_ids WHERE email IN ({marks(len(chunk))})"
+            found.update(db.execute(sql, chunk).fetchall())
         return found
 
     def email_of(self, subscriber_id: int) -> str | None:
