@@ -4,12 +4,13 @@ it serves (`Audience`: the YAML's, indexed once, and the self-registered readers
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from types import MappingProxyType
+from typing import Protocol, TypeVar
 
 from digestd.core.addresses import address_key
 from digestd.core.model import Match, Paper, Subscriber, SubscriberSet
@@ -24,7 +25,31 @@ from digestd.rules.reference import Relevance
 from digestd.sources.base import Source
 from digestd.store import StateStore
 
-__all__ = ["Audience", "Deps", "Options", "key", "register", "swap_subscribers", "swap_web"]
+__all__ = [
+    "Audience",
+    "Deps",
+    "Options",
+    "Write",
+    "key",
+    "register",
+    "swap_subscribers",
+    "swap_web",
+    "written",
+]
+
+_T = TypeVar("_T")
+
+
+class Write(Protocol):
+    """Where a page's write runs: service/readersite.py's `ReaderSite.write` runs it in a worker
+    thread on a connection of its own, so the event loop never waits for the write lock."""
+
+    def __call__(self, fn: Callable[[StateStore], _T], /) -> Awaitable[_T]: ...
+
+
+async def written(deps: Deps, write: Write | None, fn: Callable[[StateStore], _T]) -> _T:
+    """`fn` through `write`, or on the store itself without one (the CLI, `run --once`, tests)."""
+    return fn(deps.store) if write is None else await write(fn)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from digestd.core.addresses import address_key
-from digestd.pipeline.deps import Deps
+from digestd.pipeline.deps import Deps, Write, written
 from digestd.pipeline.relevance import RelevanceState, load, refresh, save
 from digestd.store import StateStore
 
@@ -35,15 +35,17 @@ def model_path(store: StateStore) -> Path | None:
     return Path(f"{store.path}.relevance.npz") if isinstance(store.path, Path) else None
 
 
-def rate(deps: Deps, email: str, paper_id: str, value: int, *, now: datetime) -> None:
-    """One verdict (+1 more, -1 less) of the reader on a paper; a later one replaces it."""
-    deps.store.ratings.rate(address_key(email), paper_id, value, at=now, origin="click")
+def rate(store: StateStore, email: str, paper_id: str, value: int, *, now: datetime) -> None:
+    """One verdict (+1 more, -1 less) of the reader on a paper; a later one replaces it. Only the
+    store changes, so the page runs it on a connection of its own (`ReaderSite.write`)."""
+    store.ratings.rate(address_key(email), paper_id, value, at=now, origin="click")
 
 
-def forget_model(deps: Deps, email: str) -> int:
-    """The reader's ratings and model gone (the preferences page's reset); how many ratings."""
+async def forget_model(deps: Deps, email: str, *, write: Write | None = None) -> int:
+    """The reader's ratings (written through `write`) and model gone (the preferences page's
+    reset); how many ratings."""
     reader = address_key(email)
-    removed = deps.store.ratings.forget(reader)
+    removed = await written(deps, write, lambda store: store.ratings.forget(reader))
     state = deps.relevance
     if state is not None and reader in state.models:
         models = {k: v for k, v in state.models.items() if k != reader}

@@ -8,8 +8,8 @@ a worker thread (never on the event loop) and swaps it in; the YAML's matcher is
     deps.store.readers.add_pending(...)             # store/sqlite/readers.py
     await confirm_reader(deps, email, now=now)      # joins the next digest, covering `lookback`
     await edit_reader(deps, email, spec, now=now)   # effective from the next digest
-    pause_reader(deps, email, weeks=2, now=now)     # any address; 1–8 weeks
-    resume_reader(deps, email, now=now, catch_up=True)
+    pause_reader(deps.store, email, weeks=2, now=now)  # any address; 1–8 weeks
+    resume_reader(deps.store, email, now=now, catch_up=True)
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from datetime import datetime, timedelta
 
 from digestd.core.addresses import address_key
 from digestd.mail import linktokens as tokens
-from digestd.pipeline.deps import Deps, swap_web
+from digestd.pipeline.deps import Deps, Write, swap_web, written
 from digestd.pipeline.webreaders import build_web
+from digestd.store import StateStore
 from digestd.store.protocols import Pause, Reader
 
 __all__ = [
@@ -90,44 +91,62 @@ async def refresh_readers_async(deps: Deps, *, now: datetime) -> None:
         refresh_readers(deps, now=now)
 
 
-async def confirm_reader(deps: Deps, email: str, *, now: datetime) -> Reader | None:
+async def confirm_reader(
+    deps: Deps, email: str, *, now: datetime, write: Write | None = None
+) -> Reader | None:
     """Confirm a pending sign-up; an address that had unsubscribed before opted in again. The
-    reader's first digest is their next slot, covering `lookback` like a new YAML subscriber."""
-    reader = deps.store.readers.confirm(email, at=now)
+    reader's first digest is their next slot, covering `lookback` like a new YAML subscriber.
+    The rows are written through `write` (the pages: off the event loop)."""
+
+    def confirm(store: StateStore) -> Reader | None:
+        reader = store.readers.confirm(email, at=now)
+        if reader is not None:
+            store.subscribers.unsuppress(email, at=now)
+        return reader
+
+    reader = await written(deps, write, confirm)
     if reader is not None:
-        deps.store.subscribers.unsuppress(email, at=now)
         await refresh_readers_async(deps, now=now)
     return deps.store.readers.get(email) if reader is not None else None
 
 
 async def edit_reader(
-    deps: Deps, email: str, spec: Mapping[str, object], *, now: datetime, name: str | None = None
+    deps: Deps,
+    email: str,
+    spec: Mapping[str, object],
+    *,
+    now: datetime,
+    name: str | None = None,
+    write: Write | None = None,
 ) -> Reader | None:
     """A validated new spec (rules/readers.py), effective from the next digest; nothing re-sent
     (the ledger keeps what went out)."""
-    reader = deps.store.readers.update(email, spec=spec, at=now, name=name)
+    reader = await written(
+        deps, write, lambda store: store.readers.update(email, spec=spec, at=now, name=name)
+    )
     if reader is not None:
         await refresh_readers_async(deps, now=now)
     return reader
 
 
 def pause_reader(
-    deps: Deps, email: str, *, weeks: int, now: datetime, catch_up: bool = False
+    store: StateStore, email: str, *, weeks: int, now: datetime, catch_up: bool = False
 ) -> Pause:
     """Nothing for `email` for `weeks` (1–8); no rebuild: composing and alerts skip the paused.
+    Only the store changes, so the pages run it on a connection of their own (`ReaderSite.write`).
 
     :raises ValueError: `weeks` out of range.
     """
     if not 1 <= weeks <= MAX_PAUSE_WEEKS:
         raise ValueError(f"a pause lasts 1 to {MAX_PAUSE_WEEKS} weeks, not {weeks}")
-    return deps.store.readers.pause(
-        email, until=now + timedelta(weeks=weeks), at=now, catch_up=catch_up
-    )
+    return store.readers.pause(email, until=now + timedelta(weeks=weeks), at=now, catch_up=catch_up)
 
 
-def resume_reader(deps: Deps, email: str, *, now: datetime, catch_up: bool | None = None) -> bool:
+def resume_reader(
+    store: StateStore, email: str, *, now: datetime, catch_up: bool | None = None
+) -> bool:
     """End a pause early: the pause's papers are skipped, or (`catch_up`) sent in one digest."""
-    return deps.store.readers.resume(email, at=now, catch_up=catch_up)
+    return store.readers.resume(email, at=now, catch_up=catch_up)
 
 
 def remove_reader(deps: Deps, email: str, *, now: datetime) -> bool:

@@ -84,7 +84,10 @@ class _Feedback:
         click = self._click(token)
         if click is None:
             return self._bad_link()
-        rate(self.site.deps, click.email, click.paper_id, click.value, now=self.site.clock())
+        now = self.site.clock()
+        await self.site.write(
+            lambda store: rate(store, click.email, click.paper_id, click.value, now=now)
+        )
         log.info("feedback recorded subscriber_id=%d value=%+d", click.subscriber_id, click.value)
         said = (
             f"You'll see more papers like ‘{click.title}’."
@@ -92,7 +95,7 @@ class _Feedback:
             else f"You'll see fewer papers like ‘{click.title}’."
         )
         # After the answer: the model is retrained in a thread, the loop keeps serving.
-        retrain = BackgroundTask(refresh_relevance, self.site.deps, now=self.site.clock())
+        retrain = BackgroundTask(refresh_relevance, self.site.deps, now=now)
         response = self.site.pages.message(
             "Thank you",
             said,

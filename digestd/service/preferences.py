@@ -41,6 +41,7 @@ from digestd.service.readersite import ReaderSite, Who
 from digestd.service.routes import mask
 from digestd.service.signup import guarded_form
 from digestd.service.webpages import HEADERS, zones
+from digestd.store import StateStore
 from digestd.store.protocols import Pause
 
 __all__ = ["routes"]
@@ -97,22 +98,22 @@ class _Preferences:
                 return self._render(
                     token, who, None, {"weeks": "pause for 1 to 8 weeks"}, status=422
                 )
-            pause_reader(self.site.deps, who.email, weeks=int(weeks), now=now)
+            n = int(weeks)
+            await self.site.write(lambda s: pause_reader(s, who.email, weeks=n, now=now))
             return _back(token, "paused")
         if action == "reset":  # issue #16: their ratings and model, gone
-            forgotten = forget_model(self.site.deps, who.email)
+            forgotten = await forget_model(self.site.deps, who.email, write=self.site.write)
             log.info("ratings reset subscriber_id=%d n=%d", who.subscriber_id, forgotten)
             response = _back(token, "reset")
             response.background = BackgroundTask(refresh_relevance, self.site.deps, now=now)
             return response
         if action == "resume":
             catch_up = data.get("catch_up") == "on"
-            resume_reader(self.site.deps, who.email, now=now, catch_up=catch_up)
+            await self.site.write(lambda s: resume_reader(s, who.email, now=now, catch_up=catch_up))
             return _back(token, "caught-up" if catch_up else "resumed")
-        self.site.deps.store.subscribers.suppress(who.email, at=now, via="preferences")
-        if who.reader is not None and self.site.readers.remove(who.email, at=now):
+        if await self.site.write(lambda s: _leave(s, who, now)):
             # What remove_reader does (their ratings go too), the small rebuild off the loop.
-            forget_model(self.site.deps, who.email)
+            await forget_model(self.site.deps, who.email, write=self.site.write)
             await refresh_readers_async(self.site.deps, now=now)
         log.info("unsubscribed subscriber_id=%d via=preferences", who.subscriber_id)
         options = self.site.deps.options
@@ -158,7 +159,7 @@ class _Preferences:
             errors = errors_of(checked) if isinstance(checked, list) else {}
         if errors:
             return self._render(token, who, values, errors, status=422)
-        await edit_reader(self.site.deps, who.email, spec, now=now)
+        await edit_reader(self.site.deps, who.email, spec, now=now, write=self.site.write)
         log.info("reader edited subscriber_id=%d", who.subscriber_id)
         return _back(token, "saved")
 
@@ -242,6 +243,12 @@ class Learned:
     dislikes: int
     positive: list[str]
     negative: list[str]
+
+
+def _leave(store: StateStore, who: Who, now: datetime) -> bool:
+    """Suppress the address; whether a reader row of theirs was removed too."""
+    store.subscribers.suppress(who.email, at=now, via="preferences")
+    return who.reader is not None and store.readers.remove(who.email, at=now)
 
 
 def _open(pause: Pause | None, now: datetime) -> bool:

@@ -6,15 +6,21 @@ mail/mime.py with their own Message-ID, DKIM-signed like any message, queued in 
 'notice', period 'signup-…', no papers) and sent by the delivery job, which `wake` starts at once.
 A notice reaches an address that unsubscribed by its own hand (the person asked again, double
 opt-in); `blocked` addresses (a complaint, bounces, the admin) are not mailed at all.
+
+The pages read on the loop's connection (WAL: a compose writing meanwhile does not block a read),
+but every write of theirs goes through `write`: a worker thread on a connection of its own, since
+a write may wait for a compose batch's commit (service/offloop.py) and the loop must not wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from digestd.config.sections import SignupSettings
 from digestd.core.addresses import address_key
@@ -27,11 +33,14 @@ from digestd.pipeline.readers import manage_address
 from digestd.rules.readers import ReaderDefaults
 from digestd.service.formguard import FormGuard, RateLimiter
 from digestd.service.webpages import Pages, mail_environment
+from digestd.store import StateStore
 from digestd.store.protocols import SELF_SERVICE_VIAS, Reader, ReaderRepository
 
 __all__ = ["ReaderSite", "Who"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,19 @@ class ReaderSite:
         self._manage_key = linktokens.derive_key(self.secret, "manage")
         self._text = mail_environment(html=False)
         self._html = mail_environment(html=True)
+
+    async def write(self, fn: Callable[[StateStore], _T]) -> _T:
+        """`fn`'s writes, committed on a connection of its own in a worker thread (see the top);
+        an in-memory state has no second connection, so there they run on the store itself."""
+        store = self.deps.store
+        if str(store.path) == ":memory:":
+            return fn(store)
+
+        def aside() -> _T:
+            with store.side() as side:
+                return fn(side)
+
+        return await asyncio.to_thread(aside)
 
     # -- who is who --------------------------------------------------------------------------
 
@@ -148,7 +170,7 @@ class ReaderSite:
 
     # -- mails ---------------------------------------------------------------------------------
 
-    def mail_confirmation(self, reader: Reader, *, to: str) -> bool:
+    async def mail_confirmation(self, reader: Reader, *, to: str) -> bool:
         within = self.signup().confirm_within
         link = self.url(f"/confirm/{self.confirm_token(reader)}")
         hours = int(within.total_seconds() // 3600)
@@ -158,11 +180,11 @@ class ReaderSite:
             f"The link works for {hours} hours. If this was not you, ignore this mail.",
         )
         subject = f"Confirm your subscription to {self.deps.options.site_name}"
-        return self._queue(
+        return await self._queue(
             to, reader.name, subject, lines, link, "Confirm my subscription", "confirm"
         )
 
-    def mail_already(self, email: str, *, to: str, name: str | None) -> bool:
+    async def mail_already(self, email: str, *, to: str, name: str | None) -> bool:
         """'You are subscribed already — manage it here': what a known address gets instead."""
         link = self.manage_url(email)
         lines = (
@@ -171,9 +193,9 @@ class ReaderSite:
             "To change your topics or schedule, pause or leave, open the link below.",
         )
         subject = f"You are subscribed to {self.deps.options.site_name}"
-        return self._queue(to, name, subject, lines, link, "Manage my subscription", "known")
+        return await self._queue(to, name, subject, lines, link, "Manage my subscription", "known")
 
-    def _queue(
+    async def _queue(
         self,
         to: str,
         name: str | None,
@@ -203,10 +225,13 @@ class ReaderSite:
             message_id=message_id, date=now, headers={"Auto-Submitted": "auto-generated"},
         )  # fmt: skip
         data = signed(self.deps.sign, message) if self.deps.sign else message
-        row = self.deps.store.outbox.enqueue(
-            subscriber=email, kind="notice", period=period, message_id=message_id,
-            sender=self.deps.options.envelope_from, data=data, paper_ids=[], at=now,
-            expires_at=now + self.signup().confirm_within,
+        expires = now + self.signup().confirm_within
+        row = await self.write(
+            lambda store: store.outbox.enqueue(
+                subscriber=email, kind="notice", period=period, message_id=message_id,
+                sender=self.deps.options.envelope_from, data=data, paper_ids=[], at=now,
+                expires_at=expires,
+            )
         )  # fmt: skip
         log.info("reader notice queued what=%s", what)
         self.wake()

@@ -139,7 +139,7 @@ class _Signup:
         problems = self._problems(values)
         if problems:
             return self._render(values, problems, status=422)
-        self._accept(values)
+        await self._accept(values)
         return _sent()
 
     def _problems(self, values: FormValues) -> dict[str, str]:
@@ -157,12 +157,17 @@ class _Signup:
         )  # fmt: skip
         return errors_of(checked) if isinstance(checked, list) else {}
 
-    def _accept(self, values: FormValues) -> None:
+    async def _accept(self, values: FormValues) -> None:
         """Store the pending reader and mail them, or mail a known address its manage link; the
         per-address limit silently drops a mail (the page says the same either way)."""
         now, email = self.site.clock(), address_key(check_address(values.email))
         settings = self.site.signup()
-        if not self.site.readers.may_send_confirmation(email, at=now, every=settings.confirm_every):
+        allowed = await self.site.write(
+            lambda store: store.readers.may_send_confirmation(
+                email, at=now, every=settings.confirm_every
+            )
+        )
+        if not allowed:
             log.info("signup mail not sent reason=per-address limit")
             return
         if self.site.blocked(email):
@@ -178,10 +183,12 @@ class _Signup:
         # One who left by their own hand comes back by confirming (which lifts the suppression);
         # for the admin's address too, whose entry then serves them again.
         if served and not self.site.deps.store.subscribers.is_suppressed(email):
-            self.site.mail_already(email, to=check_address(values.email), name=name)
+            await self.site.mail_already(email, to=check_address(values.email), name=name)
             return
-        reader = self.site.readers.add_pending(email, name=name, spec=spec, at=now)
-        self.site.mail_confirmation(reader, to=check_address(values.email))
+        reader = await self.site.write(
+            lambda store: store.readers.add_pending(email, name=name, spec=spec, at=now)
+        )
+        await self.site.mail_confirmation(reader, to=check_address(values.email))
 
     async def sent(self, request: Request) -> Response:
         return self.site.pages.message(
@@ -215,7 +222,7 @@ class _Signup:
             return self._bad_link(token)
         if who.reader.state == "pending":
             now = self.site.clock()
-            await confirm_reader(self.site.deps, who.email, now=now)
+            await confirm_reader(self.site.deps, who.email, now=now, write=self.site.write)
             log.info("reader confirmed subscriber_id=%d", who.subscriber_id)
         return self._confirmed(who)
 

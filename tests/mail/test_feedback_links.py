@@ -149,7 +149,7 @@ async def test_alerts_of_a_reader_with_a_model_are_ranked_and_explained(tmp_path
     alerts = before["alice@example.org"]
     assert alerts and all(m.relevance is None for m in alerts)
     liked = next(p for p in papers if p.id not in {m.paper.id for m in alerts})
-    rate(deps, "alice@example.org", liked.id, 1, now=NOW)
+    rate(deps.store, "alice@example.org", liked.id, 1, now=NOW)
     await refresh_relevance(deps, now=NOW)
     after = dict((s.email, m) for s, m in _alert_matches(deps, papers))
     assert {m.paper.id for m in after["alice@example.org"]} == {m.paper.id for m in alerts}

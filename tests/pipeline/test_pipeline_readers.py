@@ -146,14 +146,14 @@ async def test_a_paused_reader_gets_nothing_then_skips_or_catches_up(
 ) -> None:
     join(deps, CAROL, reader_spec(keywords=["attention"], alerts=True), now=MON_0600)
     readers.refresh_readers(deps, now=MON_0600)
-    readers.pause_reader(deps, CAROL, weeks=1, now=MON_0600, catch_up=catch_up)
-    readers.pause_reader(deps, "alice@example.org", weeks=1, now=MON_0600)  # a YAML reader too
+    readers.pause_reader(deps.store, CAROL, weeks=1, now=MON_0600, catch_up=catch_up)
+    readers.pause_reader(deps.store, "alice@example.org", weeks=1, now=MON_0600)  # a YAML reader too
     _ingest_file(deps, tmp_path, offset=0, count=20)
     during = MON_0600 + timedelta(days=1)
     await pipeline.ingest(deps, now=during)  # alerts owed for Carol's alert rule: not sent
     assert await run_once(deps, during) == 0
     resumed = MON_0600 + timedelta(days=3)
-    assert readers.resume_reader(deps, CAROL, now=resumed)
+    assert readers.resume_reader(deps.store, CAROL, now=resumed)
     _ingest_file(deps, tmp_path, offset=20, count=34)
     await pipeline.ingest(deps, now=resumed + timedelta(minutes=1))
     pipeline.queue_owed_alerts(deps, now=resumed + timedelta(minutes=1))  # nothing owed twice
@@ -167,9 +167,9 @@ async def test_a_paused_reader_gets_nothing_then_skips_or_catches_up(
 
 def test_a_pause_is_one_to_eight_weeks(deps: Deps) -> None:
     with pytest.raises(ValueError, match="1 to 8 weeks"):
-        readers.pause_reader(deps, CAROL, weeks=9, now=MON_0600)
+        readers.pause_reader(deps.store, CAROL, weeks=9, now=MON_0600)
     with pytest.raises(ValueError, match="1 to 8 weeks"):
-        readers.pause_reader(deps, CAROL, weeks=0, now=MON_0600)
+        readers.pause_reader(deps.store, CAROL, weeks=0, now=MON_0600)
 
 
 def test_a_spec_that_no_longer_validates_drops_the_topic_not_the_reader(deps: Deps) -> None:
