@@ -7,6 +7,7 @@ a worker thread (never on the event loop) and swaps it in; the YAML's matcher is
     sub = validate_reader_spec(...)                 # rules/readers.py: a Subscriber or problems
     deps.store.readers.add_pending(...)             # store/sqlite/readers.py
     await confirm_reader(deps, email, now=now)      # joins the next digest, covering `lookback`
+    await confirm_reader(deps, email, now=now, write=site.write)  # the pages: writes off the loop
     await edit_reader(deps, email, spec, now=now)   # effective from the next digest
     pause_reader(deps.store, email, weeks=2, now=now)  # any address; 1–8 weeks
     resume_reader(deps.store, email, now=now, catch_up=True)
@@ -102,6 +103,7 @@ async def confirm_reader(
         reader = store.readers.confirm(email, at=now)
         if reader is not None:
             store.subscribers.unsuppress(email, at=now)
+            store.subscribers.id_of(email)  # unsuppress retired it: the Manage link's new one
         return reader
 
     reader = await written(deps, write, confirm)

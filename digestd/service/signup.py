@@ -10,6 +10,8 @@ link scanners GET every link in a mail.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -37,6 +39,8 @@ from digestd.service.readerform import (
 )
 from digestd.service.readersite import ReaderSite, Who
 from digestd.service.webpages import HEADERS, zones
+from digestd.store import StateStore
+from digestd.store.protocols import Reader
 
 __all__ = ["MAX_FORM", "routes"]
 
@@ -185,9 +189,7 @@ class _Signup:
         if served and not self.site.deps.store.subscribers.is_suppressed(email):
             await self.site.mail_already(email, to=check_address(values.email), name=name)
             return
-        reader = await self.site.write(
-            lambda store: store.readers.add_pending(email, name=name, spec=spec, at=now)
-        )
+        reader = await self.site.write(lambda store: _pending(store, email, name, spec, now))
         await self.site.mail_confirmation(reader, to=check_address(values.email))
 
     async def sent(self, request: Request) -> Response:
@@ -262,6 +264,16 @@ class _Signup:
             status=404,
             link=again,
         )
+
+
+def _pending(
+    store: StateStore, email: str, name: str | None, spec: Mapping[str, object], now: datetime
+) -> Reader:
+    """The pending reader, and the id its confirm link carries (made here, off the loop, rather
+    than by the link's `id_of` on the loop's connection)."""
+    reader = store.readers.add_pending(email, name=name, spec=spec, at=now)
+    store.subscribers.id_of(email)
+    return reader
 
 
 def _sent() -> Response:
