@@ -147,7 +147,9 @@ async def test_a_paused_reader_gets_nothing_then_skips_or_catches_up(
     join(deps, CAROL, reader_spec(keywords=["attention"], alerts=True), now=MON_0600)
     readers.refresh_readers(deps, now=MON_0600)
     readers.pause_reader(deps.store, CAROL, weeks=1, now=MON_0600, catch_up=catch_up)
-    readers.pause_reader(deps.store, "alice@example.org", weeks=1, now=MON_0600)  # a YAML reader too
+    readers.pause_reader(
+        deps.store, "alice@example.org", weeks=1, now=MON_0600
+    )  # a YAML reader too
     _ingest_file(deps, tmp_path, offset=0, count=20)
     during = MON_0600 + timedelta(days=1)
     await pipeline.ingest(deps, now=during)  # alerts owed for Carol's alert rule: not sent
