@@ -702,10 +702,10 @@ def test_a_version_7_file_upgrades_and_its_queued_bodies_still_go_out(db_path: P
         store.db.conn.execute("ALTER TABLE papers DROP COLUMN authority")  # migration 9's
         store.db.conn.execute("DROP TABLE retired_subscriber_ids")  # migration 10's
         store.db.conn.execute("DROP TABLE alerts_owed")  # migration 11's
-        store.db.conn.execute("DROP TABLE bounces")  # migration 14's (bounces)
+        store.db.conn.execute("DROP TABLE bounces")  # migration 13's (bounces)
         store.db.conn.execute("ALTER TABLE suspensions DROP COLUMN bounces")
-        store.db.conn.execute("DROP TABLE ratings")  # issue 16's (migration 15, renumbered)
-        store.db.conn.execute("DROP TABLE instances")  # migration 13's (leases, instances)
+        store.db.conn.execute("DROP TABLE ratings")  # migration 14's (ratings)
+        store.db.conn.execute("DROP TABLE instances")  # migration 16's (leases, instances)
         store.db.conn.execute("DROP INDEX outbox_leases")
         store.db.conn.execute("ALTER TABLE outbox DROP COLUMN claimed_by")
         store.db.conn.execute("ALTER TABLE outbox DROP COLUMN lease_until")
@@ -771,10 +771,10 @@ def test_item9_a_version_8_file_forgets_version_claims_of_rows_a_feed_touched(
         store.db.conn.execute("ALTER TABLE papers DROP COLUMN authority")
         store.db.conn.execute("DROP TABLE retired_subscriber_ids")  # migration 10's
         store.db.conn.execute("DROP TABLE alerts_owed")  # migration 11's
-        store.db.conn.execute("DROP TABLE bounces")  # migration 14's (bounces)
+        store.db.conn.execute("DROP TABLE bounces")  # migration 13's (bounces)
         store.db.conn.execute("ALTER TABLE suspensions DROP COLUMN bounces")
-        store.db.conn.execute("DROP TABLE ratings")  # issue 16's (migration 15, renumbered)
-        store.db.conn.execute("DROP TABLE instances")  # migration 13's (leases, instances)
+        store.db.conn.execute("DROP TABLE ratings")  # migration 14's (ratings)
+        store.db.conn.execute("DROP TABLE instances")  # migration 16's (leases, instances)
         store.db.conn.execute("DROP INDEX outbox_leases")
         store.db.conn.execute("ALTER TABLE outbox DROP COLUMN claimed_by")
         store.db.conn.execute("ALTER TABLE outbox DROP COLUMN lease_until")

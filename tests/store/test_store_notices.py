@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from digestd.store.sqlite import SCHEMA_VERSION, Store
-from digestd.store.sqlite.migrations import MIGRATIONS, _migration_16
+from digestd.store.sqlite.migrations import MIGRATIONS, _migration_15
 
 T0 = datetime(2025, 3, 10, 7, 0, tzinfo=UTC)
 OLD_CHECK = "CHECK (kind IN ('digest', 'alert'))"
@@ -26,7 +26,7 @@ def queue(store: Store, email: str, kind: str, period: str) -> None:
 
 
 def undo_leases(raw: sqlite3.Connection) -> None:
-    """Take back what migration 13 (leases and instances, issue 18) added, to make an older file."""
+    """Take back what migration 16 (leases and instances, issue 18) added, to make an older file."""
     raw.execute("DROP TABLE instances")
     raw.execute("DROP INDEX outbox_leases")
     raw.execute("ALTER TABLE outbox DROP COLUMN claimed_by")
@@ -48,7 +48,7 @@ def make_older_file(path: Path) -> None:
     raw.execute(f"PRAGMA schema_version = {version + 1}")
     raw.execute("PRAGMA writable_schema = OFF")
     undo_leases(raw)  # the migration after the notices' (issue 18)
-    before = MIGRATIONS.index(_migration_16)
+    before = MIGRATIONS.index(_migration_15)
     raw.execute(f"UPDATE meta SET value = '{before}' WHERE key = 'schema_version'")
     raw.close()
     raw = sqlite3.connect(path)

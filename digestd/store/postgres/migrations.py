@@ -257,8 +257,8 @@ def _migration_12(db: Conn) -> None:
     ))  # fmt: skip
 
 
-def _migration_14(db: Conn) -> None:
-    """Bounces and complaints read from the bounce mailbox (SQLite's `_migration_14`)."""
+def _migration_13(db: Conn) -> None:
+    """Bounces and complaints read from the bounce mailbox (SQLite's `_migration_13`)."""
     _run(db, (
         f"""CREATE TABLE bounces (
             id {_ID},
@@ -275,8 +275,8 @@ def _migration_14(db: Conn) -> None:
     ))  # fmt: skip
 
 
-def _migration_15(db: Conn) -> None:
-    """Ratings (SQLite's `_migration_15`): per reader and paper, +1 or -1, the latest wins; no
+def _migration_14(db: Conn) -> None:
+    """Ratings (SQLite's `_migration_14`): per reader and paper, +1 or -1, the latest wins; no
     foreign key to papers (an imported like may name a paper fetched later)."""
     _run(db, (
         """CREATE TABLE ratings (
@@ -291,8 +291,8 @@ def _migration_15(db: Conn) -> None:
     ))  # fmt: skip
 
 
-def _migration_16(db: Conn) -> None:
-    """The outbox kind 'notice' (SQLite's `_migration_16`): the sign-up pages' mails, counted
+def _migration_15(db: Conn) -> None:
+    """The outbox kind 'notice' (SQLite's `_migration_15`): the sign-up pages' mails, counted
     apart from alerts; the ones queued before as alerts of a 'signup-…' period become notices."""
     _run(db, (
         "ALTER TABLE outbox DROP CONSTRAINT outbox_kind_check",
@@ -302,8 +302,8 @@ def _migration_16(db: Conn) -> None:
     ))  # fmt: skip
 
 
-def _migration_13(db: Conn) -> None:
-    """Claims with a claimant and a lease; the running instances (see SQLite's migration 13)."""
+def _migration_16(db: Conn) -> None:
+    """Claims with a claimant and a lease; the running instances (see SQLite's migration 16)."""
     _run(db, (
         "ALTER TABLE outbox ADD COLUMN claimed_by TEXT",
         "ALTER TABLE outbox ADD COLUMN lease_until TEXT",
@@ -331,9 +331,9 @@ MIGRATIONS: tuple[Callable[[Conn], None], ...] = (
     _migration_9,
     _migration_10,
     _migration_11,
-    _migration_12,  # issue #15: readers, pauses, confirm_sends
-    _migration_14,  # as SQLite's list: numbered as assigned, the 13th (bounces)
-    _migration_15,  # issue #16: ratings (the 14th)
-    _migration_16,  # issue #15: the outbox kind 'notice' (the 15th)
-    _migration_13,  # issue #18: leases and instances (the 16th)
+    _migration_12,  # issue 15: readers, pauses, confirm_sends
+    _migration_13,  # issue 15: bounces and complaints
+    _migration_14,  # issue 16: ratings
+    _migration_15,  # issue 15: the outbox kind 'notice'
+    _migration_16,  # issue 18: leases and instances
 )

@@ -14,7 +14,7 @@ __all__ = ["PgRatings", "rating_counts"]
 
 
 class PgRatings:
-    """The ratings table (`_migration_15`)."""
+    """The ratings table (`_migration_14`)."""
 
     def __init__(self, db: PgDatabase) -> None:
         self._db = db

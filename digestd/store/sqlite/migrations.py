@@ -305,7 +305,7 @@ def _migration_12(db: sqlite3.Connection) -> None:
     )
 
 
-def _migration_14(db: sqlite3.Connection) -> None:
+def _migration_13(db: sqlite3.Connection) -> None:
     """Bounces and complaints read from the bounce mailbox (issue 15), one row per message read:
     `digest` (SHA-256 of its bytes) makes a message read twice count once. `kind`: permanent,
     temporary, complaint or ignored (`detail` says why). A permanent bounce also strikes the
@@ -328,9 +328,8 @@ def _migration_14(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE suspensions ADD COLUMN bounces INTEGER NOT NULL DEFAULT 0")
 
 
-def _migration_15(db: sqlite3.Connection) -> None:
+def _migration_14(db: sqlite3.Connection) -> None:
     """Ratings (issue #16): per reader (address_key) and paper, +1 or -1, the latest click wins.
-    Planned as migration 15 (#15 adds 12-14); it sits at the end of the list, renumbered at merge.
     No foreign key to papers: an imported like may name a paper fetched later."""
     db.execute(
         """CREATE TABLE ratings (
@@ -349,7 +348,7 @@ _KINDS_BEFORE = "CHECK (kind IN ('digest', 'alert'))"
 _KINDS_AFTER = "CHECK (kind IN ('digest', 'alert', 'notice'))"
 
 
-def _migration_16(db: sqlite3.Connection) -> None:
+def _migration_15(db: sqlite3.Connection) -> None:
     """The outbox kind 'notice' (issue 15 polish): the mails a reader's own action on the web
     pages asks for (confirmation, "you are subscribed") were 'alert' rows with period
     'signup-…', and counted as alerts. Those rows become notices.
@@ -378,7 +377,7 @@ def _migration_16(db: sqlite3.Connection) -> None:
     db.execute("UPDATE outbox SET kind = 'notice' WHERE kind = 'alert' AND period LIKE 'signup-%'")
 
 
-def _migration_13(db: sqlite3.Connection) -> None:
+def _migration_16(db: sqlite3.Connection) -> None:
     """Several instances on one state (issue 18): a claimed row names its claimant and how long
     the claim holds (`lease_until`, renewed by the claimant's heartbeat); a row in 'sending' whose
     lease passed belonged to an instance that died and is re-sent by another, same Message-ID.
@@ -412,10 +411,10 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_9,
     _migration_10,
     _migration_11,
-    _migration_12,
-    _migration_14,  # numbered as assigned on its branch; it is the 13th in the list
-    _migration_15,  # issue #16: ratings (the 14th)
-    _migration_16,  # issue #15 polish: the outbox kind 'notice' (the 15th)
-    _migration_13,  # issue #18: leases and instances (the 16th)
+    _migration_12,  # issue 15: readers, pauses, confirm_sends
+    _migration_13,  # issue 15: bounces and complaints
+    _migration_14,  # issue 16: ratings
+    _migration_15,  # issue 15: the outbox kind 'notice'
+    _migration_16,  # issue 18: leases and instances
 )
 SCHEMA_VERSION = len(MIGRATIONS)
