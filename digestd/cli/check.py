@@ -15,6 +15,7 @@ from digestd.core.errors import ConfigError, ConfigProblem
 from digestd.core.model import SubscriberSet
 from digestd.mail.dkim import check_notes
 from digestd.mail.render import check_templates, make_environments
+from digestd.relevance.dense import MISSING, available
 from digestd.relevance.likesfile import read_like_file
 from digestd.rules.subscribers import (
     address_notes,
@@ -55,7 +56,11 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             print("\n".join(f"    - {_pairs(v)}" for v in values))
         else:
             print(f"  {section}: {_pairs(values)}")
-    for warning in [*settings.delivery.warnings(), *settings.bounce_warnings()]:
+    for warning in [
+        *settings.delivery.warnings(),
+        *settings.bounce_warnings(),
+        *relevance_warnings(settings),
+    ]:
         print(f"  {warning}")
     print(f"subscribers: {settings.subscribers}")
     for key, value in summary.items():
@@ -99,6 +104,13 @@ def _like_problems(subs: SubscriberSet, base: Path) -> list[ConfigProblem]:
     """Every `like:` file read as the daemon will read it: a broken one is an error here."""
     files = sorted({name for sub in subs.subscribers for name in sub.like_files})
     return [p for name in files for p in read_like_file(name, base=base).problems]
+
+
+def relevance_warnings(settings: Settings) -> list[str]:
+    """The embeddings backend chosen but not installed: the daemon uses TF-IDF, the admin is told."""
+    if settings.relevance.backend == "embeddings" and not available():
+        return [f"! {MISSING}"]
+    return []
 
 
 def _pairs(values: object) -> str:

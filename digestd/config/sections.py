@@ -31,6 +31,7 @@ __all__ = [
     "AnnounceType",
     "BounceSettings",
     "DeliverySettings",
+    "RelevanceSettings",
     "DkimSettings",
     "Duration",
     "HttpSettings",
@@ -310,6 +311,13 @@ class ImapSettings(_Section):
         if self.security == "none" and self.host not in ("localhost", "127.0.0.1", "::1"):
             raise ValueError("security none sends the password in the clear: only to localhost")
         return self
+
+
+class RelevanceSettings(_Section):
+    """How papers become vectors for the readers' relevance models (issue #16): TF-IDF (built in)
+    or sentence embeddings (`pip install 'digestd[embeddings]'`, a model loaded offline)."""
+
+    backend: Literal["tfidf", "embeddings"] = "tfidf"
 
 
 class BounceSettings(_Section):

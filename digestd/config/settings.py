@@ -27,6 +27,7 @@ from digestd.config.sections import (
     DeliverySettings,
     Duration,
     HttpSettings,
+    RelevanceSettings,
     SignupSettings,
     SourceSettings,
 )
@@ -89,6 +90,7 @@ class Settings(BaseSettings):
     admins: list[Annotated[str, AfterValidator(check_address)]] = Field(default_factory=list)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     bounces: BounceSettings = Field(default_factory=BounceSettings)
+    relevance: RelevanceSettings = Field(default_factory=RelevanceSettings)
     signup: SignupSettings = Field(default_factory=SignupSettings)
     # How often the daemon looks at both files' mtimes to reload by itself; 0 turns it off (SIGHUP
     # still reloads).

@@ -78,6 +78,7 @@ class Options:
     likes_base: Path = Path()  # `like:` files are relative to the subscribers file's folder
     instance: str | None = None  # this daemon's name: the claimant of the rows it sends
     lease: timedelta = timedelta(minutes=2)  # a claim's life without its claimant's heartbeat
+    relevance_backend: str = "tfidf"  # `relevance.backend`: "tfidf" or "embeddings"
 
     @property
     def envelope_from(self) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from digestd.core.addresses import address_key
 from digestd.pipeline.deps import Deps, Write, written
 from digestd.pipeline.relevance import RelevanceState, load, refresh, save
+from digestd.relevance.dense import MISSING, available
 from digestd.store import StateStore
 
 __all__ = ["forget_model", "model_path", "rate", "refresh_relevance"]
@@ -66,13 +67,15 @@ async def refresh_relevance(deps: Deps, *, now: datetime) -> None:
             path.unlink(missing_ok=True)
         return
     lock = _LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    backend = _backend(deps.options.relevance_backend)
     async with lock:
         previous, path = deps.relevance, model_path(store)
 
         def work() -> RelevanceState:
             side = store.side()
             try:
-                state = refresh(side, previous or (load(path) if path else None), now=now)
+                loaded = previous or (load(path) if path else None)
+                state = refresh(side, loaded, now=now, backend=backend)
                 if path is not None:
                     save(path, state)
                 return state
@@ -83,3 +86,11 @@ async def refresh_relevance(deps: Deps, *, now: datetime) -> None:
             deps.relevance = await asyncio.to_thread(work)
         except Exception:
             log.exception("relevance models not refreshed; the previous ones stay")
+
+
+def _backend(chosen: str) -> str:
+    """The backend to train with: embeddings only when installed (`check` says so; the log too)."""
+    if chosen == "embeddings" and not available():
+        log.warning(MISSING)
+        return "tfidf"
+    return chosen

@@ -5,6 +5,8 @@ newest `CORPUS` papers when the corpus grew by a quarter (then every reader is r
 otherwise only readers whose ratings changed since the last refresh are retrained. `save`/`load`
 keep the state in one `.npz` beside the state file (relevance/persist.py; written atomically);
 a missing or unusable file is rebuilt from the ratings, which are the truth.
+With `backend="embeddings"` (relevance/dense.py) papers are sentence vectors instead: a fixed space,
+never refitted; switching backend retrains every reader in the new space.
 `RelevanceState.relevance_for` gives the rules evaluator one reader's scores; `score_all` is the
 batch form (every reader × the papers, one sparse product).
 """
@@ -25,10 +27,11 @@ import scipy.sparse as sp
 from digestd.core.addresses import address_key
 from digestd.core.latex import readable_paper
 from digestd.core.model import Match, Paper, Reason
+from digestd.relevance.dense import Embeddings
 from digestd.relevance.explain import Liked, explain, why_text
 from digestd.relevance.features import Features, paper_text, should_refit
 from digestd.relevance.model import Bank, ReaderModel, train
-from digestd.relevance.persist import ModelFileError, dumps, loads_with_meta
+from digestd.relevance.persist import ModelFileError, Space, dumps, loads_with_meta
 from digestd.rules.reference import DEFAULT_THRESHOLD, ReaderScores
 from digestd.store import StateStore
 
@@ -42,7 +45,7 @@ _ROW_CACHE = 50_000  # paper rows kept between readers (~200 nonzeros each)
 
 @dataclass
 class RelevanceState:
-    features: Features
+    features: Space
     models: dict[str, ReaderModel]
     fitted_on: int = 0  # corpus size at the fit
     trained_at: datetime | None = None
@@ -118,14 +121,18 @@ class RelevanceState:
 
 
 def refresh(
-    store: StateStore, state: RelevanceState | None, *, now: datetime, seed: int = 0
+    store: StateStore,
+    state: RelevanceState | None,
+    *,
+    now: datetime,
+    seed: int = 0,
+    backend: str = "tfidf",
 ) -> RelevanceState:
-    """`state` brought up to date with the store's papers and ratings (a new state when refitted)."""
+    """`state` brought up to date with the store's papers and ratings (a new state when refitted).
+    `backend`: "tfidf" or "embeddings" (the caller checked that the latter is installed)."""
     corpus = store.papers.count()
-    if state is None or should_refit(state.fitted_on, corpus):
-        papers = [readable_paper(p) for p in store.papers.corpus(CORPUS)]
-        features = Features.fit([paper_text(p) for p in papers])
-        state = RelevanceState(features, {}, fitted_on=corpus)
+    if state is None or _stale(state, corpus, backend):
+        state = RelevanceState(_space(store, backend), {}, fitted_on=corpus)
         readers = store.ratings.readers()
     else:
         since = state.trained_at
@@ -146,6 +153,20 @@ def refresh(
     return RelevanceState(state.features, models, state.fitted_on, now, state.threshold)
 
 
+def _stale(state: RelevanceState, corpus: int, backend: str) -> bool:
+    """A new space is due: another backend's, or a vocabulary the corpus outgrew."""
+    if isinstance(state.features, Embeddings) != (backend == "embeddings"):
+        return True
+    return isinstance(state.features, Features) and should_refit(state.fitted_on, corpus)
+
+
+def _space(store: StateStore, backend: str) -> Space:
+    if backend == "embeddings":
+        return Embeddings()  # fixed: nothing to fit
+    papers = [readable_paper(p) for p in store.papers.corpus(CORPUS)]
+    return Features.fit([paper_text(p) for p in papers])
+
+
 @dataclass(frozen=True, slots=True)
 class _Pool:
     """Recent papers, read and turned into rows once per refresh: each reader's corpus sample."""
@@ -154,7 +175,7 @@ class _Pool:
     rows: Any  # csr_matrix
 
     @classmethod
-    def of(cls, store: StateStore, features: Features) -> _Pool:
+    def of(cls, store: StateStore, features: Space) -> _Pool:
         papers = [readable_paper(p) for p in store.papers.corpus(POOL)]
         return cls([p.id for p in papers], features.papers(papers))
 
@@ -164,7 +185,7 @@ class _Pool:
 
 
 def _train_one(
-    store: StateStore, features: Features, pool: _Pool, reader: str, *, seed: int, fingerprint: str
+    store: StateStore, features: Space, pool: _Pool, reader: str, *, seed: int, fingerprint: str
 ) -> ReaderModel | None:
     ratings = store.ratings.ratings(reader)
     papers = {p.id: readable_paper(p) for p in store.papers.get(r.paper_id for r in ratings)}

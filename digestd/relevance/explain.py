@@ -49,7 +49,8 @@ def explain(
         return None
     total, item, shared = best
     order = np.argsort(-shared.data)[:n_terms]
-    names = tuple(terms[int(shared.indices[i])] for i in order)
+    # An embedding's dimensions are not terms: then the nearest liked paper alone is the reason.
+    names = tuple(terms[int(shared.indices[i])] for i in order) if terms else ()
     return Why(item.id, item.title, total, names)
 
 

@@ -51,7 +51,10 @@ class ReaderModel:
     fingerprint: str = ""
 
     def top_terms(self, terms: Sequence[str], n: int = 10) -> tuple[list[str], list[str]]:
-        """What the model learned: its n most positive and most negative terms."""
+        """What the model learned: its n most positive and most negative terms (none in a space
+        without terms: an embedding's dimensions name nothing)."""
+        if not terms:
+            return [], []
         weights = np.asarray(self.rows.sum(axis=0)).ravel()
         order = np.argsort(weights)
         positive = [terms[i] for i in order[::-1][:n] if weights[i] > 0]

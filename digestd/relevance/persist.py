@@ -1,8 +1,10 @@
 """The relevance state as bytes: the vocabulary, its idf and every reader's model, in one `.npz`.
 
 Plain arrays only (strings as fixed-width Unicode arrays), loaded with `allow_pickle=False`: a
-tampered file can be refused, never executed. A file from another format version, or one whose
-readers were trained on another vocabulary than the one it carries, is refused with a clear error;
+tampered file can be refused, never executed. With the embeddings backend (relevance/dense.py) the
+file names that space (`backend`, its dimension) instead of a vocabulary; the rows are its vectors.
+A file from another format version, or one whose readers were trained on another vocabulary than
+the one it carries, is refused with a clear error;
 the ratings in the store are the truth and the models are retrained from them.
 Pure: bytes in, bytes out (the caller reads and writes the file).
 """
@@ -17,10 +19,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from digestd.relevance.dense import Embeddings
 from digestd.relevance.features import Features
 from digestd.relevance.model import ReaderModel
 
-__all__ = ["FORMAT", "ModelFileError", "dumps", "loads", "loads_with_meta"]
+__all__ = ["FORMAT", "ModelFileError", "Space", "dumps", "loads", "loads_with_meta"]
+
+Space = Features | Embeddings  # what papers become rows in: a TF-IDF vocabulary or an embedding
 
 FORMAT = 1
 _KINDS = ("nearest", "linear")
@@ -31,7 +36,7 @@ class ModelFileError(ValueError):
 
 
 def dumps(
-    features: Features, models: Mapping[str, ReaderModel], *, meta: Mapping[str, str] | None = None
+    features: Space, models: Mapping[str, ReaderModel], *, meta: Mapping[str, str] | None = None
 ) -> bytes:
     """`meta`: a few strings the caller keeps with the models (when they were fitted, trained)."""
     readers = sorted(models)
@@ -46,6 +51,8 @@ def dumps(
     arrays = {
         "format": np.array([FORMAT]),
         "fingerprint": np.array([features.fingerprint()]),
+        "backend": np.array(["embeddings" if isinstance(features, Embeddings) else "tfidf"]),
+        "size": np.array([features.size], dtype=np.int64),
         "terms": np.array(features.terms, dtype=str),
         "idf": features.idf,
         "readers": np.array(readers, dtype=str),
@@ -65,13 +72,13 @@ def dumps(
     return buffer.getvalue()
 
 
-def loads(data: bytes) -> tuple[Features, dict[str, ReaderModel]]:
+def loads(data: bytes) -> tuple[Space, dict[str, ReaderModel]]:
     """:raises ModelFileError: for anything but a file `dumps` wrote."""
     features, models, _ = loads_with_meta(data)
     return features, models
 
 
-def loads_with_meta(data: bytes) -> tuple[Features, dict[str, ReaderModel], dict[str, str]]:
+def loads_with_meta(data: bytes) -> tuple[Space, dict[str, ReaderModel], dict[str, str]]:
     """`loads`, and the `meta` strings saved with the models."""
     if not data.startswith(b"PK\x03\x04"):  # not a zip: never let numpy guess (pickle) at it
         raise ModelFileError("not a digestd relevance model file")
@@ -87,10 +94,17 @@ def loads_with_meta(data: bytes) -> tuple[Features, dict[str, ReaderModel], dict
         raise ModelFileError(f"not a digestd relevance model file ({exc})") from None
 
 
-def _decode(a: dict[str, Any]) -> tuple[Features, dict[str, ReaderModel]]:
+def _space(a: dict[str, Any]) -> Space:
+    """The space the file names; a file from before the embeddings backend is TF-IDF."""
+    if "backend" in a and str(a["backend"][0]) == "embeddings":
+        return Embeddings(size=int(a["size"][0]))
+    return Features(tuple(str(t) for t in a["terms"]), a["idf"].astype(np.float32))
+
+
+def _decode(a: dict[str, Any]) -> tuple[Space, dict[str, ReaderModel]]:
     if int(a["format"][0]) != FORMAT:
         raise ModelFileError(f"model format {int(a['format'][0])}, this digestd reads {FORMAT}")
-    features = Features(tuple(str(t) for t in a["terms"]), a["idf"].astype(np.float32))
+    features = _space(a)
     fingerprint = features.fingerprint()
     if str(a["fingerprint"][0]) != fingerprint:
         raise ModelFileError("the vocabulary does not match its fingerprint (a damaged file)")

@@ -172,6 +172,7 @@ def options(settings: Settings) -> Options:
         likes_base=settings.subscribers.parent,
         instance=settings.instance or default_name(),
         lease=settings.lease,
+        relevance_backend=settings.relevance.backend,
     )
 
 
