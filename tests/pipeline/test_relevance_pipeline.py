@@ -7,10 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from test_pipeline import make_deps
 
 from digestd import pipeline
 from digestd.pipeline.relevance import load, refresh, save
+from digestd.relevance.dense import Embeddings, available
 
 MON_0600 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 KV = ("2501.90011", "2503.90050")  # Task-KV, WindowKV
@@ -85,3 +87,23 @@ async def test_refresh_retrains_only_changed_readers_and_forgets_a_reader_withou
     assert load(tmp_path / "missing.npz") is None
     (tmp_path / "bad.npz").write_bytes(b"not a model")
     assert load(tmp_path / "bad.npz") is None
+
+
+@pytest.mark.skipif(not available(), reason="optional: needs digestd[embeddings] (torch)")
+async def test_the_embeddings_backend_ranks_saves_and_switches_back(tmp_path: Path) -> None:
+    deps = make_deps(tmp_path, SUBSCRIBERS, now=MON_0600 - timedelta(days=1))
+    await pipeline.ingest(deps, now=MON_0600)
+    for pid in KV:
+        deps.store.ratings.rate("bob@example.org", pid, 1, at=MON_0600)
+    state = refresh(deps.store, None, now=MON_0600, backend="embeddings")
+    assert isinstance(state.features, Embeddings) and set(state.models) == {"bob@example.org"}
+    deps.relevance = state
+    found = pipeline.preview(deps, "bob@example.org", now=MON_0600)
+    assert found is not None and {m.paper.id for m in found[0].matches[:2]} == set(KV)
+
+    save(tmp_path / "models.npz", state)
+    loaded = load(tmp_path / "models.npz")
+    assert loaded is not None and isinstance(loaded.features, Embeddings)
+    assert set(loaded.models) == {"bob@example.org"}
+    back = refresh(deps.store, loaded, now=MON_0600, backend="tfidf")  # retrained in TF-IDF
+    assert not isinstance(back.features, Embeddings) and set(back.models) == {"bob@example.org"}
