@@ -1,13 +1,15 @@
 """Relevance: ranking quality on hand-labelled real abstracts, and scoring/training speed; one JSON line.
 
     python bench/relevance.py [--readers 10000] [--papers 1000] [--draws 20] [--seed 1]
+                              [--backend embeddings]   # also the dense model (digestd[embeddings])
 
 Quality: the 54 real titles and abstracts of tests/fixtures/hf_daily_papers_seed.json, one topic
 each (bench/data/seed_topics.json). A reader likes k papers of one topic (k = 1, 3, 5; `--draws`
 random draws per topic and k); the other papers are ranked, and precision@5 and nDCG@10 count the
 remaining papers of that topic. Three rankings in the same run: the relevance model (nearest liked
 papers below 5 likes, the linear model from 5), the topic's obvious keywords as an `any:` rule
-ranked by digestd's score (non-matching papers after, in random order), and random order.
+ranked by digestd's score (non-matching papers after, in random order), and random order; with
+`--backend embeddings` a fourth, the same models over all-MiniLM-L6-v2 vectors ("embeddings_*").
 
 Speed: a synthetic corpus (Zipf words, 5,000 papers fitted, `--papers` new ones) and `--readers`
 readers with models (70% linear, 30% nearest with 1-4 likes): one `Bank.score` of all readers × the
@@ -34,6 +36,7 @@ import scipy.sparse as sp
 
 from digestd.core.model import Paper, Rule, Subscriber
 from digestd.core.text import make_term
+from digestd.relevance.dense import Embeddings
 from digestd.relevance.features import Features, paper_text
 from digestd.relevance.model import Bank, ReaderModel, train
 from digestd.rules.reference import match
@@ -72,7 +75,11 @@ def ndcg_at(ranked: list[str], relevant: set[str], k: int) -> float:
 
 
 def model_ranking(
-    features: Features, x: sp.csr_matrix, ids: list[str], liked: list[int], rng: random.Random
+    features: Features | Embeddings,
+    x: sp.csr_matrix,
+    ids: list[str],
+    liked: list[int],
+    rng: random.Random,
 ) -> list[str]:
     others = [i for i in range(len(ids)) if i not in liked]
     sample = rng.sample(others, min(20, len(others)))  # the corpus sample: unrated papers
@@ -96,17 +103,21 @@ def keyword_ranking(
     return hits + rest
 
 
-def quality(draws: int, seed: int) -> dict[str, object]:
+def quality(draws: int, seed: int, backend: str = "tfidf") -> dict[str, object]:
+    """`backend="embeddings"` adds the dense model's ranking of the same draws ("embeddings_*"),
+    its corpus samples from a generator of its own so that the other figures stay comparable."""
     papers, topics, keywords = load_seed()
     ids = [p.id for p in papers]
     features = Features.fit([paper_text(p) for p in papers])
     x = features.papers(papers)
     rng = random.Random(seed)
+    dense = Embeddings() if backend == "embeddings" else None
+    dense_x = dense.papers(papers) if dense is not None else None
+    dense_rng = random.Random(seed + 1)
+    names = ("model", "keywords", "random", *(("embeddings",) if dense is not None else ()))
     out: dict[str, object] = {}
     for k in (1, 3, 5):
-        scores: dict[str, list[float]] = {
-            f"{m}_{q}": [] for m in ("model", "keywords", "random") for q in ("p5", "ndcg10")
-        }
+        scores: dict[str, list[float]] = {f"{m}_{q}": [] for m in names for q in ("p5", "ndcg10")}
         for topic, words in keywords.items():
             members = [i for i, pid in enumerate(ids) if topics[pid] == topic]
             if len(members) - k < 2:
@@ -117,11 +128,15 @@ def quality(draws: int, seed: int) -> dict[str, object]:
                 others = [pid for i, pid in enumerate(ids) if i not in liked]
                 shuffled = others[:]
                 rng.shuffle(shuffled)
-                for name, ranked in (
+                rankings = [
                     ("model", model_ranking(features, x, ids, liked, rng)),
                     ("keywords", keyword_ranking(papers, liked, words, rng)),
                     ("random", shuffled),
-                ):
+                ]
+                if dense is not None:
+                    dense_ranked = model_ranking(dense, dense_x, ids, liked, dense_rng)
+                    rankings.append(("embeddings", dense_ranked))
+                for name, ranked in rankings:
                     scores[f"{name}_p5"].append(precision_at(ranked, relevant, 5))
                     scores[f"{name}_ndcg10"].append(ndcg_at(ranked, relevant, 10))
         out[f"k{k}"] = {name: round(statistics.fmean(v), 3) for name, v in scores.items()}
@@ -195,9 +210,15 @@ def main() -> int:
     parser.add_argument("--papers", type=int, default=1000)
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--backend",
+        choices=("tfidf", "embeddings"),
+        default="tfidf",
+        help="embeddings: also rank with the dense model (needs digestd[embeddings])",
+    )
     args = parser.parse_args()
     figures = {
-        "quality": quality(args.draws, args.seed),
+        "quality": quality(args.draws, args.seed, args.backend),
         "readers": args.readers,
         "papers": args.papers,
         **speed(args.readers, args.papers, args.seed),
