@@ -60,15 +60,17 @@ async def refresh_relevance(deps: Deps, *, now: datetime) -> None:
     """The readers' models brought up to date with the ratings; nothing until someone rates.
     A failure keeps the previous models: relevance is a ranking aid, never a reason not to send."""
     store = deps.store
-    if store.ratings.count() == (0, 0):
-        # Nobody rates (yet, or any more: the last reset or removal): no model, none kept.
-        deps.relevance = None
-        if (path := model_path(store)) is not None:
-            path.unlink(missing_ok=True)
-        return
+    # One refresh at a time, each reading the ratings once it holds the lock: a retrain that a
+    # click started must not put back a model that a reset (queued behind it) has forgotten.
     lock = _LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    backend = _backend(deps.options.relevance_backend)
     async with lock:
+        if store.ratings.count() == (0, 0):
+            # Nobody rates (yet, or any more: the last reset or removal): no model, none kept.
+            deps.relevance = None
+            if (path := model_path(store)) is not None:
+                path.unlink(missing_ok=True)
+            return
+        backend = _backend(deps.options.relevance_backend)
         previous, path = deps.relevance, model_path(store)
 
         def work() -> RelevanceState:
